@@ -1,0 +1,21 @@
+#!/usr/bin/env bash
+# Installs what hubwarden's tests, demo and benchmarks need on a fresh Debian 12
+# machine. Idempotent; run as root. Set HUBWARDEN_SETUP_E2E=0 to skip the
+# JupyterHub parts.
+set -euo pipefail
+need=(iptables nftables conntrack iperf3 curl iproute2 tcpdump iputils-ping procps util-linux)
+if [ "${HUBWARDEN_SETUP_E2E:-1}" = 1 ]; then
+  need+=(jupyterhub python3-websocket dnsmasq-base bind9-dnsutils)
+fi
+missing=()
+for p in "${need[@]}"; do
+  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+done
+if [ ${#missing[@]} -gt 0 ]; then
+  echo "setup: installing ${missing[*]}"
+  export DEBIAN_FRONTEND=noninteractive
+  apt-get update -qq
+  apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+fi
+command -v go >/dev/null || { echo "setup: Go is not installed (need Go >= 1.25 on PATH)" >&2; exit 1; }
+go mod download

@@ -1,0 +1,414 @@
+package main
+
+import (
+	"bufio"
+	"errors"
+	"fmt"
+	"io"
+	"math/bits"
+	"net"
+	"net/netip"
+	"net/url"
+	"os"
+	"reflect"
+	"sort"
+	"strconv"
+	"strings"
+	"text/tabwriter"
+	"time"
+
+	"github.com/kelseyhightower/envconfig"
+
+	"github.com/hubwarden/hubwarden/egress"
+	"github.com/hubwarden/hubwarden/units"
+)
+
+// envPrefix is the prefix of every variable hubwarden reads.
+const envPrefix = "HUBWARDEN"
+
+// rawConfig is the environment as strings, with defaults and descriptions.
+// Every field is a string so that loading never stops at the first bad value:
+// parse() reports all of them at once, each by name.
+type rawConfig struct {
+	LogLevel        string `envconfig:"LOG_LEVEL" default:"info" desc:"log level: debug, info, warn or error"`
+	User            string `envconfig:"USER" default:"" desc:"user name written on every audit line (z2jh: {username})"`
+	Server          string `envconfig:"SERVER" default:"" desc:"server name written on every audit line (z2jh: {servername})"`
+	StateDir        string `envconfig:"STATE_DIR" default:"/run/hubwarden" desc:"directory that survives container restarts (an emptyDir): iptables backend choice, pod budget level"`
+	IptablesBackend string `envconfig:"IPTABLES_BACKEND" default:"auto" desc:"iptables backend: auto (probe once, then remember in STATE_DIR), legacy or nft"`
+	IPv6            string `envconfig:"IPV6" default:"auto" desc:"apply IPv6 rules: auto (when the kernel has IPv6), true (fail if it cannot) or false"`
+	StartupTimeout  string `envconfig:"STARTUP_TIMEOUT" default:"30s" desc:"deadline for apply and self-test at start; a hang becomes a crash that Kubernetes restarts"`
+
+	Egress        string `envconfig:"EGRESS" default:"true" desc:"filter egress: default deny, allow-list, DNS only to the resolvers, metadata always blocked"`
+	Allow         string `envconfig:"ALLOW" default:"" desc:"allow-list, comma separated: [tcp://|udp://]DEST[:PORT[-PORT]], DEST an IP, a CIDR, [IPv6] or a host name (re-resolved on its TTL)"`
+	DNSServers    string `envconfig:"DNS_SERVERS" default:"" desc:"resolvers the pod may query (UDP and TCP 53), comma separated; empty: the nameservers of /etc/resolv.conf"`
+	DNSRate       string `envconfig:"DNS_RATE" default:"20" desc:"DNS packets per second the pod may send to the resolvers (beyond the burst); bounds DNS tunnelling"`
+	DNSBurst      string `envconfig:"DNS_BURST" default:"100" desc:"DNS packets the pod may send in a burst before DNS_RATE applies"`
+	HubAPIURL     string `envconfig:"HUB_API_URL" default:"" desc:"the hub API the server must reach; empty: JUPYTERHUB_API_URL; its host and port are allowed"`
+	Block         string `envconfig:"BLOCK" default:"" desc:"extra CIDRs always rejected, even if an allow entry covers them (169.254.169.254 and fd00:ec2::254 always are)"`
+	NFLogGroup    string `envconfig:"NFLOG_GROUP" default:"1987" desc:"NFLOG group that denied packets are logged to (0-65535)"`
+	ResolveMinTTL string `envconfig:"RESOLVE_MIN_TTL" default:"30s" desc:"shortest interval between re-resolutions of an allow-list host name, whatever its TTL"`
+
+	Shape          string `envconfig:"SHAPE" default:"true" desc:"shape pod egress with HTB: a fast default class and a slow class for demoted flows"`
+	Interface      string `envconfig:"INTERFACE" default:"" desc:"interface to shape; empty: the interface of the default route"`
+	FastRate       string `envconfig:"FAST_RATE" default:"10gbit" desc:"rate of the fast (default) class; effectively unlimited by default"`
+	SlowRate       string `envconfig:"SLOW_RATE" default:"1mbit" desc:"rate shared by all demoted flows of the pod"`
+	CTMark         string `envconfig:"CTMARK" default:"0x100000" desc:"the connection-mark bit hubwarden owns to mark demoted flows (exactly one bit; other bits are left alone)"`
+	Backstop       string `envconfig:"BACKSTOP" default:"true" desc:"kernel backstop: demote flows in the kernel, without the watcher, past BACKSTOP_BUDGET"`
+	BackstopBudget string `envconfig:"BACKSTOP_BUDGET" default:"" desc:"burst of the kernel backstop's per-flow token bucket; empty: 4 x FLOW_BUDGET"`
+	BackstopRate   string `envconfig:"BACKSTOP_RATE" default:"" desc:"refill of the kernel backstop's per-flow token bucket; empty: 4 x FLOW_REFILL"`
+
+	Watch            string `envconfig:"WATCH" default:"true" desc:"run the conntrack watcher (budgets, demotion, promotion, audit)"`
+	FlowBudget       string `envconfig:"FLOW_BUDGET" default:"64MiB" desc:"per-flow token bucket burst: bytes a flow may send fast before it is demoted"`
+	FlowRefill       string `envconfig:"FLOW_REFILL" default:"1MiB/s" desc:"per-flow token bucket refill"`
+	PodBudget        string `envconfig:"POD_BUDGET" default:"256MiB" desc:"per-pod token bucket burst over all flows: bounds parallel and short connections"`
+	PodRefill        string `envconfig:"POD_REFILL" default:"128KiB/s" desc:"per-pod token bucket refill: with SLOW_RATE, the long-run rate a user can move data out"`
+	PromoteIdle      string `envconfig:"PROMOTE_IDLE" default:"2s" desc:"a demoted flow idle this long is promoted back to the fast class, if the pod bucket allows"`
+	DumpInterval     string `envconfig:"DUMP_INTERVAL" default:"1s" desc:"longest interval between conntrack dumps (reads are scheduled sooner for flows near their budget)"`
+	ProgressInterval string `envconfig:"PROGRESS_INTERVAL" default:"60s" desc:"interval of audit progress lines for long-lived flows"`
+
+	HealthAddr        string `envconfig:"HEALTH_ADDR" default:":9280" desc:"address of the read-only HTTP server: /healthz, /readyz, /metrics"`
+	ReconcileInterval string `envconfig:"RECONCILE_INTERVAL" default:"10s" desc:"interval of the drift check that re-applies hubwarden's rules and qdiscs"`
+	DenyLogWindow     string `envconfig:"DENY_LOG_WINDOW" default:"10s" desc:"window over which denied packets are aggregated into one log line per destination"`
+	SelftestTarget    string `envconfig:"SELFTEST_TARGET" default:"169.254.169.254:80" desc:"address the self-test connects to and must see refused (rejected locally, nothing leaves the pod)"`
+}
+
+// Config is the validated configuration: typed values only, no strings to parse.
+type Config struct {
+	LogLevel        string
+	User, Server    string
+	StateDir        string
+	IptablesBackend string // "auto", "legacy" or "nft"
+	IPv6            string // "auto", "true" or "false"
+	StartupTimeout  time.Duration
+
+	Egress        bool
+	Allow         []egress.Entry
+	DNSServers    []netip.Addr
+	DNSRate       uint32
+	DNSBurst      uint32
+	HubAPI        []egress.Entry // the hub API's host and port, empty when unknown
+	Block         []netip.Prefix
+	NFLogGroup    uint16
+	ResolveMinTTL time.Duration
+
+	Shape          bool
+	Interface      string
+	FastRate       units.Rate
+	SlowRate       units.Rate
+	CTMark         uint32
+	Backstop       bool
+	BackstopBudget units.Size
+	BackstopRate   units.Rate
+
+	Watch            bool
+	FlowBudget       units.Size
+	FlowRefill       units.Rate
+	PodBudget        units.Size
+	PodRefill        units.Rate
+	PromoteIdle      time.Duration
+	DumpInterval     time.Duration
+	ProgressInterval time.Duration
+
+	HealthAddr        string
+	ReconcileInterval time.Duration
+	DenyLogWindow     time.Duration
+	SelftestTarget    netip.AddrPort
+}
+
+// ConfigError lists every invalid or unknown variable.
+type ConfigError struct{ Problems []string }
+
+func (e *ConfigError) Error() string {
+	return "invalid configuration:\n  " + strings.Join(e.Problems, "\n  ")
+}
+
+// loadConfig reads, parses and validates the configuration from the process
+// environment. resolvConf is the path of resolv.conf, read only when
+// HUBWARDEN_DNS_SERVERS is empty.
+func loadConfig(resolvConf string) (*Config, error) {
+	var raw rawConfig
+	// Every field is a string, so Process only applies defaults and cannot fail
+	// on a value; parse reports the problems.
+	if err := envconfig.Process(envPrefix, &raw); err != nil {
+		return nil, fmt.Errorf("reading the environment: %w", err)
+	}
+	problems := unknownVars(os.Environ())
+	c, more := raw.parse(resolvConf)
+	problems = append(problems, more...)
+	if len(problems) > 0 {
+		return nil, &ConfigError{Problems: problems}
+	}
+	return c, nil
+}
+
+// knownVars returns the names of every variable hubwarden reads.
+func knownVars() map[string]bool {
+	known := map[string]bool{}
+	t := reflect.TypeFor[rawConfig]()
+	for i := range t.NumField() {
+		known[envPrefix+"_"+t.Field(i).Tag.Get("envconfig")] = true
+	}
+	return known
+}
+
+// unknownVars names HUBWARDEN_* variables that hubwarden does not read (typos).
+func unknownVars(environ []string) []string {
+	known := knownVars()
+	var out []string
+	for _, kv := range environ {
+		k, _, _ := strings.Cut(kv, "=")
+		if strings.HasPrefix(k, envPrefix+"_") && !known[k] {
+			out = append(out, fmt.Sprintf("%s: unknown variable (a typo? see hubwarden --help)", k))
+		}
+	}
+	sort.Strings(out)
+	return out
+}
+
+func (r *rawConfig) parse(resolvConf string) (*Config, []string) {
+	c := &Config{User: r.User, Server: r.Server, StateDir: r.StateDir, Interface: r.Interface, HealthAddr: r.HealthAddr}
+	var problems []string
+	bad := func(name string, err error) {
+		problems = append(problems, fmt.Sprintf("%s_%s: %v", envPrefix, name, err))
+	}
+	oneOf := func(name, v string, allowed ...string) string {
+		for _, a := range allowed {
+			if v == a {
+				return v
+			}
+		}
+		bad(name, fmt.Errorf("%q is not one of %s", v, strings.Join(allowed, ", ")))
+		return ""
+	}
+	boolean := func(name, v string) bool {
+		b, err := strconv.ParseBool(v)
+		if err != nil {
+			bad(name, fmt.Errorf("%q is not a boolean (true or false)", v))
+		}
+		return b
+	}
+	dur := func(name, v string, min time.Duration) time.Duration {
+		d, err := time.ParseDuration(v)
+		if err != nil {
+			bad(name, fmt.Errorf("%q is not a duration (like 500ms, 10s, 2m)", v))
+			return 0
+		}
+		if d < min {
+			bad(name, fmt.Errorf("%s is below the minimum %s", d, min))
+		}
+		return d
+	}
+	size := func(name, v string) units.Size {
+		s, err := units.ParseSize(v)
+		if err != nil {
+			bad(name, err)
+		} else if s == 0 {
+			bad(name, errors.New("must be > 0"))
+		}
+		return s
+	}
+	rate := func(name, v string) units.Rate {
+		s, err := units.ParseRate(v)
+		if err != nil {
+			bad(name, err)
+		} else if s == 0 {
+			bad(name, errors.New("must be > 0"))
+		}
+		return s
+	}
+	uint32Of := func(name, v string, min, max uint64) uint32 {
+		n, err := strconv.ParseUint(v, 10, 32)
+		if err != nil || n < min || n > max {
+			bad(name, fmt.Errorf("%q is not a whole number in %d-%d", v, min, max))
+		}
+		return uint32(n)
+	}
+
+	switch strings.ToLower(r.LogLevel) {
+	case "debug", "info", "warn", "error":
+		c.LogLevel = strings.ToLower(r.LogLevel)
+	default:
+		bad("LOG_LEVEL", fmt.Errorf("%q is not one of debug, info, warn, error", r.LogLevel))
+	}
+	if r.StateDir == "" || !strings.HasPrefix(r.StateDir, "/") {
+		bad("STATE_DIR", fmt.Errorf("%q must be an absolute path", r.StateDir))
+	}
+	c.IptablesBackend = oneOf("IPTABLES_BACKEND", r.IptablesBackend, "auto", "legacy", "nft")
+	c.IPv6 = oneOf("IPV6", r.IPv6, "auto", "true", "false")
+	c.StartupTimeout = dur("STARTUP_TIMEOUT", r.StartupTimeout, time.Second)
+
+	c.Egress = boolean("EGRESS", r.Egress)
+	if allow, err := egress.ParseEntries(r.Allow); err != nil {
+		bad("ALLOW", err)
+	} else {
+		c.Allow = allow
+	}
+	c.DNSRate = uint32Of("DNS_RATE", r.DNSRate, 1, 10000)
+	c.DNSBurst = uint32Of("DNS_BURST", r.DNSBurst, 1, 10000)
+	if n := uint32Of("NFLOG_GROUP", r.NFLogGroup, 0, 65535); n <= 65535 {
+		c.NFLogGroup = uint16(n)
+	}
+	c.ResolveMinTTL = dur("RESOLVE_MIN_TTL", r.ResolveMinTTL, time.Second)
+	for _, f := range splitList(r.Block) {
+		p, err := parsePrefixOrAddr(f)
+		if err != nil {
+			bad("BLOCK", err)
+			continue
+		}
+		c.Block = append(c.Block, p)
+	}
+	dnsList := r.DNSServers
+	dnsName := "DNS_SERVERS"
+	if strings.TrimSpace(dnsList) == "" && c.Egress {
+		servers, err := readResolvConf(resolvConf)
+		if err != nil {
+			bad("DNS_SERVERS", fmt.Errorf("empty, and reading the nameservers of %s: %w", resolvConf, err))
+		}
+		dnsList = strings.Join(servers, ",")
+		dnsName = "DNS_SERVERS (from " + resolvConf + ")"
+	}
+	for _, f := range splitList(dnsList) {
+		a, err := netip.ParseAddr(f)
+		if err != nil || a.Zone() != "" {
+			bad(dnsName, fmt.Errorf("%q is not an IP address", f))
+			continue
+		}
+		c.DNSServers = append(c.DNSServers, a.Unmap())
+	}
+	hubURL, hubName := r.HubAPIURL, "HUB_API_URL"
+	if hubURL == "" {
+		hubURL = os.Getenv("JUPYTERHUB_API_URL")
+		hubName = "HUB_API_URL (from JUPYTERHUB_API_URL)"
+	}
+	if hubURL != "" {
+		ent, err := hubEntry(hubURL)
+		if err != nil {
+			bad(hubName, err)
+		} else {
+			c.HubAPI = []egress.Entry{ent}
+		}
+	}
+
+	c.Shape = boolean("SHAPE", r.Shape)
+	c.FastRate = rate("FAST_RATE", r.FastRate)
+	c.SlowRate = rate("SLOW_RATE", r.SlowRate)
+	if c.Shape && c.SlowRate >= c.FastRate && c.FastRate != 0 {
+		bad("SLOW_RATE", fmt.Errorf("%s must be below HUBWARDEN_FAST_RATE (%s)", c.SlowRate, c.FastRate))
+	}
+	if m, err := strconv.ParseUint(r.CTMark, 0, 32); err != nil || bits.OnesCount64(m) != 1 {
+		bad("CTMARK", fmt.Errorf("%q must be a single bit, like 0x100000", r.CTMark))
+	} else {
+		c.CTMark = uint32(m)
+	}
+	c.Backstop = boolean("BACKSTOP", r.Backstop)
+
+	c.Watch = boolean("WATCH", r.Watch)
+	c.FlowBudget = size("FLOW_BUDGET", r.FlowBudget)
+	c.FlowRefill = rate("FLOW_REFILL", r.FlowRefill)
+	c.PodBudget = size("POD_BUDGET", r.PodBudget)
+	c.PodRefill = rate("POD_REFILL", r.PodRefill)
+	if c.PodBudget != 0 && c.FlowBudget > c.PodBudget {
+		bad("FLOW_BUDGET", fmt.Errorf("%s must not exceed HUBWARDEN_POD_BUDGET (%s)", c.FlowBudget, c.PodBudget))
+	}
+	c.PromoteIdle = dur("PROMOTE_IDLE", r.PromoteIdle, 100*time.Millisecond)
+	c.DumpInterval = dur("DUMP_INTERVAL", r.DumpInterval, 10*time.Millisecond)
+	c.ProgressInterval = dur("PROGRESS_INTERVAL", r.ProgressInterval, time.Second)
+	if r.BackstopBudget == "" {
+		c.BackstopBudget = 4 * c.FlowBudget
+	} else {
+		c.BackstopBudget = size("BACKSTOP_BUDGET", r.BackstopBudget)
+		if c.BackstopBudget < c.FlowBudget {
+			bad("BACKSTOP_BUDGET", fmt.Errorf("%s must be at least HUBWARDEN_FLOW_BUDGET (%s), or it pre-empts the watcher", c.BackstopBudget, c.FlowBudget))
+		}
+	}
+	if r.BackstopRate == "" {
+		c.BackstopRate = 4 * c.FlowRefill
+	} else {
+		c.BackstopRate = rate("BACKSTOP_RATE", r.BackstopRate)
+	}
+
+	if _, _, err := net.SplitHostPort(r.HealthAddr); err != nil {
+		bad("HEALTH_ADDR", fmt.Errorf("%q is not host:port", r.HealthAddr))
+	}
+	c.ReconcileInterval = dur("RECONCILE_INTERVAL", r.ReconcileInterval, time.Second)
+	c.DenyLogWindow = dur("DENY_LOG_WINDOW", r.DenyLogWindow, 100*time.Millisecond)
+	if ap, err := netip.ParseAddrPort(r.SelftestTarget); err != nil {
+		bad("SELFTEST_TARGET", fmt.Errorf("%q is not IP:port", r.SelftestTarget))
+	} else {
+		c.SelftestTarget = ap
+	}
+	return c, problems
+}
+
+// hubEntry turns the hub API URL into an allow entry for its host and port.
+func hubEntry(s string) (egress.Entry, error) {
+	u, err := url.Parse(s)
+	if err != nil || u.Host == "" || (u.Scheme != "http" && u.Scheme != "https") {
+		return egress.Entry{}, fmt.Errorf("%q is not an http(s) URL", s)
+	}
+	port := u.Port()
+	if port == "" {
+		port = map[string]string{"http": "80", "https": "443"}[u.Scheme]
+	}
+	host := u.Hostname()
+	if strings.Contains(host, ":") {
+		host = "[" + host + "]"
+	}
+	return egress.ParseEntry("tcp://" + host + ":" + port)
+}
+
+func parsePrefixOrAddr(s string) (netip.Prefix, error) {
+	if strings.Contains(s, "/") {
+		p, err := netip.ParsePrefix(s)
+		if err != nil {
+			return p, fmt.Errorf("%q is not a CIDR", s)
+		}
+		return p.Masked(), nil
+	}
+	a, err := netip.ParseAddr(s)
+	if err != nil {
+		return netip.Prefix{}, fmt.Errorf("%q is not an IP address or CIDR", s)
+	}
+	a = a.Unmap()
+	return netip.PrefixFrom(a, a.BitLen()), nil
+}
+
+func splitList(s string) []string {
+	return strings.FieldsFunc(s, func(r rune) bool { return r == ',' || r == ' ' || r == '\t' || r == '\n' })
+}
+
+// readResolvConf returns the nameserver addresses of a resolv.conf file.
+func readResolvConf(path string) ([]string, error) {
+	f, err := os.Open(path)
+	if err != nil {
+		return nil, err
+	}
+	defer f.Close()
+	var out []string
+	sc := bufio.NewScanner(f)
+	for sc.Scan() {
+		fs := strings.Fields(sc.Text())
+		if len(fs) >= 2 && fs[0] == "nameserver" {
+			out = append(out, strings.SplitN(fs[1], "%", 2)[0])
+		}
+	}
+	if err := sc.Err(); err != nil {
+		return nil, err
+	}
+	if len(out) == 0 {
+		return nil, errors.New("no nameserver lines")
+	}
+	return out, nil
+}
+
+// printUsage writes every variable with its default and meaning.
+func printUsage(w io.Writer) error {
+	tw := tabwriter.NewWriter(w, 0, 4, 2, ' ', 0)
+	fmt.Fprintln(tw, "VARIABLE\tDEFAULT\tMEANING")
+	err := envconfig.Usagef(envPrefix, &rawConfig{}, tw,
+		"{{range .}}{{usage_key .}}\t{{if usage_default .}}{{usage_default .}}{{else}}-{{end}}\t{{usage_description .}}\n{{end}}")
+	if err != nil {
+		return err
+	}
+	return tw.Flush()
+}

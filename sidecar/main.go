@@ -1,0 +1,73 @@
+// Command hubwarden is the sidecar that makes bulk data exfiltration from a
+// JupyterHub user pod slow, blocked where it goes direct, and attributable.
+//
+// Usage:
+//
+//	hubwarden init     apply egress filtering and shaping once, self-check, exit 0
+//	hubwarden run      apply, then watch, reconcile and serve health until SIGTERM
+//	hubwarden plan     print what would be applied (iptables-restore text, tc objects)
+//	hubwarden check    compare the kernel with the plan; exit 1 with a diff if they differ
+//	hubwarden verify   run inside the notebook container: prove the lockdown holds
+//	hubwarden version  print the version
+//
+// Configuration is read from HUBWARDEN_* environment variables only; run
+// `hubwarden --help` for the full list with defaults and meanings.
+package main
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"os"
+)
+
+// version is set at build time with -ldflags "-X main.version=...".
+var version = "dev"
+
+func main() {
+	if err := run(context.Background(), os.Args[1:], os.Stdout, os.Stderr); err != nil && !errors.Is(err, context.Canceled) {
+		var ex exitError
+		if errors.As(err, &ex) {
+			os.Exit(int(ex))
+		}
+		fmt.Fprintln(os.Stderr, "hubwarden:", err)
+		os.Exit(1)
+	}
+}
+
+// exitError ends the process with a status and no further message (the
+// command has already written its report).
+type exitError int
+
+func (e exitError) Error() string { return fmt.Sprintf("exit status %d", int(e)) }
+
+const usageHead = `hubwarden: egress filtering, download throttling and audit for a JupyterHub user pod.
+
+Commands:
+  init     apply egress filtering and shaping once, self-check, exit 0 (init container)
+  run      apply, then watch, reconcile and serve health until SIGTERM (sidecar)
+  plan     print what would be applied: iptables-restore text per family, tc objects
+  check    compare the kernel with the plan; exit 0 when equal, 1 with a diff
+  verify   run inside the notebook container as the user: prove the lockdown holds
+  version  print the version
+
+Configuration (environment variables only):
+`
+
+func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
+	if len(args) == 0 {
+		fmt.Fprint(stderr, usageHead)
+		_ = printUsage(stderr)
+		return exitError(2)
+	}
+	switch args[0] {
+	case "-h", "--help", "help":
+		fmt.Fprint(stdout, usageHead)
+		return printUsage(stdout)
+	case "version", "--version":
+		fmt.Fprintln(stdout, "hubwarden", version)
+		return nil
+	}
+	return fmt.Errorf("unknown command %q (see hubwarden --help)", args[0])
+}
