@@ -22,6 +22,39 @@ type Hubwarden struct {
 	// Defaults maps every variable hubwarden accepts to its default, as
 	// printed by `hubwarden --help` ("" for none).
 	Defaults map[string]string
+	// ImageEnv is the environment the image sets (ENV lines of its runtime
+	// stage), e.g. XTABLES_LOCKFILE.
+	ImageEnv map[string]string
+}
+
+// ReadImageEnv returns the ENV settings of a Dockerfile's last stage, in the
+// "ENV KEY=VALUE [KEY=VALUE...]" form with backslash continuations.
+func ReadImageEnv(dockerfile string) (map[string]string, error) {
+	b, err := os.ReadFile(dockerfile)
+	if err != nil {
+		return nil, err
+	}
+	text := strings.ReplaceAll(string(b), "\\\n", " ")
+	env := map[string]string{}
+	for _, line := range strings.Split(text, "\n") {
+		f := strings.Fields(line)
+		if len(f) == 0 {
+			continue
+		}
+		switch strings.ToUpper(f[0]) {
+		case "FROM":
+			env = map[string]string{}
+		case "ENV":
+			for _, kv := range f[1:] {
+				k, v, ok := strings.Cut(kv, "=")
+				if !ok {
+					return nil, fmt.Errorf("reading %s: ENV %q is not KEY=VALUE", dockerfile, kv)
+				}
+				env[k] = v
+			}
+		}
+	}
+	return env, nil
 }
 
 // LoadHubwarden reads the accepted variables from `bin --help`: the lines of
@@ -429,6 +462,20 @@ func (c container) check(hw *Hubwarden, volumes map[string]bool) []string {
 	}
 	if !mounted {
 		add("no volume mounted at the state directory %s (HUBWARDEN_STATE_DIR)", state)
+	}
+	// iptables-legacy locks XTABLES_LOCKFILE; the root filesystem is read-only.
+	if lock, ok := hw.ImageEnv["XTABLES_LOCKFILE"]; ok {
+		dir := filepath.Dir(lock)
+		found := false
+		for _, mnt := range mounts {
+			m, _ := mnt.(map[string]any)
+			if m["mountPath"] == dir {
+				found = true
+			}
+		}
+		if !found {
+			add("the image's XTABLES_LOCKFILE %s is not on a mounted volume (the root filesystem is read-only)", lock)
+		}
 	}
 	return problems
 }

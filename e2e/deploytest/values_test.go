@@ -53,6 +53,12 @@ func buildHubwarden(t *testing.T, root string) *Hubwarden {
 	if err != nil {
 		t.Fatal(err)
 	}
+	if hw.ImageEnv, err = ReadImageEnv(filepath.Join(root, "images", "hubwarden", "Dockerfile")); err != nil {
+		t.Fatal(err)
+	}
+	if hw.ImageEnv["XTABLES_LOCKFILE"] == "" {
+		t.Fatal("images/hubwarden/Dockerfile sets no XTABLES_LOCKFILE")
+	}
 	return hw
 }
 
@@ -130,6 +136,7 @@ func TestCheckRejects(t *testing.T) {
 		{"bad-no-state-volume.yaml", "no such volume"},
 		{"bad-metadata-iptables.yaml", "blockWithIptables must be false"},
 		{"bad-not-native.yaml", "needs restartPolicy: Always"},
+		{"bad-state-dir-moved.yaml", "XTABLES_LOCKFILE"},
 	}
 	for _, tt := range tests {
 		t.Run(tt.file, func(t *testing.T) {
