@@ -113,6 +113,38 @@ for key in ("disabledExtensions", "lockedExtensions"):
         sys.exit(1)
 PY
 
+# The server config's fail-closed guard: it must refuse a server without the
+# lockdown and accept one with it. Needs jupyter_core (Debian:
+# python3-jupyter-core, installed with jupyterhub by scripts/setup.sh).
+guard_py=
+for py in /usr/bin/python3 python3; do
+	if "$py" -c 'import jupyter_core' 2>/dev/null; then
+		guard_py=$py
+		break
+	fi
+done
+if [ -n "$guard_py" ]; then
+	cat >"$tmp/guardrun.py" <<'PY'
+import sys
+ns = {"get_config": lambda: None}
+try:
+    exec(compile(open(sys.argv[1]).read(), sys.argv[1], "exec"), ns)
+    print("started")
+except SystemExit as e:
+    print("refused:", e)
+PY
+	guard=images/singleuser/jupyter_server_config.py
+	got=$(env -i HOME="$tmp" PATH="$PATH" "$guard_py" "$tmp/guardrun.py" "$guard")
+	case $got in refused:*) ;; *) problem "$guard started a server without the lockdown: $got" ;; esac
+	got=$(env -i HOME="$tmp" PATH="$PATH" JUPYTERHUB_DISABLE_USER_CONFIG=1 PYTHONNOUSERSITE=1 \
+		JUPYTER_CONFIG_DIR=/usr/local/etc/jupyter-user "$guard_py" "$tmp/guardrun.py" "$guard")
+	[ "$got" = started ] || problem "$guard refused a server with the lockdown: $got"
+	grep -q 'JUPYTER_CONFIG_DIR=/usr/local/etc/jupyter-user' images/singleuser/Dockerfile ||
+		problem "images/singleuser/Dockerfile does not set the JUPYTER_CONFIG_DIR the guard was checked with"
+else
+	echo "build-check: no jupyter_core for python3: the server config guard was not exercised" >&2
+fi
+
 if [ "$fail" -ne 0 ]; then
 	echo "build-check: FAILED" >&2
 	exit 1

@@ -23,6 +23,17 @@ def _lockdown_problems():
             "the user site-packages is on sys.path (set PYTHONNOUSERSITE=1): "
             "user-installed modules could shadow the server's"
         )
+    # Every config dir (server config, labconfig/page_config.json) must be
+    # out of the user's reach: not in the home directory, not writable.
+    from jupyter_core.paths import jupyter_config_path
+
+    home = os.path.realpath(os.path.expanduser("~"))
+    for path in jupyter_config_path():
+        real = os.path.realpath(path)
+        if real == home or real.startswith(home + os.sep):
+            problems.append(f"a Jupyter config dir is in the home directory: {path}")
+        elif os.geteuid() != 0 and os.path.exists(real) and os.access(real, os.W_OK):
+            problems.append(f"a Jupyter config dir is writable by the user: {path}")
     # Running as root is how the image is built, never how the server runs.
     if os.geteuid() != 0:
         for key in ("purelib", "platlib", "scripts", "data"):
