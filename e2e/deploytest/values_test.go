@@ -179,3 +179,50 @@ func TestSchemaCopyCurrent(t *testing.T) {
 		}
 	}
 }
+
+// TestProbePathsServed checks that the paths the probes use are routes in
+// hubwarden's own sources (the health server registers them as string
+// literals), so that renaming a route without the values files fails here.
+func TestProbePathsServed(t *testing.T) {
+	root, err := RepoRoot()
+	if err != nil {
+		t.Fatal(err)
+	}
+	found := map[string]string{}
+	err = filepath.WalkDir(root, func(path string, d os.DirEntry, err error) error {
+		if err != nil {
+			return err
+		}
+		if d.IsDir() {
+			switch d.Name() {
+			case ".git", "e2e", "images", "docs", "bin":
+				return filepath.SkipDir
+			}
+			return nil
+		}
+		if !strings.HasSuffix(path, ".go") || strings.HasSuffix(path, "_test.go") {
+			return nil
+		}
+		b, err := os.ReadFile(path)
+		if err != nil {
+			return err
+		}
+		for _, route := range []string{"/readyz", "/healthz"} {
+			if strings.Contains(string(b), `"`+route+`"`) || strings.Contains(string(b), ` `+route+`"`) {
+				found[route] = path
+			}
+		}
+		return nil
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(found) == 0 {
+		t.Skip("no health server in the repository yet")
+	}
+	for _, route := range []string{"/readyz", "/healthz"} {
+		if found[route] == "" {
+			t.Errorf("the probes use %s, but no hubwarden source registers it", route)
+		}
+	}
+}
