@@ -6,7 +6,7 @@ VERSION ?= $(shell git describe --always --dirty 2>/dev/null || echo dev)
 LDFLAGS := -s -w -X main.version=$(VERSION)
 BIN     := bin/hubwarden
 
-.PHONY: all build setup test integration e2e-netns e2e-kind ci demo bench lint fuzz clean
+.PHONY: all build setup test integration e2e-netns e2e-kind ci demo bench lint fuzz clean deploy-check
 
 all: build
 
@@ -32,7 +32,12 @@ lint:
 fuzz:
 	./scripts/fuzz.sh 20s
 
-ci: setup lint
+# Images and z2jh values, checked without a Docker engine.
+deploy-check:
+	./images/build-check.sh
+	cd e2e/deploytest && $(GO) vet ./... && $(GO) test -count=1 ./...
+
+ci: setup lint deploy-check
 	$(GO) test -count=1 -p 1 $(PKGS)
 	$(GO) test -count=1 -run '^$$' -bench . -benchtime=1x $(PKGS)
 

@@ -151,13 +151,20 @@ func knownVars() map[string]bool {
 	return known
 }
 
+// serviceLink reports whether k is one of the variables Kubernetes injects into
+// every container for a Service named "hubwarden" (HUBWARDEN_SERVICE_HOST,
+// HUBWARDEN_PORT_9280_TCP_ADDR, ...); they are not typos and must not stop the pod.
+func serviceLink(k string) bool {
+	return k == envPrefix+"_PORT" || strings.HasPrefix(k, envPrefix+"_SERVICE_") || strings.HasPrefix(k, envPrefix+"_PORT_")
+}
+
 // unknownVars names HUBWARDEN_* variables that hubwarden does not read (typos).
 func unknownVars(environ []string) []string {
 	known := knownVars()
 	var out []string
 	for _, kv := range environ {
 		k, _, _ := strings.Cut(kv, "=")
-		if strings.HasPrefix(k, envPrefix+"_") && !known[k] {
+		if strings.HasPrefix(k, envPrefix+"_") && !known[k] && !serviceLink(k) {
 			out = append(out, fmt.Sprintf("%s: unknown variable (a typo? see hubwarden --help)", k))
 		}
 	}
