@@ -297,11 +297,11 @@ func TestApplyEmptyTableRemoves(t *testing.T) {
 
 func TestApplyInvalidPlanTouchesNothing(t *testing.T) {
 	tests := map[string][]Table{
-		"foreign chain name": {{Family: IPv4, Name: "filter", Chains: []Chain{{Name: "EGRESS"}}}},
-		"hook to undeclared": {{Family: IPv4, Name: "filter", Hooks: []Hook{{Base: "OUTPUT", Target: "HUBWARDEN-X"}}}},
+		"foreign chain name":   {{Family: IPv4, Name: "filter", Chains: []Chain{{Name: "EGRESS"}}}},
+		"hook to undeclared":   {{Family: IPv4, Name: "filter", Hooks: []Hook{{Base: "OUTPUT", Target: "HUBWARDEN-X"}}}},
 		"rule without comment": {{Family: IPv4, Name: "filter", Chains: []Chain{{Name: "HUBWARDEN-X", Rules: []Rule{{Args: []string{"-j", "ACCEPT"}}}}}}},
-		"table twice": {{Family: IPv4, Name: "filter"}, {Family: IPv4, Name: "filter"}},
-		"valid then invalid": append(testPlan(), Table{Family: IPv6, Name: "mangle", Chains: []Chain{{Name: "X"}}}),
+		"table twice":          {{Family: IPv4, Name: "filter"}, {Family: IPv4, Name: "filter"}},
+		"valid then invalid":   append(testPlan(), Table{Family: IPv6, Name: "mangle", Chains: []Chain{{Name: "X"}}}),
 	}
 	for name, plan := range tests {
 		t.Run(name, func(t *testing.T) {
