@@ -35,7 +35,7 @@ type Detector struct {
 	StateFile string  // where the choice is kept; "" keeps nothing
 	Override  Backend // "" detects
 	IPv6      bool    // also prove the ip6tables tools
-	ProcNet   string  // /proc/net of the namespace; "" means /proc/net
+	ProcNet   string  // /proc/net of the namespace; "" means /proc/thread-self/net (the calling thread's namespace)
 	Log       zerolog.Logger
 }
 
@@ -123,7 +123,7 @@ func (d Detector) count(ctx context.Context, b Backend, tolerateMissing bool) (r
 		if b == Legacy {
 			procNet := d.ProcNet
 			if procNet == "" {
-				procNet = "/proc/net"
+				procNet = "/proc/thread-self/net"
 			}
 			names := "ip_tables_names"
 			if f == IPv6 {
