@@ -12,6 +12,7 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"syscall"
 	"testing"
 	"time"
@@ -402,19 +403,21 @@ func TestIntegrationEgressMetadata(t *testing.T) {
 	})
 }
 
-// dnsServer answers every A query with 198.18.<n>.99 on addr:53 (UDP and TCP).
-func dnsServer(t *testing.T, ns *nstest.NS, addr string, n int) {
+// dnsServer serves answer() (an IPv4 address and a TTL) to every A query,
+// on addr:53 over UDP and TCP; AAAA queries get no records.
+func dnsServer(t *testing.T, ns *nstest.NS, addr string, answer func() (netip.Addr, uint32)) {
 	t.Helper()
-	answer := func(q []byte) []byte {
+	respond := func(q []byte) []byte {
 		var m dnsmessage.Message
 		if err := m.Unpack(q); err != nil || len(m.Questions) != 1 {
 			return nil
 		}
 		r := dnsmessage.Message{Header: dnsmessage.Header{ID: m.ID, Response: true}, Questions: m.Questions}
 		if m.Questions[0].Type == dnsmessage.TypeA {
+			a, ttl := answer()
 			r.Answers = []dnsmessage.Resource{{
-				Header: dnsmessage.ResourceHeader{Name: m.Questions[0].Name, Type: dnsmessage.TypeA, Class: dnsmessage.ClassINET, TTL: 60},
-				Body:   &dnsmessage.AResource{A: [4]byte{198, 18, byte(n), 99}},
+				Header: dnsmessage.ResourceHeader{Name: m.Questions[0].Name, Type: dnsmessage.TypeA, Class: dnsmessage.ClassINET, TTL: ttl},
+				Body:   &dnsmessage.AResource{A: a.As4()},
 			}}
 		}
 		b, _ := r.Pack()
@@ -440,7 +443,7 @@ func dnsServer(t *testing.T, ns *nstest.NS, addr string, n int) {
 			if err != nil {
 				return
 			}
-			if r := answer(buf[:k]); r != nil {
+			if r := respond(buf[:k]); r != nil {
 				_, _ = pc.WriteTo(r, from)
 			}
 		}
@@ -461,7 +464,7 @@ func dnsServer(t *testing.T, ns *nstest.NS, addr string, n int) {
 				if _, err := io.ReadFull(c, q); err != nil {
 					return
 				}
-				r := answer(q)
+				r := respond(q)
 				_, _ = c.Write(append([]byte{byte(len(r) >> 8), byte(len(r))}, r...))
 			}()
 		}
@@ -507,7 +510,7 @@ func TestIntegrationEgressDNS(t *testing.T) {
 	forBackends(t, func(t *testing.T, be xtables.Backend) {
 		b := newBed(t, 23, be)
 		for _, a := range []string{b.PeerIP4, b.PeerIP6, b.Another4, b.Another6} {
-			dnsServer(t, b.Peer, a, b.n)
+			dnsServer(t, b.Peer, a, func() (netip.Addr, uint32) { return netip.AddrFrom4([4]byte{198, 18, byte(b.n), 99}), 60 })
 		}
 		cfg := baseConfig(b)
 		cfg.DNSRate, cfg.DNSBurst = 5, 20
@@ -643,5 +646,116 @@ func TestIntegrationEgressNDP(t *testing.T) {
 		if n := crafted(); n != 1 {
 			t.Errorf("a user's neighbour solicitation left the pod (%d at the peer)", n-1)
 		}
+	})
+}
+
+// TestIntegrationEgressFollowsDNS: an allow-list host name follows its DNS
+// answer: resolved at start, re-resolved after its TTL by a Refresher whose
+// callback re-plans and re-applies; the old address is refused afterwards.
+func TestIntegrationEgressFollowsDNS(t *testing.T) {
+	forBackends(t, func(t *testing.T, be xtables.Backend) {
+		b := newBed(t, 25, be)
+		for _, a := range []string{b.PeerIP4, b.Denied4} {
+			listenTCP(t, b.Peer, hostPort(a, 8080))
+		}
+		var current atomic.Pointer[netip.Addr]
+		first := netip.MustParseAddr(b.PeerIP4)
+		current.Store(&first)
+		dnsServer(t, b.Peer, b.PeerIP4, func() (netip.Addr, uint32) { return *current.Load(), 1 })
+
+		cfg := baseConfig(b)
+		cfg.DNSServers = addrs(b.PeerIP4)
+		cfg.IPv6 = false
+		cfg.Allow = entries(t, "tcp://data.test:8080")
+		r := resolve.New(cfg.DNSServers)
+		r.Timeout = time.Second
+		r.Dial = func(ctx context.Context, network, address string) (net.Conn, error) {
+			var c net.Conn
+			err := b.Pod.Do(func() (err error) { c, err = (&net.Dialer{}).DialContext(ctx, network, address); return err })
+			return c, err
+		}
+		applied := make(chan error, 4)
+		ref := resolve.NewRefresher(r, cfg.Hosts(), time.Second, zerolog.New(zerolog.NewTestWriter(t)), func(m map[string][]netip.Addr) {
+			tables, err := Plan(cfg, m)
+			if err == nil {
+				err = b.Pod.Do(func() error { _, err := b.x.Apply(context.Background(), tables); return err })
+			}
+			applied <- err
+		})
+		// Start: rules in place (DNS allowed) before the first lookup.
+		b.apply(t, cfg, nil)
+		if _, err := ref.Refresh(context.Background()); err != nil {
+			t.Fatal(err)
+		}
+		b.apply(t, cfg, ref.Snapshot())
+		if _, err := dial(b.Pod, "tcp", hostPort(b.PeerIP4, 8080)); err != nil {
+			t.Fatalf("data.test at %s: %v", b.PeerIP4, err)
+		}
+		if _, err := dial(b.Pod, "tcp", hostPort(b.Denied4, 8080)); !errors.Is(err, syscall.ECONNREFUSED) {
+			t.Fatalf("%s before the change: %v, want refused", b.Denied4, err)
+		}
+
+		ctx, cancel := context.WithCancel(context.Background())
+		defer cancel()
+		go func() { _ = ref.Run(ctx) }()
+		next := netip.MustParseAddr(b.Denied4)
+		current.Store(&next)
+		start := time.Now()
+		select {
+		case err := <-applied:
+			if err != nil {
+				t.Fatal(err)
+			}
+		case <-time.After(10 * time.Second):
+			t.Fatal("the changed answer was not applied within 10s")
+		}
+		t.Logf("changed answer applied after %s (TTL 1s, RESOLVE_MIN_TTL 1s)", time.Since(start).Round(time.Millisecond))
+		if _, err := dial(b.Pod, "tcp", hostPort(b.Denied4, 8080)); err != nil {
+			t.Errorf("data.test's new address %s: %v", b.Denied4, err)
+		}
+		if _, err := dial(b.Pod, "tcp", hostPort(b.PeerIP4, 8080)); !errors.Is(err, syscall.ECONNREFUSED) {
+			t.Errorf("data.test's old address %s: %v, want refused", b.PeerIP4, err)
+		}
+	})
+}
+
+// TestIntegrationEgressApplyTime measures planning and applying a realistic
+// egress policy (20 allow entries, half of them host names, both families)
+// in a fresh pod namespace, and then the no-op re-apply.
+func TestIntegrationEgressApplyTime(t *testing.T) {
+	forBackends(t, func(t *testing.T, be xtables.Backend) {
+		b := newBed(t, 26, be)
+		var allow []string
+		resolved := map[string][]netip.Addr{}
+		for i := range 10 {
+			allow = append(allow, fmt.Sprintf("tcp://198.18.26.%d:443", 10+i), fmt.Sprintf("tcp://h%d.test:443", i))
+			resolved[fmt.Sprintf("h%d.test", i)] = addrs(fmt.Sprintf("198.18.26.%d", 100+i), fmt.Sprintf("2001:2:0:1d::26:%d", 100+i))
+		}
+		cfg := baseConfig(b)
+		cfg.Allow = entries(t, strings.Join(allow, ","))
+		ctx := context.Background()
+		var first, again time.Duration
+		err := b.Pod.Do(func() error {
+			start := time.Now()
+			tables, err := Plan(cfg, resolved)
+			if err != nil {
+				return err
+			}
+			if _, err := b.x.Apply(ctx, tables); err != nil {
+				return err
+			}
+			first = time.Since(start)
+			start = time.Now()
+			res, err := b.x.Apply(ctx, tables)
+			if err == nil && len(res.Changed) > 0 {
+				err = fmt.Errorf("re-apply changed %v", res.Changed)
+			}
+			again = time.Since(start)
+			return err
+		})
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Logf("%s: plan+apply of 20 entries, both families: %s; re-apply (no change): %s", be, first.Round(time.Millisecond), again.Round(time.Millisecond))
 	})
 }
