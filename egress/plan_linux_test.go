@@ -555,7 +555,12 @@ func TestIntegrationEgressDNS(t *testing.T) {
 			t.Errorf("DNS over TCP to %s, not a configured resolver: %v, want refused", b.Another4, err)
 		}
 
-		// The burst: 60 queries at once on one socket; about DNS_BURST get through.
+		// A packet over MaxDNSPacket is dropped, whatever the rate.
+	if err := sendUDP(t, b.Pod, hostPort(b.PeerIP4, 53), strings.Repeat("x", MaxDNSPacket)); !errors.Is(err, syscall.EPERM) {
+		t.Errorf("a %d-byte datagram to the resolver: %v, want EPERM", MaxDNSPacket+28, err)
+	}
+
+	// The burst: 60 queries at once on one socket; about DNS_BURST get through.
 		answered, dropped := 0, 0
 		err := b.Pod.Do(func() error {
 			c, err := net.Dial("udp", hostPort(b.PeerIP4, 53))
@@ -591,6 +596,37 @@ func TestIntegrationEgressDNS(t *testing.T) {
 		t.Logf("60 queries at once: %d answered, %d refused with EPERM at send (DNS_BURST 20, DNS_RATE 5/s)", answered, dropped)
 		if answered < 10 || answered > 30 {
 			t.Errorf("%d of 60 queries answered, want about DNS_BURST (20)", answered)
+		}
+
+		// Sustained: with the bucket empty, a query every 10 ms for 2 s gets
+		// about DNS_RATE × 2 s through.
+		sent, ok := 0, 0
+		err = b.Pod.Do(func() error {
+			c, err := net.Dial("udp", hostPort(b.PeerIP4, 53))
+			if err != nil {
+				return err
+			}
+			defer c.Close()
+			n, _ := dnsmessage.NewName("x.test.")
+			start := time.Now()
+			for time.Since(start) < 2*time.Second {
+				q := dnsmessage.Message{Header: dnsmessage.Header{ID: uint16(1000 + sent)},
+					Questions: []dnsmessage.Question{{Name: n, Type: dnsmessage.TypeA, Class: dnsmessage.ClassINET}}}
+				p, _ := q.Pack()
+				sent++
+				if _, err := c.Write(p); err == nil {
+					ok++
+				}
+				time.Sleep(10 * time.Millisecond)
+			}
+			return nil
+		})
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Logf("sustained: %d of %d queries in 2s passed (DNS_RATE 5/s)", ok, sent)
+		if ok < 5 || ok > 16 {
+			t.Errorf("%d queries passed in 2s, want about 10 (DNS_RATE 5/s)", ok)
 		}
 	})
 }
