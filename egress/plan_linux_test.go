@@ -556,11 +556,11 @@ func TestIntegrationEgressDNS(t *testing.T) {
 		}
 
 		// A packet over MaxDNSPacket is dropped, whatever the rate.
-	if err := sendUDP(t, b.Pod, hostPort(b.PeerIP4, 53), strings.Repeat("x", MaxDNSPacket)); !errors.Is(err, syscall.EPERM) {
-		t.Errorf("a %d-byte datagram to the resolver: %v, want EPERM", MaxDNSPacket+28, err)
-	}
+		if err := sendUDP(t, b.Pod, hostPort(b.PeerIP4, 53), strings.Repeat("x", MaxDNSPacket)); !errors.Is(err, syscall.EPERM) {
+			t.Errorf("a %d-byte datagram to the resolver: %v, want EPERM", MaxDNSPacket+28, err)
+		}
 
-	// The burst: 60 queries at once on one socket; about DNS_BURST get through.
+		// The burst: 60 queries at once on one socket; about DNS_BURST get through.
 		answered, dropped := 0, 0
 		err := b.Pod.Do(func() error {
 			c, err := net.Dial("udp", hostPort(b.PeerIP4, 53))
