@@ -93,7 +93,8 @@ type answer struct {
 // records used, including the CNAMEs on the way, or the negative-caching TTL
 // of an empty answer. A name that does not exist, or has no addresses, gives
 // no addresses and no error; an error means no resolver answered usably, and
-// the caller should keep its last good answer.
+// the caller should keep its last good answer. When only one family's query
+// failed, Lookup returns the other family's addresses with a *PartialError.
 func (r *Resolver) Lookup(ctx context.Context, host string) ([]netip.Addr, time.Duration, error) {
 	host = strings.TrimSuffix(strings.ToLower(host), ".")
 	if host == "" {
