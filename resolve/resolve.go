@@ -60,7 +60,11 @@ type Resolver struct {
 	Servers []netip.AddrPort
 	// Search and Ndots are resolv.conf's search list and ndots option: a
 	// name with fewer than Ndots dots is tried with each search suffix
-	// first, then as is.
+	// first, then as is. Ndots is capped at 1: allow-list names are written
+	// fully qualified ("pypi.org"), and Kubernetes' ndots:5 would spend four
+	// wasted queries per name and type of the pod's rate-limited DNS budget
+	// before asking for the name itself. A name without dots ("hub") still
+	// goes through the search list first.
 	Search []string
 	Ndots  int
 	// Timeout bounds one exchange with one resolver (DefaultTimeout when 0).
@@ -153,7 +157,7 @@ func (r *Resolver) candidates(host string) []string {
 			searched = append(searched, host+"."+s)
 		}
 	}
-	if strings.Count(host, ".") >= r.Ndots {
+	if strings.Count(host, ".") >= min(r.Ndots, 1) {
 		return append([]string{host}, searched...)
 	}
 	return append(searched, host)

@@ -63,6 +63,15 @@ func TestLookup(t *testing.T) {
 			},
 			host: "hub", want: addrs("198.18.0.5"), wantTTL: 30 * time.Second,
 		},
+		{
+			name: "a dotted name is asked as is first, whatever ndots",
+			records: []dnsmessage.Resource{rrA("pypi.test", 30, "198.18.0.5"),
+				rrA("pypi.test.jhub.svc.cluster.local", 30, "198.18.0.6")},
+			setup: func(_ *testServer, r *Resolver) {
+				r.Search, r.Ndots = []string{"jhub.svc.cluster.local"}, 5
+			},
+			host: "pypi.test", want: addrs("198.18.0.5"), wantTTL: 30 * time.Second,
+		},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -215,4 +224,18 @@ func FuzzParseResolvConf(f *testing.F) {
 			}
 		}
 	})
+}
+
+// TestLookupQueryCount: a fully qualified name costs one query per type of
+// the pod's DNS budget, even with Kubernetes' ndots:5.
+func TestLookupQueryCount(t *testing.T) {
+	s, ap := startLoopback(t)
+	s.set(rrA("pypi.test", 30, "198.18.0.5"), rrAAAA("pypi.test", 30, "2001:2::5"))
+	r := &Resolver{Servers: []netip.AddrPort{ap}, Search: []string{"jhub.svc.cluster.local", "svc.cluster.local", "cluster.local"}, Ndots: 5}
+	if _, _, err := r.Lookup(context.Background(), "pypi.test"); err != nil {
+		t.Fatal(err)
+	}
+	if n := s.udp.Load(); n != 2 {
+		t.Errorf("Lookup sent %d queries, want 2 (A and AAAA)", n)
+	}
 }
