@@ -79,7 +79,7 @@ func TestLookup(t *testing.T) {
 			s.set(tt.records...)
 			r := &Resolver{Servers: []netip.AddrPort{ap}, Ndots: 1, Timeout: time.Second}
 			if tt.setup != nil {
-				tt.setup(s, r)
+				s.with(func(s *testServer) { tt.setup(s, r) })
 			}
 			got, ttl, err := r.Lookup(context.Background(), tt.host)
 			if err != nil {
@@ -97,7 +97,7 @@ func TestLookup(t *testing.T) {
 
 func TestLookupFailover(t *testing.T) {
 	bad, badAP := startLoopback(t)
-	bad.rcode = dnsmessage.RCodeServerFailure
+	bad.with(func(s *testServer) { s.rcode = dnsmessage.RCodeServerFailure })
 	good, goodAP := startLoopback(t)
 	good.set(rrA("x.test", 60, "198.18.0.4"))
 	// A closed port refuses at once.
@@ -118,7 +118,7 @@ func TestLookupFailover(t *testing.T) {
 func TestLookupPartial(t *testing.T) {
 	s, ap := startLoopback(t)
 	s.set(rrA("x.test", 60, "198.18.0.4"), rrAAAA("x.test", 60, "2001:2::4"))
-	s.failType = dnsmessage.TypeAAAA
+	s.with(func(s *testServer) { s.failType = dnsmessage.TypeAAAA })
 	r := &Resolver{Servers: []netip.AddrPort{ap}, Timeout: time.Second}
 	got, _, err := r.Lookup(context.Background(), "x.test")
 	var pe *PartialError
