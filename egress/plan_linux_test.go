@@ -682,6 +682,13 @@ func TestIntegrationEgressNDP(t *testing.T) {
 		if n := crafted(); n != 1 {
 			t.Errorf("a user's neighbour solicitation left the pod (%d at the peer)", n-1)
 		}
+		// The pod's own neighbour advertisements get out: with only the peer's
+		// cache flushed, the peer must solicit the pod's address to connect in.
+		listenTCP(t, b.Pod, hostPort(b.PodIP6, 9000))
+		b.Peer.MustRun("ip", "-6", "neigh", "flush", "all")
+		if _, err := dial(b.Peer, "tcp", hostPort(b.PodIP6, 9000)); err != nil {
+			t.Errorf("connecting into the pod after flushing the peer's neighbour cache: %v", err)
+		}
 	})
 }
 
