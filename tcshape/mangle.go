@@ -85,15 +85,16 @@ func MangleTables(cfg Config) ([]xtables.Table, error) {
 	return out, nil
 }
 
-// backstopArgs renders the hashlimit byte-mode rate and burst in units that
-// iptables-save prints back unchanged (whole KiB or MiB), or says why the
-// kernel cannot hold them.
+// backstopArgs renders the hashlimit byte-mode rate and burst exactly as
+// iptables-save prints them back (so a drift check can compare text), or
+// says why hashlimit cannot hold them.
 //
 // In byte mode hashlimit's bucket holds one second of the rate, and the
 // burst is a count of extra one-second refills (burst bytes / rate, rounded
 // up) that is spent once and restored only when the flow's entry expires
 // after an idle minute. So a flow may send about budget + 1 s of rate fast,
-// and then only at the rate.
+// and then only at the rate. Both values are quantised: the rate to a cost
+// per 16-byte chunk, the burst to whole seconds of that rate.
 func backstopArgs(budget units.Size, rate units.Rate) (string, string, error) {
 	if rate < backstopMinRate || rate > backstopMaxRate {
 		return "", "", fmt.Errorf("planning the backstop: rate %s is outside hashlimit's byte-mode range 1KiB/s-1GiB/s", rate)
@@ -101,19 +102,96 @@ func backstopArgs(budget units.Size, rate units.Rate) (string, string, error) {
 	if budget > backstopMaxBudget {
 		return "", "", fmt.Errorf("planning the backstop: budget %s must be below 4GiB (hashlimit keeps byte-mode bursts in 32 bits)", budget)
 	}
-	r := kib(uint64(rate))
-	if uint64(budget) < r*1024 {
-		return "", "", fmt.Errorf("planning the backstop: budget %s is below one second of the rate %s (hashlimit's byte-mode minimum)", budget, rate)
+	// The rate: iterate parse and print until the text is stable.
+	rs := fmt.Sprintf("%db/s", uint64(rate))
+	var cost uint64
+	for range 8 {
+		cost = hlBytesToCost(hlParse(rs))
+		next := hlPrintRate(cost)
+		if next == rs {
+			break
+		}
+		rs = next
 	}
-	return kibText(r) + "/s", kibText(kib(uint64(budget))), nil
+	r := hlCostToBytes(cost) // bytes per second the kernel really allows
+	if uint64(budget) < r {
+		return "", "", fmt.Errorf("planning the backstop: budget %s is below one second of the rate %s (%d B, hashlimit's byte-mode minimum)", budget, rate, r)
+	}
+	// The burst: a count of one-second refills, printed rounded down, and
+	// read back through 32 bits (so it must stay below 4 GiB).
+	count := min((uint64(budget)+r-1)/r, hlU32Max/r)
+	bs := hlPrintBurst(r, count)
+	for range 8 {
+		next := (hlParse(bs) + r - 1) / r
+		if next == count {
+			break
+		}
+		count = max(next, 1)
+		bs = hlPrintBurst(r, count)
+	}
+	if hlParse(bs) > hlU32Max || hlParse(bs) < r {
+		return "", "", fmt.Errorf("planning the backstop: budget %s and rate %s give the burst %s that hashlimit cannot hold", budget, rate, bs)
+	}
+	return rs, bs, nil
 }
 
-// kib rounds bytes up to whole KiB.
-func kib(b uint64) uint64 { return (b + 1023) / 1024 }
+// hashlimit's byte-mode arithmetic, as libxt_hashlimit does it.
+const (
+	hlU32Max     = 1<<32 - 1
+	hlByteShift  = 4
+	hlMiB, hlKiB = 1 << 20, 1 << 10
+)
 
-func kibText(k uint64) string {
-	if k%1024 == 0 {
-		return fmt.Sprintf("%dmb", k/1024)
+func hlBytesToCost(b uint64) uint64 { return hlU32Max / (uint64(uint32(b>>hlByteShift)) + 1) }
+
+func hlCostToBytes(c uint64) uint64 {
+	r := uint64(hlU32Max)
+	if c != 0 {
+		r = hlU32Max / c
 	}
-	return fmt.Sprintf("%dkb", k)
+	return (r - 1) << hlByteShift
+}
+
+// hlParse reads "N", "Nb", "Nkb", "Nmb" with optional "/s" (k and m are
+// binary, as in iptables).
+func hlParse(s string) uint64 {
+	var n uint64
+	i := 0
+	for i < len(s) && s[i] >= '0' && s[i] <= '9' {
+		n = n*10 + uint64(s[i]-'0')
+		i++
+	}
+	if i < len(s) {
+		switch s[i] {
+		case 'm':
+			n *= hlMiB
+		case 'k':
+			n *= hlKiB
+		}
+	}
+	return n
+}
+
+func hlPrintRate(cost uint64) string {
+	r := hlCostToBytes(cost)
+	for _, u := range []struct {
+		n string
+		t uint64
+	}{{"m", hlMiB}, {"k", hlKiB}} {
+		if r >= u.t && hlBytesToCost(r&^(u.t-1)) == cost {
+			return fmt.Sprintf("%d%sb/s", r/u.t, u.n)
+		}
+	}
+	return fmt.Sprintf("%db/s", r)
+}
+
+func hlPrintBurst(r, count uint64) string {
+	b := r * count
+	switch {
+	case b >= hlMiB:
+		return fmt.Sprintf("%dmb", b/hlMiB)
+	case b >= hlKiB:
+		return fmt.Sprintf("%dkb", b/hlKiB)
+	}
+	return fmt.Sprintf("%db", b)
 }

@@ -266,3 +266,28 @@ func BenchmarkPlan(b *testing.B) {
 		}
 	}
 }
+
+// TestBackstopArgs pins values that TestIntegrationBackstopRoundTrip saw
+// iptables-save print back unchanged.
+func TestBackstopArgs(t *testing.T) {
+	tests := []struct {
+		budget       units.Size
+		rate         units.Rate
+		wantR, wantB string
+	}{
+		{4 << 20, 1 << 20, "1mb/s", "4mb"},
+		{64 << 20, 512 << 10, "512kb/s", "64mb"},
+		{4 << 20, 3_000_000, "3000048b/s", "5mb"},
+		{3 << 30, 1 << 30, "1040mb/s", "3120mb"},
+		{4<<30 - 1, 4 << 20, "4mb/s", "4092mb"},
+	}
+	for _, tt := range tests {
+		r, b, err := backstopArgs(tt.budget, tt.rate)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if r != tt.wantR || b != tt.wantB {
+			t.Errorf("backstopArgs(%d, %d) = %s, %s; want %s, %s", tt.budget, tt.rate, r, b, tt.wantR, tt.wantB)
+		}
+	}
+}
