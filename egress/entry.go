@@ -160,6 +160,9 @@ func (e *Entry) setDest(d string) error {
 		if p.Masked() != p {
 			return fmt.Errorf("CIDR %q has host bits set (did you mean %s?)", d, p.Masked())
 		}
+		if p.Addr().Is4In6() && p.Bits() >= 96 { // an IPv4 CIDR in IPv6 clothes
+			p = netip.PrefixFrom(p.Addr().Unmap(), p.Bits()-96)
+		}
 		e.Prefix = p
 		return nil
 	}

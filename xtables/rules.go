@@ -15,6 +15,9 @@ import (
 // Prefix starts the name of every chain hubwarden owns.
 const Prefix = "HUBWARDEN-"
 
+// CommentPrefix starts the comment of every rule hubwarden writes.
+const CommentPrefix = "hubwarden: "
+
 // Family is an IP family: which of iptables and ip6tables a table belongs to.
 type Family int
 
@@ -35,7 +38,7 @@ func (f Family) String() string {
 // to iptables after "-A CHAIN", without the comment.
 type Rule struct {
 	Args    []string
-	Comment string // purpose, rendered as -m comment --comment "hubwarden: ..."
+	Comment string // purpose, rendered as -m comment --comment "hubwarden: ..." before the target
 }
 
 // Chain is an owned chain and its complete, ordered content.
@@ -95,16 +98,47 @@ func (t Table) Validate() error {
 	return nil
 }
 
-// RuleLine renders one rule of chain as iptables-save prints it.
+// RuleLine renders one rule of chain as iptables-save prints it: the
+// comment match goes after the other matches and before the target (-j or
+// -g), where iptables-save (legacy and nft, 1.8.9) prints a comment that was
+// given last among the matches. Args must already be in iptables-save's
+// canonical form (for example "-d 198.51.100.7/32", "-p tcp -m tcp --dport
+// 443", "-j REJECT --reject-with icmp-port-unreachable"), or Check reports a
+// difference after every apply; the integration tests of the package that
+// builds the rules should assert a clean Check on both backends.
 func RuleLine(chain string, r Rule) string {
-	parts := append([]string{"-A", chain}, r.Args...)
+	return "-A " + quote(chain) + " " + strings.Join(quoteAll(ruleTokens(r)), " ")
+}
+
+// ruleTokens returns a rule's arguments with the comment match placed before
+// the target.
+func ruleTokens(r Rule) []string {
+	args := r.Args
+	t := targetIndex(args)
+	out := make([]string, 0, len(args)+4)
+	out = append(out, args[:t]...)
 	if r.Comment != "" {
-		parts = append(parts, "-m", "comment", "--comment", "hubwarden: "+r.Comment)
+		out = append(out, "-m", "comment", "--comment", CommentPrefix+r.Comment)
 	}
-	for i, p := range parts {
-		parts[i] = quote(p)
+	return append(out, args[t:]...)
+}
+
+// targetIndex returns the index of the first -j or -g argument, or len(args).
+func targetIndex(args []string) int {
+	for i, a := range args {
+		if a == "-j" || a == "-g" || a == "--jump" || a == "--goto" {
+			return i
+		}
 	}
-	return strings.Join(parts, " ")
+	return len(args)
+}
+
+func quoteAll(ss []string) []string {
+	out := make([]string, len(ss))
+	for i, s := range ss {
+		out[i] = quote(s)
+	}
+	return out
 }
 
 // HookLine renders a hook's jump rule (without -A/-I) as iptables-save prints it.

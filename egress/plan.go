@@ -1,0 +1,367 @@
+package egress
+
+import (
+	"errors"
+	"fmt"
+	"net/netip"
+	"slices"
+	"strconv"
+	"strings"
+
+	"github.com/hubwarden/hubwarden/xtables"
+)
+
+// Chain names hubwarden owns in the filter table of each family.
+const (
+	// ChainEgress is hooked from filter OUTPUT and holds the policy.
+	ChainEgress = "HUBWARDEN-EGRESS"
+	// ChainDNS rate-limits every packet to the resolvers, one bucket per family.
+	ChainDNS = "HUBWARDEN-EGRESS-DNS"
+	// ChainBlock logs and rejects traffic to the metadata and HUBWARDEN_BLOCK ranges.
+	ChainBlock = "HUBWARDEN-EGRESS-BLOCK"
+)
+
+// NFLOG prefixes, one per reason, so the log reader can tell denials apart.
+const (
+	LogPrefixDeny    = "hubwarden-deny"     // not on the allow-list
+	LogPrefixBlock   = "hubwarden-block"    // metadata or HUBWARDEN_BLOCK
+	LogPrefixDNSRate = "hubwarden-dns-rate" // DNS over HUBWARDEN_DNS_RATE, dropped
+)
+
+// Limits of the hashlimit match that rate-limits DNS (iptables refuses more).
+const (
+	MaxDNSRate  = 10000
+	MaxDNSBurst = 10000
+)
+
+// nflogSize is how many bytes of each denied packet reach the log reader: an
+// IPv6 header (40) and the largest TCP header (60) fit.
+const nflogSize = "128"
+
+// nflogThreshold caps how many packets the kernel may batch per netlink
+// message to the reader (the reader's own setting applies when lower); it
+// cuts the per-packet cost of a port scan, while the kernel's flush timeout
+// still delivers a lone denial promptly.
+const nflogThreshold = "32"
+
+// kernelOnly matches packets that no user-space socket sent: the neighbour
+// discovery the kernel itself generates has a kernel socket with no file, so
+// it matches; a notebook's raw socket (NET_RAW is in the default container
+// capabilities) has a file and an owner, so it does not, and cannot tunnel
+// data out disguised as neighbour discovery.
+var kernelOnly = []string{"-m", "owner", "!", "--uid-owner", "0-4294967294"}
+
+// MetadataPrefixes are the cloud metadata endpoints, always rejected on every
+// protocol and port.
+var MetadataPrefixes = []netip.Prefix{
+	netip.MustParsePrefix("169.254.169.254/32"),
+	netip.MustParsePrefix("fd00:ec2::254/128"),
+}
+
+// Config is what the egress plan depends on.
+type Config struct {
+	Allow      []Entry
+	DNSServers []netip.Addr
+	DNSRate    uint32 // DNS packets/s per pod (and family) to the resolvers
+	DNSBurst   uint32 // DNS packets the pod may send at once before DNSRate applies
+	HubAPI     []Entry
+	Block      []netip.Prefix // extra always-rejected CIDRs
+	NFLogGroup uint16
+	IPv6       bool // also plan the ip6tables table
+}
+
+// Hosts returns every host name in Allow and HubAPI, sorted, without
+// duplicates: the names the caller must resolve before calling Plan.
+func (c Config) Hosts() []string {
+	var out []string
+	for _, e := range slices.Concat(c.HubAPI, c.Allow) {
+		if e.IsHost() {
+			out = append(out, e.Host)
+		}
+	}
+	slices.Sort(out)
+	return slices.Compact(out)
+}
+
+// Plan returns the filter tables (IPv4, and IPv6 when cfg.IPv6) for
+// hubwarden's egress chains. resolved maps the host names in Allow and
+// HubAPI to their current addresses; a name without addresses allows nothing
+// (fail closed) and is not an error.
+//
+// Plan is pure: the same input gives the same tables, whatever the order of
+// the addresses in resolved.
+func Plan(cfg Config, resolved map[string][]netip.Addr) ([]xtables.Table, error) {
+	if err := cfg.validate(); err != nil {
+		return nil, err
+	}
+	fams := []xtables.Family{xtables.IPv4}
+	if cfg.IPv6 {
+		fams = append(fams, xtables.IPv6)
+	}
+	usable := 0
+	for _, a := range cfg.DNSServers {
+		if a.Unmap().Is4() || cfg.IPv6 {
+			usable++
+		}
+	}
+	if usable == 0 {
+		return nil, fmt.Errorf("planning egress: no usable DNS servers: %v are IPv6 and IPv6 is off", cfg.DNSServers)
+	}
+	var out []xtables.Table
+	for _, f := range fams {
+		t := planFamily(cfg, f, resolved)
+		if err := t.Validate(); err != nil {
+			return nil, fmt.Errorf("planning egress: %w", err)
+		}
+		out = append(out, t)
+	}
+	return out, nil
+}
+
+func (c Config) validate() error {
+	var errs []error
+	if len(c.DNSServers) == 0 {
+		errs = append(errs, errors.New("no DNS servers"))
+	}
+	for _, a := range c.DNSServers {
+		if !a.IsValid() || a.Zone() != "" || a.IsUnspecified() || a.IsMulticast() {
+			errs = append(errs, fmt.Errorf("DNS server %q is not a unicast address without zone", a))
+		}
+	}
+	if c.DNSRate == 0 || c.DNSRate > MaxDNSRate {
+		errs = append(errs, fmt.Errorf("DNS rate %d is not in 1-%d packets/s", c.DNSRate, MaxDNSRate))
+	}
+	if c.DNSBurst == 0 || c.DNSBurst > MaxDNSBurst {
+		errs = append(errs, fmt.Errorf("DNS burst %d is not in 1-%d packets", c.DNSBurst, MaxDNSBurst))
+	}
+	for _, e := range slices.Concat(c.HubAPI, c.Allow) {
+		if err := e.validate(); err != nil {
+			errs = append(errs, err)
+		}
+	}
+	for _, p := range c.Block {
+		if !p.IsValid() {
+			errs = append(errs, fmt.Errorf("blocked prefix %q is not valid", p))
+		}
+	}
+	if err := errors.Join(errs...); err != nil {
+		return fmt.Errorf("planning egress: %w", err)
+	}
+	return nil
+}
+
+// validate checks an entry built without ParseEntry.
+func (e Entry) validate() error {
+	switch {
+	case e.IsHost() && e.Prefix.IsValid():
+		return fmt.Errorf("entry %s: both a host name and a prefix", e)
+	case e.IsHost():
+		if err := checkHostname(e.Host); err != nil {
+			return fmt.Errorf("entry %s: %w", e, err)
+		}
+	case !e.Prefix.IsValid():
+		return errors.New("entry without host name or prefix")
+	case e.Prefix.Addr().Zone() != "":
+		return fmt.Errorf("entry %s: zones are not supported", e)
+	}
+	if e.Proto > ProtoUDP {
+		return fmt.Errorf("entry %s: unknown protocol %d", e, e.Proto)
+	}
+	if !e.Ports.All() {
+		if e.Proto == ProtoAny {
+			return fmt.Errorf("entry %s: ports need a protocol (tcp or udp)", e)
+		}
+		if e.Ports.From == 0 || e.Ports.To < e.Ports.From {
+			return fmt.Errorf("entry %s: invalid port range %d-%d", e, e.Ports.From, e.Ports.To)
+		}
+	}
+	return nil
+}
+
+// familyOf reports an address's family (IPv4-mapped IPv6 counts as IPv4).
+func familyOf(a netip.Addr) xtables.Family {
+	if a.Unmap().Is4() {
+		return xtables.IPv4
+	}
+	return xtables.IPv6
+}
+
+// hostPrefix returns the /32 or /128 of an address.
+func hostPrefix(a netip.Addr) netip.Prefix {
+	a = a.Unmap()
+	return netip.PrefixFrom(a, a.BitLen())
+}
+
+// normPrefix unmaps and masks a prefix so it renders as iptables-save does.
+func normPrefix(p netip.Prefix) netip.Prefix {
+	if p.Addr().Is4In6() && p.Bits() >= 96 {
+		p = netip.PrefixFrom(p.Addr().Unmap(), p.Bits()-96)
+	}
+	return p.Masked()
+}
+
+func planFamily(cfg Config, f xtables.Family, resolved map[string][]netip.Addr) xtables.Table {
+	v6 := f == xtables.IPv6
+	icmpReject := "icmp-port-unreachable"
+	if v6 {
+		icmpReject = "icmp6-adm-prohibited"
+	}
+	rule := func(comment string, args ...string) xtables.Rule {
+		return xtables.Rule{Args: args, Comment: truncate(comment)}
+	}
+	nflog := func(prefix string) []string {
+		return []string{"-j", "NFLOG", "--nflog-prefix", prefix, "--nflog-group", strconv.Itoa(int(cfg.NFLogGroup)),
+			"--nflog-size", nflogSize, "--nflog-threshold", nflogThreshold}
+	}
+
+	var blocked []netip.Prefix
+	for _, p := range slices.Concat(MetadataPrefixes, cfg.Block) {
+		p = normPrefix(p)
+		if familyOf(p.Addr()) == f && !slices.Contains(blocked, p) {
+			blocked = append(blocked, p)
+		}
+	}
+	var resolvers []netip.Addr
+	for _, a := range cfg.DNSServers {
+		a = a.Unmap()
+		if familyOf(a) == f && !slices.Contains(resolvers, a) {
+			resolvers = append(resolvers, a)
+		}
+	}
+
+	dns := func(a netip.Addr, why string) []xtables.Rule {
+		d := hostPrefix(a).String()
+		return []xtables.Rule{
+			rule("dns to resolver "+a.String()+why+" (udp)", "-d", d, "-p", "udp", "-m", "udp", "--dport", "53", "-j", ChainDNS),
+			rule("dns to resolver "+a.String()+why+" (tcp)", "-d", d, "-p", "tcp", "-m", "tcp", "--dport", "53", "-j", ChainDNS),
+		}
+	}
+	inBlocked := func(a netip.Addr) bool {
+		return slices.ContainsFunc(blocked, func(p netip.Prefix) bool { return p.Contains(a) })
+	}
+
+	var eg []xtables.Rule
+	eg = append(eg, rule("loopback", "-o", "lo", "-j", "ACCEPT"))
+	// A resolver inside a blocked range (GKE's Cloud DNS answers on the
+	// metadata address) gets port 53 and nothing else, ahead of the block.
+	for _, a := range resolvers {
+		if inBlocked(a) {
+			eg = append(eg, dns(a, " inside a blocked range, port 53 only")...)
+		}
+	}
+	for _, p := range blocked {
+		why := "blocked by HUBWARDEN_BLOCK: "
+		if slices.Contains(MetadataPrefixes, p) {
+			why = "cloud metadata, always rejected: "
+		}
+		eg = append(eg, rule(why+p.String(), "-d", p.String(), "-j", ChainBlock))
+	}
+	// DNS comes before ESTABLISHED so that every packet to a resolver counts
+	// against the rate limit, including queries pipelined on an established
+	// TCP connection.
+	for _, a := range resolvers {
+		if !inBlocked(a) {
+			eg = append(eg, dns(a, "")...)
+		}
+	}
+	eg = append(eg, rule("replies and related", "-m", "conntrack", "--ctstate", "RELATED,ESTABLISHED", "-j", "ACCEPT"))
+	if v6 {
+		for _, nd := range []struct{ typ, name string }{
+			{"133", "router solicitation"}, {"135", "neighbour solicitation"}, {"136", "neighbour advertisement"},
+		} {
+			args := slices.Concat([]string{"-p", "ipv6-icmp", "-m", "icmp6", "--icmpv6-type", nd.typ}, kernelOnly, []string{"-j", "ACCEPT"})
+			eg = append(eg, rule("ndp "+nd.name+" from the kernel", args...))
+		}
+	}
+	seen := map[string]bool{}
+	for _, r := range eg {
+		seen[strings.Join(r.Args, " ")] = true
+	}
+	add := func(what string, e Entry) {
+		var dsts []netip.Prefix
+		if e.IsHost() {
+			addrs := slices.Clone(resolved[e.Host])
+			for i := range addrs {
+				addrs[i] = addrs[i].Unmap()
+			}
+			slices.SortFunc(addrs, netip.Addr.Compare)
+			for _, a := range slices.Compact(addrs) {
+				if a.IsValid() && a.Zone() == "" && familyOf(a) == f {
+					dsts = append(dsts, hostPrefix(a))
+				}
+			}
+		} else if familyOf(e.Prefix.Addr()) == f {
+			dsts = append(dsts, normPrefix(e.Prefix))
+		}
+		for _, d := range dsts {
+			args := []string{"-d", d.String()}
+			if e.Proto != ProtoAny {
+				p := e.Proto.String()
+				args = append(args, "-p", p)
+				if !e.Ports.All() {
+					port := strconv.Itoa(int(e.Ports.From))
+					if e.Ports.To != e.Ports.From {
+						port += ":" + strconv.Itoa(int(e.Ports.To))
+					}
+					args = append(args, "-m", p, "--dport", port)
+				}
+			}
+			args = append(args, "-j", "ACCEPT")
+			if k := strings.Join(args, " "); !seen[k] {
+				seen[k] = true
+				eg = append(eg, rule(what+" "+e.String(), args...))
+			}
+		}
+	}
+	for _, e := range cfg.HubAPI {
+		add("hub api", e)
+	}
+	for _, e := range cfg.Allow {
+		add("allow", e)
+	}
+	eg = append(eg,
+		rule("log denied", nflog(LogPrefixDeny)...),
+		rule("deny tcp with a reset", "-p", "tcp", "-j", "REJECT", "--reject-with", "tcp-reset"),
+		rule("deny the rest with an icmp error", "-j", "REJECT", "--reject-with", icmpReject),
+	)
+
+	dnsChain := []xtables.Rule{
+		rule(fmt.Sprintf("dns within %d/s, burst %d", cfg.DNSRate, cfg.DNSBurst),
+			"-m", "hashlimit", "--hashlimit-upto", fmt.Sprintf("%d/sec", cfg.DNSRate), "--hashlimit-burst", strconv.Itoa(int(cfg.DNSBurst)),
+			"--hashlimit-name", hashlimitName(cfg.DNSRate, cfg.DNSBurst), "-j", "ACCEPT"),
+		rule("log dns over the rate", nflog(LogPrefixDNSRate)...),
+		rule("drop dns over the rate (clients retry)", "-j", "DROP"),
+	}
+	blockChain := []xtables.Rule{
+		rule("log blocked", nflog(LogPrefixBlock)...),
+		rule("reject blocked tcp with a reset", "-p", "tcp", "-j", "REJECT", "--reject-with", "tcp-reset"),
+		rule("reject blocked with an icmp error", "-j", "REJECT", "--reject-with", icmpReject),
+	}
+	return xtables.Table{
+		Family: f,
+		Name:   "filter",
+		Chains: []xtables.Chain{
+			{Name: ChainEgress, Rules: eg},
+			{Name: ChainDNS, Rules: dnsChain},
+			{Name: ChainBlock, Rules: blockChain},
+		},
+		Hooks: []xtables.Hook{{Base: "OUTPUT", Target: ChainEgress}},
+	}
+}
+
+// hashlimitName names the DNS bucket after its settings: the kernel reuses an
+// existing bucket of the same name with its old settings, so a changed rate
+// must get a new name to take effect. At most 15 characters.
+func hashlimitName(rate, burst uint32) string {
+	return fmt.Sprintf("hwdns%x-%x", rate, burst)
+}
+
+// maxComment keeps "hubwarden: " plus the comment under the kernel's 256-byte limit.
+const maxComment = 200
+
+func truncate(s string) string {
+	if len(s) <= maxComment {
+		return s
+	}
+	return s[:maxComment-3] + "..."
+}
