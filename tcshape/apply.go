@@ -48,3 +48,13 @@ func Apply(ctx context.Context, k Kernel, want Spec, log zerolog.Logger, dryRun 
 	}
 	return ops, nil
 }
+
+// Check reads the interface's tree and returns a readable difference from
+// the spec, one line per op Apply would run; empty when they agree.
+func Check(k Kernel, want Spec) (string, error) {
+	cur, err := k.Read(want.Interface)
+	if err != nil {
+		return "", fmt.Errorf("reading the qdisc tree of %s: %w", want.Interface, err)
+	}
+	return CheckText(cur, want)
+}

@@ -60,12 +60,8 @@ func TestIntegrationApply(t *testing.T) {
 	if len(ops) != 6 {
 		t.Errorf("first apply ran %d ops, want 6: %v", len(ops), ops)
 	}
-	st, err := k.Read("eth0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	if diff, err := CheckText(st, spec); err != nil || diff != "" {
-		t.Fatalf("check after apply: %v\n%s\nstate: %+v", err, diff, st)
+	if diff, err := Check(k, spec); err != nil || diff != "" {
+		t.Fatalf("check after apply: %v\n%s", err, diff)
 	}
 	ops, err = Apply(context.Background(), k, spec, log, false)
 	if err != nil || len(ops) != 0 {
@@ -91,8 +87,7 @@ func TestIntegrationApply(t *testing.T) {
 	if d := cmp.Diff([]OpKind{OpChangeClass, OpChangeClass, OpChangeLeaf}, kinds); d != "" {
 		t.Errorf("re-apply with a new slow rate (-want +got):\n%s", d)
 	}
-	st, _ = k.Read("eth0")
-	if diff, err := CheckText(st, spec2); err != nil || diff != "" {
+	if diff, err := Check(k, spec2); err != nil || diff != "" {
 		t.Fatalf("check after change: %v\n%s", err, diff)
 	}
 	// A changed root (another default class) is rebuilt: delete, then add.

@@ -50,15 +50,15 @@ qdisc bfifo 4859: parent 4857:20 limit 131072b
 			mangle: `# ipv4
 *mangle
 :HUBWARDEN-SHAPE - [0:0]
--A HUBWARDEN-SHAPE -o eth0 -m connmark ! --mark 0x100000/0x100000 -m hashlimit --hashlimit-above 4mb/s --hashlimit-burst 256mb --hashlimit-mode srcip,srcport,dstip,dstport --hashlimit-name hubwarden-bs -j CONNMARK --set-xmark 0x100000/0x100000 -m comment --comment "hubwarden: backstop: demote a flow past its byte budget"
--A HUBWARDEN-SHAPE -o eth0 -m connmark --mark 0x100000/0x100000 -j CLASSIFY --set-class 4857:0020 -m comment --comment "hubwarden: demoted flows to the slow class"
+-A HUBWARDEN-SHAPE -o eth0 -m connmark ! --mark 0x100000/0x100000 -m hashlimit --hashlimit-above 4mb/s --hashlimit-burst 256mb --hashlimit-mode srcip,srcport,dstip,dstport --hashlimit-name hubwarden-bs -m comment --comment "hubwarden: backstop: demote a flow past its byte budget" -j CONNMARK --set-xmark 0x100000/0x100000
+-A HUBWARDEN-SHAPE -o eth0 -m connmark --mark 0x100000/0x100000 -m comment --comment "hubwarden: demoted flows to the slow class" -j CLASSIFY --set-class 4857:0020
 -I POSTROUTING 1 -m comment --comment "hubwarden: hook" -j HUBWARDEN-SHAPE
 COMMIT
 # ipv6
 *mangle
 :HUBWARDEN-SHAPE - [0:0]
--A HUBWARDEN-SHAPE -o eth0 -m connmark ! --mark 0x100000/0x100000 -m hashlimit --hashlimit-above 4mb/s --hashlimit-burst 256mb --hashlimit-mode srcip,srcport,dstip,dstport --hashlimit-name hubwarden-bs -j CONNMARK --set-xmark 0x100000/0x100000 -m comment --comment "hubwarden: backstop: demote a flow past its byte budget"
--A HUBWARDEN-SHAPE -o eth0 -m connmark --mark 0x100000/0x100000 -j CLASSIFY --set-class 4857:0020 -m comment --comment "hubwarden: demoted flows to the slow class"
+-A HUBWARDEN-SHAPE -o eth0 -m connmark ! --mark 0x100000/0x100000 -m hashlimit --hashlimit-above 4mb/s --hashlimit-burst 256mb --hashlimit-mode srcip,srcport,dstip,dstport --hashlimit-name hubwarden-bs -m comment --comment "hubwarden: backstop: demote a flow past its byte budget" -j CONNMARK --set-xmark 0x100000/0x100000
+-A HUBWARDEN-SHAPE -o eth0 -m connmark --mark 0x100000/0x100000 -m comment --comment "hubwarden: demoted flows to the slow class" -j CLASSIFY --set-class 4857:0020
 -I POSTROUTING 1 -m comment --comment "hubwarden: hook" -j HUBWARDEN-SHAPE
 COMMIT
 `,
@@ -78,7 +78,7 @@ qdisc bfifo 4859: parent 4857:20 limit 131072b
 			mangle: `# ipv4
 *mangle
 :HUBWARDEN-SHAPE - [0:0]
--A HUBWARDEN-SHAPE -o net1 -m connmark --mark 0x20/0x20 -j CLASSIFY --set-class 4857:0020 -m comment --comment "hubwarden: demoted flows to the slow class"
+-A HUBWARDEN-SHAPE -o net1 -m connmark --mark 0x20/0x20 -m comment --comment "hubwarden: demoted flows to the slow class" -j CLASSIFY --set-class 4857:0020
 -I POSTROUTING 1 -m comment --comment "hubwarden: hook" -j HUBWARDEN-SHAPE
 COMMIT
 `,
