@@ -3,6 +3,7 @@
 package tcshape
 
 import (
+	"bufio"
 	"context"
 	"encoding/binary"
 	"fmt"
@@ -325,12 +326,19 @@ func TestIntegrationDemote(t *testing.T) {
 			cfg := Config{FastRate: mustRate(t, "10gbit"), SlowRate: mustRate(t, "8mbit"), CTMark: 0x100000, IPv6: true}
 			shape(t, p, cfg)
 			slow := float64(cfg.SlowRate)
+			events := watchMarkEvents(t, p, fam)
 			b := startBulk(t, p, addr, 0)
 			time.Sleep(400 * time.Millisecond)
 			before := b.rate(time.Now().Add(-200*time.Millisecond), time.Now())
 			start := time.Now()
 			p.Pod.MustRun("conntrack", "-U", "-f", fam, "-p", "tcp", "--orig-port-dst", "8888", "--mark", "0x100000/0x100000")
-			marked := time.Now()
+			returned := time.Now()
+			var marked time.Time // when the kernel's mark event reached us: at or just after the mark
+			select {
+			case marked = <-events:
+			case <-time.After(time.Second):
+				t.Fatal("no conntrack event for the mark update")
+			}
 			waitUntil(marked.Add(2600 * time.Millisecond))
 			drop, ok := b.dropTime(start, 50*time.Millisecond, 2*slow)
 			if !ok {
@@ -338,10 +346,12 @@ func TestIntegrationDemote(t *testing.T) {
 			}
 			agg := b.rate(marked.Add(500*time.Millisecond), marked.Add(2500*time.Millisecond))
 			ct := p.Pod.MustRun("conntrack", "-L", "-f", fam, "-p", "tcp", "--orig-port-dst", "8888")
-			t.Logf("before %s; conntrack -U took %v; rate below 2x slow %v after the update returned; demoted goodput %s (%.3f of %s)\n%s",
-				mbit(before), marked.Sub(start).Round(time.Millisecond), drop.Sub(marked).Round(time.Millisecond), mbit(agg), agg/slow, mbit(slow), ct)
+			cls := p.Pod.MustRun("tc", "-s", "class", "show", "dev", "eth0", "classid", SlowClass.String())
+			t.Logf("before %s; conntrack -U ran %v, its event came %v after it started; the rate fell below 2x slow %v after the event, %v after conntrack started; demoted goodput %s (%.3f of %s)\n%s%s",
+				mbit(before), returned.Sub(start).Round(time.Millisecond), marked.Sub(start).Round(time.Millisecond),
+				drop.Sub(marked).Round(time.Millisecond), drop.Sub(start).Round(time.Millisecond), mbit(agg), agg/slow, mbit(slow), ct, cls)
 			if d := drop.Sub(marked); d > 100*time.Millisecond {
-				t.Errorf("the flow took %v to drop to the slow rate, want at most 100ms", d)
+				t.Errorf("the flow took %v after the mark to drop to the slow rate, want at most 100ms", d)
 			}
 			if agg < 0.85*slow || agg > 1.15*slow {
 				t.Errorf("demoted goodput %s is not within 15%% of the slow rate %s", mbit(agg), mbit(slow))
@@ -351,6 +361,36 @@ func TestIntegrationDemote(t *testing.T) {
 			}
 		})
 	}
+}
+
+// watchMarkEvents runs conntrack -E in the pod and sends the time at which
+// the update event of a mark on the flow to port 8888 arrives: the kernel
+// emits it while it sets the mark, so it times the mark within the event
+// delivery delay.
+func watchMarkEvents(t *testing.T, p *nstest.Pair, fam string) <-chan time.Time {
+	t.Helper()
+	ctx, cancel := context.WithCancel(context.Background())
+	c := p.Pod.Cmd(ctx, "stdbuf", "-oL", "conntrack", "-E", "-e", "UPDATE", "-f", fam, "-p", "tcp", "--orig-port-dst", "8888")
+	out, err := c.StdoutPipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := c.Start(); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { cancel(); _ = c.Wait() })
+	ch := make(chan time.Time, 1)
+	go func() {
+		sc := bufio.NewScanner(out)
+		for sc.Scan() {
+			if strings.Contains(sc.Text(), "mark=1048576") {
+				ch <- time.Now()
+				return
+			}
+		}
+	}()
+	time.Sleep(100 * time.Millisecond) // let conntrack subscribe
+	return ch
 }
 
 // echoP95 runs n request/response exchanges on one connection and returns
@@ -384,20 +424,25 @@ func TestIntegrationLatencyBesideDemoted(t *testing.T) {
 	if _, err := echo.Write([]byte{modeEcho}); err != nil {
 		t.Fatal(err)
 	}
-	echoP95(t, echo, 50) // warm up
-	idle := echoP95(t, echo, 400)
+	echoP95(t, echo, 100) // warm up
+	idle := echoP95(t, echo, 1000)
 	b := startBulk(t, p, net.JoinHostPort(p.PodIP4, "8888"), 0)
 	time.Sleep(300 * time.Millisecond)
-	fastBulk := echoP95(t, echo, 400) // for the record: beside an undemoted bulk flow
+	fastBulk := echoP95(t, echo, 1000) // for the record: beside an undemoted bulk flow
 	p.Pod.MustRun("conntrack", "-U", "-f", "ipv4", "-p", "tcp", "--orig-port-dst", "8888", "--mark", "0x100000/0x100000")
 	time.Sleep(300 * time.Millisecond)
-	demoted := echoP95(t, echo, 400)
+	demoted := echoP95(t, echo, 1000)
 	b.close()
-	idle2 := echoP95(t, echo, 400)
+	idle2 := echoP95(t, echo, 1000)
 	ref := max(idle, idle2)
 	t.Logf("echo p95: idle %v / %v, beside a fast bulk flow %v, beside a demoted bulk flow %v (%.2fx idle)", idle, idle2, fastBulk, demoted, float64(demoted)/float64(ref))
-	if float64(demoted) > 1.5*float64(ref) {
-		t.Errorf("p95 beside a demoted flow %v is more than 1.5x the idle %v", demoted, ref)
+	// Idle round trips here are tens of microseconds, where a busy shared
+	// machine alone adds jitter of that order; so the bound is 1.5x idle or
+	// idle + 200us, whichever is larger. Queueing behind the demoted flow
+	// would cost far more: one 1514-byte frame at 8 Mbit/s takes 1.5 ms, a
+	// 64 KB GSO packet 65 ms.
+	if limit := max(ref*3/2, ref+200*time.Microsecond); demoted > limit {
+		t.Errorf("p95 beside a demoted flow %v is above %v (idle %v)", demoted, limit, ref)
 	}
 }
 
