@@ -350,8 +350,16 @@ func TestIntegrationDemote(t *testing.T) {
 			t.Logf("before %s; conntrack -U ran %v, its event came %v after it started; the rate fell below 2x slow %v after the event, %v after conntrack started; demoted goodput %s (%.3f of %s)\n%s%s",
 				mbit(before), returned.Sub(start).Round(time.Millisecond), marked.Sub(start).Round(time.Millisecond),
 				drop.Sub(marked).Round(time.Millisecond), drop.Sub(start).Round(time.Millisecond), mbit(agg), agg/slow, mbit(slow), ct, cls)
-			if d := drop.Sub(marked); d > 100*time.Millisecond {
-				t.Errorf("the flow took %v after the mark to drop to the slow rate, want at most 100ms", d)
+			// The mark was set between the start of conntrack -U and its
+			// event: drop-start bounds the delay from above, drop-event
+			// from below. Assert the upper bound, unless the machine was so
+			// busy that starting conntrack alone took most of the 100 ms.
+			if returned.Sub(start) < 60*time.Millisecond {
+				if d := drop.Sub(start); d > 100*time.Millisecond {
+					t.Errorf("the flow took up to %v after the mark to drop to the slow rate, want at most 100ms", d)
+				}
+			} else if d := drop.Sub(marked); d > 100*time.Millisecond {
+				t.Errorf("the flow took %v after the mark event to drop to the slow rate, want at most 100ms", d)
 			}
 			if agg < 0.85*slow || agg > 1.15*slow {
 				t.Errorf("demoted goodput %s is not within 15%% of the slow rate %s", mbit(agg), mbit(slow))
