@@ -94,7 +94,7 @@ func (k *TC) linkByName(name string) (link, error) {
 			return l, nil
 		}
 	}
-	return link{}, fmt.Errorf("finding interface %s: %w", name, os.ErrNotExist)
+	return link{}, fmt.Errorf("finding interface %s: not in this network namespace: %w", name, os.ErrNotExist)
 }
 
 // DefaultRouteInterface returns the interface of the IPv4 default route in
@@ -311,6 +311,9 @@ func ReadClock() (Clock, error) {
 // chosen.
 func (k *TC) DetectLeaves() (kind LeafKind, reason string) {
 	name := fmt.Sprintf("hwprobe%d", os.Getpid()%100000)
+	if l, err := k.linkByName(name); err == nil { // left over by a crash (pid 1 in a container, every time)
+		k.deleteLink(l.Index)
+	}
 	ae := netlink.NewAttributeEncoder()
 	ae.String(unix.IFLA_IFNAME, name)
 	ae.Nested(unix.IFLA_LINKINFO, func(nae *netlink.AttributeEncoder) error {
@@ -332,14 +335,7 @@ func (k *TC) DetectLeaves() (kind LeafKind, reason string) {
 	if err != nil {
 		return LeafFIFO, "finding the probe device: " + err.Error()
 	}
-	defer func() {
-		del := make([]byte, unix.SizeofIfInfomsg)
-		binary.NativeEndian.PutUint32(del[4:8], uint32(l.Index))
-		_, _ = k.rt.Execute(netlink.Message{
-			Header: netlink.Header{Type: unix.RTM_DELLINK, Flags: netlink.Request | netlink.Acknowledge},
-			Data:   del,
-		})
-	}()
+	defer k.deleteLink(l.Index)
 	limit := uint32(10000)
 	err = k.tc.Qdisc().Add(&tc.Object{
 		Msg:       tc.Msg{Family: unix.AF_UNSPEC, Ifindex: uint32(l.Index), Handle: uint32(NewHandle(0x485a, 0)), Parent: tc.HandleRoot},
@@ -349,6 +345,15 @@ func (k *TC) DetectLeaves() (kind LeafKind, reason string) {
 		return LeafFIFO, "the kernel refused fq: " + err.Error()
 	}
 	return LeafFQ, "fq works"
+}
+
+func (k *TC) deleteLink(index int) {
+	del := make([]byte, unix.SizeofIfInfomsg)
+	binary.NativeEndian.PutUint32(del[4:8], uint32(index))
+	_, _ = k.rt.Execute(netlink.Message{
+		Header: netlink.Header{Type: unix.RTM_DELLINK, Flags: netlink.Request | netlink.Acknowledge},
+		Data:   del,
+	})
 }
 
 // Detect fills in what the plan needs from the kernel: the interface (the
