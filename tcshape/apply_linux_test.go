@@ -67,6 +67,21 @@ func TestIntegrationApply(t *testing.T) {
 	if err != nil || len(ops) != 0 {
 		t.Fatalf("second apply: ops %v, err %v; want none", ops, err)
 	}
+	// The sidecar's way: Open(0) from inside the namespace sees the same tree.
+	if err := p.Pod.Do(func() error {
+		k0, err := Open(0)
+		if err != nil {
+			return err
+		}
+		defer k0.Close()
+		diff, err := Check(k0, spec)
+		if err == nil && diff != "" {
+			err = fmt.Errorf("Open(0) inside the pod netns sees a different tree:\n%s", diff)
+		}
+		return err
+	}); err != nil {
+		t.Fatal(err)
+	}
 	t.Log(p.Pod.MustRun("tc", "-d", "class", "show", "dev", "eth0"))
 	t.Log(p.Pod.MustRun("tc", "qdisc", "show", "dev", "eth0"))
 
