@@ -105,6 +105,19 @@ func TestIntegrationApply(t *testing.T) {
 	if diff, err := Check(k, spec2); err != nil || diff != "" {
 		t.Fatalf("check after change: %v\n%s", err, diff)
 	}
+	// A new fast rate changes the inner parent class too; HTB keeps an inner
+	// class's quantum, and the check must still come out clean.
+	cfg.FastRate = mustRate(t, "5gbit")
+	spec2, err = Plan(cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if ops, err = Apply(context.Background(), k, spec2, log, false); err != nil || len(ops) != 3 {
+		t.Fatalf("re-apply with a new fast rate: ops %v, err %v; want 3 changes", ops, err)
+	}
+	if diff, err := Check(k, spec2); err != nil || diff != "" {
+		t.Fatalf("check after a fast rate change: %v\n%s", err, diff)
+	}
 	// A changed root (another default class) is rebuilt: delete, then add.
 	spec3 := spec2
 	spec3.Root.R2Q = 20
