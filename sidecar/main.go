@@ -20,6 +20,8 @@ import (
 	"fmt"
 	"io"
 	"os"
+	"os/signal"
+	"syscall"
 )
 
 // version is set at build time with -ldflags "-X main.version=...".
@@ -68,6 +70,30 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	case "version", "--version":
 		fmt.Fprintln(stdout, "hubwarden", version)
 		return nil
+	case "plan", "check", "init", "run":
+	default:
+		return fmt.Errorf("unknown command %q (see hubwarden --help)", args[0])
 	}
-	return fmt.Errorf("unknown command %q (see hubwarden --help)", args[0])
+	if len(args) > 1 {
+		return fmt.Errorf("%s takes no arguments (configuration is read from HUBWARDEN_* variables)", args[0])
+	}
+	// Fail closed: on any configuration error, exit before touching the kernel.
+	cfg, err := loadConfig(resolvConf)
+	if err != nil {
+		return err
+	}
+	switch args[0] {
+	case "plan":
+		return cmdPlan(ctx, cfg, stdout, newLogger(stderr, cfg))
+	case "check":
+		return cmdCheck(ctx, cfg, stdout, newLogger(stderr, cfg))
+	}
+	log := newLogger(stdout, cfg)
+	ctx, stop := signal.NotifyContext(ctx, syscall.SIGTERM, os.Interrupt)
+	defer stop()
+	log.Info().Str("command", args[0]).Str("version", version).Msg("starting")
+	if args[0] == "init" {
+		return cmdInit(ctx, cfg, log)
+	}
+	return cmdRun(ctx, cfg, log)
 }

@@ -43,7 +43,7 @@ type Detector struct {
 func (d Detector) Detect(ctx context.Context) (Backend, error) {
 	log := d.Log.With().Str("component", "xtables").Logger()
 	if d.StateFile != "" {
-		b, err := readBackend(d.StateFile)
+		b, err := ReadBackend(d.StateFile)
 		switch {
 		case errors.Is(err, fs.ErrNotExist):
 		case err != nil:
@@ -212,8 +212,9 @@ func (d Detector) persist(b Backend) error {
 	return nil
 }
 
-// readBackend reads a persisted choice.
-func readBackend(path string) (Backend, error) {
+// ReadBackend reads the choice Detect persisted in path; a missing file
+// yields an error wrapping fs.ErrNotExist.
+func ReadBackend(path string) (Backend, error) {
 	data, err := os.ReadFile(path)
 	if err != nil {
 		if errors.Is(err, fs.ErrNotExist) {

@@ -1,0 +1,315 @@
+package main
+
+import (
+	"errors"
+	"net/netip"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/google/go-cmp/cmp"
+
+	"github.com/hubwarden/hubwarden/egress"
+	"github.com/hubwarden/hubwarden/units"
+)
+
+// cleanEnv clears every HUBWARDEN_* variable (and JUPYTERHUB_API_URL) for
+// the test, then sets env.
+func cleanEnv(t *testing.T, env map[string]string) {
+	t.Helper()
+	for _, kv := range os.Environ() {
+		k, _, _ := strings.Cut(kv, "=")
+		if strings.HasPrefix(k, envPrefix+"_") {
+			t.Setenv(k, "") // registers the restore
+			os.Unsetenv(k)
+		}
+	}
+	t.Setenv("JUPYTERHUB_API_URL", "")
+	for k, v := range env {
+		t.Setenv(k, v)
+	}
+}
+
+func writeResolvConf(t *testing.T, content string) string {
+	t.Helper()
+	p := filepath.Join(t.TempDir(), "resolv.conf")
+	if err := os.WriteFile(p, []byte(content), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	return p
+}
+
+func TestLoadConfigDefaults(t *testing.T) {
+	cleanEnv(t, nil)
+	rc := writeResolvConf(t, "search default.svc.cluster.local\nnameserver 10.96.0.10\nnameserver fe80::1%eth0\noptions ndots:5\n")
+	c, err := loadConfig(rc)
+	if err != nil {
+		t.Fatalf("loadConfig: %v", err)
+	}
+	want := &Config{
+		LogLevel:          "info",
+		StateDir:          "/run/hubwarden",
+		IptablesBackend:   "auto",
+		IPv6:              "auto",
+		StartupTimeout:    30 * time.Second,
+		Egress:            true,
+		DNSServers:        []netip.Addr{netip.MustParseAddr("10.96.0.10"), netip.MustParseAddr("fe80::1")},
+		DNSRate:           20,
+		DNSBurst:          100,
+		NFLogGroup:        1987,
+		ResolveMinTTL:     30 * time.Second,
+		Shape:             true,
+		FastRate:          10_000_000_000 / 8,
+		SlowRate:          1_000_000 / 8,
+		CTMark:            0x100000,
+		Backstop:          true,
+		BackstopBudget:    256 * units.MiB,
+		BackstopRate:      units.Rate(4 * units.MiB),
+		Watch:             true,
+		FlowBudget:        64 * units.MiB,
+		FlowRefill:        units.Rate(units.MiB),
+		PodBudget:         256 * units.MiB,
+		PodRefill:         units.Rate(128 * units.KiB),
+		PromoteIdle:       2 * time.Second,
+		DumpInterval:      time.Second,
+		ProgressInterval:  time.Minute,
+		HealthAddr:        ":9280",
+		ReconcileInterval: 10 * time.Second,
+		DenyLogWindow:     10 * time.Second,
+		SelftestTarget:    netip.MustParseAddrPort("169.254.169.254:80"),
+	}
+	if diff := cmp.Diff(want, c, cmp.Comparer(func(a, b netip.Addr) bool { return a == b }), cmp.Comparer(func(a, b netip.AddrPort) bool { return a == b })); diff != "" {
+		t.Errorf("defaults (-want +got):\n%s", diff)
+	}
+}
+
+func TestLoadConfigValues(t *testing.T) {
+	tests := []struct {
+		name  string
+		env   map[string]string
+		check func(t *testing.T, c *Config)
+	}{
+		{
+			name: "backstop derived from the flow bucket",
+			env:  map[string]string{"HUBWARDEN_FLOW_BUDGET": "10MiB", "HUBWARDEN_FLOW_REFILL": "2MiB/s"},
+			check: func(t *testing.T, c *Config) {
+				if c.BackstopBudget != 40*units.MiB || c.BackstopRate != units.Rate(8*units.MiB) {
+					t.Errorf("backstop = %s, %s; want 40MiB, 8MiB/s", c.BackstopBudget, c.BackstopRate)
+				}
+			},
+		},
+		{
+			name: "explicit backstop",
+			env:  map[string]string{"HUBWARDEN_BACKSTOP_BUDGET": "1GiB", "HUBWARDEN_BACKSTOP_RATE": "8mbit"},
+			check: func(t *testing.T, c *Config) {
+				if c.BackstopBudget != units.GiB || c.BackstopRate != 1_000_000 {
+					t.Errorf("backstop = %d, %d; want 1GiB, 1MB/s", c.BackstopBudget, c.BackstopRate)
+				}
+			},
+		},
+		{
+			name: "hub API from JUPYTERHUB_API_URL",
+			env:  map[string]string{"JUPYTERHUB_API_URL": "http://hub:8081/hub/api"},
+			check: func(t *testing.T, c *Config) {
+				want := []egress.Entry{{Host: "hub", Proto: egress.ProtoTCP, Ports: egress.PortRange{From: 8081, To: 8081}}}
+				if diff := cmp.Diff(want, c.HubAPI, cmp.Comparer(func(a, b netip.Prefix) bool { return a == b })); diff != "" {
+					t.Errorf("HubAPI (-want +got):\n%s", diff)
+				}
+			},
+		},
+		{
+			name: "HUB_API_URL wins, https default port, IPv6 literal",
+			env:  map[string]string{"JUPYTERHUB_API_URL": "http://hub:8081/hub/api", "HUBWARDEN_HUB_API_URL": "https://[2001:2::5]/hub/api"},
+			check: func(t *testing.T, c *Config) {
+				if len(c.HubAPI) != 1 || c.HubAPI[0].String() != "tcp://[2001:2::5]:443" {
+					t.Errorf("HubAPI = %v, want tcp://[2001:2::5]:443", c.HubAPI)
+				}
+			},
+		},
+		{
+			name: "lists, case and spacing",
+			env: map[string]string{
+				"HUBWARDEN_DNS_SERVERS": "198.18.0.53, 2001:2::53",
+				"HUBWARDEN_ALLOW":       "198.18.1.0/24,tcp://pypi.org:443\nudp://[2001:2::7]:123",
+				"HUBWARDEN_BLOCK":       "198.18.9.9,2001:2:9::/48",
+				"HUBWARDEN_LOG_LEVEL":   "DEBUG",
+			},
+			check: func(t *testing.T, c *Config) {
+				var got []string
+				for _, e := range c.Allow {
+					got = append(got, e.String())
+				}
+				if diff := cmp.Diff([]string{"198.18.1.0/24", "tcp://pypi.org:443", "udp://[2001:2::7]:123"}, got); diff != "" {
+					t.Errorf("Allow (-want +got):\n%s", diff)
+				}
+				if len(c.DNSServers) != 2 || len(c.Block) != 2 || c.Block[0].String() != "198.18.9.9/32" || c.LogLevel != "debug" {
+					t.Errorf("DNSServers %v, Block %v, LogLevel %q", c.DNSServers, c.Block, c.LogLevel)
+				}
+			},
+		},
+		{
+			name: "egress off needs no resolvers",
+			env:  map[string]string{"HUBWARDEN_EGRESS": "false"},
+			check: func(t *testing.T, c *Config) {
+				if c.Egress || len(c.DNSServers) != 0 {
+					t.Errorf("Egress %v, DNSServers %v", c.Egress, c.DNSServers)
+				}
+			},
+		},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			cleanEnv(t, tt.env)
+			c, err := loadConfig(writeResolvConf(t, "nameserver 10.96.0.10\n"))
+			if err != nil {
+				t.Fatalf("loadConfig: %v", err)
+			}
+			tt.check(t, c)
+		})
+	}
+}
+
+func TestLoadConfigErrors(t *testing.T) {
+	tests := []struct {
+		name       string
+		env        map[string]string
+		resolvConf string // content; "" means no file
+		want       []string
+	}{
+		{
+			name:       "unknown variable",
+			env:        map[string]string{"HUBWARDEN_ALOW": "198.18.0.0/15", "HUBWARDEN_DNS_SERVERS": "198.18.0.53"},
+			resolvConf: "nameserver 10.96.0.10\n",
+			want:       []string{"HUBWARDEN_ALOW: unknown variable (a typo? see hubwarden --help)"},
+		},
+		{
+			name: "every problem at once, each named",
+			env: map[string]string{
+				"HUBWARDEN_LOG_LEVEL":        "verbose",
+				"HUBWARDEN_STATE_DIR":        "run/hubwarden",
+				"HUBWARDEN_IPTABLES_BACKEND": "iptables",
+				"HUBWARDEN_IPV6":             "yes",
+				"HUBWARDEN_STARTUP_TIMEOUT":  "10",
+				"HUBWARDEN_EGRESS":           "maybe",
+				"HUBWARDEN_ALLOW":            "tcp://[2001:2::1:443",
+				"HUBWARDEN_DNS_SERVERS":      "dns.example.org",
+				"HUBWARDEN_DNS_RATE":         "0",
+				"HUBWARDEN_NFLOG_GROUP":      "70000",
+				"HUBWARDEN_CTMARK":           "0x3",
+				"HUBWARDEN_SLOW_RATE":        "20gbit",
+				"HUBWARDEN_FLOW_BUDGET":      "1GiB",
+				"HUBWARDEN_POD_BUDGET":       "512MiB",
+				"HUBWARDEN_BACKSTOP_BUDGET":  "1MiB",
+				"HUBWARDEN_HEALTH_ADDR":      "9280",
+				"HUBWARDEN_SELFTEST_TARGET":  "metadata:80",
+				"HUBWARDEN_TYPO":             "1",
+			},
+			resolvConf: "nameserver 10.96.0.10\n",
+			want: []string{
+				`HUBWARDEN_TYPO: unknown variable`,
+				`HUBWARDEN_LOG_LEVEL: "verbose" is not one of`,
+				`HUBWARDEN_STATE_DIR: "run/hubwarden" must be an absolute path`,
+				`HUBWARDEN_IPTABLES_BACKEND: "iptables" is not one of auto, legacy, nft`,
+				`HUBWARDEN_IPV6: "yes" is not one of auto, true, false`,
+				`HUBWARDEN_STARTUP_TIMEOUT: "10" is not a duration`,
+				`HUBWARDEN_EGRESS: "maybe" is not a boolean`,
+				`HUBWARDEN_ALLOW: entry "tcp://[2001:2::1:443": missing ]`,
+				`HUBWARDEN_DNS_SERVERS: "dns.example.org" is not an IP address`,
+				`HUBWARDEN_DNS_RATE: "0" is not a whole number in 1-10000`,
+				`HUBWARDEN_NFLOG_GROUP: "70000" is not a whole number in 0-65535`,
+				`HUBWARDEN_CTMARK: "0x3" must be a single bit`,
+				`HUBWARDEN_SLOW_RATE:`,
+				`HUBWARDEN_FLOW_BUDGET: 1GiB must not exceed HUBWARDEN_POD_BUDGET (512MiB)`,
+				`HUBWARDEN_BACKSTOP_BUDGET: 1MiB must be at least HUBWARDEN_FLOW_BUDGET (1GiB)`,
+				`HUBWARDEN_HEALTH_ADDR: "9280" is not host:port`,
+				`HUBWARDEN_SELFTEST_TARGET: "metadata:80" is not IP:port`,
+			},
+		},
+		{
+			name: "no resolvers anywhere",
+			want: []string{"HUBWARDEN_DNS_SERVERS: empty, and reading the nameservers of"},
+		},
+		{
+			name:       "resolv.conf without nameservers",
+			resolvConf: "search cluster.local\n",
+			want:       []string{"HUBWARDEN_DNS_SERVERS: empty, and reading the nameservers of", "no nameserver lines"},
+		},
+		{
+			name:       "bad JUPYTERHUB_API_URL is named",
+			env:        map[string]string{"JUPYTERHUB_API_URL": "hub:8081"},
+			resolvConf: "nameserver 10.96.0.10\n",
+			want:       []string{`HUBWARDEN_HUB_API_URL (from JUPYTERHUB_API_URL): "hub:8081" is not an http(s) URL`},
+		},
+		{
+			name:       "zero sizes and rates",
+			env:        map[string]string{"HUBWARDEN_FLOW_BUDGET": "0", "HUBWARDEN_PROMOTE_IDLE": "1ms", "HUBWARDEN_POD_REFILL": "fast"},
+			resolvConf: "nameserver 10.96.0.10\n",
+			want:       []string{"HUBWARDEN_FLOW_BUDGET: must be > 0", "HUBWARDEN_PROMOTE_IDLE: 1ms is below the minimum 100ms", "HUBWARDEN_POD_REFILL:"},
+		},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			cleanEnv(t, tt.env)
+			rc := filepath.Join(t.TempDir(), "missing-resolv.conf")
+			if tt.resolvConf != "" {
+				rc = writeResolvConf(t, tt.resolvConf)
+			}
+			_, err := loadConfig(rc)
+			var ce *ConfigError
+			if !errors.As(err, &ce) {
+				t.Fatalf("loadConfig error = %v, want a *ConfigError", err)
+			}
+			msg := err.Error()
+			for _, w := range tt.want {
+				if !strings.Contains(msg, w) {
+					t.Errorf("error does not contain %q:\n%s", w, msg)
+				}
+			}
+			// One problem per line, each naming its variable.
+			for _, p := range ce.Problems {
+				if !strings.HasPrefix(p, envPrefix+"_") {
+					t.Errorf("problem does not start with the variable name: %q", p)
+				}
+			}
+			if tt.name == "every problem at once, each named" && len(ce.Problems) != len(tt.want) {
+				t.Errorf("got %d problems, want %d (all at once):\n%s", len(ce.Problems), len(tt.want), msg)
+			}
+		})
+	}
+}
+
+func TestUsageListsEveryVariable(t *testing.T) {
+	var b strings.Builder
+	if err := printUsage(&b); err != nil {
+		t.Fatal(err)
+	}
+	for name := range knownVars() {
+		if !strings.Contains(b.String(), name) {
+			t.Errorf("--help does not list %s", name)
+		}
+	}
+}
+
+// FuzzLoadConfig checks that no value of a variable makes loading panic, and
+// that a rejected value is named in the error.
+func FuzzLoadConfig(f *testing.F) {
+	f.Add("HUBWARDEN_ALLOW", "tcp://[2001:2::1]:443-80")
+	f.Add("HUBWARDEN_FLOW_BUDGET", "1.5GiB")
+	f.Add("HUBWARDEN_SLOW_RATE", "8mbit")
+	f.Add("HUBWARDEN_CTMARK", "0x80000000")
+	f.Add("HUBWARDEN_DNS_SERVERS", "::ffff:1.2.3.4")
+	f.Add("HUBWARDEN_BLOCK", "1.2.3.4/33")
+	f.Fuzz(func(t *testing.T, name, value string) {
+		if !knownVars()[name] || strings.ContainsRune(value, 0) {
+			return
+		}
+		cleanEnv(t, map[string]string{"HUBWARDEN_DNS_SERVERS": "198.18.0.53", name: value})
+		_, err := loadConfig("/nonexistent")
+		var ce *ConfigError
+		if err != nil && errors.As(err, &ce) && !strings.Contains(err.Error(), name) && !strings.Contains(err.Error(), "DNS_SERVERS") && !strings.Contains(err.Error(), "HUBWARDEN_") {
+			t.Errorf("error for %s=%q does not name a variable: %v", name, value, err)
+		}
+	})
+}
