@@ -36,7 +36,8 @@ type Reader struct {
 var _ Source = (*Reader)(nil)
 
 // Open binds a netfilter netlink socket to cfg.Group in copy-packet mode. It
-// fails with unix.EBUSY when another socket holds the group.
+// fails with an error wrapping unix.EPERM when another socket holds the group
+// (or the caller lacks CAP_NET_ADMIN in the namespace).
 func Open(cfg Config) (*Reader, error) {
 	if cfg.CopyRange == 0 {
 		cfg.CopyRange = DefaultCopyRange
@@ -59,6 +60,9 @@ func Open(cfg Config) (*Reader, error) {
 	}
 	if err := r.config(ConfigMessage(cfg.Group, cfg.CopyRange)); err != nil {
 		c.Close()
+		if errors.Is(err, unix.EPERM) {
+			return nil, fmt.Errorf("binding nflog group %d (held by another socket, or no CAP_NET_ADMIN): %w", cfg.Group, err)
+		}
 		return nil, fmt.Errorf("binding nflog group %d: %w", cfg.Group, err)
 	}
 	return r, nil
