@@ -221,3 +221,18 @@ func FuzzDecodeHeaders(f *testing.F) {
 		}
 	})
 }
+
+func BenchmarkParseAndDecode(b *testing.B) {
+	msg := message(afINET, 1987, "hubwarden-deny", ipv4(6, "198.18.60.1", "198.18.60.2", ports(1, 443)), time.Time{}, nil)
+	now := time.Unix(0, 0)
+	b.ReportAllocs()
+	for b.Loop() {
+		p, err := ParseMessage(msg)
+		if err != nil {
+			b.Fatal(err)
+		}
+		if _, err := Decode(p, now); err != nil {
+			b.Fatal(err)
+		}
+	}
+}
