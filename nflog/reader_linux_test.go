@@ -22,6 +22,9 @@ import (
 
 const testGroup = 1987
 
+// health.Metrics is what the sidecar passes as the Counter.
+var _ Counter = (*health.Metrics)(nil)
+
 // denyBed is a pod/peer pair whose pod logs and rejects everything it sends
 // to the peer (IPv4 and IPv6), like hubwarden's egress chain does.
 func denyBed(t *testing.T, subnet int) *nstest.Pair {
