@@ -216,3 +216,89 @@ func TestIntegrationGroupBusy(t *testing.T) {
 		t.Fatalf("second Open of the same group: %v, want EPERM", err)
 	}
 }
+
+// TestIntegrationDenialFlood sends a burst of denied UDP packets, as a user
+// trying to flood the log (or bury a real denial) would, and reports what
+// the reader saw, how many lines it wrote and what the flood cost in CPU,
+// measured side by side against the same flood with no reader.
+func TestIntegrationDenialFlood(t *testing.T) {
+	if testing.Short() {
+		t.Skip("flood measurement")
+	}
+	const n = 20000
+	flood := func(p *nstest.Pair) time.Duration {
+		var cpu time.Duration
+		if err := p.Pod.Do(func() error {
+			c, err := net.ListenPacket("udp4", ":0")
+			if err != nil {
+				return err
+			}
+			defer c.Close()
+			dst := &net.UDPAddr{IP: net.ParseIP(p.PeerIP4), Port: 9}
+			buf := make([]byte, 32)
+			before := cpuTime()
+			for i := range n {
+				dst.Port = 1 + i%50
+				_, _ = c.WriteTo(buf, dst) // unconnected: ICMP errors don't stop us
+			}
+			cpu = cpuTime() - before
+			return nil
+		}); err != nil {
+			t.Fatal(err)
+		}
+		return cpu
+	}
+
+	base := denyBed(t, 65) // no reader: the kernel logs to nobody
+	floodOnly := flood(base)
+
+	p := denyBed(t, 66)
+	m := health.NewMetrics("test")
+	before := cpuTime()
+	buf, stop := runReader(t, p, 10*time.Second, m)
+	sendCPU := flood(p)
+	// Wait until every packet is counted or lost, or the counts stop moving
+	// for a second (overruns count once per overrun, not per lost packet).
+	last, lastChange := -1.0, time.Now()
+	for {
+		seen := denialCount(t, m, "ipv4") + droppedCount(t, m)
+		if seen >= n || time.Since(lastChange) > time.Second {
+			break
+		}
+		if seen != last {
+			last, lastChange = seen, time.Now()
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	stop()
+	total := cpuTime() - before
+	lines := buf.lines(t)
+	got, dropped := denialCount(t, m, "ipv4"), droppedCount(t, m)
+	t.Logf("flood of %d denied UDP packets: reader counted %v, overruns %v, %d log lines; process CPU %s with reader (sender %s), sender alone %s",
+		n, got, dropped, len(lines), total.Round(time.Millisecond), sendCPU.Round(time.Millisecond), floodOnly.Round(time.Millisecond))
+	if len(lines) == 0 || len(lines) > 3 {
+		t.Errorf("flood gave %d lines, want 1-3", len(lines))
+	}
+	if got == 0 {
+		t.Error("reader counted nothing")
+	}
+}
+
+func droppedCount(t *testing.T, m *health.Metrics) float64 {
+	mfs, err := m.Registry().Gather()
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, mf := range mfs {
+		if mf.GetName() == "hubwarden_denial_log_dropped_total" {
+			return mf.GetMetric()[0].GetCounter().GetValue()
+		}
+	}
+	return 0
+}
+
+func cpuTime() time.Duration {
+	var ru syscall.Rusage
+	_ = syscall.Getrusage(syscall.RUSAGE_SELF, &ru)
+	return time.Duration(ru.Utime.Nano() + ru.Stime.Nano())
+}
