@@ -42,7 +42,13 @@ func Open(cfg Config) (*Reader, error) {
 	if cfg.CopyRange == 0 {
 		cfg.CopyRange = DefaultCopyRange
 	}
-	c, err := netlink.Dial(unix.NETLINK_NETFILTER, &netlink.Config{NetNS: cfg.NetNS})
+	c, err := netlink.Dial(unix.NETLINK_NETFILTER, &netlink.Config{
+		NetNS: cfg.NetNS,
+		// A pooled receive buffer saves the size-peeking recvmsg per
+		// datagram; 64 KiB exceeds any nfnetlink_log datagram (the kernel
+		// batches up to its nlbufsiz, 4 KiB by default, or one packet).
+		MessageBufferSize: 1 << 16,
+	})
 	if err != nil {
 		return nil, fmt.Errorf("opening netfilter netlink socket: %w", err)
 	}
