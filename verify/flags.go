@@ -1,6 +1,8 @@
 package verify
 
 import (
+	"context"
+	"errors"
 	"flag"
 	"fmt"
 	"io"
@@ -46,4 +48,21 @@ non-zero if any check fails.
 		o.Metadata = []string{} // explicitly none
 	}
 	return o, nil
+}
+
+// Main is `hubwarden verify`: it parses args, runs the checks and returns
+// the exit code (0 all passed, 1 a check failed, 2 bad usage).
+func Main(ctx context.Context, args []string, stdout, stderr io.Writer) int {
+	opts, err := ParseFlags(args, stderr)
+	if errors.Is(err, flag.ErrHelp) {
+		return 0
+	}
+	if err != nil {
+		fmt.Fprintln(stderr, "hubwarden verify:", err)
+		return 2
+	}
+	if !Run(ctx, opts, stdout) {
+		return 1
+	}
+	return 0
 }

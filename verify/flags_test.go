@@ -1,9 +1,11 @@
 package verify
 
 import (
+	"context"
 	"errors"
 	"flag"
 	"io"
+	"strings"
 	"testing"
 	"time"
 
@@ -39,5 +41,15 @@ func TestParseFlags(t *testing.T) {
 	}
 	if _, err := ParseFlags([]string{"-h"}, io.Discard); !errors.Is(err, flag.ErrHelp) {
 		t.Errorf("-h: %v, want flag.ErrHelp", err)
+	}
+}
+
+func TestMainUsage(t *testing.T) {
+	if code := Main(context.Background(), []string{"-h"}, io.Discard, io.Discard); code != 0 {
+		t.Errorf("-h: exit %d, want 0", code)
+	}
+	var stderr strings.Builder
+	if code := Main(context.Background(), []string{"-bogus"}, io.Discard, &stderr); code != 2 || !strings.Contains(stderr.String(), "bogus") {
+		t.Errorf("-bogus: exit %d, stderr %q; want 2 naming the flag", code, stderr.String())
 	}
 }
