@@ -47,7 +47,7 @@ func write(w http.ResponseWriter, ok bool, bad string, reasons []string) {
 // Server limits, chosen for a handful of local scrapers and probes; every
 // response is small, so a legitimate client never comes close.
 const (
-	DefaultMaxConns   = 32
+	DefaultMaxConns   = 64
 	readHeaderTimeout = 2 * time.Second
 	readTimeout       = 5 * time.Second
 	writeTimeout      = 10 * time.Second
