@@ -1,0 +1,168 @@
+package health
+
+import (
+	"net/http"
+	"runtime"
+	"sync"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/collectors"
+	"github.com/prometheus/client_golang/prometheus/promhttp"
+)
+
+// namespace prefixes every hubwarden metric.
+const namespace = "hubwarden"
+
+// WatcherStats is a snapshot of the conntrack watcher's counters, read at
+// scrape time. The sidecar adapts the watcher's own snapshot type to it, so
+// this package does not depend on the watcher.
+type WatcherStats struct {
+	FlowsTracked   int     // flows the watcher currently holds a bucket for
+	Demotions      uint64  // flows demoted to the slow class, since start
+	Promotions     uint64  // flows promoted back to the fast class, since start
+	BytesFast      uint64  // bytes the pod sent in the fast class, since start
+	BytesSlow      uint64  // bytes the pod sent in the slow class, since start
+	PodBucketBytes float64 // tokens left in the per-pod bucket
+}
+
+// Metrics is hubwarden's Prometheus registry and the collectors the sidecar
+// feeds. It is safe for concurrent use.
+type Metrics struct {
+	reg *prometheus.Registry
+
+	denials           *prometheus.CounterVec
+	denialsDropped    prometheus.Counter
+	reconcileDrifts   prometheus.Counter
+	applyErrors       prometheus.Counter
+	lastApplyDuration prometheus.Gauge
+
+	mu      sync.Mutex
+	watcher func() WatcherStats
+}
+
+// NewMetrics returns a registry with hubwarden's metrics, a build-info gauge
+// carrying version, and the Go and process collectors.
+func NewMetrics(version string) *Metrics {
+	m := &Metrics{
+		reg: prometheus.NewRegistry(),
+		denials: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Namespace: namespace, Name: "denials_total",
+			Help: "Egress packets denied and logged, by address family (ipv4, ipv6) and protocol (tcp, udp, icmp, icmpv6, other).",
+		}, []string{"family", "proto"}),
+		denialsDropped: prometheus.NewCounter(prometheus.CounterOpts{
+			Namespace: namespace, Name: "denial_log_dropped_total",
+			Help: "Denial log messages the kernel dropped because the reader lagged (ENOBUFS), or that did not decode.",
+		}),
+		reconcileDrifts: prometheus.NewCounter(prometheus.CounterOpts{
+			Namespace: namespace, Name: "reconcile_drifts_total",
+			Help: "Reconcile passes that found hubwarden's rules or qdiscs drifted from the plan and re-applied them.",
+		}),
+		applyErrors: prometheus.NewCounter(prometheus.CounterOpts{
+			Namespace: namespace, Name: "apply_errors_total",
+			Help: "Applies (at start or on reconcile) that failed.",
+		}),
+		lastApplyDuration: prometheus.NewGauge(prometheus.GaugeOpts{
+			Namespace: namespace, Name: "last_apply_duration_seconds",
+			Help: "Duration of the last apply, successful or not.",
+		}),
+	}
+	build := prometheus.NewGauge(prometheus.GaugeOpts{
+		Namespace: namespace, Name: "build_info",
+		Help:        "Build information; the value is always 1.",
+		ConstLabels: prometheus.Labels{"version": version, "goversion": runtime.Version()},
+	})
+	build.Set(1)
+	m.reg.MustRegister(
+		m.denials, m.denialsDropped, m.reconcileDrifts, m.applyErrors, m.lastApplyDuration, build,
+		watcherCollector{m},
+		collectors.NewGoCollector(),
+		collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}),
+	)
+	return m
+}
+
+// Registry returns the registry, for tests and for extra collectors.
+func (m *Metrics) Registry() *prometheus.Registry { return m.reg }
+
+// Handler serves the registry in the Prometheus exposition formats.
+func (m *Metrics) Handler() http.Handler {
+	return promhttp.HandlerFor(m.reg, promhttp.HandlerOpts{
+		// A scrape that fails half-way says so instead of serving partial data.
+		ErrorHandling: promhttp.HTTPErrorOnError,
+		// At most a few scrapes at once: the notebook user can reach /metrics.
+		MaxRequestsInFlight: 4,
+		Timeout:             5 * time.Second,
+	})
+}
+
+// AddDenials counts n denied packets of one family and protocol.
+func (m *Metrics) AddDenials(family, proto string, n int) {
+	m.denials.WithLabelValues(family, proto).Add(float64(n))
+}
+
+// AddDenialsDropped counts denial log messages lost or undecodable.
+func (m *Metrics) AddDenialsDropped(n int) { m.denialsDropped.Add(float64(n)) }
+
+// AddDrift counts one reconcile pass that found drift.
+func (m *Metrics) AddDrift() { m.reconcileDrifts.Inc() }
+
+// ObserveApply records an apply's duration, and counts it when it failed.
+func (m *Metrics) ObserveApply(d time.Duration, err error) {
+	m.lastApplyDuration.Set(d.Seconds())
+	if err != nil {
+		m.applyErrors.Inc()
+	}
+}
+
+// SetWatcher sets the function that returns the watcher's snapshot at scrape
+// time; nil (the default) exports no watcher metrics. The function must be
+// fast and safe for concurrent use.
+func (m *Metrics) SetWatcher(f func() WatcherStats) {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	m.watcher = f
+}
+
+func (m *Metrics) watcherFunc() func() WatcherStats {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	return m.watcher
+}
+
+var (
+	descFlows = prometheus.NewDesc(namespace+"_flows_tracked",
+		"Flows the conntrack watcher currently tracks.", nil, nil)
+	descDemotions = prometheus.NewDesc(namespace+"_demotions_total",
+		"Flows demoted to the slow class.", nil, nil)
+	descPromotions = prometheus.NewDesc(namespace+"_promotions_total",
+		"Demoted flows promoted back to the fast class after being idle.", nil, nil)
+	descBytes = prometheus.NewDesc(namespace+"_sent_bytes_total",
+		"Bytes the pod sent, by class (fast, slow).", []string{"class"}, nil)
+	descPodBucket = prometheus.NewDesc(namespace+"_pod_bucket_bytes",
+		"Tokens (bytes) left in the per-pod budget bucket.", nil, nil)
+)
+
+// watcherCollector exports a WatcherStats snapshot as const metrics, so the
+// numbers are read once per scrape and never go stale in between.
+type watcherCollector struct{ m *Metrics }
+
+func (c watcherCollector) Describe(ch chan<- *prometheus.Desc) {
+	for _, d := range []*prometheus.Desc{descFlows, descDemotions, descPromotions, descBytes, descPodBucket} {
+		ch <- d
+	}
+}
+
+func (c watcherCollector) Collect(ch chan<- prometheus.Metric) {
+	f := c.m.watcherFunc()
+	if f == nil {
+		return
+	}
+	s := f()
+	ch <- prometheus.MustNewConstMetric(descFlows, prometheus.GaugeValue, float64(s.FlowsTracked))
+	ch <- prometheus.MustNewConstMetric(descDemotions, prometheus.CounterValue, float64(s.Demotions))
+	ch <- prometheus.MustNewConstMetric(descPromotions, prometheus.CounterValue, float64(s.Promotions))
+	ch <- prometheus.MustNewConstMetric(descBytes, prometheus.CounterValue, float64(s.BytesFast), "fast")
+	ch <- prometheus.MustNewConstMetric(descBytes, prometheus.CounterValue, float64(s.BytesSlow), "slow")
+	ch <- prometheus.MustNewConstMetric(descPodBucket, prometheus.GaugeValue, s.PodBucketBytes)
+}

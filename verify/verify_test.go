@@ -1,0 +1,233 @@
+package verify
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io/fs"
+	"net"
+	"os"
+	"strings"
+	"syscall"
+	"testing"
+
+	"github.com/google/go-cmp/cmp"
+)
+
+const statusNoCaps = "Name:\tpython3\nUid:\t1000\t1000\t1000\t1000\nCapInh:\t0000000000000000\nCapPrm:\t0000000000000000\nCapEff:\t0000000000000000\nCapBnd:\t000001ffffffffff\nCapAmb:\t0000000000000000\n"
+
+// goodEnv is a notebook container where the lockdown holds.
+func goodEnv() *Env {
+	writable := map[string]bool{"/home/jovyan": true, "/tmp": true}
+	exists := map[string]bool{"/": true, "/opt/conda": true, "/opt/conda/bin": true, "/opt/conda/lib/python3.11/site-packages": true,
+		"/opt/conda/lib/python3.11": true, "/opt/conda/etc/jupyter": true, "/usr/local/etc/jupyter": true, "/etc/jupyter": true,
+		"/opt/conda/share/jupyter": true, "/usr/local/share/jupyter": true, "/usr/share/jupyter": true, "/home/jovyan": true}
+	return &Env{
+		Geteuid: func() int { return 1000 },
+		ReadFile: func(p string) ([]byte, error) {
+			switch p {
+			case "/proc/self/status":
+				return []byte(statusNoCaps), nil
+			case "/opt/conda/bin/jupyter":
+				return []byte("#!/opt/conda/bin/python3.11\nimport sys\n"), nil
+			}
+			return nil, fs.ErrNotExist
+		},
+		KernelProbes: func(context.Context) []KernelProbe {
+			return []KernelProbe{{"tc-change-denied", syscall.EPERM}, {"netfilter-change-denied", fmt.Errorf("netlink receive: %w", syscall.EPERM)}}
+		},
+		Dial: func(ctx context.Context, network, addr string) (net.Conn, error) {
+			return nil, &net.OpError{Op: "dial", Net: network, Err: syscall.ECONNREFUSED}
+		},
+		Output: func(ctx context.Context, name string, args ...string) ([]byte, error) {
+			switch {
+			case name == "/opt/conda/bin/python3.11":
+				return []byte("/opt/conda\n/opt/conda/bin\n/opt/conda/lib/python3.11/site-packages\n/opt/conda/lib/python3.11/site-packages\n/opt/conda/lib/python3.11\n"), nil
+			case name == "/opt/conda/bin/jupyter" && strings.Join(args, " ") == "--paths --json":
+				return []byte(`{"config": ["/home/jovyan/.jupyter", "/opt/conda/etc/jupyter", "/usr/local/etc/jupyter", "/etc/jupyter"],
+					"data": ["/home/jovyan/.local/share/jupyter", "/opt/conda/share/jupyter", "/usr/local/share/jupyter", "/usr/share/jupyter"],
+					"runtime": ["/home/jovyan/.local/share/jupyter/runtime"]}`), nil
+			}
+			return nil, fmt.Errorf("unexpected command %s %v", name, args)
+		},
+		LookPath: func(f string) (string, error) {
+			if f == "jupyter" {
+				return "/opt/conda/bin/jupyter", nil
+			}
+			if f == "python3" {
+				return "/opt/conda/bin/python3", nil
+			}
+			return "", errors.New("not found")
+		},
+		TryWrite: func(dir string) error {
+			if writable[dir] {
+				return nil
+			}
+			if !exists[dir] {
+				return &fs.PathError{Op: "stat", Path: dir, Err: fs.ErrNotExist}
+			}
+			return &fs.PathError{Op: "open", Path: dir, Err: fs.ErrPermission}
+		},
+		Get:  func(ctx context.Context, url string) (int, error) { return 200, nil },
+		Home: "/home/jovyan",
+	}
+}
+
+var allChecks = []string{"not-root", "no-cap-net-admin", "tc-change-denied", "netfilter-change-denied", "egress-blocked",
+	"metadata-blocked 169.254.169.254:80", "metadata-blocked [fd00:ec2::254]:80", "python-env-readonly", "jupyter-paths-readonly", "hubwarden-ready"}
+
+func TestChecks(t *testing.T) {
+	tests := []struct {
+		name   string
+		mutate func(e *Env)
+		fail   map[string]string // check name -> substring of its detail
+	}{
+		{"all pass", func(*Env) {}, nil},
+		{"root", func(e *Env) { e.Geteuid = func() int { return 0 } }, map[string]string{"not-root": "running as root"}},
+		{"net admin", func(e *Env) {
+			rf := e.ReadFile
+			e.ReadFile = func(p string) ([]byte, error) {
+				if p != "/proc/self/status" {
+					return rf(p)
+				}
+				return []byte(strings.Replace(statusNoCaps, "CapEff:\t0000000000000000", "CapEff:\t0000000000001000", 1)), nil
+			}
+		}, map[string]string{"no-cap-net-admin": "CAP_NET_ADMIN is in CapEff"}},
+		{"ambient net admin", func(e *Env) {
+			rf := e.ReadFile
+			e.ReadFile = func(p string) ([]byte, error) {
+				if p != "/proc/self/status" {
+					return rf(p)
+				}
+				return []byte(strings.Replace(statusNoCaps, "CapAmb:\t0000000000000000", "CapAmb:\t0000000000003000", 1)), nil
+			}
+		}, map[string]string{"no-cap-net-admin": "CAP_NET_ADMIN is in CapAmb"}},
+		{"kernel accepts tc change", func(e *Env) {
+			e.KernelProbes = func(context.Context) []KernelProbe {
+				return []KernelProbe{{"tc-change-denied", nil}, {"netfilter-change-denied", syscall.ENODEV}}
+			}
+		}, map[string]string{"tc-change-denied": "the kernel accepted the change", "netfilter-change-denied": "want operation not permitted, got: no such device"}},
+		{"egress open", func(e *Env) {
+			e.Dial = func(ctx context.Context, network, addr string) (net.Conn, error) {
+				if addr == DefaultTarget {
+					c, s := net.Pipe()
+					s.Close()
+					return c, nil
+				}
+				return nil, syscall.ECONNREFUSED
+			}
+		}, map[string]string{"egress-blocked": "connected: not blocked"}},
+		{"metadata dropped not rejected", func(e *Env) {
+			e.Dial = func(ctx context.Context, network, addr string) (net.Conn, error) {
+				if addr == "169.254.169.254:80" {
+					<-ctx.Done()
+					return nil, ctx.Err()
+				}
+				return nil, syscall.EHOSTUNREACH
+			}
+		}, map[string]string{"metadata-blocked 169.254.169.254:80": "no answer in"}},
+		{"conda writable", func(e *Env) {
+			tw := e.TryWrite
+			e.TryWrite = func(d string) error {
+				if strings.HasPrefix(d, "/opt/conda/lib") {
+					return nil
+				}
+				return tw(d)
+			}
+		}, map[string]string{"python-env-readonly": "writable: /opt/conda/lib/python3.11/site-packages, /opt/conda/lib/python3.11"}},
+		{"missing jupyter dir under a writable parent", func(e *Env) {
+			tw := e.TryWrite
+			e.TryWrite = func(d string) error {
+				if d == "/usr/local/etc/jupyter" {
+					return fs.ErrNotExist
+				}
+				if d == "/usr/local/etc" {
+					return nil
+				}
+				return tw(d)
+			}
+		}, map[string]string{"jupyter-paths-readonly": "writable: /usr/local/etc/jupyter (missing; /usr/local/etc is writable)"}},
+		{"no jupyter", func(e *Env) {
+			e.LookPath = func(f string) (string, error) {
+				if f == "python3" {
+					return "/opt/conda/bin/python3.11", nil
+				}
+				return "", errors.New("executable file not found in $PATH")
+			}
+		}, map[string]string{"jupyter-paths-readonly": "finding jupyter on PATH"}},
+		{"not ready", func(e *Env) { e.Get = func(context.Context, string) (int, error) { return 503, nil } },
+			map[string]string{"hubwarden-ready": "answered 503, want 200"}},
+		{"health down", func(e *Env) {
+			e.Get = func(context.Context, string) (int, error) { return 0, syscall.ECONNREFUSED }
+		}, map[string]string{"hubwarden-ready": "getting http://127.0.0.1:9280/readyz: connection refused"}},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			e := goodEnv()
+			tt.mutate(e)
+			res := Checks(context.Background(), Options{Env: e, Timeout: 100_000_000})
+			var names []string
+			for _, r := range res {
+				names = append(names, r.Name)
+				want, shouldFail := tt.fail[r.Name]
+				if shouldFail != (r.Status == Fail) {
+					t.Errorf("%s: %s %q, want fail=%v", r.Name, r.Status, r.Detail, shouldFail)
+				}
+				if shouldFail && !strings.Contains(r.Detail, want) {
+					t.Errorf("%s: detail %q, want it to contain %q", r.Name, r.Detail, want)
+				}
+			}
+			if diff := cmp.Diff(allChecks, names); diff != "" {
+				t.Errorf("check names (-want +got):\n%s", diff)
+			}
+		})
+	}
+}
+
+func TestRunOutput(t *testing.T) {
+	var b strings.Builder
+	if !Run(context.Background(), Options{Env: goodEnv()}, &b) {
+		t.Fatalf("Run failed:\n%s", b.String())
+	}
+	out := b.String()
+	for _, want := range []string{
+		"PASS not-root: uid 1000\n",
+		"PASS python-env-readonly: /opt/conda/bin/python3.11: /opt/conda, /opt/conda/bin, /opt/conda/lib/python3.11/site-packages, /opt/conda/lib/python3.11 not writable\n",
+		"PASS jupyter-paths-readonly: 6 paths outside /home/jovyan not writable\n",
+		"verify: all 10 checks passed\n",
+	} {
+		if !strings.Contains(out, want) {
+			t.Errorf("output lacks %q:\n%s", want, out)
+		}
+	}
+	e := goodEnv()
+	e.Geteuid = func() int { return 0 }
+	b.Reset()
+	if Run(context.Background(), Options{Env: e}, &b) || !strings.Contains(b.String(), "FAIL not-root: running as root") ||
+		!strings.Contains(b.String(), "verify: 1 of 10 checks failed") {
+		t.Errorf("Run as root:\n%s", b.String())
+	}
+}
+
+func TestTryWrite(t *testing.T) {
+	dir := t.TempDir()
+	if err := tryWrite(dir); err != nil {
+		t.Fatalf("temp dir: %v", err)
+	}
+	if ents, _ := os.ReadDir(dir); len(ents) != 0 {
+		t.Errorf("tryWrite left %d files", len(ents))
+	}
+	if err := tryWrite(dir + "/missing"); !errors.Is(err, fs.ErrNotExist) {
+		t.Errorf("missing dir: %v, want ErrNotExist", err)
+	}
+}
+
+func TestInHome(t *testing.T) {
+	for path, want := range map[string]bool{
+		"/home/jovyan/.jupyter": true, "/home/jovyan": true, "/home/jovyanx/a": false, "/etc/jupyter": false, "/home": false,
+	} {
+		if got := inHome(path, "/home/jovyan"); got != want {
+			t.Errorf("inHome(%q) = %v, want %v", path, got, want)
+		}
+	}
+}
