@@ -12,12 +12,14 @@ package nstest
 import (
 	"bytes"
 	"context"
+	"errors"
 	"fmt"
 	"os"
 	"os/exec"
 	"runtime"
 	"strconv"
 	"strings"
+	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -25,7 +27,27 @@ import (
 	"golang.org/x/sys/unix"
 )
 
-var seq atomic.Uint32
+var (
+	seq       atomic.Uint32
+	sweepOnce sync.Once
+)
+
+// sweepStale deletes namespaces left by test processes that were killed before
+// their cleanups ran (a timeout, a crash): "hwt-<pid>-<n>" whose pid is gone.
+func sweepStale() {
+	entries, _ := os.ReadDir("/run/netns")
+	for _, e := range entries {
+		var pid, n int
+		if _, err := fmt.Sscanf(e.Name(), "hwt-%d-%d", &pid, &n); err != nil || pid == os.Getpid() {
+			continue
+		}
+		if err := unix.Kill(pid, 0); errors.Is(err, unix.ESRCH) {
+			ns := &NS{Name: e.Name()}
+			ns.killAll()
+			_ = exec.Command("ip", "netns", "del", e.Name()).Run()
+		}
+	}
+}
 
 // SkipUnlessRoot skips the test unless it runs as root with the tools it needs.
 func SkipUnlessRoot(tb testing.TB, tools ...string) {
@@ -52,6 +74,7 @@ type NS struct {
 func New(tb testing.TB) *NS {
 	tb.Helper()
 	SkipUnlessRoot(tb)
+	sweepOnce.Do(sweepStale)
 	name := fmt.Sprintf("hwt-%d-%d", os.Getpid(), seq.Add(1))
 	if out, err := exec.Command("ip", "netns", "add", name).CombinedOutput(); err != nil {
 		tb.Fatalf("adding netns %s: %v: %s", name, err, out)
