@@ -297,7 +297,8 @@ func (b *Bed) other() error {
 		b.listeners = append(b.listeners, srv)
 		b.mu.Unlock()
 	}
-	for _, a := range []string{Forbid4 + ":9", "[" + Forbid6 + "]:9"} {
+	// UDP echo: port 9, and 53 as a rogue resolver a tunnel would use.
+	for _, a := range []string{Forbid4 + ":9", "[" + Forbid6 + "]:9", Forbid4 + ":53", "[" + Forbid6 + "]:53"} {
 		pc, err := b.Other.ListenPacket("udp", a)
 		if err != nil {
 			return fmt.Errorf("listening on udp %s in other: %w", a, err)
@@ -356,7 +357,7 @@ func (b *Bed) user(name string) error {
 	big := filepath.Join(u.HomeDir, "big.bin")
 	if st, err := os.Stat(big); err != nil || st.Size() != b.opts.BigFile {
 		if err := run("runuser", "-u", name, "--", "sh", "-c",
-			fmt.Sprintf("head -c %d /dev/urandom > ~/big.bin && head -c 2097152 /dev/urandom > ~/mid.bin && mkdir -p ~/work/a ~/work/b", b.opts.BigFile)); err != nil {
+			fmt.Sprintf("head -c %d /dev/urandom > ~/big.bin && head -c 2097152 /dev/urandom > ~/mid.bin && head -c 25165824 /dev/urandom > ~/contents.bin && mkdir -p ~/work/a ~/work/b", b.opts.BigFile)); err != nil {
 			return err
 		}
 	}
@@ -441,6 +442,13 @@ func (b *Bed) Start(name string, ns NS, argv, env []string) (*Proc, error) {
 	}
 	b.track(p)
 	return p, nil
+}
+
+// AddFile registers a path outside Dir for removal by Close.
+func (b *Bed) AddFile(path string) {
+	b.mu.Lock()
+	b.files = append(b.files, path)
+	b.mu.Unlock()
 }
 
 // Close stops the hub (which stops the proxy and the servers), every process
