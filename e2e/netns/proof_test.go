@@ -64,6 +64,9 @@ func TestE2EProof(t *testing.T) {
 	ctx := context.Background()
 	p := &proof{b: b, rep: &Report{}, big: 128 << 20}
 	t.Cleanup(func() {
+		if t.Failed() && !p.rep.Failed() {
+			p.rep.Add(Row{"harness", "the proof run itself", "-", "-", "FAIL"})
+		}
 		p.rep.Print(os.Stdout)
 		if f := os.Getenv("HWE2E_REPORT"); f != "" {
 			if w, err := os.Create(f); err == nil {
@@ -236,7 +239,21 @@ func (p *proof) regularUse(t *testing.T) {
 		rounds++
 	}
 	pb, pw := percentile(lat["without"], 0.95), percentile(lat["with"], 0.95)
-	ratio := float64(pw) / float64(pb)
+	// The assertion uses latencies normalised by the median of the same
+	// operation without hubwarden, so that the slowest kind of operation
+	// (the notebook page, about 300 ms of server CPU) does not make the p95
+	// alone; every kind weighs the same.
+	norm := map[string][]time.Duration{}
+	for _, o := range ops {
+		med := percentile(perOp[o.name]["without"], .5)
+		for _, sd := range []string{"without", "with"} {
+			for _, d := range perOp[o.name][sd] {
+				norm[sd] = append(norm[sd], time.Duration(float64(d)/float64(med)*1e6))
+			}
+		}
+	}
+	ratio := float64(percentile(norm["with"], .95)) / float64(percentile(norm["without"], .95))
+	rawRatio := float64(pw) / float64(pb)
 	for _, o := range ops {
 		t.Logf("%-6s p50 %8s / %8s   p95 %8s / %8s (without / with)", o.name,
 			percentile(perOp[o.name]["without"], .5).Round(10*time.Microsecond), percentile(perOp[o.name]["with"], .5).Round(10*time.Microsecond),
@@ -246,7 +263,8 @@ func (p *proof) regularUse(t *testing.T) {
 	marked := p.b.MarkedFlows(p.b.Warden, 0x100000)
 	demoted := slow1 - slow0
 	p.rep.Add(Row{"1 regular use", fmt.Sprintf("p95 latency, %d ops each (%s)", len(lat["with"]), dur),
-		pb.Round(100 * time.Microsecond).String(), fmt.Sprintf("%s (%.2fx)", pw.Round(100*time.Microsecond), ratio), verdict(ratio <= 1.2)})
+		pb.Round(100 * time.Microsecond).String(), fmt.Sprintf("%s (%.2fx)", pw.Round(100*time.Microsecond), rawRatio), "-"})
+	p.rep.Add(Row{"1 regular use", "p95 of latency / median without, per op kind", "1.00x", fmt.Sprintf("%.2fx", ratio), verdict(ratio <= 1.2)})
 	p.rep.Add(Row{"1 regular use", "bytes in the slow class / marked flows", "-", fmt.Sprintf("%d B / %d", demoted, marked), verdict(shaped && demoted == 0 && marked == 0)})
 	if !shaped {
 		t.Errorf("no HTB classes on the warden pod's eth0: shaping is not applied")
@@ -255,7 +273,7 @@ func (p *proof) regularUse(t *testing.T) {
 		t.Errorf("regular use was demoted: %d bytes in the slow class, %d marked flows", demoted, marked)
 	}
 	if ratio > 1.2 {
-		t.Errorf("p95 latency with hubwarden %s is %.2fx the one without (%s); want <= 1.2x", pw, ratio, pb)
+		t.Errorf("normalised p95 latency with hubwarden is %.2fx the one without; want <= 1.2x (raw p95 %s vs %s)", ratio, pw, pb)
 	}
 }
 
@@ -318,8 +336,10 @@ func (p *proof) largeDownload(t *testing.T) {
 // --- part 3 -----------------------------------------------------------------
 
 func (p *proof) openNotebook(ctx context.Context, s *side) (time.Duration, error) {
+	// The notebook's content and a 100 KB uncached static asset; the page
+	// itself costs ~300 ms of server CPU, which would hide the network.
 	t0 := time.Now()
-	if _, err := s.c.Do(ctx, "GET", s.c.UserURL()+"/notebooks/nb0.ipynb", nil, nil); err != nil {
+	if _, err := s.c.Do(ctx, "GET", s.c.UserURL()+"/static/auth/js/main.min.js", nil, nil); err != nil {
 		return 0, err
 	}
 	if _, err := s.c.Do(ctx, "GET", s.c.UserURL()+"/api/contents/nb0.ipynb?content=1", nil, nil); err != nil {
@@ -453,10 +473,6 @@ func (p *proof) bypass(t *testing.T) {
 			return
 		}
 		defer k.Close(context.Background())
-		go func() {
-			<-ctx.Done()
-			k.ws.c.SetDeadline(time.Now())
-		}()
 		code := `import base64
 with open("big.bin", "rb") as f:
     while True:
@@ -464,8 +480,15 @@ with open("big.bin", "rb") as f:
         if not b:
             f.seek(0); continue
         print(base64.b64encode(b).decode())`
-		r, _ := k.Execute(ctx, code, time.Hour)
-		n.Add(int64(r.Bytes))
+		// Count while it runs: Execute returns only when ctx ends.
+		go func() {
+			for ctx.Err() == nil {
+				n.Store(k.Received.Load())
+				time.Sleep(100 * time.Millisecond)
+			}
+		}()
+		k.Execute(ctx, code, time.Hour)
+		n.Store(k.Received.Load())
 		// Interrupt the endless cell before deleting the kernel.
 		s.c.Do(context.Background(), "POST", s.c.UserURL()+"/api/kernels/"+k.ID+"/interrupt", nil, nil)
 	})

@@ -54,10 +54,31 @@ func (r *Report) Print(w io.Writer) {
 	}
 	tw.Flush()
 	verdict := "ALL PROTECTIONS HELD"
-	if r.failedLocked() {
+	switch {
+	case r.failedLocked():
 		verdict = "SOME PROTECTION FAILED"
+	case len(r.rows) == 0:
+		verdict = "NOTHING PROVEN"
+	case r.skippedLocked():
+		verdict = "INCOMPLETE: SOME PARTS SKIPPED"
 	}
 	fmt.Fprintln(w, strings.Repeat("=", 20), verdict, strings.Repeat("=", 20))
+}
+
+// Skipped reports whether any row was skipped.
+func (r *Report) Skipped() bool {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	return r.skippedLocked()
+}
+
+func (r *Report) skippedLocked() bool {
+	for _, row := range r.rows {
+		if strings.HasPrefix(row.Verdict, "SKIP") {
+			return true
+		}
+	}
+	return false
 }
 
 func (r *Report) failedLocked() bool {

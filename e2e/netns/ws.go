@@ -17,6 +17,7 @@ import (
 	"net/http"
 	"net/url"
 	"strings"
+	"sync/atomic"
 	"time"
 )
 
@@ -172,6 +173,26 @@ type Kernel struct {
 	ID      string
 	ws      *wsConn
 	session string
+	// A reader goroutine keeps reading (and answering the server's pings,
+	// or the server closes an idle socket after 90 s) into msgs.
+	msgs chan []byte
+	done chan struct{}
+	err  error
+	// Received counts the bytes of every message read from the socket.
+	Received atomic.Int64
+}
+
+func (k *Kernel) readLoop() {
+	defer close(k.done)
+	for {
+		p, err := k.ws.Read()
+		if err != nil {
+			k.err = err
+			return
+		}
+		k.Received.Add(int64(len(p)))
+		k.msgs <- p
+	}
 }
 
 // StartKernel starts a python3 kernel through the REST API and connects to
@@ -201,7 +222,9 @@ func (c *Client) StartKernel(ctx context.Context) (*Kernel, error) {
 		c.Do(ctx, "DELETE", c.UserURL()+"/api/kernels/"+k.ID, nil, nil)
 		return nil, fmt.Errorf("connecting to kernel %s: %w", k.ID, err)
 	}
-	return &Kernel{c: c, ID: k.ID, ws: ws, session: randomToken()}, nil
+	kn := &Kernel{c: c, ID: k.ID, ws: ws, session: randomToken(), msgs: make(chan []byte, 4096), done: make(chan struct{})}
+	go kn.readLoop()
+	return kn, nil
 }
 
 // ExecResult is what one cell produced.
@@ -224,8 +247,12 @@ func (k *Kernel) Execute(ctx context.Context, code string, timeout time.Duration
 		"content": map[string]any{"code": code, "silent": false, "store_history": false, "user_expressions": map[string]any{}, "allow_stdin": false, "stop_on_error": true},
 	})
 	t0 := time.Now()
-	k.ws.c.SetDeadline(t0.Add(timeout))
-	defer k.ws.c.SetDeadline(time.Time{})
+	// Drop what an earlier, abandoned cell left behind.
+	for len(k.msgs) > 0 {
+		<-k.msgs
+	}
+	timer := time.NewTimer(timeout)
+	defer timer.Stop()
 	if err := k.ws.WriteText(msg); err != nil {
 		return ExecResult{}, fmt.Errorf("sending execute_request: %w", err)
 	}
@@ -233,9 +260,15 @@ func (k *Kernel) Execute(ctx context.Context, code string, timeout time.Duration
 	var out strings.Builder
 	idle := false
 	for r.Status == "" || !idle {
-		p, err := k.ws.Read()
-		if err != nil {
-			return r, fmt.Errorf("reading kernel messages: %w", err)
+		var p []byte
+		select {
+		case p = <-k.msgs:
+		case <-k.done:
+			return r, fmt.Errorf("reading kernel messages: %w", k.err)
+		case <-timer.C:
+			return r, fmt.Errorf("cell still running after %s", timeout)
+		case <-ctx.Done():
+			return r, ctx.Err()
 		}
 		r.Bytes += len(p)
 		var m struct {
