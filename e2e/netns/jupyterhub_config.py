@@ -59,9 +59,10 @@ class NetnsSpawner(LocalProcessSpawner):
 c.JupyterHub.spawner_class = NetnsSpawner
 c.Spawner.port = 8888
 # The user owns their server's config (~/.jupyter), so an attacker lifts the
-# notebook server's IOPub output limit (1 MB/s by default); so do we, on both
+# notebook server's IOPub output limits (1 MB/s, 1000 msg/s by default); so do we, on both
 # pods, to measure what the network alone lets out.
-c.Spawner.args = ["--ip=0.0.0.0", "--NotebookApp.iopub_data_rate_limit=1e12"]
+c.Spawner.args = ["--ip=0.0.0.0", "--NotebookApp.iopub_data_rate_limit=1e12",
+                  "--NotebookApp.iopub_msg_rate_limit=1e12"]
 c.Spawner.default_url = "/tree"
 c.Spawner.environment = {
     "JUPYTERHUB_SINGLEUSER_APP": "notebook.notebookapp.NotebookApp",
