@@ -9,6 +9,7 @@
 #                   [--image IMAGE] [--artifacts DIR]
 #   e2e/kind/run.sh --render-tester       print the tester manifests and exit
 #   e2e/kind/run.sh --render-values       print the test values overlay and exit
+#   e2e/kind/run.sh --render-hubwarden    print z2jh-values/hubwarden.yaml with the e2e image
 set -euo pipefail
 
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)
@@ -39,6 +40,7 @@ while [ $# -gt 0 ]; do
     --artifacts) ARTIFACTS=${2:?--artifacts needs a value}; shift ;;
     --render-tester) RENDER=tester ;;
     --render-values) RENDER=values ;;
+    --render-hubwarden) RENDER=hubwarden ;;
     *) echo "run.sh: unknown argument: $1 (see --help)" >&2; exit 2 ;;
   esac
   shift
@@ -145,9 +147,20 @@ spec:
 YAML
 }
 
+VALUES=$ROOT/z2jh-values/hubwarden.yaml
+# render_hubwarden prints the admin's overlay with the image just loaded into
+# kind (never a registry's).
+render_hubwarden() {
+  local out
+  out=$(sed "s#image: ghcr.io/hubwarden/hubwarden:[^ ]*#image: $IMAGE\n      imagePullPolicy: IfNotPresent#" "$VALUES")
+  grep -q "image: $IMAGE" <<<"$out" || { echo "run.sh: no hubwarden image line to replace in $VALUES" >&2; return 1; }
+  printf '%s\n' "$out"
+}
+
 case "$RENDER" in
   tester) render_tester; exit 0 ;;
   values) render_values; exit 0 ;;
+  hubwarden) render_hubwarden; exit $? ;;
 esac
 
 need=(docker kind kubectl helm go)
@@ -205,11 +218,8 @@ step docker build -t "$IMAGE" -f "$ROOT/images/hubwarden/Dockerfile" "$ROOT"
 step kind load docker-image "$IMAGE" --name "$NAME"
 
 log "z2jh $CHART_VERSION with z2jh-values/hubwarden.yaml"
-VALUES=$ROOT/z2jh-values/hubwarden.yaml
 if [ -f "$VALUES" ]; then
-  # Use the image just loaded into kind, never a registry's.
-  sed "s#image: ghcr.io/hubwarden/hubwarden:[^ ]*#image: $IMAGE\n      imagePullPolicy: IfNotPresent#" "$VALUES" > "$WORK/hubwarden.yaml"
-  grep -q "image: $IMAGE" "$WORK/hubwarden.yaml" || { echo "run.sh: no hubwarden image line to replace in $VALUES" >&2; exit 1; }
+  render_hubwarden > "$WORK/hubwarden.yaml"
 elif [ "$DRY" = 1 ]; then
   echo "(dry run: $VALUES is missing)"
 else

@@ -170,3 +170,30 @@ func TestRenderedValues(t *testing.T) {
 		_ = v
 	}
 }
+
+// TestRenderedHubwarden checks the admin's overlay with the e2e image: valid
+// YAML, the loaded image, IfNotPresent, and a native sidecar.
+func TestRenderedHubwarden(t *testing.T) {
+	if _, err := os.Stat("../../z2jh-values/hubwarden.yaml"); err != nil {
+		t.Skip("z2jh-values/hubwarden.yaml not in this tree yet")
+	}
+	out, code := runSh(t, "--render-hubwarden", "--image", "hubwarden:test")
+	if code != 0 {
+		t.Fatalf("exit %d: %s", code, out)
+	}
+	docs := yamlDocs(t, out)
+	ics := docs[0]["singleuser"].(map[string]any)["initContainers"].([]any)
+	var hw map[string]any
+	for _, c := range ics {
+		if c.(map[string]any)["name"] == "hubwarden" {
+			hw = c.(map[string]any)
+		}
+	}
+	if hw == nil {
+		t.Fatalf("no hubwarden init container in:\n%s", out)
+	}
+	got := []any{hw["image"], hw["imagePullPolicy"], hw["restartPolicy"]}
+	if diff := cmp.Diff([]any{"hubwarden:test", "IfNotPresent", "Always"}, got); diff != "" {
+		t.Errorf("hubwarden init container (-want +got):\n%s", diff)
+	}
+}
