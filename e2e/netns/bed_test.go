@@ -4,7 +4,6 @@ package netns
 
 import (
 	"context"
-	"fmt"
 	"os"
 	"strings"
 	"testing"
@@ -83,7 +82,6 @@ func TestE2EBed(t *testing.T) {
 	if _, err := c6.Do(ctx, "GET", "http://["+ProxyIP6+"]:8000/hub/api", nil, nil); err != nil {
 		t.Fatalf("hub over IPv6: %v", err)
 	}
-	fmt.Println()
 }
 
 func notebookJSON(src string) []byte {
