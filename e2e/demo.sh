@@ -22,13 +22,15 @@ fi
 cd e2e
 # A run killed earlier may have left namespaces or users behind.
 go run ./netns/cmd/hwe2e cleanup
-report=$(mktemp /tmp/hubwarden-demo.XXXXXX)
-trap 'rm -f "$report"' EXIT
+mkdir -p netns/work
+stamp=$(date -u +%Y%m%dT%H%M%SZ)
+report=netns/work/demo-$stamp.txt   # netns/work is git-ignored
+log=netns/work/demo-$stamp.log
 set +e
-HWE2E_STRICT=1 HWE2E_REPORT="$report" go test -tags e2e -count=1 -timeout 25m -run '^TestE2EProof$' -v ./netns/ > "$report.log" 2>&1
+HWE2E_STRICT=1 HWE2E_REPORT="$PWD/$report" go test -tags e2e -count=1 -timeout 25m -run '^TestE2EProof$' -v ./netns/ > "$log" 2>&1
 rc=$?
 set -e
-grep -E '^\s+(proof|bed)_test.go:|^(=== RUN|--- |    --- )' "$report.log" || true
-if [ -s "$report" ]; then cat "$report"; else tail -50 "$report.log"; fi
-echo "full log: $report.log"
+grep -E '^\s+(proof|bed)_test.go:|^(=== RUN|--- |    --- )' "$log" || true
+if [ -s "$report" ]; then cat "$report"; else tail -50 "$log"; fi
+echo "table: e2e/$report, full log: e2e/$log"
 exit $rc
