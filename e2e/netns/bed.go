@@ -409,7 +409,17 @@ func (b *Bed) startHub(ctx context.Context, chp string) error {
 
 // installCHP installs configurable-http-proxy (the version z2jh ships) with
 // npm into cache once and returns its command.
+//
+// HWE2E_CHP=debian uses Debian's configurable-http-proxy 4.5.3 instead (one
+// upstream connection per request: the easy case for per-connection marks).
 func installCHP(ctx context.Context, cache string, logf func(string, ...any)) (string, error) {
+	if os.Getenv("HWE2E_CHP") == "debian" {
+		const deb = "/usr/bin/configurable-http-proxy"
+		if _, err := os.Stat(deb); err != nil {
+			return "", fmt.Errorf("HWE2E_CHP=debian: %w", err)
+		}
+		return deb, nil
+	}
 	prefix, err := filepath.Abs(filepath.Join(cache, "chp-"+CHPVersion))
 	if err != nil {
 		return "", err
