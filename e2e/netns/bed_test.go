@@ -1,0 +1,90 @@
+//go:build e2e && linux
+
+package netns
+
+import (
+	"context"
+	"os"
+	"strings"
+	"testing"
+	"time"
+)
+
+// newBed builds a bed for the test and registers its removal (t.Cleanup
+// also runs when the test panics).
+func newBed(t *testing.T) *Bed {
+	t.Helper()
+	if err := Preflight(); err != nil {
+		t.Skipf("e2e bed unavailable: %v", err)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
+	defer cancel()
+	b, err := New(ctx, Options{Logf: t.Logf})
+	if err != nil {
+		t.Fatalf("building the bed: %v", err)
+	}
+	t.Cleanup(func() {
+		if err := b.Close(); err != nil {
+			t.Errorf("removing the bed: %v", err)
+		}
+		if !t.Failed() {
+			os.RemoveAll(b.Dir)
+		} else {
+			t.Logf("logs kept in %s", b.Dir)
+		}
+	})
+	t.Logf("bed up in %s: %v", b.Timings["setup"].Round(time.Millisecond), b.Timings)
+	return b
+}
+
+// TestE2EBed checks the bed itself: hub up, login, spawn, tree, contents,
+// download, kernel, IPv6, for both pods.
+func TestE2EBed(t *testing.T) {
+	b := newBed(t)
+	ctx := context.Background()
+	for _, u := range []string{BareUser, WardenUser} {
+		d, err := b.StartServer(ctx, u, 60*time.Second)
+		if err != nil {
+			t.Fatalf("spawning %s: %v", u, err)
+		}
+		t.Logf("%s: server ready in %s", u, d.Round(time.Millisecond))
+		c := b.NewClient(u)
+		if err := c.Login(ctx); err != nil {
+			t.Fatal(err)
+		}
+		if err := c.OpenTree(ctx); err != nil {
+			t.Fatal(err)
+		}
+		nb := notebookJSON("print(6*7)")
+		if _, err := c.Do(ctx, "PUT", c.UserURL()+"/api/contents/small.ipynb", nb, nil); err != nil {
+			t.Fatal(err)
+		}
+		if _, err := c.Do(ctx, "GET", c.UserURL()+"/api/contents/small.ipynb", nil, nil); err != nil {
+			t.Fatal(err)
+		}
+		tr := c.Download(ctx, c.UserURL()+"/files/big.bin", 30*time.Second, nil)
+		if tr.Err != nil || tr.Status != 200 || tr.Bytes != 128<<20 {
+			t.Fatalf("download: %+v", tr.Err)
+		}
+		t.Logf("%s: big.bin %d bytes in %s (%.0f MB/s)", u, tr.Bytes, tr.Elapsed.Round(time.Millisecond), tr.Rate()/1e6)
+		k, err := c.StartKernel(ctx)
+		if err != nil {
+			t.Fatal(err)
+		}
+		r, err := k.Execute(ctx, "print(6*7)", 30*time.Second)
+		if err != nil || strings.TrimSpace(r.Stdout) != "42" {
+			t.Fatalf("kernel: %+v %v", r, err)
+		}
+		t.Logf("%s: kernel print(6*7) -> %q in %s", u, r.Stdout, r.Elapsed)
+		k.Close(ctx)
+	}
+	c6 := b.NewClient("")
+	if _, err := c6.Do(ctx, "GET", "http://["+ProxyIP6+"]:8000/hub/api", nil, nil); err != nil {
+		t.Fatalf("hub over IPv6: %v", err)
+	}
+}
+
+func notebookJSON(src string) []byte {
+	return []byte(`{"type":"notebook","content":{"cells":[{"cell_type":"code","execution_count":null,"metadata":{},"outputs":[],"source":` +
+		quote(src) + `}],"metadata":{"kernelspec":{"display_name":"Python 3","language":"python","name":"python3"}},"nbformat":4,"nbformat_minor":5}}`)
+}

@@ -1,0 +1,91 @@
+# JupyterHub config of the hubwarden e2e bed (written by the harness, see bed.go).
+# The hub and configurable-http-proxy run in the proxy netns; every user's
+# single-user server is spawned into that user's "pod" netns by NetnsSpawner,
+# like a z2jh user pod. All inputs come from E2E_* variables.
+import ctypes, json, os
+from jupyterhub.spawner import LocalProcessSpawner
+
+c = get_config()  # noqa
+
+PODS = json.loads(os.environ["E2E_PODS"])   # {"user": {"netns": "...", "ip": "198.18.0.6"}}
+HUB_IP = os.environ["E2E_HUB_IP"]
+
+_libc = ctypes.CDLL(None, use_errno=True)
+CLONE_NEWNET, CLONE_NEWNS = 0x40000000, 0x00020000
+MS_BIND, MS_REC, MS_SLAVE, MNT_DETACH = 4096, 16384, 1 << 19, 2
+
+
+def _check(rc, what):
+    if rc != 0:
+        e = ctypes.get_errno()
+        raise OSError(e, f"{what}: {os.strerror(e)}")
+
+
+class NetnsSpawner(LocalProcessSpawner):
+    """LocalProcessSpawner whose child joins the user's pod netns before dropping root.
+
+    ip netns exec cannot wrap the command: LocalProcessSpawner setuid()s first.
+    """
+
+    def _pod(self):
+        return PODS[self.user.name]
+
+    async def start(self):
+        self.ip = self._pod()["ip"]           # the proxy routes to http://POD_IP:8888
+        return await super().start()
+
+    def make_preexec_fn(self, name):
+        drop_privs = super().make_preexec_fn(name)
+        ns = self._pod()["netns"]
+        path = f"/run/netns/{ns}"
+        resolv = f"/etc/netns/{ns}/resolv.conf"
+
+        def preexec():
+            fd = os.open(path, os.O_RDONLY)
+            _check(_libc.setns(fd, CLONE_NEWNET), "setns " + path)   # os.setns needs Python 3.12
+            os.close(fd)
+            # a private mount ns like `ip netns exec`: the pod's /sys and resolv.conf
+            _check(_libc.unshare(CLONE_NEWNS), "unshare(CLONE_NEWNS)")
+            _check(_libc.mount(b"none", b"/", None, MS_REC | MS_SLAVE, None), "make / rslave")
+            _check(_libc.umount2(b"/sys", MNT_DETACH), "umount /sys")
+            _check(_libc.mount(ns.encode(), b"/sys", b"sysfs", 0, None), "mount sysfs")
+            if os.path.exists(resolv):
+                _check(_libc.mount(resolv.encode(), b"/etc/resolv.conf", None, MS_BIND, None), "bind resolv.conf")
+            drop_privs()
+
+        return preexec
+
+
+c.JupyterHub.spawner_class = NetnsSpawner
+c.Spawner.port = 8888
+# The user owns their server's config (~/.jupyter), so an attacker lifts the
+# notebook server's IOPub output limits (1 MB/s, 1000 msg/s by default); so do we, on both
+# pods, to measure what the network alone lets out.
+c.Spawner.args = ["--ip=0.0.0.0", "--NotebookApp.iopub_data_rate_limit=1e12",
+                  "--NotebookApp.iopub_msg_rate_limit=1e12"]
+c.Spawner.default_url = "/tree"
+c.Spawner.environment = {
+    "JUPYTERHUB_SINGLEUSER_APP": "notebook.notebookapp.NotebookApp",
+    "PYDEVD_DISABLE_FILE_VALIDATION": "1",
+    "PATH": "/usr/local/bin:/usr/bin:/bin",
+}
+c.Spawner.start_timeout = 60
+c.Spawner.http_timeout = 60
+
+c.JupyterHub.hub_bind_url = f"http://{HUB_IP}:8081"
+c.JupyterHub.hub_connect_url = f"http://{HUB_IP}:8081"
+c.JupyterHub.bind_url = "http://:8000"
+c.ConfigurableHTTPProxy.api_url = "http://127.0.0.1:8001"
+c.ConfigurableHTTPProxy.command = os.environ["E2E_CHP"].split()
+
+c.JupyterHub.authenticator_class = "dummy"
+c.DummyAuthenticator.password = os.environ["E2E_PASSWORD"]
+c.Authenticator.allowed_users = set(PODS)
+
+c.JupyterHub.services = [{"name": "e2e", "api_token": os.environ["E2E_SERVICE_TOKEN"]}]
+c.JupyterHub.load_roles = [{"name": "e2e-admin", "services": ["e2e"],
+    "scopes": ["admin:users", "admin:servers", "access:servers", "tokens", "read:users"]}]
+
+c.JupyterHub.db_url = "sqlite:///jupyterhub.sqlite"
+c.JupyterHub.cookie_secret_file = "jupyterhub_cookie_secret"
+c.JupyterHub.cleanup_servers = True

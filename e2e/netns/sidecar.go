@@ -1,0 +1,242 @@
+//go:build linux
+
+package netns
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"net/http"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"regexp"
+	"sort"
+	"strconv"
+	"strings"
+	"syscall"
+	"time"
+)
+
+// ErrNotImplemented means the hubwarden binary lacks a command or feature a
+// proof needs; proofs skip (not fail) on it.
+var ErrNotImplemented = errors.New("not implemented by this hubwarden build")
+
+// BuildHubwarden builds the sidecar from the repository root into dir and
+// returns its path. HWE2E_HUBWARDEN names a prebuilt binary instead.
+func BuildHubwarden(ctx context.Context, repoRoot, dir string) (string, error) {
+	if p := os.Getenv("HWE2E_HUBWARDEN"); p != "" {
+		return filepath.Abs(p)
+	}
+	out := filepath.Join(dir, "hubwarden")
+	cmd := exec.CommandContext(ctx, "go", "build", "-trimpath", "-o", out, "./sidecar")
+	cmd.Dir = repoRoot
+	cmd.Env = append(os.Environ(), "CGO_ENABLED=0")
+	if b, err := cmd.CombinedOutput(); err != nil {
+		return "", fmt.Errorf("building hubwarden in %s: %w: %s", repoRoot, err, b)
+	}
+	return out, nil
+}
+
+// Sidecar is `hubwarden run` in the warden pod's netns.
+type Sidecar struct {
+	Bin  string
+	Env  []string
+	Proc *Proc
+	bed  *Bed
+	// NoHealth is set when the build serves no /readyz.
+	NoHealth bool
+}
+
+// SidecarEnv is the configuration the proofs use: small budgets so that a
+// run takes seconds, the bed's resolver, allowed and blocked servers.
+func (b *Bed) SidecarEnv() []string {
+	return []string{
+		"PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
+		"HUBWARDEN_LOG_LEVEL=info",
+		"HUBWARDEN_USER=" + WardenUser,
+		"HUBWARDEN_STATE_DIR=" + filepath.Join(b.Dir, "warden-state"),
+		"HUBWARDEN_HUB_API_URL=http://" + HubIP + ":8081/hub/api",
+		"HUBWARDEN_DNS_SERVERS=" + DNS4 + "," + DNS6,
+		"HUBWARDEN_ALLOW=tcp://" + Allowed4 + ":80,tcp://[" + Allowed6 + "]:80,tcp://" + Blocked4 + ":80",
+		"HUBWARDEN_BLOCK=" + Blocked4,
+		"HUBWARDEN_INTERFACE=eth0",
+		"HUBWARDEN_SLOW_RATE=" + SlowRate,
+		"HUBWARDEN_FLOW_BUDGET=" + FlowBudget,
+		"HUBWARDEN_POD_BUDGET=" + PodBudget,
+		"HUBWARDEN_FLOW_REFILL=1MiB/s",
+		"HUBWARDEN_POD_REFILL=" + PodRefill,
+		"HUBWARDEN_PROMOTE_IDLE=" + PromoteIdle.String(),
+		"HUBWARDEN_DUMP_INTERVAL=250ms",
+		"HUBWARDEN_RECONCILE_INTERVAL=2s",
+		"HUBWARDEN_HEALTH_ADDR=127.0.0.1:9280",
+	}
+}
+
+// The sidecar figures, also used to compute the proofs' bounds.
+const (
+	SlowRate       = "1mbit"
+	SlowRateBytes  = 125000.0
+	FlowBudget     = "16MiB"
+	PodBudget      = "48MiB"
+	PodBudgetBytes = 48 << 20
+	PodRefill      = "128KiB/s"
+	PodRefillBytes = 128 << 10
+	PromoteIdle    = 2 * time.Second
+	DNSRate        = 20  // HUBWARDEN_DNS_RATE default
+	DNSBurst       = 100 // HUBWARDEN_DNS_BURST default
+)
+
+// StartSidecar runs `hubwarden run` in the warden pod (like a native
+// sidecar, before the server starts) and waits for /readyz. It returns
+// ErrNotImplemented when the binary has no `run` command yet.
+func (b *Bed) StartSidecar(ctx context.Context, bin string, env []string, timeout time.Duration) (*Sidecar, error) {
+	p, err := start("hubwarden", b.Warden.Name, []string{bin, "run"}, env, b.Dir, filepath.Join(b.Dir, "hubwarden.log"))
+	if err != nil {
+		return nil, err
+	}
+	b.track(p)
+	s := &Sidecar{Bin: bin, Env: env, Proc: p, bed: b}
+	t0 := time.Now()
+	err = poll(timeout, func() error {
+		if done, werr := p.Exited(); done {
+			log := tail(p.Log, 2000)
+			if strings.Contains(log, "unknown command") {
+				return stop{fmt.Errorf("hubwarden run: %w (%s)", ErrNotImplemented, strings.TrimSpace(lastLine(log)))}
+			}
+			return stop{fmt.Errorf("hubwarden run exited (%v): %s", werr, log)}
+		}
+		code, _, err := b.WardenGet(ctx, "http://127.0.0.1:9280/readyz")
+		if err != nil {
+			// A build without the health server: ready once its chains are
+			// in and it has stayed up a few seconds (interim builds only).
+			if errors.Is(err, syscall.ECONNREFUSED) && time.Since(t0) > 5*time.Second && b.IptablesBackend(b.Warden) != "" {
+				s.NoHealth = true
+				b.logf("hubwarden serves no /readyz (health not wired in this build); its rules are in, carrying on")
+				return nil
+			}
+			return err
+		}
+		if code != 200 {
+			return fmt.Errorf("/readyz: %d", code)
+		}
+		return nil
+	})
+	if err != nil {
+		p.Stop(5 * time.Second)
+		return nil, err
+	}
+	return s, nil
+}
+
+// WardenGet GETs a URL from inside the warden pod's netns (as root, not as the user).
+func (b *Bed) WardenGet(ctx context.Context, u string) (int, []byte, error) {
+	cl := &http.Client{Transport: &http.Transport{DialContext: b.Warden.DialContext, DisableKeepAlives: true}, Timeout: 3 * time.Second}
+	req, _ := http.NewRequestWithContext(ctx, "GET", u, nil)
+	resp, err := cl.Do(req)
+	if err != nil {
+		return 0, nil, err
+	}
+	defer resp.Body.Close()
+	body, _ := io.ReadAll(resp.Body)
+	return resp.StatusCode, body, nil
+}
+
+// Exec runs a command in ns and returns its combined output.
+func (b *Bed) Exec(ns NS, argv ...string) (string, error) {
+	out, err := exec.Command("ip", append([]string{"netns", "exec", ns.Name}, argv...)...).CombinedOutput()
+	if err != nil {
+		return string(out), fmt.Errorf("running %s in %s: %w: %s", strings.Join(argv, " "), ns.Name, err, out)
+	}
+	return string(out), nil
+}
+
+var sentRE = regexp.MustCompile(`class htb (\S+) .*?rate (\S+) .*?\n\s*Sent (\d+) bytes`)
+
+// SlowClassBytes returns the bytes sent by the slowest HTB class on eth0 of
+// ns (hubwarden's slow class) and its id; ok is false when there is no HTB.
+func (b *Bed) SlowClassBytes(ns NS) (id string, sent int64, ok bool) {
+	out, err := b.Exec(ns, "tc", "-s", "class", "show", "dev", "eth0")
+	if err != nil {
+		return "", 0, false
+	}
+	type class struct {
+		id   string
+		rate float64
+		sent int64
+	}
+	var cs []class
+	for _, m := range sentRE.FindAllStringSubmatch(out, -1) {
+		n, _ := strconv.ParseInt(m[3], 10, 64)
+		cs = append(cs, class{m[1], parseTCRate(m[2]), n})
+	}
+	if len(cs) < 2 {
+		return "", 0, false
+	}
+	sort.Slice(cs, func(i, j int) bool { return cs[i].rate < cs[j].rate })
+	return cs[0].id, cs[0].sent, true
+}
+
+func parseTCRate(s string) float64 {
+	mult := 1.0
+	for _, u := range []struct {
+		suf string
+		m   float64
+	}{{"Gbit", 1e9}, {"Mbit", 1e6}, {"Kbit", 1e3}, {"bit", 1}} {
+		if strings.HasSuffix(s, u.suf) {
+			s, mult = strings.TrimSuffix(s, u.suf), u.m
+			break
+		}
+	}
+	f, _ := strconv.ParseFloat(s, 64)
+	return f * mult
+}
+
+// MarkedFlows counts conntrack entries in ns whose mark has any bit of mask.
+func (b *Bed) MarkedFlows(ns NS, mask uint32) int {
+	n := 0
+	for _, fam := range []string{"ipv4", "ipv6"} {
+		out, _ := b.Exec(ns, "conntrack", "-L", "-f", fam)
+		for _, line := range strings.Split(out, "\n") {
+			i := strings.Index(line, " mark=")
+			if i < 0 {
+				continue
+			}
+			f := strings.Fields(line[i+6:])
+			if len(f) == 0 {
+				continue
+			}
+			m, _ := strconv.ParseUint(f[0], 0, 32)
+			if uint32(m)&mask != 0 {
+				n++
+			}
+		}
+	}
+	return n
+}
+
+// IptablesBackend returns "iptables-nft" or "iptables-legacy": the one whose
+// tables in ns hold hubwarden's chains ("" when neither does).
+func (b *Bed) IptablesBackend(ns NS) string {
+	for _, bk := range []string{"iptables-nft", "iptables-legacy"} {
+		out, _ := b.Exec(ns, bk+"-save")
+		if strings.Contains(strings.ToUpper(out), "HUBWARDEN") {
+			return bk
+		}
+	}
+	return ""
+}
+
+func tail(path string, n int) string {
+	b, _ := os.ReadFile(path)
+	if len(b) > n {
+		b = b[len(b)-n:]
+	}
+	return string(b)
+}
+
+func lastLine(s string) string {
+	lines := strings.Split(strings.TrimSpace(s), "\n")
+	return lines[len(lines)-1]
+}
