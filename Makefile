@@ -37,9 +37,22 @@ deploy-check:
 	./images/build-check.sh
 	cd e2e/deploytest && $(GO) vet ./... && $(GO) test -count=1 ./...
 
+# The proof on real JupyterHub parts in network namespaces (root).
+e2e-netns:
+	cd e2e && $(GO) vet -tags e2e ./... && HWE2E_STRICT=1 $(GO) test -tags e2e -count=1 -p 1 -timeout 25m -v -run '^TestE2E' ./netns/
+
+# The real-cluster check (needs Docker, kind, helm, kubectl): not runnable here.
+e2e-kind:
+	./e2e/kind/run.sh
+
+demo:
+	./e2e/demo.sh
+
 ci: setup lint deploy-check
 	$(GO) test -count=1 -p 1 $(PKGS)
 	$(GO) test -count=1 -run '^$$' -bench . -benchtime=1x $(PKGS)
+	cd e2e && $(GO) vet ./... && $(GO) test -count=1 ./...
+	$(MAKE) e2e-netns
 
 clean:
 	rm -rf bin

@@ -5,7 +5,8 @@
 set -euo pipefail
 need=(iptables nftables conntrack iperf3 curl iproute2 tcpdump iputils-ping procps util-linux)
 if [ "${HUBWARDEN_SETUP_E2E:-1}" = 1 ]; then
-  need+=(jupyterhub python3-websocket dnsmasq-base bind9-dnsutils)
+  need+=(jupyterhub python3-websocket dnsmasq-base bind9-dnsutils python3-yaml)
+  command -v npm >/dev/null || need+=(nodejs npm)
 fi
 missing=()
 for p in "${need[@]}"; do
