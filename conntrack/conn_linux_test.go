@@ -125,6 +125,15 @@ func checkCounter(t *testing.T, name string, c Counter, payload, maxHdr uint64) 
 func TestIntegrationDumpGet(t *testing.T) {
 	p, c := newBed(t, netDump)
 	ctx := t.Context()
+	if err := p.Pod.Do(func() error {
+		acct, ts, err := Accounting()
+		if err == nil && (!acct || !ts) {
+			err = fmt.Errorf("accounting %v, timestamps %v after EnableAccounting", acct, ts)
+		}
+		return err
+	}); err != nil {
+		t.Fatal(err)
+	}
 	const up, down = 100_000, 1_000_000
 	for _, peer := range []string{p.PeerIP4, p.PeerIP6} {
 		t.Run(peer, func(t *testing.T) {
@@ -391,4 +400,29 @@ func BenchmarkIntegrationDump(b *testing.B) {
 	if len(buf) < n {
 		b.Fatalf("dump has %d flows, want at least %d", len(buf), n)
 	}
+}
+
+// BenchmarkIntegrationRequest measures one Get and one SetMark round trip
+// on a live TCP flow.
+func BenchmarkIntegrationRequest(b *testing.B) {
+	p, c := newBed(b, netBench+1)
+	_, _, orig := tcpConn(b, p, p.PeerIP4)
+	b.Run("Get", func(b *testing.B) {
+		b.ReportAllocs()
+		for b.Loop() {
+			if _, err := c.Get(b.Context(), orig); err != nil {
+				b.Fatal(err)
+			}
+		}
+	})
+	b.Run("SetMark", func(b *testing.B) {
+		b.ReportAllocs()
+		var i uint32
+		for b.Loop() {
+			i++
+			if err := c.SetMark(b.Context(), orig, i&1, 1); err != nil {
+				b.Fatal(err)
+			}
+		}
+	})
 }

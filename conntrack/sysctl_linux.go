@@ -26,3 +26,22 @@ func EnableAccounting(timestamps bool) error {
 	}
 	return nil
 }
+
+// Accounting reports whether nf_conntrack_acct and nf_conntrack_timestamp
+// are on in the network namespace of the calling thread.
+func Accounting() (acct, timestamps bool, err error) {
+	read := func(n string) (bool, error) {
+		b, err := os.ReadFile("/proc/sys/net/netfilter/" + n)
+		if err != nil {
+			return false, fmt.Errorf("reading %s: %w", n, err)
+		}
+		return len(b) > 0 && b[0] != '0', nil
+	}
+	if acct, err = read("nf_conntrack_acct"); err != nil {
+		return false, false, err
+	}
+	if timestamps, err = read("nf_conntrack_timestamp"); err != nil {
+		return false, false, err
+	}
+	return acct, timestamps, nil
+}
