@@ -30,7 +30,7 @@ type fakeKernel struct {
 	seq      uint32
 	wake     chan struct{}
 	closed   bool
-	expired  bool
+	deadline time.Time
 	groups   []uint32
 	readBuf  int
 	closures int
@@ -91,7 +91,7 @@ func (k *fakeKernel) recv(b []byte) (int, error) {
 		case k.closed:
 			k.mu.Unlock()
 			return 0, net.ErrClosed
-		case k.expired:
+		case !k.deadline.IsZero() && !time.Now().Before(k.deadline):
 			k.mu.Unlock()
 			return 0, os.ErrDeadlineExceeded
 		case len(k.queue) > 0:
@@ -110,7 +110,7 @@ func (k *fakeKernel) recv(b []byte) (int, error) {
 
 func (k *fakeKernel) setDeadline(t time.Time) error {
 	k.mu.Lock()
-	k.expired = !t.IsZero() && t.Before(time.Now())
+	k.deadline = t
 	k.mu.Unlock()
 	k.poke()
 	return nil
@@ -179,7 +179,7 @@ func fakeConn(k *fakeKernel) (*Conn, *int) {
 	return newConn(Config{}, func() (transport, error) {
 		dials++
 		k.mu.Lock()
-		k.closed = false
+		k.closed, k.deadline = false, time.Time{} // a fresh socket
 		k.mu.Unlock()
 		return k, nil
 	}), &dials
@@ -254,6 +254,20 @@ func TestDumpErrors(t *testing.T) {
 	}
 	if *dials != 3 {
 		t.Errorf("dialled %d times, want 3", *dials)
+	}
+}
+
+// TestDeadlineReset checks that a request's deadline does not outlive it.
+func TestDeadlineReset(t *testing.T) {
+	k := newFake(func(r request) []recvItem { return []recvItem{datagram(doneMsg(r.seq))} })
+	c, _ := fakeConn(k)
+	ctx, cancel := context.WithTimeout(t.Context(), time.Hour)
+	defer cancel()
+	if _, err := c.Dump(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if !k.deadline.IsZero() || k.closures != 0 {
+		t.Errorf("after Dump: deadline %v, %d closures; want none left", k.deadline, k.closures)
 	}
 }
 
