@@ -47,3 +47,6 @@ func EnableAccounting(bool) error { return errUnsupported }
 
 // Accounting returns an error wrapping errors.ErrUnsupported on this OS.
 func Accounting() (acct, timestamps bool, err error) { return false, false, errUnsupported }
+
+// EnableEvents returns an error wrapping errors.ErrUnsupported on this OS.
+func EnableEvents() error { return errUnsupported }
