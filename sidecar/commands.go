@@ -190,10 +190,15 @@ func setup(ctx context.Context, cfg *Config, log zerolog.Logger, probe bool) (*k
 	return &kernel{ipt: xtables.New(b, run, log), tables: tables}, nil
 }
 
-// apply applies the plan and then checks that the kernel holds it.
+// apply applies the plan and then checks that the kernel holds it. When
+// Apply changed nothing, its own read of the kernel was that check.
 func (k *kernel) apply(ctx context.Context) error {
-	if _, err := k.ipt.Apply(ctx, k.tables); err != nil {
+	res, err := k.ipt.Apply(ctx, k.tables)
+	if err != nil {
 		return err
+	}
+	if len(res.Changed) == 0 {
+		return nil
 	}
 	drift, err := k.ipt.Check(ctx, k.tables)
 	if err != nil {
