@@ -16,9 +16,9 @@ const goldenDefaults = `
 -A HUBWARDEN-EGRESS -m comment --comment "hubwarden: log denied" -j NFLOG --nflog-prefix hubwarden-deny --nflog-group 1987 --nflog-size 128 --nflog-threshold 32
 -A HUBWARDEN-EGRESS -p tcp -m comment --comment "hubwarden: deny tcp with a reset" -j REJECT --reject-with tcp-reset
 -A HUBWARDEN-EGRESS -m comment --comment "hubwarden: deny the rest with an icmp error" -j REJECT --reject-with icmp-port-unreachable
--A HUBWARDEN-EGRESS-DNS -m hashlimit --hashlimit-upto 20/sec --hashlimit-burst 100 --hashlimit-name hwdns14-64 -m comment --comment "hubwarden: dns within 20/s, burst 100" -j ACCEPT
--A HUBWARDEN-EGRESS-DNS -m comment --comment "hubwarden: log dns over the rate" -j NFLOG --nflog-prefix hubwarden-dns-rate --nflog-group 1987 --nflog-size 128 --nflog-threshold 32
--A HUBWARDEN-EGRESS-DNS -m comment --comment "hubwarden: drop dns over the rate (clients retry)" -j DROP
+-A HUBWARDEN-EGRESS-DNS -m length --length 0:512 -m hashlimit --hashlimit-upto 20/sec --hashlimit-burst 100 --hashlimit-name hwdns14-64 -m comment --comment "hubwarden: dns packets up to 512 bytes, within 20/s, burst 100" -j ACCEPT
+-A HUBWARDEN-EGRESS-DNS -m comment --comment "hubwarden: log dns over the rate or size" -j NFLOG --nflog-prefix hubwarden-dns-rate --nflog-group 1987 --nflog-size 128 --nflog-threshold 32
+-A HUBWARDEN-EGRESS-DNS -m comment --comment "hubwarden: drop dns over the rate or size (the sender gets EPERM)" -j DROP
 -A HUBWARDEN-EGRESS-BLOCK -m comment --comment "hubwarden: log blocked" -j NFLOG --nflog-prefix hubwarden-block --nflog-group 1987 --nflog-size 128 --nflog-threshold 32
 -A HUBWARDEN-EGRESS-BLOCK -p tcp -m comment --comment "hubwarden: reject blocked tcp with a reset" -j REJECT --reject-with tcp-reset
 -A HUBWARDEN-EGRESS-BLOCK -m comment --comment "hubwarden: reject blocked with an icmp error" -j REJECT --reject-with icmp-port-unreachable
@@ -36,9 +36,9 @@ COMMIT
 -A HUBWARDEN-EGRESS -m comment --comment "hubwarden: log denied" -j NFLOG --nflog-prefix hubwarden-deny --nflog-group 1987 --nflog-size 128 --nflog-threshold 32
 -A HUBWARDEN-EGRESS -p tcp -m comment --comment "hubwarden: deny tcp with a reset" -j REJECT --reject-with tcp-reset
 -A HUBWARDEN-EGRESS -m comment --comment "hubwarden: deny the rest with an icmp error" -j REJECT --reject-with icmp6-adm-prohibited
--A HUBWARDEN-EGRESS-DNS -m hashlimit --hashlimit-upto 20/sec --hashlimit-burst 100 --hashlimit-name hwdns14-64 -m comment --comment "hubwarden: dns within 20/s, burst 100" -j ACCEPT
--A HUBWARDEN-EGRESS-DNS -m comment --comment "hubwarden: log dns over the rate" -j NFLOG --nflog-prefix hubwarden-dns-rate --nflog-group 1987 --nflog-size 128 --nflog-threshold 32
--A HUBWARDEN-EGRESS-DNS -m comment --comment "hubwarden: drop dns over the rate (clients retry)" -j DROP
+-A HUBWARDEN-EGRESS-DNS -m length --length 0:512 -m hashlimit --hashlimit-upto 20/sec --hashlimit-burst 100 --hashlimit-name hwdns14-64 -m comment --comment "hubwarden: dns packets up to 512 bytes, within 20/s, burst 100" -j ACCEPT
+-A HUBWARDEN-EGRESS-DNS -m comment --comment "hubwarden: log dns over the rate or size" -j NFLOG --nflog-prefix hubwarden-dns-rate --nflog-group 1987 --nflog-size 128 --nflog-threshold 32
+-A HUBWARDEN-EGRESS-DNS -m comment --comment "hubwarden: drop dns over the rate or size (the sender gets EPERM)" -j DROP
 -A HUBWARDEN-EGRESS-BLOCK -m comment --comment "hubwarden: log blocked" -j NFLOG --nflog-prefix hubwarden-block --nflog-group 1987 --nflog-size 128 --nflog-threshold 32
 -A HUBWARDEN-EGRESS-BLOCK -p tcp -m comment --comment "hubwarden: reject blocked tcp with a reset" -j REJECT --reject-with tcp-reset
 -A HUBWARDEN-EGRESS-BLOCK -m comment --comment "hubwarden: reject blocked with an icmp error" -j REJECT --reject-with icmp6-adm-prohibited
@@ -62,9 +62,9 @@ const goldenAllowList = `
 -A HUBWARDEN-EGRESS -m comment --comment "hubwarden: log denied" -j NFLOG --nflog-prefix hubwarden-deny --nflog-group 7 --nflog-size 128 --nflog-threshold 32
 -A HUBWARDEN-EGRESS -p tcp -m comment --comment "hubwarden: deny tcp with a reset" -j REJECT --reject-with tcp-reset
 -A HUBWARDEN-EGRESS -m comment --comment "hubwarden: deny the rest with an icmp error" -j REJECT --reject-with icmp-port-unreachable
--A HUBWARDEN-EGRESS-DNS -m hashlimit --hashlimit-upto 50/sec --hashlimit-burst 200 --hashlimit-name hwdns32-c8 -m comment --comment "hubwarden: dns within 50/s, burst 200" -j ACCEPT
--A HUBWARDEN-EGRESS-DNS -m comment --comment "hubwarden: log dns over the rate" -j NFLOG --nflog-prefix hubwarden-dns-rate --nflog-group 7 --nflog-size 128 --nflog-threshold 32
--A HUBWARDEN-EGRESS-DNS -m comment --comment "hubwarden: drop dns over the rate (clients retry)" -j DROP
+-A HUBWARDEN-EGRESS-DNS -m length --length 0:512 -m hashlimit --hashlimit-upto 50/sec --hashlimit-burst 200 --hashlimit-name hwdns32-c8 -m comment --comment "hubwarden: dns packets up to 512 bytes, within 50/s, burst 200" -j ACCEPT
+-A HUBWARDEN-EGRESS-DNS -m comment --comment "hubwarden: log dns over the rate or size" -j NFLOG --nflog-prefix hubwarden-dns-rate --nflog-group 7 --nflog-size 128 --nflog-threshold 32
+-A HUBWARDEN-EGRESS-DNS -m comment --comment "hubwarden: drop dns over the rate or size (the sender gets EPERM)" -j DROP
 -A HUBWARDEN-EGRESS-BLOCK -m comment --comment "hubwarden: log blocked" -j NFLOG --nflog-prefix hubwarden-block --nflog-group 7 --nflog-size 128 --nflog-threshold 32
 -A HUBWARDEN-EGRESS-BLOCK -p tcp -m comment --comment "hubwarden: reject blocked tcp with a reset" -j REJECT --reject-with tcp-reset
 -A HUBWARDEN-EGRESS-BLOCK -m comment --comment "hubwarden: reject blocked with an icmp error" -j REJECT --reject-with icmp-port-unreachable
@@ -87,9 +87,9 @@ COMMIT
 -A HUBWARDEN-EGRESS -m comment --comment "hubwarden: log denied" -j NFLOG --nflog-prefix hubwarden-deny --nflog-group 7 --nflog-size 128 --nflog-threshold 32
 -A HUBWARDEN-EGRESS -p tcp -m comment --comment "hubwarden: deny tcp with a reset" -j REJECT --reject-with tcp-reset
 -A HUBWARDEN-EGRESS -m comment --comment "hubwarden: deny the rest with an icmp error" -j REJECT --reject-with icmp6-adm-prohibited
--A HUBWARDEN-EGRESS-DNS -m hashlimit --hashlimit-upto 50/sec --hashlimit-burst 200 --hashlimit-name hwdns32-c8 -m comment --comment "hubwarden: dns within 50/s, burst 200" -j ACCEPT
--A HUBWARDEN-EGRESS-DNS -m comment --comment "hubwarden: log dns over the rate" -j NFLOG --nflog-prefix hubwarden-dns-rate --nflog-group 7 --nflog-size 128 --nflog-threshold 32
--A HUBWARDEN-EGRESS-DNS -m comment --comment "hubwarden: drop dns over the rate (clients retry)" -j DROP
+-A HUBWARDEN-EGRESS-DNS -m length --length 0:512 -m hashlimit --hashlimit-upto 50/sec --hashlimit-burst 200 --hashlimit-name hwdns32-c8 -m comment --comment "hubwarden: dns packets up to 512 bytes, within 50/s, burst 200" -j ACCEPT
+-A HUBWARDEN-EGRESS-DNS -m comment --comment "hubwarden: log dns over the rate or size" -j NFLOG --nflog-prefix hubwarden-dns-rate --nflog-group 7 --nflog-size 128 --nflog-threshold 32
+-A HUBWARDEN-EGRESS-DNS -m comment --comment "hubwarden: drop dns over the rate or size (the sender gets EPERM)" -j DROP
 -A HUBWARDEN-EGRESS-BLOCK -m comment --comment "hubwarden: log blocked" -j NFLOG --nflog-prefix hubwarden-block --nflog-group 7 --nflog-size 128 --nflog-threshold 32
 -A HUBWARDEN-EGRESS-BLOCK -p tcp -m comment --comment "hubwarden: reject blocked tcp with a reset" -j REJECT --reject-with tcp-reset
 -A HUBWARDEN-EGRESS-BLOCK -m comment --comment "hubwarden: reject blocked with an icmp error" -j REJECT --reject-with icmp6-adm-prohibited
@@ -110,9 +110,9 @@ const goldenIPv6Off = `
 -A HUBWARDEN-EGRESS -m comment --comment "hubwarden: log denied" -j NFLOG --nflog-prefix hubwarden-deny --nflog-group 1987 --nflog-size 128 --nflog-threshold 32
 -A HUBWARDEN-EGRESS -p tcp -m comment --comment "hubwarden: deny tcp with a reset" -j REJECT --reject-with tcp-reset
 -A HUBWARDEN-EGRESS -m comment --comment "hubwarden: deny the rest with an icmp error" -j REJECT --reject-with icmp-port-unreachable
--A HUBWARDEN-EGRESS-DNS -m hashlimit --hashlimit-upto 20/sec --hashlimit-burst 100 --hashlimit-name hwdns14-64 -m comment --comment "hubwarden: dns within 20/s, burst 100" -j ACCEPT
--A HUBWARDEN-EGRESS-DNS -m comment --comment "hubwarden: log dns over the rate" -j NFLOG --nflog-prefix hubwarden-dns-rate --nflog-group 1987 --nflog-size 128 --nflog-threshold 32
--A HUBWARDEN-EGRESS-DNS -m comment --comment "hubwarden: drop dns over the rate (clients retry)" -j DROP
+-A HUBWARDEN-EGRESS-DNS -m length --length 0:512 -m hashlimit --hashlimit-upto 20/sec --hashlimit-burst 100 --hashlimit-name hwdns14-64 -m comment --comment "hubwarden: dns packets up to 512 bytes, within 20/s, burst 100" -j ACCEPT
+-A HUBWARDEN-EGRESS-DNS -m comment --comment "hubwarden: log dns over the rate or size" -j NFLOG --nflog-prefix hubwarden-dns-rate --nflog-group 1987 --nflog-size 128 --nflog-threshold 32
+-A HUBWARDEN-EGRESS-DNS -m comment --comment "hubwarden: drop dns over the rate or size (the sender gets EPERM)" -j DROP
 -A HUBWARDEN-EGRESS-BLOCK -m comment --comment "hubwarden: log blocked" -j NFLOG --nflog-prefix hubwarden-block --nflog-group 1987 --nflog-size 128 --nflog-threshold 32
 -A HUBWARDEN-EGRESS-BLOCK -p tcp -m comment --comment "hubwarden: reject blocked tcp with a reset" -j REJECT --reject-with tcp-reset
 -A HUBWARDEN-EGRESS-BLOCK -m comment --comment "hubwarden: reject blocked with an icmp error" -j REJECT --reject-with icmp-port-unreachable
@@ -136,9 +136,9 @@ const goldenMetadata = `
 -A HUBWARDEN-EGRESS -m comment --comment "hubwarden: log denied" -j NFLOG --nflog-prefix hubwarden-deny --nflog-group 1987 --nflog-size 128 --nflog-threshold 32
 -A HUBWARDEN-EGRESS -p tcp -m comment --comment "hubwarden: deny tcp with a reset" -j REJECT --reject-with tcp-reset
 -A HUBWARDEN-EGRESS -m comment --comment "hubwarden: deny the rest with an icmp error" -j REJECT --reject-with icmp-port-unreachable
--A HUBWARDEN-EGRESS-DNS -m hashlimit --hashlimit-upto 20/sec --hashlimit-burst 100 --hashlimit-name hwdns14-64 -m comment --comment "hubwarden: dns within 20/s, burst 100" -j ACCEPT
--A HUBWARDEN-EGRESS-DNS -m comment --comment "hubwarden: log dns over the rate" -j NFLOG --nflog-prefix hubwarden-dns-rate --nflog-group 1987 --nflog-size 128 --nflog-threshold 32
--A HUBWARDEN-EGRESS-DNS -m comment --comment "hubwarden: drop dns over the rate (clients retry)" -j DROP
+-A HUBWARDEN-EGRESS-DNS -m length --length 0:512 -m hashlimit --hashlimit-upto 20/sec --hashlimit-burst 100 --hashlimit-name hwdns14-64 -m comment --comment "hubwarden: dns packets up to 512 bytes, within 20/s, burst 100" -j ACCEPT
+-A HUBWARDEN-EGRESS-DNS -m comment --comment "hubwarden: log dns over the rate or size" -j NFLOG --nflog-prefix hubwarden-dns-rate --nflog-group 1987 --nflog-size 128 --nflog-threshold 32
+-A HUBWARDEN-EGRESS-DNS -m comment --comment "hubwarden: drop dns over the rate or size (the sender gets EPERM)" -j DROP
 -A HUBWARDEN-EGRESS-BLOCK -m comment --comment "hubwarden: log blocked" -j NFLOG --nflog-prefix hubwarden-block --nflog-group 1987 --nflog-size 128 --nflog-threshold 32
 -A HUBWARDEN-EGRESS-BLOCK -p tcp -m comment --comment "hubwarden: reject blocked tcp with a reset" -j REJECT --reject-with tcp-reset
 -A HUBWARDEN-EGRESS-BLOCK -m comment --comment "hubwarden: reject blocked with an icmp error" -j REJECT --reject-with icmp-port-unreachable
@@ -157,9 +157,9 @@ COMMIT
 -A HUBWARDEN-EGRESS -m comment --comment "hubwarden: log denied" -j NFLOG --nflog-prefix hubwarden-deny --nflog-group 1987 --nflog-size 128 --nflog-threshold 32
 -A HUBWARDEN-EGRESS -p tcp -m comment --comment "hubwarden: deny tcp with a reset" -j REJECT --reject-with tcp-reset
 -A HUBWARDEN-EGRESS -m comment --comment "hubwarden: deny the rest with an icmp error" -j REJECT --reject-with icmp6-adm-prohibited
--A HUBWARDEN-EGRESS-DNS -m hashlimit --hashlimit-upto 20/sec --hashlimit-burst 100 --hashlimit-name hwdns14-64 -m comment --comment "hubwarden: dns within 20/s, burst 100" -j ACCEPT
--A HUBWARDEN-EGRESS-DNS -m comment --comment "hubwarden: log dns over the rate" -j NFLOG --nflog-prefix hubwarden-dns-rate --nflog-group 1987 --nflog-size 128 --nflog-threshold 32
--A HUBWARDEN-EGRESS-DNS -m comment --comment "hubwarden: drop dns over the rate (clients retry)" -j DROP
+-A HUBWARDEN-EGRESS-DNS -m length --length 0:512 -m hashlimit --hashlimit-upto 20/sec --hashlimit-burst 100 --hashlimit-name hwdns14-64 -m comment --comment "hubwarden: dns packets up to 512 bytes, within 20/s, burst 100" -j ACCEPT
+-A HUBWARDEN-EGRESS-DNS -m comment --comment "hubwarden: log dns over the rate or size" -j NFLOG --nflog-prefix hubwarden-dns-rate --nflog-group 1987 --nflog-size 128 --nflog-threshold 32
+-A HUBWARDEN-EGRESS-DNS -m comment --comment "hubwarden: drop dns over the rate or size (the sender gets EPERM)" -j DROP
 -A HUBWARDEN-EGRESS-BLOCK -m comment --comment "hubwarden: log blocked" -j NFLOG --nflog-prefix hubwarden-block --nflog-group 1987 --nflog-size 128 --nflog-threshold 32
 -A HUBWARDEN-EGRESS-BLOCK -p tcp -m comment --comment "hubwarden: reject blocked tcp with a reset" -j REJECT --reject-with tcp-reset
 -A HUBWARDEN-EGRESS-BLOCK -m comment --comment "hubwarden: reject blocked with an icmp error" -j REJECT --reject-with icmp6-adm-prohibited

@@ -34,6 +34,13 @@ const (
 	MaxDNSBurst = 10000
 )
 
+// MaxDNSPacket is the largest packet (IP header included) the pod may send to
+// a resolver. Queries are far smaller; the cap stops a tunnel from packing
+// many pipelined queries into one large TCP segment (a locally generated
+// GSO segment of up to 64 KiB passes OUTPUT as one packet), so the packet
+// rate limit also bounds bytes: DNSRate × MaxDNSPacket per second.
+const MaxDNSPacket = 512
+
 // nflogSize is how many bytes of each denied packet reach the log reader: an
 // IPv6 header (40) and the largest TCP header (60) fit.
 const nflogSize = "128"
@@ -326,11 +333,12 @@ func planFamily(cfg Config, f xtables.Family, resolved map[string][]netip.Addr) 
 	)
 
 	dnsChain := []xtables.Rule{
-		rule(fmt.Sprintf("dns within %d/s, burst %d", cfg.DNSRate, cfg.DNSBurst),
+		rule(fmt.Sprintf("dns packets up to %d bytes, within %d/s, burst %d", MaxDNSPacket, cfg.DNSRate, cfg.DNSBurst),
+			"-m", "length", "--length", "0:"+strconv.Itoa(MaxDNSPacket),
 			"-m", "hashlimit", "--hashlimit-upto", fmt.Sprintf("%d/sec", cfg.DNSRate), "--hashlimit-burst", strconv.Itoa(int(cfg.DNSBurst)),
 			"--hashlimit-name", hashlimitName(cfg.DNSRate, cfg.DNSBurst), "-j", "ACCEPT"),
-		rule("log dns over the rate", nflog(LogPrefixDNSRate)...),
-		rule("drop dns over the rate (clients retry)", "-j", "DROP"),
+		rule("log dns over the rate or size", nflog(LogPrefixDNSRate)...),
+		rule("drop dns over the rate or size (the sender gets EPERM)", "-j", "DROP"),
 	}
 	blockChain := []xtables.Rule{
 		rule("log blocked", nflog(LogPrefixBlock)...),

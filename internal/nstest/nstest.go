@@ -16,6 +16,7 @@ import (
 	"os"
 	"os/exec"
 	"runtime"
+	"strconv"
 	"strings"
 	"sync/atomic"
 	"testing"
@@ -173,8 +174,11 @@ func (ns *NS) Do(f func() error) error {
 // Veth joins two namespaces with a veth pair named ifA in a and ifB in b, both up.
 func Veth(tb testing.TB, a *NS, ifA string, b *NS, ifB string) {
 	tb.Helper()
-	tmpA := fmt.Sprintf("hwa%d", seq.Add(1))
-	tmpB := fmt.Sprintf("hwb%d", seq.Add(1))
+	// The temporary names live in the host namespace for a moment: include
+	// the pid so that test binaries running in parallel don't collide.
+	pid := strconv.FormatInt(int64(os.Getpid()), 36)
+	tmpA := "hwa" + pid + "." + strconv.FormatUint(uint64(seq.Add(1)), 36)
+	tmpB := "hwb" + pid + "." + strconv.FormatUint(uint64(seq.Add(1)), 36)
 	cmds := [][]string{
 		{"link", "add", tmpA, "type", "veth", "peer", "name", tmpB},
 		{"link", "set", tmpA, "netns", a.Name},
