@@ -120,9 +120,7 @@ func TestIntegrationRunFollowsDNS(t *testing.T) {
 	if _, err := e.dial(addr(oldIP)); !errors.Is(err, syscall.ECONNREFUSED) {
 		t.Errorf("the old address %s after the change: %v, want refused", oldIP, err)
 	}
-	if !strings.Contains(out.String(), "rules follow new host name answers") {
-		t.Errorf("no log line for the change:\n%s", out.String())
-	}
+	waitFor(t, 10*time.Second, &out, "rules follow new host name answers")
 	if err := cmd.Process.Signal(syscall.SIGTERM); err != nil {
 		t.Fatal(err)
 	}
@@ -136,7 +134,8 @@ func waitFor(t *testing.T, limit time.Duration, out *lockedBuffer, s string) {
 	t.Helper()
 	deadline := time.Now().Add(limit)
 	for !strings.Contains(out.String(), s) {
-		if strings.Contains(out.String(), "hubwarden:") || time.Now().After(deadline) {
+		// main prints a fatal error as a line "hubwarden: ..." on stderr.
+		if strings.HasPrefix(out.String(), "hubwarden: ") || strings.Contains(out.String(), "\nhubwarden: ") || time.Now().After(deadline) {
 			t.Fatalf("waiting for %q:\n%s", s, out.String())
 		}
 		time.Sleep(20 * time.Millisecond) // polling the child's output

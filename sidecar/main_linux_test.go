@@ -205,13 +205,7 @@ func TestIntegrationRunKeepsRulesOnSIGTERM(t *testing.T) {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { _ = cmd.Process.Kill(); _ = cmd.Wait() })
-	deadline := time.Now().Add(30 * time.Second)
-	for !strings.Contains(out.String(), "rules applied and checked") {
-		if cmd.ProcessState != nil || strings.Contains(out.String(), "hubwarden:") || time.Now().After(deadline) {
-			t.Fatalf("run did not apply:\n%s", out.String())
-		}
-		time.Sleep(20 * time.Millisecond) // polling the child's output
-	}
+	waitFor(t, 30*time.Second, &out, "rules applied and checked")
 	// ip netns exec execs hubwarden in place, so the pid is hubwarden's.
 	if err := cmd.Process.Signal(syscall.SIGTERM); err != nil {
 		t.Fatal(err)
