@@ -15,6 +15,10 @@ import (
 // whatever its TTL.
 const MaxInterval = time.Hour
 
+// maxParallel bounds concurrent lookups, so that re-resolving many names at
+// once does not burst through the pod's DNS rate limit.
+const maxParallel = 4
+
 // Lookuper is what the Refresher needs of a Resolver.
 type Lookuper interface {
 	Lookup(ctx context.Context, host string) ([]netip.Addr, time.Duration, error)
@@ -102,8 +106,11 @@ func (r *Refresher) refresh(ctx context.Context, names []string) (bool, error) {
 	}
 	out := make([]res, len(names))
 	var wg sync.WaitGroup
+	sem := make(chan struct{}, maxParallel)
 	for i, n := range names {
 		wg.Go(func() {
+			sem <- struct{}{}
+			defer func() { <-sem }()
 			a, ttl, err := r.lookup.Lookup(ctx, n)
 			out[i] = res{a, ttl, err}
 		})

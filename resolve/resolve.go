@@ -60,7 +60,11 @@ type Resolver struct {
 	Servers []netip.AddrPort
 	// Search and Ndots are resolv.conf's search list and ndots option: a
 	// name with fewer than Ndots dots is tried with each search suffix
-	// first, then as is.
+	// first, then as is. Ndots is capped at 1: allow-list names are written
+	// fully qualified ("pypi.org"), and Kubernetes' ndots:5 would spend four
+	// wasted queries per name and type of the pod's rate-limited DNS budget
+	// before asking for the name itself. A name without dots ("hub") still
+	// goes through the search list first.
 	Search []string
 	Ndots  int
 	// Timeout bounds one exchange with one resolver (DefaultTimeout when 0).
@@ -93,7 +97,8 @@ type answer struct {
 // records used, including the CNAMEs on the way, or the negative-caching TTL
 // of an empty answer. A name that does not exist, or has no addresses, gives
 // no addresses and no error; an error means no resolver answered usably, and
-// the caller should keep its last good answer.
+// the caller should keep its last good answer. When only one family's query
+// failed, Lookup returns the other family's addresses with a *PartialError.
 func (r *Resolver) Lookup(ctx context.Context, host string) ([]netip.Addr, time.Duration, error) {
 	host = strings.TrimSuffix(strings.ToLower(host), ".")
 	if host == "" {
@@ -152,7 +157,7 @@ func (r *Resolver) candidates(host string) []string {
 			searched = append(searched, host+"."+s)
 		}
 	}
-	if strings.Count(host, ".") >= r.Ndots {
+	if strings.Count(host, ".") >= min(r.Ndots, 1) {
 		return append([]string{host}, searched...)
 	}
 	return append(searched, host)

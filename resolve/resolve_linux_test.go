@@ -62,7 +62,7 @@ func TestIntegrationRefresherFollowsDNS(t *testing.T) {
 		s.set(rrA("data.test", 2, "198.18.20.100"), rrAAAA("data.test", 2, "2001:2:0:20::100"))
 	}
 	// The IPv4 resolver first; TCP on the IPv6 one proves the fallback across families.
-	s6.truncateUDP = true
+	s6.with(func(s *testServer) { s.truncateUDP = true })
 	r := New(addrs(p.PeerIP4))
 	r.Dial = nsDial(p.Pod)
 	r.Timeout = time.Second

@@ -63,6 +63,15 @@ func TestLookup(t *testing.T) {
 			},
 			host: "hub", want: addrs("198.18.0.5"), wantTTL: 30 * time.Second,
 		},
+		{
+			name: "a dotted name is asked as is first, whatever ndots",
+			records: []dnsmessage.Resource{rrA("pypi.test", 30, "198.18.0.5"),
+				rrA("pypi.test.jhub.svc.cluster.local", 30, "198.18.0.6")},
+			setup: func(_ *testServer, r *Resolver) {
+				r.Search, r.Ndots = []string{"jhub.svc.cluster.local"}, 5
+			},
+			host: "pypi.test", want: addrs("198.18.0.5"), wantTTL: 30 * time.Second,
+		},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -70,7 +79,7 @@ func TestLookup(t *testing.T) {
 			s.set(tt.records...)
 			r := &Resolver{Servers: []netip.AddrPort{ap}, Ndots: 1, Timeout: time.Second}
 			if tt.setup != nil {
-				tt.setup(s, r)
+				s.with(func(s *testServer) { tt.setup(s, r) })
 			}
 			got, ttl, err := r.Lookup(context.Background(), tt.host)
 			if err != nil {
@@ -88,7 +97,7 @@ func TestLookup(t *testing.T) {
 
 func TestLookupFailover(t *testing.T) {
 	bad, badAP := startLoopback(t)
-	bad.rcode = dnsmessage.RCodeServerFailure
+	bad.with(func(s *testServer) { s.rcode = dnsmessage.RCodeServerFailure })
 	good, goodAP := startLoopback(t)
 	good.set(rrA("x.test", 60, "198.18.0.4"))
 	// A closed port refuses at once.
@@ -109,7 +118,7 @@ func TestLookupFailover(t *testing.T) {
 func TestLookupPartial(t *testing.T) {
 	s, ap := startLoopback(t)
 	s.set(rrA("x.test", 60, "198.18.0.4"), rrAAAA("x.test", 60, "2001:2::4"))
-	s.failType = dnsmessage.TypeAAAA
+	s.with(func(s *testServer) { s.failType = dnsmessage.TypeAAAA })
 	r := &Resolver{Servers: []netip.AddrPort{ap}, Timeout: time.Second}
 	got, _, err := r.Lookup(context.Background(), "x.test")
 	var pe *PartialError
@@ -215,4 +224,18 @@ func FuzzParseResolvConf(f *testing.F) {
 			}
 		}
 	})
+}
+
+// TestLookupQueryCount: a fully qualified name costs one query per type of
+// the pod's DNS budget, even with Kubernetes' ndots:5.
+func TestLookupQueryCount(t *testing.T) {
+	s, ap := startLoopback(t)
+	s.set(rrA("pypi.test", 30, "198.18.0.5"), rrAAAA("pypi.test", 30, "2001:2::5"))
+	r := &Resolver{Servers: []netip.AddrPort{ap}, Search: []string{"jhub.svc.cluster.local", "svc.cluster.local", "cluster.local"}, Ndots: 5}
+	if _, _, err := r.Lookup(context.Background(), "pypi.test"); err != nil {
+		t.Fatal(err)
+	}
+	if n := s.udp.Load(); n != 2 {
+		t.Errorf("Lookup sent %d queries, want 2 (A and AAAA)", n)
+	}
 }

@@ -43,6 +43,13 @@ func rrCNAME(n string, ttl uint32, target string) dnsmessage.Resource {
 		Body: &dnsmessage.CNAMEResource{CNAME: name(target)}}
 }
 
+// with changes the server's settings under its lock.
+func (s *testServer) with(f func(*testServer)) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	f(s)
+}
+
 // set replaces the records of the server.
 func (s *testServer) set(rrs ...dnsmessage.Resource) {
 	s.mu.Lock()
