@@ -1,0 +1,151 @@
+//go:build linux
+
+package tcshape
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"strings"
+	"testing"
+
+	"github.com/google/go-cmp/cmp"
+	"github.com/rs/zerolog"
+
+	"github.com/hubwarden/hubwarden/internal/nstest"
+	"github.com/hubwarden/hubwarden/units"
+)
+
+func mustRate(t testing.TB, s string) units.Rate {
+	t.Helper()
+	r, err := units.ParseRate(s)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return r
+}
+
+// openPod opens a Kernel into the pod namespace and detects the environment.
+func openPod(t *testing.T, p *nstest.Pair, cfg Config) (*TC, Config) {
+	t.Helper()
+	k, err := Open(p.Pod.FD())
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { k.Close() })
+	cfg, err = k.Detect(cfg, zerolog.New(zerolog.NewTestWriter(t)))
+	if err != nil {
+		t.Fatal(err)
+	}
+	return k, cfg
+}
+
+func TestIntegrationApply(t *testing.T) {
+	nstest.SkipUnlessRoot(t, "tc")
+	p := nstest.NewPair(t, 30)
+	p.Pod.MustRun("tc", "qdisc", "add", "dev", "eth0", "clsact") // someone else's: must survive
+	log := zerolog.New(zerolog.NewTestWriter(t))
+	k, cfg := openPod(t, p, Config{FastRate: mustRate(t, "10gbit"), SlowRate: mustRate(t, "8mbit"), CTMark: 0x100000})
+	if cfg.Interface != "eth0" {
+		t.Fatalf("default route interface = %q, want eth0", cfg.Interface)
+	}
+	spec, err := Plan(cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ops, err := Apply(context.Background(), k, spec, log, false)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(ops) != 6 {
+		t.Errorf("first apply ran %d ops, want 6: %v", len(ops), ops)
+	}
+	if diff, err := Check(k, spec); err != nil || diff != "" {
+		t.Fatalf("check after apply: %v\n%s", err, diff)
+	}
+	ops, err = Apply(context.Background(), k, spec, log, false)
+	if err != nil || len(ops) != 0 {
+		t.Fatalf("second apply: ops %v, err %v; want none", ops, err)
+	}
+	t.Log(p.Pod.MustRun("tc", "-d", "class", "show", "dev", "eth0"))
+	t.Log(p.Pod.MustRun("tc", "qdisc", "show", "dev", "eth0"))
+
+	// A new slow rate changes classes and the slow leaf's limit in place.
+	cfg.SlowRate = mustRate(t, "40mbit")
+	spec2, err := Plan(cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ops, err = Apply(context.Background(), k, spec2, log, false)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var kinds []OpKind
+	for _, o := range ops {
+		kinds = append(kinds, o.Kind)
+	}
+	if d := cmp.Diff([]OpKind{OpChangeClass, OpChangeClass, OpChangeLeaf}, kinds); d != "" {
+		t.Errorf("re-apply with a new slow rate (-want +got):\n%s", d)
+	}
+	if diff, err := Check(k, spec2); err != nil || diff != "" {
+		t.Fatalf("check after change: %v\n%s", err, diff)
+	}
+	// A changed root (another default class) is rebuilt: delete, then add.
+	spec3 := spec2
+	spec3.Root.R2Q = 20
+	ops, err = Apply(context.Background(), k, spec3, log, false)
+	if err != nil || len(ops) == 0 || ops[0].Kind != OpDeleteRoot {
+		t.Fatalf("rebuild: ops %v, err %v", ops, err)
+	}
+	if out := p.Pod.MustRun("tc", "qdisc", "show", "dev", "eth0"); !strings.Contains(out, "clsact") {
+		t.Errorf("the foreign clsact qdisc is gone:\n%s", out)
+	}
+
+	// Someone else's root is refused, by name.
+	p.Peer.MustRun("tc", "qdisc", "add", "dev", "eth0", "root", "handle", "1:", "tbf", "rate", "1mbit", "burst", "10k", "latency", "50ms")
+	kp, err := Open(p.Peer.FD())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer kp.Close()
+	_, err = Apply(context.Background(), kp, spec, log, false)
+	if !errors.Is(err, ErrForeignRoot) || !strings.Contains(err.Error(), "eth0") || !strings.Contains(err.Error(), "tbf") {
+		t.Fatalf("apply over a foreign tbf root: %v, want ErrForeignRoot naming eth0 and tbf", err)
+	}
+}
+
+// TestIntegrationBackstopRoundTrip checks that iptables-save prints the
+// hashlimit rate and burst back exactly as rendered, over awkward values.
+func TestIntegrationBackstopRoundTrip(t *testing.T) {
+	nstest.SkipUnlessRoot(t, "iptables-restore")
+	ns := nstest.New(t)
+	var doc strings.Builder
+	doc.WriteString("*mangle\n:HUBWARDEN-T - [0:0]\n")
+	var want []string
+	for _, r := range []units.Rate{1024, 100_000, 512 << 10, 1 << 20, 3_000_000, 4 << 20, 123_456_789, 1 << 30} {
+		for _, b := range []units.Size{4 << 20, 64 << 20, 3 << 30, 4<<30 - 1} {
+			rs, bs, err := backstopArgs(b, r)
+			if err != nil {
+				continue
+			}
+			line := fmt.Sprintf("-A HUBWARDEN-T -m hashlimit --hashlimit-above %s --hashlimit-burst %s --hashlimit-mode srcip --hashlimit-name t -j ACCEPT", rs, bs)
+			doc.WriteString(line + "\n")
+			want = append(want, line)
+		}
+	}
+	doc.WriteString("COMMIT\n")
+	c := ns.Cmd(context.Background(), "iptables-restore", "--noflush")
+	c.Stdin = strings.NewReader(doc.String())
+	if out, err := c.CombinedOutput(); err != nil {
+		t.Fatalf("iptables-restore: %v: %s\n%s", err, out, doc.String())
+	}
+	saved := ns.MustRun("iptables-save", "-t", "mangle")
+	for _, l := range want {
+		if !strings.Contains(saved, l+"\n") {
+			t.Errorf("not printed back: %s", l)
+		}
+	}
+	if t.Failed() {
+		t.Log(saved)
+	}
+}

@@ -1,0 +1,35 @@
+//go:build !linux
+
+package tcshape
+
+import (
+	"errors"
+	"fmt"
+
+	"github.com/rs/zerolog"
+)
+
+// TC is the Kernel of one network namespace; it exists only on Linux.
+type TC struct{}
+
+var _ Kernel = (*TC)(nil)
+
+var errNotLinux = fmt.Errorf("traffic shaping needs Linux: %w", errors.ErrUnsupported)
+
+// Open fails: traffic control needs Linux.
+func Open(netnsFD int) (*TC, error) { return nil, errNotLinux }
+
+// Close does nothing.
+func (k *TC) Close() error { return nil }
+
+// Read fails: traffic control needs Linux.
+func (k *TC) Read(iface string) (State, error) { return State{}, errNotLinux }
+
+// Do fails: traffic control needs Linux.
+func (k *TC) Do(iface string, op Op) error { return errNotLinux }
+
+// Detect fails: traffic control needs Linux.
+func (k *TC) Detect(cfg Config, log zerolog.Logger) (Config, error) { return cfg, errNotLinux }
+
+// EnableAccounting fails: conntrack needs Linux.
+func EnableAccounting() error { return errNotLinux }
