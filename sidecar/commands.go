@@ -72,16 +72,23 @@ type planner struct {
 	ipv6      bool
 	egress    egress.Config
 	refresher *resolve.Refresher // nil without host names to resolve
+	shape     *shaper            // nil when shaping is off
 	// onChange, when set before refresher.Run, receives new answers.
 	onChange func(map[string][]netip.Addr)
 }
 
-func newPlanner(cfg *Config, log zerolog.Logger) (*planner, error) {
+// newPlanner decides the families and detects the shaping environment (see
+// newShaper for detect).
+func newPlanner(cfg *Config, log zerolog.Logger, detect bool) (*planner, error) {
 	ipv6, err := wantIPv6(cfg.IPv6)
 	if err != nil {
 		return nil, err
 	}
-	p := &planner{cfg: cfg, ipv6: ipv6, egress: egressConfig(cfg, ipv6)}
+	shape, err := newShaper(cfg, ipv6, log, detect)
+	if err != nil {
+		return nil, err
+	}
+	p := &planner{cfg: cfg, ipv6: ipv6, egress: egressConfig(cfg, ipv6), shape: shape}
 	if hosts := p.egress.Hosts(); cfg.Egress && len(hosts) > 0 {
 		p.refresher = resolve.NewRefresher(newResolver(cfg.DNSServers, log), hosts, cfg.ResolveMinTTL, log,
 			func(resolved map[string][]netip.Addr) {
@@ -142,9 +149,11 @@ func (p *planner) tables(resolved map[string][]netip.Addr) ([]xtables.Table, err
 			tables = append(tables, xtables.Table{Family: f, Name: "filter"})
 		}
 	}
-	// Shaping (package tcshape) adds its mangle tables here; its qdiscs are
-	// applied next to the tables, and printed by plan.
-	return tables, nil
+	mangle, err := p.shape.tables(fams)
+	if err != nil {
+		return nil, err
+	}
+	return append(tables, mangle...), nil
 }
 
 func egressConfig(cfg *Config, ipv6 bool) egress.Config {
@@ -176,7 +185,6 @@ func printPlan(w io.Writer, tables []xtables.Table) error {
 			return err
 		}
 	}
-	// tc objects (package tcshape) are printed here once it exists.
 	return nil
 }
 
@@ -195,12 +203,13 @@ type kernel struct {
 // With probe false (the check command) it does not write to the kernel: it
 // uses the persisted choice or the override, and fails without either.
 func setup(ctx context.Context, cfg *Config, log zerolog.Logger, probe bool) (*kernel, error) {
-	p, err := newPlanner(cfg, log)
+	p, err := newPlanner(cfg, log, true)
 	if err != nil {
 		return nil, err
 	}
 	tables, err := p.tables(p.resolveNow(ctx, log))
 	if err != nil {
+		p.shape.Close()
 		return nil, err
 	}
 	run := xtables.ExecRunner{LockFile: filepath.Join(cfg.StateDir, "xtables.lock")}
@@ -216,6 +225,7 @@ func setup(ctx context.Context, cfg *Config, log zerolog.Logger, probe bool) (*k
 		}
 		d := xtables.Detector{Runner: run, StateFile: stateFile, Override: override, IPv6: p.ipv6, Log: log}
 		if b, err = d.Detect(ctx); err != nil {
+			p.shape.Close()
 			return nil, err
 		}
 	} else {
@@ -237,6 +247,13 @@ func setup(ctx context.Context, cfg *Config, log zerolog.Logger, probe bool) (*k
 func (k *kernel) apply(ctx context.Context) error {
 	k.mu.Lock()
 	defer k.mu.Unlock()
+	// The qdiscs first, so that the classify rules find their class.
+	if err := k.plan.shape.apply(ctx, k.log); err != nil {
+		return err
+	}
+	if d, err := k.plan.shape.check(); err != nil || d != "" {
+		return fmt.Errorf("checking qdiscs after apply: %w%s", err, d)
+	}
 	res, err := k.ipt.Apply(ctx, k.tables)
 	if err != nil {
 		return err
@@ -291,15 +308,20 @@ func driftText(drift []xtables.Drift) string {
 }
 
 func cmdPlan(ctx context.Context, cfg *Config, stdout io.Writer, log zerolog.Logger) error {
-	p, err := newPlanner(cfg, log)
+	p, err := newPlanner(cfg, log, false)
 	if err != nil {
 		return err
 	}
+	defer p.shape.Close()
 	tables, err := p.tables(p.resolveNow(ctx, log))
 	if err != nil {
 		return err
 	}
-	return printPlan(stdout, tables)
+	if err := printPlan(stdout, tables); err != nil {
+		return err
+	}
+	_, err = fmt.Fprint(stdout, p.shape.String())
+	return err
 }
 
 func cmdCheck(ctx context.Context, cfg *Config, stdout io.Writer, log zerolog.Logger) error {
@@ -307,12 +329,24 @@ func cmdCheck(ctx context.Context, cfg *Config, stdout io.Writer, log zerolog.Lo
 	if err != nil {
 		return err
 	}
+	defer k.plan.shape.Close()
 	drift, err := k.ipt.Check(ctx, k.tables)
 	if err != nil {
 		return err
 	}
-	if len(drift) > 0 {
-		fmt.Fprintf(stdout, "the kernel differs from the plan (iptables backend %s):\n%s", k.ipt.Backend(), driftText(drift))
+	text := driftText(drift)
+	tcDiff, err := k.plan.shape.check()
+	if err != nil {
+		return err
+	}
+	if tcDiff != "" {
+		text += "qdiscs:\n" + tcDiff
+		if !strings.HasSuffix(text, "\n") {
+			text += "\n"
+		}
+	}
+	if text != "" {
+		fmt.Fprintf(stdout, "the kernel differs from the plan (iptables backend %s):\n%s", k.ipt.Backend(), text)
 		return exitError(1)
 	}
 	fmt.Fprintf(stdout, "the kernel matches the plan (iptables backend %s)\n", k.ipt.Backend())
@@ -339,8 +373,11 @@ func startup(ctx context.Context, cfg *Config, log zerolog.Logger) (*kernel, err
 }
 
 func cmdInit(ctx context.Context, cfg *Config, log zerolog.Logger) error {
-	_, err := startup(ctx, cfg, log)
-	return err
+	k, err := startup(ctx, cfg, log)
+	if err != nil {
+		return err
+	}
+	return k.plan.shape.Close()
 }
 
 func cmdRun(ctx context.Context, cfg *Config, log zerolog.Logger) error {
@@ -348,6 +385,7 @@ func cmdRun(ctx context.Context, cfg *Config, log zerolog.Logger) error {
 	if err != nil {
 		return err
 	}
+	defer k.plan.shape.Close()
 	// Health, the conntrack watcher and the reconcile loop join here.
 	var wg sync.WaitGroup
 	wg.Go(func() { k.follow(ctx) })

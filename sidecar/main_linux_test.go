@@ -92,15 +92,18 @@ func hwCmd(t *testing.T, ctx context.Context, ns *nstest.NS, env map[string]stri
 	return ns.Cmd(ctx, "env", append(argv, args...)...)
 }
 
-var saveComments = regexp.MustCompile(`(?m)^#.*\n`)
+var (
+	saveComments = regexp.MustCompile(`(?m)^#.*\n`)
+	saveCounters = regexp.MustCompile(`\[[0-9]+:[0-9]+\]`) // legacy counts packets of built-in chains
+)
 
 // saveAll returns the iptables-save output of both backends and families,
-// without comment lines.
+// without comment lines and with the chain counters zeroed.
 func saveAll(t *testing.T, ns *nstest.NS) string {
 	t.Helper()
 	var b strings.Builder
 	for _, tool := range []string{"iptables-nft-save", "ip6tables-nft-save", "iptables-legacy-save", "ip6tables-legacy-save"} {
-		b.WriteString(saveComments.ReplaceAllString(ns.MustRun(tool), ""))
+		b.WriteString(saveCounters.ReplaceAllString(saveComments.ReplaceAllString(ns.MustRun(tool), ""), "[0:0]"))
 	}
 	return b.String()
 }
@@ -114,6 +117,7 @@ func baseEnv(t *testing.T, backend string) map[string]string {
 		"HUBWARDEN_ALLOW":            "198.18.10.0/24,tcp://[2001:2:0:a::/64]:443",
 		"HUBWARDEN_IPV6":             "true",
 		"HUBWARDEN_LOG_LEVEL":        "debug",
+		"HUBWARDEN_SHAPE":            "false", // no default route in a bare namespace; see TestIntegrationInitShapes
 	}
 }
 
@@ -234,4 +238,50 @@ func (l *lockedBuffer) String() string {
 	l.mu.Lock()
 	defer l.mu.Unlock()
 	return l.b.String()
+}
+
+func TestIntegrationInitShapes(t *testing.T) {
+	for i, backend := range []string{"nft", "legacy"} {
+		t.Run(backend, func(t *testing.T) {
+			nstest.SkipUnlessRoot(t, "iptables-"+backend+"-restore", "tc")
+			p := nstest.NewPair(t, 14+i)
+			env := baseEnv(t, backend)
+			env["HUBWARDEN_SHAPE"] = "true"
+			if r := hw(t, p.Pod, env, "init"); r.code != 0 {
+				t.Fatalf("init exited %d:\n%s%s", r.code, r.stdout, r.stderr)
+			}
+			state := func() string {
+				return saveAll(t, p.Pod) + p.Pod.MustRun("tc", "qdisc", "show", "dev", "eth0") + p.Pod.MustRun("tc", "class", "show", "dev", "eth0")
+			}
+			first := state()
+			for _, want := range []string{"qdisc htb 4857: root", "-A POSTROUTING -m comment --comment \"hubwarden: hook\" -j HUBWARDEN-SHAPE", "CLASSIFY"} {
+				if !strings.Contains(first, want) {
+					t.Errorf("after init, %q missing:\n%s", want, first)
+				}
+			}
+			if r := hw(t, p.Pod, env, "check"); r.code != 0 {
+				t.Errorf("check exited %d:\n%s%s", r.code, r.stdout, r.stderr)
+			}
+			if r := hw(t, p.Pod, env, "init"); r.code != 0 {
+				t.Fatalf("second init exited %d:\n%s%s", r.code, r.stdout, r.stderr)
+			}
+			if diff := cmp.Diff(first, state()); diff != "" {
+				t.Errorf("second init changed the kernel (-first +second):\n%s", diff)
+			}
+			// A hand-deleted qdisc is reported, and the next init restores it.
+			p.Pod.MustRun("tc", "qdisc", "del", "dev", "eth0", "root")
+			if r := hw(t, p.Pod, env, "check"); r.code != 1 || !strings.Contains(r.stdout, "qdiscs:") {
+				t.Errorf("check after deleting the qdisc exited %d:\n%s%s", r.code, r.stdout, r.stderr)
+			}
+			if r := hw(t, p.Pod, env, "init"); r.code != 0 {
+				t.Fatalf("converging init exited %d:\n%s%s", r.code, r.stdout, r.stderr)
+			}
+			if r := hw(t, p.Pod, env, "check"); r.code != 0 {
+				t.Errorf("check after converging exited %d:\n%s%s", r.code, r.stdout, r.stderr)
+			}
+			if r := hw(t, p.Pod, env, "plan"); r.code != 0 || !strings.Contains(r.stdout, "# tc on eth0") || !strings.Contains(r.stdout, "*mangle") {
+				t.Errorf("plan exited %d:\n%s%s", r.code, r.stdout, r.stderr)
+			}
+		})
+	}
 }

@@ -20,6 +20,7 @@ func TestRunPlan(t *testing.T) {
 				"HUBWARDEN_DNS_SERVERS": "198.18.0.53",
 				"HUBWARDEN_ALLOW":       "198.18.1.0/24,tcp://[2001:2::7]:443",
 				"HUBWARDEN_IPV6":        "false",
+				"HUBWARDEN_SHAPE":       "false",
 			},
 			want: []string{
 				"# ipv4 filter: iptables-restore --noflush\n*filter\n:HUBWARDEN-EGRESS - [0:0]\n",
@@ -30,7 +31,7 @@ func TestRunPlan(t *testing.T) {
 		},
 		{
 			name: "egress off removes the chains",
-			env:  map[string]string{"HUBWARDEN_EGRESS": "false", "HUBWARDEN_IPV6": "false"},
+			env:  map[string]string{"HUBWARDEN_EGRESS": "false", "HUBWARDEN_IPV6": "false", "HUBWARDEN_SHAPE": "false"},
 			want: []string{"# ipv4 filter: iptables-restore --noflush\n# nothing: hubwarden removes its chains from this table\n"},
 		},
 	}

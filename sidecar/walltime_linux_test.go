@@ -42,14 +42,16 @@ func realisticEnv(t *testing.T, backend string) map[string]string {
 // asserts nothing absolute: the machine is shared.
 func TestIntegrationInitWallTime(t *testing.T) {
 	const runs = 5
-	for _, backend := range []string{"auto", "nft", "legacy"} {
-		t.Run(backend, func(t *testing.T) {
+	for _, tc := range []struct{ backend, shape string }{{"auto", "false"}, {"nft", "false"}, {"legacy", "false"}, {"auto", "true"}} {
+		backend := tc.backend
+		t.Run(backend+"/shape="+tc.shape, func(t *testing.T) {
 			nstest.SkipUnlessRoot(t, "iptables-nft-restore", "iptables-legacy-restore")
 			hubwardenBin(t)
 			var first, again, version, inFirst, inAgain []time.Duration
 			for range runs {
-				ns := nstest.New(t)
+				ns := nstest.NewPair(t, 16).Pod // shaping needs the default route's interface
 				env := realisticEnv(t, backend)
+				env["HUBWARDEN_SHAPE"] = tc.shape
 				for i, d := range []*[]time.Duration{&first, &again} {
 					start := time.Now()
 					r := hw(t, ns, env, "init")
@@ -70,8 +72,8 @@ func TestIntegrationInitWallTime(t *testing.T) {
 				_ = hwCmd(t, context.Background(), ns, nil, "version").Run()
 				version = append(version, time.Since(start))
 			}
-			t.Logf("hubwarden init, 20 allow entries, IPv4+IPv6, backend %s, median of %d: fresh netns %s wall (%s inside the process), restart %s wall (%s inside); `hubwarden version` through the same ip netns exec: %s",
-				backend, runs, median(first), median(inFirst), median(again), median(inAgain), median(version))
+			t.Logf("hubwarden init, 20 allow entries, IPv4+IPv6, backend %s, shaping %s, median of %d: fresh netns %s wall (%s inside the process), restart %s wall (%s inside); `hubwarden version` through the same ip netns exec: %s",
+				backend, tc.shape, runs, median(first), median(inFirst), median(again), median(inAgain), median(version))
 		})
 	}
 }
