@@ -96,11 +96,11 @@ func (s *shaper) String() string {
 	if s == nil {
 		return "# tc: shaping is off (HUBWARDEN_SHAPE=false)\n"
 	}
-	note := ""
+	leaves := "leaves " + string(s.cfg.Leaves)
 	if !s.detected {
-		note = "; init uses fq leaves where the kernel has them"
+		leaves = "FIFO leaves shown; init uses fq where the kernel has it"
 	}
-	return fmt.Sprintf("# tc on %s (leaves %s%s)\n%s", s.cfg.Interface, s.cfg.Leaves, note, s.spec.String())
+	return fmt.Sprintf("# tc on %s (%s)\n%s", s.cfg.Interface, leaves, s.spec.String())
 }
 
 func (s *shaper) Close() error {
