@@ -193,5 +193,8 @@ func quote(s string) string {
 	if s != "" && !strings.ContainsAny(s, " \t\"'\\") {
 		return s
 	}
-	return `"` + strings.NewReplacer(`\`, `\\`, `"`, `\"`).Replace(s) + `"`
+	return `"` + quoteEscaper.Replace(s) + `"`
 }
+
+// quoteEscaper escapes backslashes and double quotes (it is immutable).
+var quoteEscaper = strings.NewReplacer(`\`, `\\`, `"`, `\"`)
