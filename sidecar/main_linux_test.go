@@ -5,6 +5,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"net"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -283,5 +284,45 @@ func TestIntegrationInitShapes(t *testing.T) {
 				t.Errorf("plan exited %d:\n%s%s", r.code, r.stdout, r.stderr)
 			}
 		})
+	}
+}
+
+// TestIntegrationStartupTimeout: a start-up that hangs (here: a resolver
+// that never answers) ends at HUBWARDEN_STARTUP_TIMEOUT with an error that
+// names it, instead of hanging the pod.
+func TestIntegrationStartupTimeout(t *testing.T) {
+	nstest.SkipUnlessRoot(t, "iptables-nft-restore")
+	ns := nstest.New(t)
+	if err := ns.Do(func() error {
+		c, err := net.ListenPacket("udp", "127.0.0.1:53") // reads and never answers
+		if err != nil {
+			return err
+		}
+		t.Cleanup(func() { c.Close() })
+		go func() {
+			buf := make([]byte, 512)
+			for {
+				if _, _, err := c.ReadFrom(buf); err != nil {
+					return
+				}
+			}
+		}()
+		return nil
+	}); err != nil {
+		t.Fatal(err)
+	}
+	env := baseEnv(t, "auto")
+	env["HUBWARDEN_DNS_SERVERS"] = "127.0.0.1"
+	env["HUBWARDEN_ALLOW"] = "tcp://slow.hubwarden.test:443"
+	env["HUBWARDEN_STARTUP_TIMEOUT"] = "1s"
+	start := time.Now()
+	r := hw(t, ns, env, "init")
+	took := time.Since(start)
+	t.Logf("init gave up after %s: %s", took, strings.TrimSpace(r.stderr))
+	if r.code == 0 || !strings.Contains(r.stderr, "HUBWARDEN_STARTUP_TIMEOUT=1s") {
+		t.Errorf("init exited %d after %s:\n%s%s", r.code, took, r.stdout, r.stderr)
+	}
+	if took > 20*time.Second {
+		t.Errorf("init took %s with a 1s start-up timeout", took)
 	}
 }
