@@ -41,7 +41,7 @@ func realisticEnv(t *testing.T, backend string) map[string]string {
 // the same namespace (a restart, nothing to change). It reports numbers and
 // asserts nothing absolute: the machine is shared.
 func TestIntegrationInitWallTime(t *testing.T) {
-	const runs = 5
+	const runs = 3
 	for _, tc := range []struct{ backend, shape string }{{"auto", "false"}, {"nft", "false"}, {"legacy", "false"}, {"auto", "true"}} {
 		backend := tc.backend
 		t.Run(backend+"/shape="+tc.shape, func(t *testing.T) {
