@@ -560,9 +560,39 @@ func TestIntegrationEgressDNS(t *testing.T) {
 			t.Errorf("a %d-byte datagram to the resolver: %v, want EPERM", MaxDNSPacket+28, err)
 		}
 
+		// A tunnel that pipelines many queries into one large TCP segment
+		// gets nothing through (the segment is over MaxDNSPacket), though the
+		// same connection works with one query per segment.
+		err := b.Pod.Do(func() error {
+			c, err := net.DialTimeout("tcp", hostPort(b.PeerIP4, 53), 2*time.Second)
+			if err != nil {
+				return err
+			}
+			defer c.Close()
+			n, _ := dnsmessage.NewName("x.test.")
+			var batch []byte
+			for i := range 30 {
+				q := dnsmessage.Message{Header: dnsmessage.Header{ID: uint16(i)},
+					Questions: []dnsmessage.Question{{Name: n, Type: dnsmessage.TypeA, Class: dnsmessage.ClassINET}}}
+				p, _ := q.Pack()
+				batch = append(append(batch, byte(len(p)>>8), byte(len(p))), p...)
+			}
+			if _, err := c.Write(batch); err != nil {
+				return err
+			}
+			_ = c.SetReadDeadline(time.Now().Add(time.Second))
+			if k, err := c.Read(make([]byte, 4096)); err == nil {
+				return fmt.Errorf("%d bytes of answers to a %d-byte segment of pipelined queries", k, len(batch))
+			}
+			return nil
+		})
+		if err != nil {
+			t.Error(err)
+		}
+
 		// The burst: 60 queries at once on one socket; about DNS_BURST get through.
 		answered, dropped := 0, 0
-		err := b.Pod.Do(func() error {
+		err = b.Pod.Do(func() error {
 			c, err := net.Dial("udp", hostPort(b.PeerIP4, 53))
 			if err != nil {
 				return err
@@ -681,6 +711,13 @@ func TestIntegrationEgressNDP(t *testing.T) {
 		}
 		if n := crafted(); n != 1 {
 			t.Errorf("a user's neighbour solicitation left the pod (%d at the peer)", n-1)
+		}
+		// The pod's own neighbour advertisements get out: with only the peer's
+		// cache flushed, the peer must solicit the pod's address to connect in.
+		listenTCP(t, b.Pod, hostPort(b.PodIP6, 9000))
+		b.Peer.MustRun("ip", "-6", "neigh", "flush", "all")
+		if _, err := dial(b.Peer, "tcp", hostPort(b.PodIP6, 9000)); err != nil {
+			t.Errorf("connecting into the pod after flushing the peer's neighbour cache: %v", err)
 		}
 	})
 }

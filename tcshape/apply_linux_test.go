@@ -67,6 +67,21 @@ func TestIntegrationApply(t *testing.T) {
 	if err != nil || len(ops) != 0 {
 		t.Fatalf("second apply: ops %v, err %v; want none", ops, err)
 	}
+	// The sidecar's way: Open(0) from inside the namespace sees the same tree.
+	if err := p.Pod.Do(func() error {
+		k0, err := Open(0)
+		if err != nil {
+			return err
+		}
+		defer k0.Close()
+		diff, err := Check(k0, spec)
+		if err == nil && diff != "" {
+			err = fmt.Errorf("Open(0) inside the pod netns sees a different tree:\n%s", diff)
+		}
+		return err
+	}); err != nil {
+		t.Fatal(err)
+	}
 	t.Log(p.Pod.MustRun("tc", "-d", "class", "show", "dev", "eth0"))
 	t.Log(p.Pod.MustRun("tc", "qdisc", "show", "dev", "eth0"))
 
@@ -89,6 +104,19 @@ func TestIntegrationApply(t *testing.T) {
 	}
 	if diff, err := Check(k, spec2); err != nil || diff != "" {
 		t.Fatalf("check after change: %v\n%s", err, diff)
+	}
+	// A new fast rate changes the inner parent class too; HTB keeps an inner
+	// class's quantum, and the check must still come out clean.
+	cfg.FastRate = mustRate(t, "5gbit")
+	spec2, err = Plan(cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if ops, err = Apply(context.Background(), k, spec2, log, false); err != nil || len(ops) != 3 {
+		t.Fatalf("re-apply with a new fast rate: ops %v, err %v; want 3 changes", ops, err)
+	}
+	if diff, err := Check(k, spec2); err != nil || diff != "" {
+		t.Fatalf("check after a fast rate change: %v\n%s", err, diff)
 	}
 	// A changed root (another default class) is rebuilt: delete, then add.
 	spec3 := spec2

@@ -260,7 +260,7 @@ func unshape(t *testing.T, k *TC) {
 func mbit(bps float64) string { return fmt.Sprintf("%.1f Mbit/s", bps*8/1e6) }
 
 func TestIntegrationFastClassThroughput(t *testing.T) {
-	nstest.SkipUnlessRoot(t, "iptables-restore")
+	nstest.SkipUnlessRoot(t, "iptables-nft-restore")
 	p := nstest.NewPair(t, 31)
 	podServer(t, p, 8888)
 	addr := net.JoinHostPort(p.PodIP4, "8888")
@@ -314,7 +314,7 @@ func (b *bulk) dropTime(from time.Time, window time.Duration, limit float64) (ti
 }
 
 func TestIntegrationDemote(t *testing.T) {
-	nstest.SkipUnlessRoot(t, "iptables-restore", "conntrack")
+	nstest.SkipUnlessRoot(t, "iptables-nft-restore", "conntrack", "stdbuf", "tc")
 	for i, fam := range []string{"ipv4", "ipv6"} {
 		t.Run(fam, func(t *testing.T) {
 			p := nstest.NewPair(t, 32+i)
@@ -422,7 +422,7 @@ func echoP95(t *testing.T, c net.Conn, n int) time.Duration {
 }
 
 func TestIntegrationLatencyBesideDemoted(t *testing.T) {
-	nstest.SkipUnlessRoot(t, "iptables-restore", "conntrack")
+	nstest.SkipUnlessRoot(t, "iptables-nft-restore", "conntrack")
 	p := nstest.NewPair(t, 34)
 	podServer(t, p, 8888)
 	podServer(t, p, 8889)
@@ -455,7 +455,7 @@ func TestIntegrationLatencyBesideDemoted(t *testing.T) {
 }
 
 func TestIntegrationBackstop(t *testing.T) {
-	nstest.SkipUnlessRoot(t, "iptables-restore", "conntrack")
+	nstest.SkipUnlessRoot(t, "iptables-nft-restore", "conntrack")
 	p := nstest.NewPair(t, 35)
 	podServer(t, p, 8888)
 	const budget = 4 << 20
