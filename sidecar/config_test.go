@@ -335,3 +335,21 @@ func FuzzLoadConfig(f *testing.F) {
 		}
 	})
 }
+
+// TestPackageDocListsEveryVariable keeps the package documentation's table
+// in step with the code (regenerate it from `hubwarden --help`).
+func TestPackageDocListsEveryVariable(t *testing.T) {
+	src, err := os.ReadFile("doc.go")
+	if err != nil {
+		t.Fatal(err)
+	}
+	var usage strings.Builder
+	if err := printUsage(&usage); err != nil {
+		t.Fatal(err)
+	}
+	for _, line := range strings.Split(strings.TrimSpace(usage.String()), "\n") {
+		if !strings.Contains(string(src), "//\t"+line+"\n") {
+			t.Errorf("doc.go lacks, or has an outdated, line:\n%s", line)
+		}
+	}
+}
