@@ -326,3 +326,39 @@ func TestIntegrationStartupTimeout(t *testing.T) {
 		t.Errorf("init took %s with a 1s start-up timeout", took)
 	}
 }
+
+// TestIntegrationKilledInitConverges kills init at several points of its
+// work; the next init converges to the same state as an uninterrupted one.
+func TestIntegrationKilledInitConverges(t *testing.T) {
+	nstest.SkipUnlessRoot(t, "iptables-nft-restore")
+	refNS := nstest.New(t)
+	env := baseEnv(t, "auto")
+	if r := hw(t, refNS, env, "init"); r.code != 0 {
+		t.Fatalf("reference init exited %d:\n%s%s", r.code, r.stdout, r.stderr)
+	}
+	want := saveAll(t, refNS)
+	for _, after := range []time.Duration{15 * time.Millisecond, 40 * time.Millisecond, 60 * time.Millisecond, 80 * time.Millisecond, 120 * time.Millisecond} {
+		t.Run(after.String(), func(t *testing.T) {
+			ns := nstest.New(t)
+			env := baseEnv(t, "auto")
+			cmd := hwCmd(t, context.Background(), ns, env, "init")
+			if err := cmd.Start(); err != nil {
+				t.Fatal(err)
+			}
+			time.Sleep(after) // the point of the kill is what this test varies
+			_ = cmd.Process.Kill()
+			_ = cmd.Wait()
+			left := saveAll(t, ns)
+			t.Logf("killed after %s: %d of %d rule lines in place", after, strings.Count(left, "\n-A "), strings.Count(want, "\n-A "))
+			if r := hw(t, ns, env, "init"); r.code != 0 {
+				t.Fatalf("init after a kill at %s exited %d:\n%s%s", after, r.code, r.stdout, r.stderr)
+			}
+			if r := hw(t, ns, env, "check"); r.code != 0 {
+				t.Errorf("check after a kill at %s exited %d:\n%s%s", after, r.code, r.stdout, r.stderr)
+			}
+			if diff := cmp.Diff(want, saveAll(t, ns)); diff != "" {
+				t.Errorf("state after a kill at %s and a new init differs from an uninterrupted init (-want +got):\n%s", after, diff)
+			}
+		})
+	}
+}
