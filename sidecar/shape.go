@@ -48,7 +48,7 @@ func newShaper(cfg *Config, ipv6 bool, log zerolog.Logger, detect bool) (*shaper
 	if detect {
 		scfg, err = k.Detect(scfg, log)
 	} else if scfg.Interface == "" {
-		scfg.Interface, err = k.DefaultRouteInterface()
+		scfg.Interface, err = defaultRouteInterface(k)
 	}
 	if err != nil {
 		k.Close()
