@@ -6,16 +6,17 @@ import (
 	"fmt"
 	"io"
 	"io/fs"
-	"net"
 	"net/netip"
 	"os"
 	"path/filepath"
 	"strings"
+	"sync"
 	"time"
 
 	"github.com/rs/zerolog"
 
 	"github.com/hubwarden/hubwarden/egress"
+	"github.com/hubwarden/hubwarden/resolve"
 	"github.com/hubwarden/hubwarden/xtables"
 )
 
@@ -64,19 +65,81 @@ func kernelHasIPv6() bool {
 	return err == nil
 }
 
-// planTables returns every table hubwarden wants in the kernel. A feature
-// that is off contributes empty tables, which remove what an earlier
+// planner turns the configuration and the current answers for the
+// allow-listed host names into tables.
+type planner struct {
+	cfg       *Config
+	ipv6      bool
+	egress    egress.Config
+	refresher *resolve.Refresher // nil without host names to resolve
+	shape     *shaper            // nil when shaping is off
+	// onChange, when set before refresher.Run, receives new answers.
+	onChange func(map[string][]netip.Addr)
+}
+
+// newPlanner decides the families and detects the shaping environment (see
+// newShaper for detect).
+func newPlanner(cfg *Config, log zerolog.Logger, detect bool) (*planner, error) {
+	ipv6, err := wantIPv6(cfg.IPv6)
+	if err != nil {
+		return nil, err
+	}
+	shape, err := newShaper(cfg, ipv6, log, detect)
+	if err != nil {
+		return nil, err
+	}
+	p := &planner{cfg: cfg, ipv6: ipv6, egress: egressConfig(cfg, ipv6), shape: shape}
+	if hosts := p.egress.Hosts(); cfg.Egress && len(hosts) > 0 {
+		p.refresher = resolve.NewRefresher(newResolver(cfg.DNSServers, log), hosts, cfg.ResolveMinTTL, log,
+			func(resolved map[string][]netip.Addr) {
+				if p.onChange != nil {
+					p.onChange(resolved)
+				}
+			})
+	}
+	return p, nil
+}
+
+// newResolver asks the pod's allowed resolvers, with the search list and
+// ndots of resolv.conf so that short cluster names ("hub") resolve as the
+// notebook would resolve them.
+func newResolver(servers []netip.Addr, log zerolog.Logger) *resolve.Resolver {
+	r := resolve.New(servers)
+	f, err := os.Open(resolvConf)
+	if err != nil {
+		log.Debug().Err(err).Msg("no resolv.conf: host names are resolved without a search list")
+		return r
+	}
+	defer f.Close()
+	if rc, err := resolve.ParseResolvConf(f); err == nil {
+		r.Search, r.Ndots = rc.Search, rc.Ndots
+	}
+	return r
+}
+
+// resolveNow looks every host name up once. A name that does not resolve
+// allows nothing (fail closed) until it does; that is logged, not fatal.
+func (p *planner) resolveNow(ctx context.Context, log zerolog.Logger) map[string][]netip.Addr {
+	if p.refresher == nil {
+		return nil
+	}
+	if _, err := p.refresher.Refresh(ctx); err != nil {
+		log.Warn().Err(err).Msg("resolving allow-list host names; a name without an answer allows nothing until it resolves")
+	}
+	return p.refresher.Snapshot()
+}
+
+// tables returns every table hubwarden wants in the kernel. A feature that
+// is off contributes empty tables, which remove what an earlier
 // configuration of the same pod installed.
-func planTables(ctx context.Context, cfg *Config, ipv6 bool, log zerolog.Logger) ([]xtables.Table, error) {
+func (p *planner) tables(resolved map[string][]netip.Addr) ([]xtables.Table, error) {
 	fams := []xtables.Family{xtables.IPv4}
-	if ipv6 {
+	if p.ipv6 {
 		fams = append(fams, xtables.IPv6)
 	}
 	var tables []xtables.Table
-	if cfg.Egress {
-		ecfg := egressConfig(cfg, ipv6)
-		resolved := resolveHosts(ctx, ecfg.Hosts(), log)
-		ts, err := egress.Plan(ecfg, resolved)
+	if p.cfg.Egress {
+		ts, err := egress.Plan(p.egress, resolved)
 		if err != nil {
 			return nil, err
 		}
@@ -86,9 +149,11 @@ func planTables(ctx context.Context, cfg *Config, ipv6 bool, log zerolog.Logger)
 			tables = append(tables, xtables.Table{Family: f, Name: "filter"})
 		}
 	}
-	// Shaping (package tcshape) adds its mangle tables here once it exists;
-	// its qdiscs are applied next to the tables, and printed by plan.
-	return tables, nil
+	mangle, err := p.shape.tables(fams)
+	if err != nil {
+		return nil, err
+	}
+	return append(tables, mangle...), nil
 }
 
 func egressConfig(cfg *Config, ipv6 bool) egress.Config {
@@ -102,24 +167,6 @@ func egressConfig(cfg *Config, ipv6 bool) egress.Config {
 		NFLogGroup: cfg.NFLogGroup,
 		IPv6:       ipv6,
 	}
-}
-
-// resolveHosts resolves the allow-listed host names once. A name that does
-// not resolve allows nothing (fail closed) and is logged; re-resolution on
-// the TTL belongs to the run loop.
-func resolveHosts(ctx context.Context, hosts []string, log zerolog.Logger) map[string][]netip.Addr {
-	out := map[string][]netip.Addr{}
-	for _, h := range hosts {
-		lctx, cancel := context.WithTimeout(ctx, 5*time.Second)
-		addrs, err := net.DefaultResolver.LookupNetIP(lctx, "ip", h)
-		cancel()
-		if err != nil {
-			log.Warn().Err(err).Str("host", h).Msg("allow-list host does not resolve; it allows nothing until it does")
-			continue
-		}
-		out[h] = addrs
-	}
-	return out
 }
 
 // printPlan writes, per family and table, the iptables-restore document
@@ -138,14 +185,17 @@ func printPlan(w io.Writer, tables []xtables.Table) error {
 			return err
 		}
 	}
-	// tc objects (package tcshape) are printed here once it exists.
 	return nil
 }
 
 // kernel is the iptables side of the sidecar: the backend chosen for this
-// pod and the plan.
+// pod, the planner and the current plan.
 type kernel struct {
-	ipt    *xtables.Iptables
+	ipt  *xtables.Iptables
+	plan *planner
+	log  zerolog.Logger
+
+	mu     sync.Mutex // serialises apply and re-plan
 	tables []xtables.Table
 }
 
@@ -153,12 +203,13 @@ type kernel struct {
 // With probe false (the check command) it does not write to the kernel: it
 // uses the persisted choice or the override, and fails without either.
 func setup(ctx context.Context, cfg *Config, log zerolog.Logger, probe bool) (*kernel, error) {
-	ipv6, err := wantIPv6(cfg.IPv6)
+	p, err := newPlanner(cfg, log, true)
 	if err != nil {
 		return nil, err
 	}
-	tables, err := planTables(ctx, cfg, ipv6, log)
+	tables, err := p.tables(p.resolveNow(ctx, log))
 	if err != nil {
+		p.shape.Close()
 		return nil, err
 	}
 	run := xtables.ExecRunner{LockFile: filepath.Join(cfg.StateDir, "xtables.lock")}
@@ -172,8 +223,9 @@ func setup(ctx context.Context, cfg *Config, log zerolog.Logger, probe bool) (*k
 		if err := os.MkdirAll(cfg.StateDir, 0o755); err != nil {
 			return nil, fmt.Errorf("creating HUBWARDEN_STATE_DIR: %w", err)
 		}
-		d := xtables.Detector{Runner: run, StateFile: stateFile, Override: override, IPv6: ipv6, Log: log}
+		d := xtables.Detector{Runner: run, StateFile: stateFile, Override: override, IPv6: p.ipv6, Log: log}
 		if b, err = d.Detect(ctx); err != nil {
+			p.shape.Close()
 			return nil, err
 		}
 	} else {
@@ -187,13 +239,27 @@ func setup(ctx context.Context, cfg *Config, log zerolog.Logger, probe bool) (*k
 			return nil, err
 		}
 	}
-	return &kernel{ipt: xtables.New(b, run, log), tables: tables}, nil
+	return &kernel{ipt: xtables.New(b, run, log), plan: p, log: log, tables: tables}, nil
 }
 
-// apply applies the plan and then checks that the kernel holds it.
+// apply applies the plan and then checks that the kernel holds it. When
+// Apply changed nothing, its own read of the kernel was that check.
 func (k *kernel) apply(ctx context.Context) error {
-	if _, err := k.ipt.Apply(ctx, k.tables); err != nil {
+	k.mu.Lock()
+	defer k.mu.Unlock()
+	// The qdiscs first, so that the classify rules find their class.
+	if err := k.plan.shape.apply(ctx, k.log); err != nil {
 		return err
+	}
+	if d, err := k.plan.shape.check(); err != nil || d != "" {
+		return fmt.Errorf("checking qdiscs after apply: %w%s", err, d)
+	}
+	res, err := k.ipt.Apply(ctx, k.tables)
+	if err != nil {
+		return err
+	}
+	if len(res.Changed) == 0 {
+		return nil
 	}
 	drift, err := k.ipt.Check(ctx, k.tables)
 	if err != nil {
@@ -205,6 +271,34 @@ func (k *kernel) apply(ctx context.Context) error {
 	return nil
 }
 
+// replan plans again with new answers for the host names and applies.
+func (k *kernel) replan(ctx context.Context, resolved map[string][]netip.Addr) error {
+	tables, err := k.plan.tables(resolved)
+	if err != nil {
+		return err
+	}
+	k.mu.Lock()
+	k.tables = tables
+	k.mu.Unlock()
+	return k.apply(ctx)
+}
+
+// follow re-resolves the allow-listed host names on their TTLs and makes the
+// rules follow the answers, until ctx ends.
+func (k *kernel) follow(ctx context.Context) {
+	if k.plan.refresher == nil {
+		return
+	}
+	k.plan.onChange = func(resolved map[string][]netip.Addr) {
+		if err := k.replan(ctx, resolved); err != nil {
+			k.log.Error().Err(err).Msg("applying the rules for new host name answers")
+			return
+		}
+		k.log.Info().Msg("rules follow new host name answers")
+	}
+	_ = k.plan.refresher.Run(ctx) // ends with ctx; lookup failures are logged inside
+}
+
 func driftText(drift []xtables.Drift) string {
 	var b strings.Builder
 	for _, d := range drift {
@@ -214,15 +308,20 @@ func driftText(drift []xtables.Drift) string {
 }
 
 func cmdPlan(ctx context.Context, cfg *Config, stdout io.Writer, log zerolog.Logger) error {
-	ipv6, err := wantIPv6(cfg.IPv6)
+	p, err := newPlanner(cfg, log, false)
 	if err != nil {
 		return err
 	}
-	tables, err := planTables(ctx, cfg, ipv6, log)
+	defer p.shape.Close()
+	tables, err := p.tables(p.resolveNow(ctx, log))
 	if err != nil {
 		return err
 	}
-	return printPlan(stdout, tables)
+	if err := printPlan(stdout, tables); err != nil {
+		return err
+	}
+	_, err = fmt.Fprint(stdout, p.shape.String())
+	return err
 }
 
 func cmdCheck(ctx context.Context, cfg *Config, stdout io.Writer, log zerolog.Logger) error {
@@ -230,12 +329,24 @@ func cmdCheck(ctx context.Context, cfg *Config, stdout io.Writer, log zerolog.Lo
 	if err != nil {
 		return err
 	}
+	defer k.plan.shape.Close()
 	drift, err := k.ipt.Check(ctx, k.tables)
 	if err != nil {
 		return err
 	}
-	if len(drift) > 0 {
-		fmt.Fprintf(stdout, "the kernel differs from the plan (iptables backend %s):\n%s", k.ipt.Backend(), driftText(drift))
+	text := driftText(drift)
+	tcDiff, err := k.plan.shape.check()
+	if err != nil {
+		return err
+	}
+	if tcDiff != "" {
+		text += "qdiscs:\n" + tcDiff
+		if !strings.HasSuffix(text, "\n") {
+			text += "\n"
+		}
+	}
+	if text != "" {
+		fmt.Fprintf(stdout, "the kernel differs from the plan (iptables backend %s):\n%s", k.ipt.Backend(), text)
 		return exitError(1)
 	}
 	fmt.Fprintf(stdout, "the kernel matches the plan (iptables backend %s)\n", k.ipt.Backend())
@@ -243,34 +354,43 @@ func cmdCheck(ctx context.Context, cfg *Config, stdout io.Writer, log zerolog.Lo
 }
 
 // startup detects, plans, applies and checks within HUBWARDEN_STARTUP_TIMEOUT.
-func startup(ctx context.Context, cfg *Config, log zerolog.Logger) error {
-	ctx, cancel := context.WithTimeoutCause(ctx, cfg.StartupTimeout, fmt.Errorf("start-up took longer than HUBWARDEN_STARTUP_TIMEOUT=%s", cfg.StartupTimeout))
+func startup(ctx context.Context, cfg *Config, log zerolog.Logger) (*kernel, error) {
+	sctx, cancel := context.WithTimeoutCause(ctx, cfg.StartupTimeout, fmt.Errorf("start-up took longer than HUBWARDEN_STARTUP_TIMEOUT=%s", cfg.StartupTimeout))
 	defer cancel()
 	start := time.Now()
-	k, err := setup(ctx, cfg, log, true)
+	k, err := setup(sctx, cfg, log, true)
 	if err == nil {
-		err = k.apply(ctx)
+		err = k.apply(sctx)
 	}
 	if err != nil {
-		if cause := context.Cause(ctx); cause != nil && !errors.Is(cause, context.Canceled) {
-			return fmt.Errorf("%w: %w", cause, err)
+		if cause := context.Cause(sctx); cause != nil && !errors.Is(cause, context.Canceled) {
+			return nil, fmt.Errorf("%w: %w", cause, err)
 		}
-		return err
+		return nil, err
 	}
 	log.Info().Str("backend", string(k.ipt.Backend())).Int("tables", len(k.tables)).Dur("dur", time.Since(start)).Msg("rules applied and checked")
-	return nil
+	return k, nil
 }
 
 func cmdInit(ctx context.Context, cfg *Config, log zerolog.Logger) error {
-	return startup(ctx, cfg, log)
+	k, err := startup(ctx, cfg, log)
+	if err != nil {
+		return err
+	}
+	return k.plan.shape.Close()
 }
 
 func cmdRun(ctx context.Context, cfg *Config, log zerolog.Logger) error {
-	if err := startup(ctx, cfg, log); err != nil {
+	k, err := startup(ctx, cfg, log)
+	if err != nil {
 		return err
 	}
+	defer k.plan.shape.Close()
 	// Health, the conntrack watcher and the reconcile loop join here.
+	var wg sync.WaitGroup
+	wg.Go(func() { k.follow(ctx) })
 	<-ctx.Done()
+	wg.Wait()
 	// The rules stay: removing them on exit would open the pod while the
 	// container restarts.
 	log.Info().Msg("stopping; the kernel rules stay in place")

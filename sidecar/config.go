@@ -132,6 +132,7 @@ func loadConfig(resolvConf string) (*Config, error) {
 	if err := envconfig.Process(envPrefix, &raw); err != nil {
 		return nil, fmt.Errorf("reading the environment: %w", err)
 	}
+	onlyPrefixed(&raw)
 	problems := unknownVars(os.Environ())
 	c, more := raw.parse(resolvConf)
 	problems = append(problems, more...)
@@ -139,6 +140,22 @@ func loadConfig(resolvConf string) (*Config, error) {
 		return nil, &ConfigError{Problems: problems}
 	}
 	return c, nil
+}
+
+// onlyPrefixed undoes envconfig's fallback to the unprefixed name: when
+// HUBWARDEN_ALLOW is unset, envconfig reads ALLOW (and USER, SHAPE,
+// INTERFACE, ...), so an unrelated variable of the image or the pod would
+// configure hubwarden (ALLOW=0.0.0.0/0 would open egress). A field whose
+// HUBWARDEN_ variable is unset gets its default.
+func onlyPrefixed(raw *rawConfig) {
+	v := reflect.ValueOf(raw).Elem()
+	t := v.Type()
+	for i := range t.NumField() {
+		f := t.Field(i)
+		if _, ok := os.LookupEnv(envPrefix + "_" + f.Tag.Get("envconfig")); !ok {
+			v.Field(i).SetString(f.Tag.Get("default"))
+		}
+	}
 }
 
 // knownVars returns the names of every variable hubwarden reads.

@@ -85,6 +85,28 @@ func TestLoadConfigDefaults(t *testing.T) {
 	}
 }
 
+// TestLoadConfigIgnoresUnprefixed: envconfig would read ALLOW, USER,
+// SHAPE... when the HUBWARDEN_ variable is unset; hubwarden must not.
+func TestLoadConfigIgnoresUnprefixed(t *testing.T) {
+	cleanEnv(t, map[string]string{
+		"HUBWARDEN_DNS_SERVERS": "198.18.0.53",
+		"USER":                  "jovyan",
+		"ALLOW":                 "0.0.0.0/0",
+		"SHAPE":                 "false",
+		"EGRESS":                "false",
+		"INTERFACE":             "lo",
+		"LOG_LEVEL":             "verbose",
+		"BLOCK":                 "not-a-cidr",
+	})
+	c, err := loadConfig("/nonexistent")
+	if err != nil {
+		t.Fatalf("loadConfig: %v", err)
+	}
+	if c.User != "" || len(c.Allow) != 0 || !c.Shape || !c.Egress || c.Interface != "" || c.LogLevel != "info" || len(c.Block) != 0 {
+		t.Errorf("unprefixed variables leaked into the config: %+v", c)
+	}
+}
+
 func TestLoadConfigValues(t *testing.T) {
 	tests := []struct {
 		name  string
@@ -312,4 +334,22 @@ func FuzzLoadConfig(f *testing.F) {
 			t.Errorf("error for %s=%q does not name a variable: %v", name, value, err)
 		}
 	})
+}
+
+// TestPackageDocListsEveryVariable keeps the package documentation's table
+// in step with the code (regenerate it from `hubwarden --help`).
+func TestPackageDocListsEveryVariable(t *testing.T) {
+	src, err := os.ReadFile("doc.go")
+	if err != nil {
+		t.Fatal(err)
+	}
+	var usage strings.Builder
+	if err := printUsage(&usage); err != nil {
+		t.Fatal(err)
+	}
+	for _, line := range strings.Split(strings.TrimSpace(usage.String()), "\n") {
+		if !strings.Contains(string(src), "//\t"+line+"\n") {
+			t.Errorf("doc.go lacks, or has an outdated, line:\n%s", line)
+		}
+	}
 }

@@ -1,17 +1,3 @@
-// Command hubwarden is the sidecar that makes bulk data exfiltration from a
-// JupyterHub user pod slow, blocked where it goes direct, and attributable.
-//
-// Usage:
-//
-//	hubwarden init     apply egress filtering and shaping once, self-check, exit 0
-//	hubwarden run      apply, then watch, reconcile and serve health until SIGTERM
-//	hubwarden plan     print what would be applied (iptables-restore text, tc objects)
-//	hubwarden check    compare the kernel with the plan; exit 1 with a diff if they differ
-//	hubwarden verify   run inside the notebook container: prove the lockdown holds
-//	hubwarden version  print the version
-//
-// Configuration is read from HUBWARDEN_* environment variables only; run
-// `hubwarden --help` for the full list with defaults and meanings.
 package main
 
 import (

@@ -79,6 +79,9 @@ func (d Detector) Detect(ctx context.Context) (Backend, error) {
 			return b, d.persist(b)
 		}
 		errs = append(errs, fmt.Errorf("probing iptables backend %s: %w", b, err))
+		if ctx.Err() != nil {
+			break // the deadline, not the backend, failed the probe
+		}
 		reason = "the preferred backend failed its probe"
 	}
 	return "", errors.Join(errs...)

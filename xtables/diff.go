@@ -60,7 +60,12 @@ func reconcile(cur *State, want Table) reconciliation {
 		wantLines := make([]string, len(c.Rules))
 		for i, rule := range c.Rules {
 			wantKeys[i] = ruleKey(ruleTokens(rule))
-			wantLines[i] = RuleLine(c.Name, rule)
+		}
+		lines := func() []string {
+			for i, rule := range c.Rules {
+				wantLines[i] = RuleLine(c.Name, rule)
+			}
+			return wantLines
 		}
 		switch {
 		case have == nil:
@@ -74,14 +79,17 @@ func reconcile(cur *State, want Table) reconciliation {
 			for i, l := range have.Rules {
 				haveKeys[i] = lineKey(l)
 			}
-			d := lineDiff(haveKeys, have.Rules, wantKeys, wantLines)
+			if slices.Equal(haveKeys, wantKeys) {
+				continue
+			}
+			d := lineDiff(haveKeys, have.Rules, wantKeys, lines())
 			if d == "" {
 				continue
 			}
 			r.problems = append(r.problems, fmt.Sprintf("chain %s: rules differ (- in kernel, + in plan):\n%s", c.Name, d))
 		}
 		declare = append(declare, c.Name)
-		add = append(add, wantLines...)
+		add = append(add, lines()...)
 	}
 	if cur != nil {
 		for _, c := range cur.Chains {

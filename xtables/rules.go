@@ -1,7 +1,10 @@
 // Package xtables is hubwarden's iptables layer, shared by egress filtering and
 // shaping: the desired content of hubwarden's own chains as plain values (pure,
-// rendered as iptables-restore text), and, in apply_linux.go, backend
-// detection, atomic apply with iptables-restore --noflush, reads and drift checks.
+// rendered as iptables-restore text); the comparison of iptables-save output
+// with them (Diff, pure) and the restore document that fixes the difference
+// (Fix, pure); and, through a Runner that execs the iptables tools
+// (ExecRunner, Linux only), backend detection (Detector), atomic apply with
+// iptables-restore --noflush and drift checks (Iptables).
 //
 // hubwarden owns every chain whose name starts with Prefix and exactly one
 // jump rule per hook into them; it never changes any other rule.
@@ -190,5 +193,8 @@ func quote(s string) string {
 	if s != "" && !strings.ContainsAny(s, " \t\"'\\") {
 		return s
 	}
-	return `"` + strings.NewReplacer(`\`, `\\`, `"`, `\"`).Replace(s) + `"`
+	return `"` + quoteEscaper.Replace(s) + `"`
 }
+
+// quoteEscaper escapes backslashes and double quotes (it is immutable).
+var quoteEscaper = strings.NewReplacer(`\`, `\\`, `"`, `\"`)

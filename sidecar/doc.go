@@ -1,0 +1,58 @@
+// Command hubwarden is the sidecar that makes bulk data exfiltration from a
+// JupyterHub user pod slow, blocked where it goes direct, and attributable.
+//
+// Usage:
+//
+//	hubwarden init     apply egress filtering and shaping once, self-check, exit 0
+//	hubwarden run      apply, then watch, reconcile and serve health until SIGTERM
+//	hubwarden plan     print what would be applied (iptables-restore text, tc objects)
+//	hubwarden check    compare the kernel with the plan; exit 1 with a diff if they differ
+//	hubwarden verify   run inside the notebook container: prove the lockdown holds
+//	hubwarden version  print the version
+//
+// Configuration is read from HUBWARDEN_* environment variables only (an
+// unknown HUBWARDEN_* variable is an error; variables without the prefix are
+// never read). `hubwarden --help` prints this list from the code:
+//
+//	VARIABLE                      DEFAULT             MEANING
+//	HUBWARDEN_LOG_LEVEL           info                log level: debug, info, warn or error
+//	HUBWARDEN_USER                -                   user name written on every audit line (z2jh: {username})
+//	HUBWARDEN_SERVER              -                   server name written on every audit line (z2jh: {servername})
+//	HUBWARDEN_STATE_DIR           /run/hubwarden      directory that survives container restarts (an emptyDir): iptables backend choice, pod budget level
+//	HUBWARDEN_IPTABLES_BACKEND    auto                iptables backend: auto (probe once, then remember in STATE_DIR), legacy or nft
+//	HUBWARDEN_IPV6                auto                apply IPv6 rules: auto (when the kernel has IPv6), true (fail if it cannot) or false
+//	HUBWARDEN_STARTUP_TIMEOUT     30s                 deadline for apply and self-test at start; a hang becomes a crash that Kubernetes restarts
+//	HUBWARDEN_EGRESS              true                filter egress: default deny, allow-list, DNS only to the resolvers, metadata always blocked
+//	HUBWARDEN_ALLOW               -                   allow-list, comma separated: [tcp://|udp://]DEST[:PORT[-PORT]], DEST an IP, a CIDR, [IPv6] or a host name (re-resolved on its TTL)
+//	HUBWARDEN_DNS_SERVERS         -                   resolvers the pod may query (UDP and TCP 53), comma separated; empty: the nameservers of /etc/resolv.conf
+//	HUBWARDEN_DNS_RATE            20                  DNS packets per second the pod may send to the resolvers (beyond the burst); bounds DNS tunnelling
+//	HUBWARDEN_DNS_BURST           100                 DNS packets the pod may send in a burst before DNS_RATE applies
+//	HUBWARDEN_HUB_API_URL         -                   the hub API the server must reach; empty: JUPYTERHUB_API_URL; its host and port are allowed
+//	HUBWARDEN_BLOCK               -                   extra CIDRs always rejected, even if an allow entry covers them (169.254.169.254 and fd00:ec2::254 always are)
+//	HUBWARDEN_NFLOG_GROUP         1987                NFLOG group that denied packets are logged to (0-65535)
+//	HUBWARDEN_RESOLVE_MIN_TTL     30s                 shortest interval between re-resolutions of an allow-list host name, whatever its TTL
+//	HUBWARDEN_SHAPE               true                shape pod egress with HTB: a fast default class and a slow class for demoted flows
+//	HUBWARDEN_INTERFACE           -                   interface to shape; empty: the interface of the default route
+//	HUBWARDEN_FAST_RATE           10gbit              rate of the fast (default) class; effectively unlimited by default
+//	HUBWARDEN_SLOW_RATE           1mbit               rate shared by all demoted flows of the pod
+//	HUBWARDEN_CTMARK              0x100000            the connection-mark bit hubwarden owns to mark demoted flows (exactly one bit; other bits are left alone)
+//	HUBWARDEN_BACKSTOP            true                kernel backstop: demote flows in the kernel, without the watcher, past BACKSTOP_BUDGET
+//	HUBWARDEN_BACKSTOP_BUDGET     -                   burst of the kernel backstop's per-flow token bucket; empty: 4 x FLOW_BUDGET
+//	HUBWARDEN_BACKSTOP_RATE       -                   refill of the kernel backstop's per-flow token bucket; empty: 4 x FLOW_REFILL
+//	HUBWARDEN_WATCH               true                run the conntrack watcher (budgets, demotion, promotion, audit)
+//	HUBWARDEN_FLOW_BUDGET         64MiB               per-flow token bucket burst: bytes a flow may send fast before it is demoted
+//	HUBWARDEN_FLOW_REFILL         1MiB/s              per-flow token bucket refill
+//	HUBWARDEN_POD_BUDGET          256MiB              per-pod token bucket burst over all flows: bounds parallel and short connections
+//	HUBWARDEN_POD_REFILL          128KiB/s            per-pod token bucket refill: with SLOW_RATE, the long-run rate a user can move data out
+//	HUBWARDEN_PROMOTE_IDLE        2s                  a demoted flow idle this long is promoted back to the fast class, if the pod bucket allows
+//	HUBWARDEN_DUMP_INTERVAL       1s                  longest interval between conntrack dumps (reads are scheduled sooner for flows near their budget)
+//	HUBWARDEN_PROGRESS_INTERVAL   60s                 interval of audit progress lines for long-lived flows
+//	HUBWARDEN_HEALTH_ADDR         :9280               address of the read-only HTTP server: /healthz, /readyz, /metrics
+//	HUBWARDEN_RECONCILE_INTERVAL  10s                 interval of the drift check that re-applies hubwarden's rules and qdiscs
+//	HUBWARDEN_DENY_LOG_WINDOW     10s                 window over which denied packets are aggregated into one log line per destination
+//	HUBWARDEN_SELFTEST_TARGET     169.254.169.254:80  address the self-test connects to and must see refused (rejected locally, nothing leaves the pod)
+//
+// Exit status: 0 on success; 1 on any error (a configuration error changes
+// nothing in the kernel) and, for check, when the kernel differs from the
+// plan; 2 without a command.
+package main

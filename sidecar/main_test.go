@@ -1,0 +1,95 @@
+package main
+
+import (
+	"context"
+	"errors"
+	"strings"
+	"testing"
+)
+
+func TestRunPlan(t *testing.T) {
+	tests := []struct {
+		name    string
+		env     map[string]string
+		want    []string
+		notWant []string
+	}{
+		{
+			name: "IPv4 only",
+			env: map[string]string{
+				"HUBWARDEN_DNS_SERVERS": "198.18.0.53",
+				"HUBWARDEN_ALLOW":       "198.18.1.0/24,tcp://[2001:2::7]:443",
+				"HUBWARDEN_IPV6":        "false",
+				"HUBWARDEN_SHAPE":       "false",
+			},
+			want: []string{
+				"# ipv4 filter: iptables-restore --noflush\n*filter\n:HUBWARDEN-EGRESS - [0:0]\n",
+				`-A HUBWARDEN-EGRESS -d 198.18.1.0/24 -m comment --comment "hubwarden: allow 198.18.1.0/24" -j ACCEPT`,
+				"-I OUTPUT 1 -m comment --comment \"hubwarden: hook\" -j HUBWARDEN-EGRESS\nCOMMIT\n",
+			},
+			notWant: []string{"ip6tables-restore", "2001:2::7"},
+		},
+		{
+			name: "egress off removes the chains",
+			env:  map[string]string{"HUBWARDEN_EGRESS": "false", "HUBWARDEN_IPV6": "false", "HUBWARDEN_SHAPE": "false"},
+			want: []string{"# ipv4 filter: iptables-restore --noflush\n# nothing: hubwarden removes its chains from this table\n"},
+		},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			cleanEnv(t, tt.env)
+			var out, errOut strings.Builder
+			if err := run(context.Background(), []string{"plan"}, &out, &errOut); err != nil {
+				t.Fatalf("plan: %v\n%s", err, errOut.String())
+			}
+			for _, w := range tt.want {
+				if !strings.Contains(out.String(), w) {
+					t.Errorf("plan output lacks %q:\n%s", w, out.String())
+				}
+			}
+			for _, w := range tt.notWant {
+				if strings.Contains(out.String(), w) {
+					t.Errorf("plan output has %q:\n%s", w, out.String())
+				}
+			}
+		})
+	}
+}
+
+func TestRunErrors(t *testing.T) {
+	tests := []struct {
+		name string
+		args []string
+		env  map[string]string
+		want string
+	}{
+		{"unknown command", []string{"apply"}, nil, `unknown command "apply"`},
+		{"extra argument", []string{"init", "now"}, nil, "init takes no arguments"},
+		{"bad config fails before anything", []string{"init"}, map[string]string{"HUBWARDEN_DNS_SERVERS": "x", "HUBWARDEN_IPV7": "true"}, "HUBWARDEN_IPV7: unknown variable"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			cleanEnv(t, tt.env)
+			var out, errOut strings.Builder
+			err := run(context.Background(), tt.args, &out, &errOut)
+			if err == nil || !strings.Contains(err.Error(), tt.want) {
+				t.Errorf("run(%v) = %v, want an error containing %q", tt.args, err, tt.want)
+			}
+		})
+	}
+}
+
+func TestRunVersionAndHelp(t *testing.T) {
+	var out strings.Builder
+	if err := run(context.Background(), []string{"version"}, &out, &out); err != nil || !strings.HasPrefix(out.String(), "hubwarden ") {
+		t.Errorf("version: %v, %q", err, out.String())
+	}
+	out.Reset()
+	if err := run(context.Background(), []string{"--help"}, &out, &out); err != nil || !strings.Contains(out.String(), "HUBWARDEN_IPTABLES_BACKEND") {
+		t.Errorf("--help: %v\n%s", err, out.String())
+	}
+	var ex exitError
+	if err := run(context.Background(), nil, &out, &out); !errors.As(err, &ex) || ex != 2 {
+		t.Errorf("no arguments: %v, want exit status 2", err)
+	}
+}
