@@ -47,7 +47,16 @@ func MangleTables(cfg Config) ([]xtables.Table, error) {
 		return nil, fmt.Errorf("planning mangle rules: ctmark %#x is not a single bit", cfg.CTMark)
 	}
 	mark := fmt.Sprintf("%#x/%#x", cfg.CTMark, cfg.CTMark)
-	var rules []xtables.Rule
+	// A connbytes match makes the kernel turn conntrack accounting on in this
+	// namespace when the rule is added ("Forcing CT accounting to be
+	// enabled"). A new netns starts with accounting off, and a container
+	// usually cannot write /proc/sys, so this rule, not a sysctl, is what
+	// guarantees the byte counters the watcher and the audit need. It has no
+	// target: it only counts.
+	rules := []xtables.Rule{{
+		Args:    []string{"-m", "connbytes", "--connbytes", "0", "--connbytes-mode", "packets", "--connbytes-dir", "both"},
+		Comment: "turns conntrack accounting on",
+	}}
 	if cfg.Backstop {
 		rate, burst, err := backstopArgs(cfg.BackstopBudget, cfg.BackstopRate)
 		if err != nil {

@@ -50,6 +50,7 @@ qdisc bfifo 4859: parent 4857:20 limit 131072b
 			mangle: `# ipv4
 *mangle
 :HUBWARDEN-SHAPE - [0:0]
+-A HUBWARDEN-SHAPE -m connbytes --connbytes 0 --connbytes-mode packets --connbytes-dir both -m comment --comment "hubwarden: turns conntrack accounting on"
 -A HUBWARDEN-SHAPE -o eth0 -m connmark ! --mark 0x100000/0x100000 -m hashlimit --hashlimit-above 4mb/s --hashlimit-burst 256mb --hashlimit-mode srcip,srcport,dstip,dstport --hashlimit-name hubwarden-bs -m comment --comment "hubwarden: backstop: demote a flow past its byte budget" -j CONNMARK --set-xmark 0x100000/0x100000
 -A HUBWARDEN-SHAPE -o eth0 -m connmark --mark 0x100000/0x100000 -m comment --comment "hubwarden: demoted flows to the slow class" -j CLASSIFY --set-class 4857:0020
 -I POSTROUTING 1 -m comment --comment "hubwarden: hook" -j HUBWARDEN-SHAPE
@@ -57,6 +58,7 @@ COMMIT
 # ipv6
 *mangle
 :HUBWARDEN-SHAPE - [0:0]
+-A HUBWARDEN-SHAPE -m connbytes --connbytes 0 --connbytes-mode packets --connbytes-dir both -m comment --comment "hubwarden: turns conntrack accounting on"
 -A HUBWARDEN-SHAPE -o eth0 -m connmark ! --mark 0x100000/0x100000 -m hashlimit --hashlimit-above 4mb/s --hashlimit-burst 256mb --hashlimit-mode srcip,srcport,dstip,dstport --hashlimit-name hubwarden-bs -m comment --comment "hubwarden: backstop: demote a flow past its byte budget" -j CONNMARK --set-xmark 0x100000/0x100000
 -A HUBWARDEN-SHAPE -o eth0 -m connmark --mark 0x100000/0x100000 -m comment --comment "hubwarden: demoted flows to the slow class" -j CLASSIFY --set-class 4857:0020
 -I POSTROUTING 1 -m comment --comment "hubwarden: hook" -j HUBWARDEN-SHAPE
@@ -78,6 +80,7 @@ qdisc bfifo 4859: parent 4857:20 limit 131072b
 			mangle: `# ipv4
 *mangle
 :HUBWARDEN-SHAPE - [0:0]
+-A HUBWARDEN-SHAPE -m connbytes --connbytes 0 --connbytes-mode packets --connbytes-dir both -m comment --comment "hubwarden: turns conntrack accounting on"
 -A HUBWARDEN-SHAPE -o net1 -m connmark --mark 0x20/0x20 -m comment --comment "hubwarden: demoted flows to the slow class" -j CLASSIFY --set-class 4857:0020
 -I POSTROUTING 1 -m comment --comment "hubwarden: hook" -j HUBWARDEN-SHAPE
 COMMIT
