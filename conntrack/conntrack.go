@@ -13,14 +13,15 @@
 // created, and Flow.Start and Flow.Stop only when nf_conntrack_timestamp is;
 // see EnableAccounting. A new network namespace starts with both off.
 //
-// The decoder (DecodeFlow) is pure Go and runs on every OS; the socket code
-// is Linux-only, elsewhere Dial returns an error wrapping
+// Message encoding and decoding are pure Go and run on every OS; the socket
+// code is Linux-only, elsewhere Dial returns an error wrapping
 // errors.ErrUnsupported. See docs/conntrack.md for the message formats.
 package conntrack
 
 import (
 	"errors"
 	"net/netip"
+	"strconv"
 	"time"
 )
 
@@ -35,6 +36,24 @@ type Tuple struct {
 	Dst     netip.Addr
 	SrcPort uint16
 	DstPort uint16
+}
+
+// String returns the tuple as "tcp 198.18.0.1:40000->198.18.0.2:80".
+func (t Tuple) String() string {
+	var p string
+	switch t.Proto {
+	case 6:
+		p = "tcp"
+	case 17:
+		p = "udp"
+	case 1:
+		p = "icmp"
+	case 58:
+		p = "icmpv6"
+	default:
+		p = "proto" + strconv.Itoa(int(t.Proto))
+	}
+	return p + " " + netip.AddrPortFrom(t.Src, t.SrcPort).String() + "->" + netip.AddrPortFrom(t.Dst, t.DstPort).String()
 }
 
 // Counter is the packet and byte count of one direction of a flow. Bytes
