@@ -23,12 +23,7 @@ type Table interface {
 	SetMark(ctx context.Context, orig conntrack.Tuple, mark, mask uint32) error
 }
 
-// Hint is what the event listener passes to the watcher: a conntrack event,
-// or the news that events were lost.
-type Hint struct {
-	Event conntrack.Event
-	Lost  bool
-}
+var _ Table = (*conntrack.Conn)(nil)
 
 // Options are the watcher's injected dependencies besides the table.
 type Options struct {
@@ -103,11 +98,15 @@ func (w *Watcher) Stats() Stats {
 }
 
 // Run dumps the table once, adopting every flow in it (flows already marked
-// stay demoted), then reads, decides and applies until ctx is done, handling
-// hints as they come. It saves the pod bucket level periodically and on
-// return. It returns an error only if the first dump fails; later failures
-// are counted in Stats and retried.
-func (w *Watcher) Run(ctx context.Context, hints <-chan Hint) error {
+// stay demoted), then reads, decides and applies until ctx is done, taking
+// events as hints: events and errs are what conntrack.(*Conn).Listen
+// returns (either may be nil). An error wrapping conntrack.ErrEventsLost
+// brings the next dump forward; any other error on errs ends the hints, not
+// the watcher (dumps are the truth). Run saves the pod bucket level
+// periodically and on return. It returns an error only if the first dump
+// fails; later failures are counted in Stats, logged when they start and
+// stop, and retried.
+func (w *Watcher) Run(ctx context.Context, events <-chan conntrack.Event, errs <-chan error) error {
 	if err := w.Step(ctx); err != nil {
 		return err
 	}
@@ -125,12 +124,22 @@ func (w *Watcher) Run(ctx context.Context, hints <-chan Hint) error {
 		select {
 		case <-ctx.Done():
 			return ctx.Err()
-		case h, ok := <-hints:
+		case ev, ok := <-events:
 			if !ok {
-				hints = nil
+				events = nil
 				continue
 			}
-			w.Hint(ctx, h)
+			w.HandleEvent(ctx, ev)
+		case err, ok := <-errs:
+			switch {
+			case !ok:
+				errs = nil
+				continue
+			case errors.Is(err, conntrack.ErrEventsLost):
+				w.EventsLost()
+			default:
+				w.log.Warn().Err(err).Msg("conntrack events stopped; going on with dumps only")
+			}
 		case <-timer.C:
 		}
 		// Errors are counted and logged on change by Step; keep going.
@@ -138,21 +147,26 @@ func (w *Watcher) Run(ctx context.Context, hints <-chan Hint) error {
 	}
 }
 
-// Hint handles one event hint: NEW flows are looked at right away (and
-// demoted if the pod bucket is empty), DESTROY events write the final record
-// with the final counters, lost events bring the next dump forward.
-func (w *Watcher) Hint(ctx context.Context, h Hint) {
+// HandleEvent takes one event as a hint: a NEW flow is looked at right away
+// (and demoted if the pod bucket is empty), a DESTROY event writes the
+// flow's final record with its final counters.
+func (w *Watcher) HandleEvent(ctx context.Context, ev conntrack.Event) {
 	w.mu.Lock()
 	defer w.mu.Unlock()
 	now := w.now()
-	switch {
-	case h.Lost:
-		w.policy.ForceDump(now)
-	case h.Event.Type == conntrack.EventNew:
-		w.apply(ctx, w.policy.Observe(now, h.Event.Flow))
-	case h.Event.Type == conntrack.EventDestroy:
-		w.apply(ctx, w.policy.Destroyed(now, h.Event.Flow))
+	switch ev.Type {
+	case conntrack.EventNew:
+		w.apply(ctx, w.policy.Observe(now, ev.Flow))
+	case conntrack.EventDestroy:
+		w.apply(ctx, w.policy.Destroyed(now, ev.Flow))
 	}
+}
+
+// EventsLost brings the next dump forward: the kernel dropped events.
+func (w *Watcher) EventsLost() {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	w.policy.ForceDump(w.now())
 }
 
 // Step does the reads that are due now: a full dump, or single reads of the

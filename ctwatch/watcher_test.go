@@ -154,7 +154,7 @@ func TestWatcherPodLevelSurvivesRestart(t *testing.T) {
 	_ = w.Step(context.Background())
 	ctx, cancel := context.WithCancel(context.Background())
 	cancel()
-	if err := w.Run(ctx, nil); err == nil {
+	if err := w.Run(ctx, nil, nil); err == nil {
 		t.Fatal("Run with a cancelled context returned nil")
 	}
 	saved, err := LoadState(dir)
@@ -194,7 +194,7 @@ func TestWatcherFinalRecords(t *testing.T) {
 	_ = w.Step(context.Background())
 	a, b := inFlow(11, 3001, 0, 0), inFlow(12, 3002, 0, 0)
 	tab.flows[a.Orig], tab.flows[b.Orig] = &a, &b
-	w.Hint(context.Background(), Hint{Event: conntrack.Event{Type: conntrack.EventNew, Flow: a}})
+	w.HandleEvent(context.Background(), conntrack.Event{Type: conntrack.EventNew, Flow: a})
 	clk.Add(time.Second)
 	a.ReplyCounter = conntrack.Counter{Packets: 700, Bytes: 700_000}
 	b.ReplyCounter = conntrack.Counter{Packets: 300, Bytes: 300_000}
@@ -207,7 +207,7 @@ func TestWatcherFinalRecords(t *testing.T) {
 	fin.ReplyCounter = conntrack.Counter{Packets: 800, Bytes: 800_000}
 	delete(tab.flows, a.Orig)
 	delete(tab.flows, b.Orig)
-	w.Hint(context.Background(), Hint{Event: conntrack.Event{Type: conntrack.EventDestroy, Flow: fin}})
+	w.HandleEvent(context.Background(), conntrack.Event{Type: conntrack.EventDestroy, Flow: fin})
 	clk.Add(time.Second)
 	_ = w.Step(context.Background())
 	var got []map[string]any
@@ -258,7 +258,7 @@ func TestWatcherDemotesAndReappliesLostMark(t *testing.T) {
 	_ = w.Step(context.Background())
 	f := inFlow(21, 4001, 0, 0)
 	tab.flows[f.Orig] = &f
-	w.Hint(context.Background(), Hint{Event: conntrack.Event{Type: conntrack.EventNew, Flow: f}})
+	w.HandleEvent(context.Background(), conntrack.Event{Type: conntrack.EventNew, Flow: f})
 	// 100 MB/s: the watcher reads the flow more and more often as its
 	// bucket runs down, and demotes it just before it is empty.
 	for range 1000 {
