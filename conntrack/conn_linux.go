@@ -8,98 +8,231 @@ import (
 	"fmt"
 	"os"
 	"sync"
+	"syscall"
 	"time"
 
 	"github.com/mdlayher/netlink"
 	"golang.org/x/sys/unix"
 )
 
-const defaultReadBuffer = 8 << 20
+const (
+	defaultReadBuffer = 8 << 20
+	// recvBufLen holds any datagram ctnetlink sends: dump batches are at
+	// most 32 KiB (netlink_dump caps them), events are one flow each.
+	recvBufLen = 64 << 10
+)
+
+// transport is what Conn needs from a netlink socket. The real one is a
+// github.com/mdlayher/netlink Conn (which opens the socket in the target
+// namespace, numbers and sends requests) read through its raw fd: netlink's
+// own Receive waits for NLMSG_DONE after any NLM_F_MULTI message, and the
+// kernel flags its single-flow GET reply NLM_F_MULTI without ever sending a
+// DONE. Tests use an in-memory kernel.
+type transport interface {
+	send(typ, flags uint16, body []byte) (seq uint32, err error)
+	recv(b []byte) (int, error) // one datagram
+	setDeadline(t time.Time) error
+	joinGroup(g uint32) error
+	setReadBuffer(n int) error
+	close() error
+}
+
+type nlTransport struct {
+	nl *netlink.Conn
+	rc syscall.RawConn
+}
+
+var _ transport = (*nlTransport)(nil)
+
+func dialTransport(cfg Config) (transport, error) {
+	nl, err := netlink.Dial(unix.NETLINK_NETFILTER, &netlink.Config{NetNS: cfg.NetNS})
+	if err != nil {
+		return nil, err
+	}
+	rc, err := nl.SyscallConn()
+	if err != nil {
+		_ = nl.Close()
+		return nil, err
+	}
+	return &nlTransport{nl: nl, rc: rc}, nil
+}
+
+func (t *nlTransport) send(typ, flags uint16, body []byte) (uint32, error) {
+	m, err := t.nl.Send(netlink.Message{
+		Header: netlink.Header{Type: netlink.HeaderType(typ), Flags: netlink.HeaderFlags(flags)},
+		Data:   body,
+	})
+	return m.Header.Sequence, err
+}
+
+func (t *nlTransport) recv(b []byte) (int, error) {
+	var (
+		n, flags int
+		err      error
+	)
+	rerr := t.rc.Read(func(fd uintptr) bool {
+		n, _, flags, _, err = unix.Recvmsg(int(fd), b, nil, unix.MSG_DONTWAIT)
+		return err != unix.EAGAIN
+	})
+	if rerr != nil {
+		return 0, rerr
+	}
+	if err != nil {
+		return 0, os.NewSyscallError("recvmsg", err)
+	}
+	if flags&unix.MSG_TRUNC != 0 {
+		return 0, fmt.Errorf("netlink datagram larger than %d bytes", len(b))
+	}
+	return n, nil
+}
+
+func (t *nlTransport) setDeadline(d time.Time) error { return t.nl.SetDeadline(d) }
+func (t *nlTransport) joinGroup(g uint32) error      { return t.nl.JoinGroup(g) }
+func (t *nlTransport) close() error                  { return t.nl.Close() }
+
+// setReadBuffer sets SO_RCVBUFFORCE (CAP_NET_ADMIN; the sidecar has it),
+// falling back to SO_RCVBUF, which net.core.rmem_max caps.
+func (t *nlTransport) setReadBuffer(n int) error {
+	var serr error
+	if err := t.rc.Control(func(fd uintptr) {
+		serr = unix.SetsockoptInt(int(fd), unix.SOL_SOCKET, unix.SO_RCVBUFFORCE, n)
+	}); err == nil && serr == nil {
+		return nil
+	}
+	return t.nl.SetReadBuffer(n)
+}
 
 // Conn is a ctnetlink socket in one network namespace. Its methods are safe
 // for concurrent use; requests are serialised on one socket, and Listen
 // opens a socket of its own.
 type Conn struct {
 	cfg  Config
-	dial func() (*netlink.Conn, error)
+	dial func() (transport, error)
 
-	mu sync.Mutex
-	nl *netlink.Conn // nil after an interrupted request; dialled again on next use
+	mu  sync.Mutex
+	t   transport // nil after an interrupted request; dialled again on next use
+	buf []byte
 }
 
 // Dial opens a ctnetlink socket in the network namespace cfg.NetNS.
 func Dial(cfg Config) (*Conn, error) {
-	dial := func() (*netlink.Conn, error) {
-		return netlink.Dial(unix.NETLINK_NETFILTER, &netlink.Config{NetNS: cfg.NetNS})
-	}
-	nl, err := dial()
+	c := newConn(cfg, func() (transport, error) { return dialTransport(cfg) })
+	t, err := c.dial()
 	if err != nil {
 		return nil, fmt.Errorf("dialing ctnetlink: %w", err)
 	}
-	return newConn(cfg, nl, dial), nil
+	c.t = t
+	return c, nil
 }
 
-// newConn wraps an open netlink socket; dial opens more (after an
-// interrupted request, and for Listen). Tests pass nltest sockets.
-func newConn(cfg Config, nl *netlink.Conn, dial func() (*netlink.Conn, error)) *Conn {
-	return &Conn{cfg: cfg, dial: dial, nl: nl}
+func newConn(cfg Config, dial func() (transport, error)) *Conn {
+	return &Conn{cfg: cfg, dial: dial}
 }
 
 // Close closes the socket. Listen's sockets close when their context ends.
 func (c *Conn) Close() error {
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	if c.nl == nil {
+	c.dial = func() (transport, error) { return nil, os.ErrClosed }
+	if c.t == nil {
 		return nil
 	}
-	err := c.nl.Close()
-	c.nl = nil
-	c.dial = func() (*netlink.Conn, error) { return nil, os.ErrClosed }
+	err := c.t.close()
+	c.t = nil
 	if err != nil {
 		return fmt.Errorf("closing ctnetlink socket: %w", err)
 	}
 	return nil
 }
 
-// do runs fn on the request socket under ctx: ctx's deadline and
-// cancellation interrupt blocking reads. A request that fails may leave
-// unread replies in the socket, so the socket is then closed and a fresh one
-// is dialled on next use.
-func (c *Conn) do(ctx context.Context, fn func(nl *netlink.Conn) error) error {
+// errKernel marks an error the kernel answered with; the exchange is then
+// complete and the socket can be reused.
+type errKernel struct{ errno unix.Errno }
+
+func (e errKernel) Error() string { return e.errno.Error() }
+func (e errKernel) Unwrap() error { return e.errno }
+
+// exchange sends one request and calls fn with the payload of each
+// ctnetlink message of the reply, until the kernel's NLMSG_DONE (dumps) or
+// NLMSG_ERROR (errors and ACKs; every non-dump request asks for an ACK).
+// ctx's deadline and cancellation interrupt blocking reads. After any
+// failure other than a kernel error reply, unread replies may remain, so
+// the socket is closed and a fresh one is dialled on next use.
+func (c *Conn) exchange(ctx context.Context, msg, flags uint16, body []byte, fn func([]byte) error) error {
 	if err := ctx.Err(); err != nil {
 		return err
 	}
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	if c.nl == nil {
-		nl, err := c.dial()
+	if c.t == nil {
+		t, err := c.dial()
 		if err != nil {
 			return fmt.Errorf("dialing ctnetlink: %w", err)
 		}
-		c.nl = nl
+		c.t = t
 	}
-	nl := c.nl
+	if c.buf == nil {
+		c.buf = make([]byte, recvBufLen)
+	}
+	t := c.t
 	if dl, ok := ctx.Deadline(); ok {
-		_ = nl.SetDeadline(dl) // best effort: unsupported on test sockets
+		_ = t.setDeadline(dl)
 	}
-	stop := context.AfterFunc(ctx, func() { _ = nl.SetDeadline(time.Unix(1, 0)) })
-	err := fn(nl)
-	stop()
+	stop := context.AfterFunc(ctx, func() { _ = t.setDeadline(time.Unix(1, 0)) })
+	err := c.roundTrip(t, msg, flags, body, fn)
+	if !stop() {
+		_ = t.setDeadline(time.Time{})
+	}
 	if err != nil {
-		// A kernel error reply (an OpError holding a bare errno) ends the
-		// exchange cleanly; anything else (timeouts, socket errors,
-		// decoding errors mid-dump) may leave replies behind.
-		if ne, ok := errors.AsType[*netlink.OpError](err); !ok || !isErrno(ne.Err) {
-			_ = nl.Close()
-			c.nl = nil
+		if _, ok := errors.AsType[errKernel](err); !ok {
+			_ = t.close()
+			c.t = nil
 		}
 		if ctxErr := ctx.Err(); ctxErr != nil {
 			return ctxErr
 		}
 		return err
 	}
-	_ = nl.SetDeadline(time.Time{})
 	return nil
+}
+
+func (c *Conn) roundTrip(t transport, msg, flags uint16, body []byte, fn func([]byte) error) error {
+	dump := flags&uint16(netlink.Dump) == uint16(netlink.Dump)
+	if !dump {
+		flags |= uint16(netlink.Acknowledge)
+	}
+	seq, err := t.send(subsysCT<<8|msg, flags|uint16(netlink.Request), body)
+	if err != nil {
+		return fmt.Errorf("sending request: %w", err)
+	}
+	for {
+		n, err := t.recv(c.buf)
+		if err != nil {
+			return fmt.Errorf("receiving reply: %w", err)
+		}
+		b := c.buf[:n]
+		for len(b) > 0 {
+			var m nlmsg
+			m, b, err = nextMsg(b)
+			if err != nil {
+				return err
+			}
+			if m.seq != seq {
+				continue // a reply to an earlier, abandoned request
+			}
+			switch {
+			case m.typ == nlmsgError || m.typ == nlmsgDone:
+				if e := m.errno(); e != 0 {
+					return errKernel{unix.Errno(e)}
+				}
+				return nil
+			case m.typ>>8 == subsysCT:
+				if err := fn(m.data); err != nil {
+					return err
+				}
+			}
+		}
+	}
 }
 
 // Dump returns every flow of the namespace, IPv4 and IPv6.
@@ -111,34 +244,13 @@ func (c *Conn) Dump(ctx context.Context) ([]Flow, error) {
 // flows), so a periodic dump allocates little once buf has grown to size.
 func (c *Conn) DumpInto(ctx context.Context, buf []Flow) ([]Flow, error) {
 	buf = buf[:0]
-	err := c.do(ctx, func(nl *netlink.Conn) error {
-		req, err := nl.Send(netlink.Message{
-			Header: netlink.Header{
-				Type:  ctType(msgGet),
-				Flags: netlink.Request | netlink.Dump,
-			},
-			Data: dumpBody(),
-		})
-		if err != nil {
-			return err
+	err := c.exchange(ctx, msgGet, uint16(netlink.Dump), dumpBody(), func(b []byte) error {
+		if len(buf) < cap(buf) {
+			buf = buf[:len(buf)+1]
+		} else {
+			buf = append(buf, Flow{})
 		}
-		for m, err := range nl.ReceiveIter() {
-			if err != nil {
-				return err
-			}
-			if m.Header.Sequence != req.Header.Sequence || m.Header.Type>>8 != subsysCT {
-				continue
-			}
-			if len(buf) < cap(buf) {
-				buf = buf[:len(buf)+1]
-			} else {
-				buf = append(buf, Flow{})
-			}
-			if err := decodeFlow(m.Data, &buf[len(buf)-1]); err != nil {
-				return err
-			}
-		}
-		return nil
+		return decodeFlow(b, &buf[len(buf)-1])
 	})
 	if err != nil {
 		return buf[:0], fmt.Errorf("dumping conntrack table: %w", err)
@@ -154,21 +266,12 @@ func (c *Conn) Get(ctx context.Context, orig Tuple) (Flow, error) {
 	}
 	var f Flow
 	found := false
-	err = c.do(ctx, func(nl *netlink.Conn) error {
-		msgs, err := nl.Execute(netlink.Message{
-			Header: netlink.Header{Type: ctType(msgGet), Flags: netlink.Request},
-			Data:   body,
-		})
-		if err != nil {
-			return err
+	err = c.exchange(ctx, msgGet, 0, body, func(b []byte) error {
+		if found {
+			return nil
 		}
-		for _, m := range msgs {
-			if m.Header.Type>>8 == subsysCT {
-				found = true
-				return decodeFlow(m.Data, &f)
-			}
-		}
-		return nil
+		found = true
+		return decodeFlow(b, &f)
 	})
 	if err == nil && !found {
 		err = unix.ENOENT
@@ -189,24 +292,13 @@ func (c *Conn) SetMark(ctx context.Context, orig Tuple, mark, mask uint32) error
 	if err != nil {
 		return fmt.Errorf("setting conntrack mark: %w", err)
 	}
-	err = c.do(ctx, func(nl *netlink.Conn) error {
-		// IPCTNL_MSG_CT_NEW without NLM_F_CREATE updates an existing entry
-		// and fails with ENOENT otherwise.
-		_, err := nl.Execute(netlink.Message{
-			Header: netlink.Header{Type: ctType(msgNew), Flags: netlink.Request | netlink.Acknowledge},
-			Data:   body,
-		})
-		return err
-	})
+	// IPCTNL_MSG_CT_NEW without NLM_F_CREATE updates an existing entry and
+	// fails with ENOENT otherwise.
+	err = c.exchange(ctx, msgNew, 0, body, func([]byte) error { return nil })
 	if err != nil {
 		return fmt.Errorf("setting mark %#x/%#x on conntrack flow %s: %w", mark, mask, orig, notFound(err))
 	}
 	return nil
-}
-
-func isErrno(err error) bool {
-	_, ok := err.(unix.Errno)
-	return ok
 }
 
 func notFound(err error) error {
@@ -216,20 +308,16 @@ func notFound(err error) error {
 	return err
 }
 
-func ctType(msg uint16) netlink.HeaderType {
-	return netlink.HeaderType(subsysCT<<8 | msg)
-}
-
 // Listen subscribes to conntrack events on a socket of its own with a
 // receive buffer of cfg.ReadBuffer bytes. With no groups it joins GroupNew
 // and GroupDestroy.
 //
 // Events arrive on the first channel. The second channel carries errors:
 // one wrapping ErrEventsLost each time the kernel dropped events (listening
-// goes on; consecutive losses the caller has not read yet are reported
-// once), or a fatal error, after which both channels are closed. Both are
-// closed when ctx ends. A slow reader makes the kernel drop events, which
-// is then reported as ErrEventsLost.
+// goes on; losses the caller has not read yet are reported once), or a
+// fatal error, after which both channels are closed. Both are closed when
+// ctx ends. A slow reader makes the kernel drop events, which is then
+// reported as ErrEventsLost.
 func (c *Conn) Listen(ctx context.Context, groups ...Group) (<-chan Event, <-chan error) {
 	events := make(chan Event, 256)
 	errs := make(chan error, 1)
@@ -239,19 +327,19 @@ func (c *Conn) Listen(ctx context.Context, groups ...Group) (<-chan Event, <-cha
 	c.mu.Lock()
 	dial := c.dial
 	c.mu.Unlock()
-	nl, err := c.openListener(dial, groups)
+	t, err := c.openListener(dial, groups)
 	if err != nil {
 		errs <- err
 		close(events)
 		close(errs)
 		return events, errs
 	}
-	go c.listen(ctx, nl, events, errs)
+	go listen(ctx, t, events, errs)
 	return events, errs
 }
 
-func (c *Conn) openListener(dial func() (*netlink.Conn, error), groups []Group) (*netlink.Conn, error) {
-	nl, err := dial()
+func (c *Conn) openListener(dial func() (transport, error), groups []Group) (transport, error) {
+	t, err := dial()
 	if err != nil {
 		return nil, fmt.Errorf("dialing ctnetlink for events: %w", err)
 	}
@@ -259,56 +347,37 @@ func (c *Conn) openListener(dial func() (*netlink.Conn, error), groups []Group) 
 	if size <= 0 {
 		size = defaultReadBuffer
 	}
-	if err := setReadBuffer(nl, size); err != nil {
-		_ = nl.Close()
-		return nil, err
+	if err := t.setReadBuffer(size); err != nil {
+		_ = t.close()
+		return nil, fmt.Errorf("setting ctnetlink receive buffer to %d bytes: %w", size, err)
 	}
 	for _, g := range groups {
-		if err := nl.JoinGroup(uint32(g)); err != nil {
-			_ = nl.Close()
+		if err := t.joinGroup(uint32(g)); err != nil {
+			_ = t.close()
 			return nil, fmt.Errorf("joining ctnetlink group %d: %w", g, err)
 		}
 	}
-	return nl, nil
+	return t, nil
 }
 
-// setReadBuffer sets SO_RCVBUFFORCE (CAP_NET_ADMIN; the sidecar has it),
-// falling back to SO_RCVBUF, which net.core.rmem_max caps.
-func setReadBuffer(nl *netlink.Conn, size int) error {
-	rc, err := nl.SyscallConn()
-	if err == nil {
-		var serr error
-		err = rc.Control(func(fd uintptr) {
-			serr = unix.SetsockoptInt(int(fd), unix.SOL_SOCKET, unix.SO_RCVBUFFORCE, size)
-		})
-		if err == nil && serr == nil {
-			return nil
-		}
-	}
-	if err := nl.SetReadBuffer(size); err != nil && !errors.Is(err, errors.ErrUnsupported) && !isNotSupported(err) {
-		return fmt.Errorf("setting ctnetlink receive buffer to %d bytes: %w", size, err)
-	}
-	return nil
-}
-
-// isNotSupported reports mdlayher/netlink's "not supported" OpError, which
-// test sockets return for socket options.
-func isNotSupported(err error) bool {
-	var ne *netlink.OpError
-	return errors.As(err, &ne) && ne.Err != nil && ne.Err.Error() == "not supported"
-}
-
-func (c *Conn) listen(ctx context.Context, nl *netlink.Conn, events chan<- Event, errs chan error) {
+func listen(ctx context.Context, t transport, events chan<- Event, errs chan error) {
 	defer close(errs)
 	defer close(events)
-	stop := context.AfterFunc(ctx, func() { _ = nl.Close() })
+	stop := context.AfterFunc(ctx, func() { _ = t.close() })
 	defer func() {
 		if stop() {
-			_ = nl.Close()
+			_ = t.close()
 		}
 	}()
+	fatal := func(err error) {
+		select {
+		case errs <- err:
+		case <-ctx.Done():
+		}
+	}
+	buf := make([]byte, recvBufLen)
 	for {
-		msgs, err := nl.Receive()
+		n, err := t.recv(buf)
 		if ctx.Err() != nil {
 			return
 		}
@@ -320,23 +389,24 @@ func (c *Conn) listen(ctx context.Context, nl *netlink.Conn, events chan<- Event
 			continue
 		}
 		if err != nil {
-			select {
-			case errs <- fmt.Errorf("receiving conntrack events: %w", err):
-			case <-ctx.Done():
-			}
+			fatal(fmt.Errorf("receiving conntrack events: %w", err))
 			return
 		}
-		for _, m := range msgs {
-			typ, ok := eventType(uint16(m.Header.Type), uint16(m.Header.Flags))
+		b := buf[:n]
+		for len(b) > 0 {
+			var m nlmsg
+			m, b, err = nextMsg(b)
+			if err != nil {
+				fatal(fmt.Errorf("decoding conntrack event: %w", err))
+				return
+			}
+			typ, ok := eventType(m.typ, m.flags)
 			if !ok {
 				continue
 			}
 			ev := Event{Type: typ}
-			if err := decodeFlow(m.Data, &ev.Flow); err != nil {
-				select {
-				case errs <- fmt.Errorf("decoding conntrack event: %w", err):
-				case <-ctx.Done():
-				}
+			if err := decodeFlow(m.data, &ev.Flow); err != nil {
+				fatal(fmt.Errorf("decoding conntrack event: %w", err))
 				return
 			}
 			select {

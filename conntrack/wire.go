@@ -459,3 +459,46 @@ func setMarkBody(orig Tuple, mark, mask uint32) ([]byte, error) {
 
 // dumpBody is the payload of a dump request: AF_UNSPEC covers IPv4 and IPv6.
 func dumpBody() []byte { return appendNfgen(nil, afUnspec) }
+
+// Netlink message framing (include/uapi/linux/netlink.h).
+const (
+	nlmsgHdrLen = 16
+	nlmsgError  = 2 // NLMSG_ERROR: errno (0 for an ACK) + the request header
+	nlmsgDone   = 3 // NLMSG_DONE: end of a dump, optionally an errno
+)
+
+// nlmsg is one netlink message inside a received datagram; data aliases
+// the receive buffer.
+type nlmsg struct {
+	typ, flags uint16
+	seq        uint32
+	data       []byte
+}
+
+// nextMsg splits the first netlink message off b. Lengths are checked; a
+// message whose length does not fit is an error.
+func nextMsg(b []byte) (nlmsg, []byte, error) {
+	if len(b) < nlmsgHdrLen {
+		return nlmsg{}, nil, fmt.Errorf("decoding netlink header: %d bytes left", len(b))
+	}
+	l := int(binary.NativeEndian.Uint32(b))
+	if l < nlmsgHdrLen || l > len(b) {
+		return nlmsg{}, nil, fmt.Errorf("decoding netlink header: length %d with %d bytes left", l, len(b))
+	}
+	m := nlmsg{
+		typ:   binary.NativeEndian.Uint16(b[4:]),
+		flags: binary.NativeEndian.Uint16(b[6:]),
+		seq:   binary.NativeEndian.Uint32(b[8:]),
+		data:  b[nlmsgHdrLen:l],
+	}
+	return m, b[min(align4(l), len(b)):], nil
+}
+
+// errno returns the (positive) error number of an NLMSG_ERROR or NLMSG_DONE
+// message, 0 for an ACK or a plain DONE.
+func (m nlmsg) errno() int32 {
+	if len(m.data) < 4 {
+		return 0
+	}
+	return -int32(binary.NativeEndian.Uint32(m.data))
+}
