@@ -25,6 +25,13 @@ type Table interface {
 
 var _ Table = (*conntrack.Conn)(nil)
 
+// Deadlines of the watcher's kernel requests: a request that hangs (a lost
+// netlink reply) must not stop the watcher.
+const (
+	opTimeout   = time.Second      // Get, SetMark
+	dumpTimeout = 10 * time.Second // DumpInto
+)
+
 // Options are the watcher's injected dependencies besides the table.
 type Options struct {
 	// Now is the clock; nil means time.Now.
@@ -205,7 +212,9 @@ func (w *Watcher) dump(ctx context.Context) error {
 			w.policy.Tx(w.now(), tx)
 		}
 	}
-	buf, err := w.table.DumpInto(ctx, w.buf[:0])
+	dctx, cancel := context.WithTimeout(ctx, dumpTimeout)
+	buf, err := w.table.DumpInto(dctx, w.buf[:0])
+	cancel()
 	if err != nil {
 		// Don't spin: try again after the usual interval.
 		w.policy.nextDump = w.now().Add(w.cfg.DumpInterval)
@@ -217,7 +226,9 @@ func (w *Watcher) dump(ctx context.Context) error {
 }
 
 func (w *Watcher) get(ctx context.Context, k Key) error {
-	f, err := w.table.Get(ctx, k.Orig)
+	gctx, cancel := context.WithTimeout(ctx, opTimeout)
+	f, err := w.table.Get(gctx, k.Orig)
+	cancel()
 	switch {
 	case errors.Is(err, conntrack.ErrNotFound):
 		w.apply(ctx, w.policy.Gone(w.now(), k))
@@ -238,9 +249,9 @@ func (w *Watcher) apply(ctx context.Context, acts []Action) {
 		var err error
 		switch a.Kind {
 		case Demote, Reapply:
-			err = w.table.SetMark(ctx, a.Key.Orig, w.cfg.CTMark, w.cfg.CTMark)
+			err = w.setMark(ctx, a.Key.Orig, w.cfg.CTMark)
 		case Promote:
-			err = w.table.SetMark(ctx, a.Key.Orig, 0, w.cfg.CTMark)
+			err = w.setMark(ctx, a.Key.Orig, 0)
 		}
 		writeAudit(&w.log, w.cfg.User, w.cfg.Server, a)
 		switch {
@@ -257,6 +268,12 @@ func (w *Watcher) apply(ctx context.Context, acts []Action) {
 			writeAudit(&w.log, w.cfg.User, w.cfg.Server, &rec[j])
 		}
 	}
+}
+
+func (w *Watcher) setMark(ctx context.Context, orig conntrack.Tuple, mark uint32) error {
+	ctx, cancel := context.WithTimeout(ctx, opTimeout)
+	defer cancel()
+	return w.table.SetMark(ctx, orig, mark, w.cfg.CTMark)
 }
 
 func (w *Watcher) noteError(err error) {
