@@ -241,6 +241,7 @@ type flow struct {
 	progSent   uint64
 	next       time.Time // next individual read; zero: none
 	hot        bool      // in Policy.hot
+	probe      bool      // started sending after being idle: measure its rate soon
 	gen        uint64
 	demoted    bool
 	reason     Reason
@@ -292,6 +293,8 @@ type Policy struct {
 	txBase     uint64 // reading at the last dump
 	gotSince   uint64 // bytes charged by single reads since the last dump
 	txNext     time.Time
+	lookahead  float64 // seconds: how far ahead demotion looks (SetLookahead)
+	minDump    time.Duration
 	flowBudget float64
 	flowRefill float64
 	podBudget  float64
@@ -315,6 +318,8 @@ func NewPolicy(cfg Config, now time.Time, podTokens float64) *Policy {
 		podRefill:  float64(cfg.PodRefill),
 	}
 	p.stats.PodBudget = uint64(cfg.PodBudget)
+	p.lookahead = cfg.MinInterval.Seconds()
+	p.minDump = cfg.MinDumpInterval
 	return p
 }
 
@@ -435,6 +440,10 @@ func (p *Policy) observe(now time.Time, f *flow, c *conntrack.Flow, isNew bool) 
 		p.stats.FastBytes += delta
 	}
 	old := math.Max(f.rate, 0)
+	// A flow that starts sending after an idle spell (or that is new) has a
+	// rate diluted over the idle time: read it again after MinInterval to
+	// measure it.
+	f.probe = delta > 0 && f.rate <= 0
 	switch {
 	case delta > 0 && dt >= minRateInterval:
 		f.rate = float64(delta) / dt
@@ -471,25 +480,43 @@ func (p *Policy) observe(now time.Time, f *flow, c *conntrack.Flow, isNew bool) 
 	}
 }
 
-// empty says whether a bucket at tokens, drained at rate and refilled at
-// refill, runs out within the look-ahead.
-func (p *Policy) empty(tokens, rate, refill float64) bool {
-	return tokens-math.Max(rate-refill, 0)*p.cfg.MinInterval.Seconds() <= 0
+// SetLookahead sets how late the watcher's reads may come: the watcher
+// measures how late its timer fires (a busy machine wakes it milliseconds
+// late). A flow whose tokens would run out within the look-ahead is demoted
+// now, and reads are scheduled that much early. It is never below
+// MinInterval.
+func (p *Policy) SetLookahead(d time.Duration) {
+	p.lookahead = max(d, p.cfg.MinInterval).Seconds()
+}
+
+// SetDumpCost tells the policy how long a full dump takes: dumps brought
+// forward are then spaced by at least four times that (and MinDumpInterval),
+// so that they take at most a fifth of the watcher's time.
+func (p *Policy) SetDumpCost(d time.Duration) {
+	p.minDump = max(4*d, p.cfg.MinDumpInterval)
+}
+
+// empty says whether a bucket of burst budget at tokens, drained at rate
+// and refilled at refill, runs out within the look-ahead. Demoting early
+// costs at most a twentieth of the budget, however late the reads come: a
+// busy machine then overshoots instead of demoting ordinary bursts.
+func (p *Policy) empty(tokens, rate, refill, budget float64) bool {
+	return tokens-math.Min(math.Max(rate-refill, 0)*p.lookahead, budget/20) <= 0
 }
 
 // podEmpty says whether the pod bucket runs out within the look-ahead.
-func (p *Policy) podEmpty() bool { return p.empty(p.pod, p.podRate, p.podRefill) }
+func (p *Policy) podEmpty() bool { return p.empty(p.pod, p.podRate, p.podRefill, p.podBudget) }
 
 // decide demotes or promotes f and schedules its next read.
 func (p *Policy) decide(now time.Time, f *flow, podEmpty bool) {
 	if !f.demoted {
 		switch {
-		case p.empty(f.tokens, math.Max(f.rate, 0), p.flowRefill):
+		case p.empty(f.tokens, math.Max(f.rate, 0), p.flowRefill, p.flowBudget):
 			p.demote(now, f, ReasonFlow, f.tokens)
 		case podEmpty && f.delta > 0:
 			p.demote(now, f, ReasonPod, p.pod)
 		}
-	} else if now.Sub(f.active) >= p.cfg.PromoteIdle && p.pod >= float64(p.cfg.PromoteLevel) && f.tokens > 0 {
+	} else if now.Sub(f.active) >= p.cfg.PromoteIdle && p.pod >= float64(p.cfg.PromoteLevel) && f.tokens >= p.flowBudget/16 {
 		f.demoted = false
 		f.promotions++
 		p.stats.Promotions++
@@ -522,6 +549,8 @@ func (p *Policy) schedule(now time.Time, f *flow) {
 			}
 			f.next = maxTime(at, now.Add(p.cfg.MinInterval))
 		}
+	} else if f.probe {
+		f.next = now.Add(p.cfg.MinInterval)
 	} else if f.rate < 0 {
 		f.next = now.Add(p.cfg.NewFlowProbe)
 	} else if f.rate > 0 {
@@ -532,9 +561,9 @@ func (p *Policy) schedule(now time.Time, f *flow) {
 		if net := p.podRate - p.podRefill; net > 0 {
 			tte = math.Min(tte, p.pod/net)
 		}
-		// Halve the distance each time: timer lateness and a growing rate
-		// (TCP slow start) then cost little.
-		wait := time.Duration(tte / 2 * float64(time.Second))
+		// Halve the distance to the look-ahead each time: timer lateness
+		// and a growing rate (TCP slow start) then cost little.
+		wait := time.Duration((tte - p.lookahead) / 2 * float64(time.Second))
 		if wait < p.cfg.DumpInterval {
 			f.next = now.Add(max(wait, p.cfg.MinInterval))
 		}
@@ -653,7 +682,7 @@ func (p *Policy) scheduleDump(now time.Time) {
 		return
 	}
 	tte := time.Duration(p.pod / net / 2 * float64(time.Second))
-	if at := now.Add(max(tte, p.cfg.MinDumpInterval)); at.Before(p.nextDump) {
+	if at := now.Add(max(tte, p.minDump)); at.Before(p.nextDump) {
 		p.nextDump = at
 	}
 }
@@ -742,11 +771,20 @@ func (p *Policy) Tx(now time.Time, tx uint64) bool {
 		return false
 	}
 	p.txLast = tx
-	seen := p.txBase + p.gotSince
-	if tx < seen || tx-seen < uint64(p.cfg.TxTrigger) {
+	// Bytes the hot flows have sent since their last read are expected:
+	// they are read one by one anyway, and a dump (which walks the kernel's
+	// whole conntrack hash, tens of milliseconds on a busy node) would only
+	// delay those reads.
+	seen := float64(p.txBase+p.gotSince) + float64(p.cfg.TxTrigger)
+	for _, f := range p.hot {
+		if f.hot && !f.demoted && f.rate > 0 {
+			seen += f.rate * now.Sub(f.seen).Seconds()
+		}
+	}
+	if float64(tx) < seen {
 		return false
 	}
-	at := maxTime(now, p.lastDump.Add(p.cfg.MinDumpInterval))
+	at := maxTime(now, p.lastDump.Add(p.minDump))
 	if at.Before(p.nextDump) {
 		p.nextDump = at
 	}

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"math"
 	"os"
 	"sync"
 	"time"
@@ -54,7 +55,26 @@ type Watcher struct {
 	buf      []conntrack.Flow
 	keys     []Key
 	lastSave time.Time
-	failing  bool // the last read failed (log state changes only)
+	failing  bool          // the last read failed (log state changes only)
+	late     time.Duration // decaying maximum of the timer's lateness
+	lateAt   time.Time
+}
+
+// lateHalfLife is how fast the measured lateness of reads is forgotten.
+const lateHalfLife = 10 * time.Second
+
+// noteLate records that a read planned for planned happened at now, and
+// passes the decaying maximum of the lateness to the policy as its
+// look-ahead.
+func (w *Watcher) noteLate(planned, now time.Time) {
+	if !w.lateAt.IsZero() {
+		w.late = time.Duration(float64(w.late) * math.Exp2(-now.Sub(w.lateAt).Seconds()/lateHalfLife.Seconds()))
+	}
+	w.lateAt = now
+	if d := now.Sub(planned); d > w.late {
+		w.late = d
+	}
+	w.policy.SetLookahead(w.late)
 }
 
 // New returns a watcher. The pod bucket starts at the level saved in
@@ -127,7 +147,8 @@ func (w *Watcher) Run(ctx context.Context, events <-chan conntrack.Event, errs <
 			next = save
 		}
 		w.mu.Unlock()
-		timer.Reset(max(next.Sub(w.now()), 0))
+		waitFrom := w.now()
+		timer.Reset(max(next.Sub(waitFrom), 0))
 		select {
 		case <-ctx.Done():
 			return ctx.Err()
@@ -148,6 +169,11 @@ func (w *Watcher) Run(ctx context.Context, events <-chan conntrack.Event, errs <
 				w.log.Warn().Err(err).Msg("conntrack events stopped; going on with dumps only")
 			}
 		case <-timer.C:
+			w.mu.Lock()
+			// Only the timer's lateness: a read planned during a long
+			// dump is late by the dump, which SetDumpCost accounts for.
+			w.noteLate(maxTime(next, waitFrom), w.now())
+			w.mu.Unlock()
 		}
 		// Errors are counted and logged on change by Step; keep going.
 		_ = w.Step(ctx)
@@ -213,7 +239,9 @@ func (w *Watcher) dump(ctx context.Context) error {
 		}
 	}
 	dctx, cancel := context.WithTimeout(ctx, dumpTimeout)
+	start := time.Now()
 	buf, err := w.table.DumpInto(dctx, w.buf[:0])
+	w.policy.SetDumpCost(time.Since(start))
 	cancel()
 	if err != nil {
 		// Don't spin: try again after the usual interval.
