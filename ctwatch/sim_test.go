@@ -297,8 +297,34 @@ const mib = float64(units.MiB)
 func TestPolicyRegularUseNeverDemoted(t *testing.T) {
 	cfg := testConfig()
 	cfg.TxInterval = 0 // only brings reads forward; 7 million of them would slow the test
+	s := regularUse(t, cfg, 2*time.Hour)
+	if n := s.count(Demote) + s.count(Adopt); n != 0 {
+		t.Errorf("regular use was demoted %d times; first: %+v", n, s.acts[0])
+	}
+}
+
+// TestPolicyRegularUseOldRefill is the evidence for the POD_REFILL default:
+// with 128KiB/s the same heavy notebook session drains the pod bucket and is
+// demoted within the two hours.
+func TestPolicyRegularUseOldRefill(t *testing.T) {
+	cfg := testConfig()
+	cfg.TxInterval = 0
+	cfg.PodRefill = 128 * units.Rate(units.KiB)
+	s := regularUse(t, cfg, 2*time.Hour)
+	if s.count(Demote) == 0 {
+		t.Fatal("expected demotions with a 128KiB/s pod refill")
+	}
+	for _, a := range s.acts {
+		if a.Kind == Demote {
+			t.Logf("with POD_REFILL=128KiB/s: first demotion after %s (%s, pod tokens %d), %d demotions in 2h",
+				a.Record.End.Sub(s.t0).Round(time.Second), a.Record.Reason, a.Record.PodTokens, s.count(Demote))
+			break
+		}
+	}
+}
+
+func regularUse(t *testing.T, cfg Config, end time.Duration) *sim {
 	s := newSim(t, cfg)
-	end := 2 * time.Hour
 	// One keep-alive proxy connection carries the notebook: a 1 MiB notebook
 	// every 10 s, 5 KiB API polls every 2 s, a 4 MiB page with assets every
 	// 5 minutes. The kernel websocket carries 20 KiB of output a second and a
@@ -313,11 +339,9 @@ func TestPolicyRegularUseNeverDemoted(t *testing.T) {
 		every(500*time.Millisecond, 30*time.Second, end, 2*mib),
 	)...)
 	s.run(end)
-	if n := s.count(Demote) + s.count(Adopt); n != 0 {
-		t.Errorf("regular use was demoted %d times; first: %+v", n, s.acts[0])
-	}
 	t.Logf("sent %.0f MiB in %s (%.0f KiB/s), pod tokens at the end %.0f MiB, %d reads",
 		s.total/mib, end, s.total/1024/end.Seconds(), s.p.PodTokens(s.now)/mib, s.reads)
+	return s
 }
 
 func TestPolicyBulkDemotedAfterBudget(t *testing.T) {
