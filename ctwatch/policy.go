@@ -242,6 +242,7 @@ type flow struct {
 	next       time.Time // next individual read; zero: none
 	hot        bool      // in Policy.hot
 	probe      bool      // started sending after being idle: measure its rate soon
+	sustained  bool      // sent in this observation and the one before
 	gen        uint64
 	demoted    bool
 	reason     Reason
@@ -444,6 +445,10 @@ func (p *Policy) observe(now time.Time, f *flow, c *conntrack.Flow, isNew bool) 
 	// rate diluted over the idle time: read it again after MinInterval to
 	// measure it.
 	f.probe = delta > 0 && f.rate <= 0
+	// Look ahead only for a flow that kept sending between two reads: a
+	// single short burst (one request on a keep-alive connection) measures a
+	// line-rate "rate" that does not last.
+	f.sustained = delta > 0 && f.delta > 0
 	switch {
 	case delta > 0 && dt >= minRateInterval:
 		f.rate = float64(delta) / dt
@@ -511,7 +516,7 @@ func (p *Policy) podEmpty() bool { return p.empty(p.pod, p.podRate, p.podRefill,
 func (p *Policy) decide(now time.Time, f *flow, podEmpty bool) {
 	if !f.demoted {
 		switch {
-		case p.empty(f.tokens, math.Max(f.rate, 0), p.flowRefill, p.flowBudget):
+		case f.tokens <= 0 || f.sustained && p.empty(f.tokens, math.Max(f.rate, 0), p.flowRefill, p.flowBudget):
 			p.demote(now, f, ReasonFlow, f.tokens)
 		case podEmpty && f.delta > 0:
 			p.demote(now, f, ReasonPod, p.pod)

@@ -447,8 +447,9 @@ func TestIntegrationPromotion(t *testing.T) {
 		return d[len(d)/2]
 	}
 	ma, mc := med(ta), med(tc)
-	t.Logf("64 KiB request on the demoted connection: %s; after promotion: %s (median of 7); on a never-demoted connection: %s; ratios promoted/fast %.2f, demoted/fast %.0f",
-		sticky.Round(time.Microsecond), ma.Round(time.Microsecond), mc.Round(time.Microsecond), float64(ma)/float64(mc), float64(sticky)/float64(mc))
+	t.Logf("64 KiB request on the demoted connection: %s; after promotion: %s (median of 7); on a never-demoted connection: %s; ratios promoted/fast %.2f, demoted/fast %.0f; %d demotions, %d promotions",
+		sticky.Round(time.Microsecond), ma.Round(time.Microsecond), mc.Round(time.Microsecond), float64(ma)/float64(mc), float64(sticky)/float64(mc),
+		w.Stats().Demotions, w.Stats().Promotions)
 	if float64(ma) > 3*float64(mc)+float64(2*time.Millisecond) {
 		t.Errorf("after promotion a small request took %s, %0.1f× the never-demoted connection's %s", ma, float64(ma)/float64(mc), mc)
 	}
