@@ -92,6 +92,19 @@ func TestPolicyEvents(t *testing.T) {
 			want: []summary{{"demote", 1001, "flow_budget", big + (2 << 20), false}},
 		},
 		{
+			name: "a long flow gets a progress line per interval in which it sent",
+			pod:  1 << 30,
+			steps: []step{
+				{0, "dump", nil},
+				{time.Second, "dump", []conntrack.Flow{inFlow(1, 1001, 1000, 0)}},
+				{30 * time.Second, "dump", []conntrack.Flow{inFlow(1, 1001, 2000, 0)}},
+				{61 * time.Second, "dump", []conntrack.Flow{inFlow(1, 1001, 3000, 0)}},
+				{125 * time.Second, "dump", []conntrack.Flow{inFlow(1, 1001, 3000, 0)}}, // idle: no line
+				{190 * time.Second, "dump", []conntrack.Flow{inFlow(1, 1001, 4000, 0)}},
+			},
+			want: []summary{{"progress", 1001, "", 3000, false}, {"progress", 1001, "", 4000, false}},
+		},
+		{
 			name: "counters that go backwards (zeroed) are charged from zero",
 			pod:  1 << 30,
 			steps: []step{
