@@ -61,7 +61,7 @@ type rawConfig struct {
 	FlowBudget       string `envconfig:"FLOW_BUDGET" default:"64MiB" desc:"per-flow token bucket burst: bytes a flow may send fast before it is demoted"`
 	FlowRefill       string `envconfig:"FLOW_REFILL" default:"1MiB/s" desc:"per-flow token bucket refill"`
 	PodBudget        string `envconfig:"POD_BUDGET" default:"256MiB" desc:"per-pod token bucket burst over all flows: bounds parallel and short connections"`
-	PodRefill        string `envconfig:"POD_REFILL" default:"128KiB/s" desc:"per-pod token bucket refill: with SLOW_RATE, the long-run rate a user can move data out"`
+	PodRefill        string `envconfig:"POD_REFILL" default:"256KiB/s" desc:"per-pod token bucket refill: the long-run rate a user can move data out (slow bytes count against it too)"`
 	PromoteIdle      string `envconfig:"PROMOTE_IDLE" default:"2s" desc:"a demoted flow idle this long is promoted back to the fast class, if the pod bucket allows"`
 	DumpInterval     string `envconfig:"DUMP_INTERVAL" default:"1s" desc:"longest interval between conntrack dumps (reads are scheduled sooner for flows near their budget)"`
 	ProgressInterval string `envconfig:"PROGRESS_INTERVAL" default:"60s" desc:"interval of audit progress lines for long-lived flows"`

@@ -1,0 +1,143 @@
+package ctwatch
+
+import (
+	"testing"
+	"time"
+
+	"github.com/google/go-cmp/cmp"
+
+	"github.com/hubwarden/hubwarden/conntrack"
+)
+
+// step is one input to the policy in TestPolicyEvents.
+type step struct {
+	at   time.Duration
+	kind string // "dump", "new", "destroy", "gone"
+	fl   []conntrack.Flow
+}
+
+// summary is what TestPolicyEvents compares: kind, peer port, reason,
+// sent bytes, unfinished.
+type summary struct {
+	Kind       string
+	Port       uint16
+	Reason     string
+	Sent       uint64
+	Unfinished bool
+}
+
+func TestPolicyEvents(t *testing.T) {
+	const mark = 0x100000
+	big := uint64(64 << 20)
+	for _, tc := range []struct {
+		name  string
+		pod   float64 // pod tokens at the start
+		steps []step
+		want  []summary
+	}{
+		{
+			name: "a flow opening while the pod bucket is empty is demoted at once",
+			pod:  -1000,
+			steps: []step{
+				{0, "dump", nil},
+				{time.Millisecond, "new", []conntrack.Flow{inFlow(1, 1001, 0, 0)}},
+			},
+			want: []summary{{"demote", 1001, "pod_budget", 0, false}},
+		},
+		{
+			name: "a new entry on the same tuple finishes the old flow first",
+			pod:  1 << 30,
+			steps: []step{
+				{0, "dump", []conntrack.Flow{inFlow(1, 1001, 100, 0)}},
+				{time.Second, "dump", []conntrack.Flow{inFlow(2, 1001, 50, 0)}},
+			},
+			want: []summary{{"flow_end", 1001, "", 100, true}},
+		},
+		{
+			name: "a flow that vanished from the dump is finished with its last counters",
+			pod:  1 << 30,
+			steps: []step{
+				{0, "dump", nil},
+				{time.Second, "dump", []conntrack.Flow{inFlow(1, 1001, 5000, 0)}},
+				{2 * time.Second, "dump", nil},
+			},
+			want: []summary{{"flow_end", 1001, "", 5000, true}},
+		},
+		{
+			name: "a short flow known only from its DESTROY event is charged and recorded",
+			pod:  1 << 30,
+			steps: []step{
+				{0, "dump", nil},
+				{time.Second, "destroy", []conntrack.Flow{inFlow(1, 1001, 7000, 0)}},
+			},
+			want: []summary{{"flow_end", 1001, "", 7000, false}},
+		},
+		{
+			name: "a flow marked by the kernel is adopted, not marked again",
+			pod:  1 << 30,
+			steps: []step{
+				{0, "dump", nil},
+				{time.Second, "dump", []conntrack.Flow{inFlow(1, 1001, 100, mark)}},
+				{2 * time.Second, "dump", []conntrack.Flow{inFlow(1, 1001, 200, mark)}},
+			},
+			want: []summary{{"adopt", 1001, "kernel", 100, false}},
+		},
+		{
+			name: "a flow over its budget in one dump interval is demoted",
+			pod:  1 << 30,
+			steps: []step{
+				{0, "dump", []conntrack.Flow{inFlow(1, 1001, 0, 0)}},
+				{time.Second, "dump", []conntrack.Flow{inFlow(1, 1001, big+(2<<20), 0)}},
+			},
+			want: []summary{{"demote", 1001, "flow_budget", big + (2 << 20), false}},
+		},
+		{
+			name: "a long flow gets a progress line per interval in which it sent",
+			pod:  1 << 30,
+			steps: []step{
+				{0, "dump", nil},
+				{time.Second, "dump", []conntrack.Flow{inFlow(1, 1001, 1000, 0)}},
+				{30 * time.Second, "dump", []conntrack.Flow{inFlow(1, 1001, 2000, 0)}},
+				{61 * time.Second, "dump", []conntrack.Flow{inFlow(1, 1001, 3000, 0)}},
+				{125 * time.Second, "dump", []conntrack.Flow{inFlow(1, 1001, 3000, 0)}}, // idle: no line
+				{190 * time.Second, "dump", []conntrack.Flow{inFlow(1, 1001, 4000, 0)}},
+			},
+			want: []summary{{"progress", 1001, "", 3000, false}, {"progress", 1001, "", 4000, false}},
+		},
+		{
+			name: "counters that go backwards (zeroed) are charged from zero",
+			pod:  1 << 30,
+			steps: []step{
+				{0, "dump", []conntrack.Flow{inFlow(1, 1001, 0, 0)}},
+				{time.Second, "dump", []conntrack.Flow{inFlow(1, 1001, 60<<20, 0)}},
+				{2 * time.Second, "dump", []conntrack.Flow{inFlow(1, 1001, 10<<20, 0)}},
+			},
+			want: []summary{{"demote", 1001, "flow_budget", 10 << 20, false}},
+		},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			cfg := testConfig()
+			t0 := time.Date(2026, 1, 1, 0, 0, 0, 0, time.UTC)
+			p := NewPolicy(cfg, t0, tc.pod)
+			var got []summary
+			for _, s := range tc.steps {
+				now := t0.Add(s.at)
+				var acts []Action
+				switch s.kind {
+				case "dump":
+					acts = p.Dump(now, s.fl)
+				case "new":
+					acts = p.Observe(now, s.fl[0])
+				case "destroy":
+					acts = p.Destroyed(now, s.fl[0])
+				}
+				for _, a := range acts {
+					got = append(got, summary{a.Kind.String(), a.Record.Peer.Port(), a.Record.Reason.String(), a.Record.Sent.Bytes, a.Record.Unfinished})
+				}
+			}
+			if diff := cmp.Diff(tc.want, got); diff != "" {
+				t.Errorf("actions (-want +got):\n%s", diff)
+			}
+		})
+	}
+}
