@@ -33,6 +33,7 @@ COMMIT
 -A HUBWARDEN-EGRESS -p ipv6-icmp -m icmp6 --icmpv6-type 133 -m owner ! --uid-owner 0-4294967294 -m comment --comment "hubwarden: ndp router solicitation from the kernel" -j ACCEPT
 -A HUBWARDEN-EGRESS -p ipv6-icmp -m icmp6 --icmpv6-type 135 -m owner ! --uid-owner 0-4294967294 -m comment --comment "hubwarden: ndp neighbour solicitation from the kernel" -j ACCEPT
 -A HUBWARDEN-EGRESS -p ipv6-icmp -m icmp6 --icmpv6-type 136 -m owner ! --uid-owner 0-4294967294 -m comment --comment "hubwarden: ndp neighbour advertisement from the kernel" -j ACCEPT
+-A HUBWARDEN-EGRESS -d ff02::16/128 -p ipv6-icmp -m icmp6 --icmpv6-type 143 -m owner ! --uid-owner 0-4294967294 -m comment --comment "hubwarden: mld report from the kernel" -j ACCEPT
 -A HUBWARDEN-EGRESS -m comment --comment "hubwarden: log denied" -j NFLOG --nflog-prefix hubwarden-deny --nflog-group 1987 --nflog-size 128 --nflog-threshold 32
 -A HUBWARDEN-EGRESS -p tcp -m comment --comment "hubwarden: deny tcp with a reset" -j REJECT --reject-with tcp-reset
 -A HUBWARDEN-EGRESS -m comment --comment "hubwarden: deny the rest with an icmp error" -j REJECT --reject-with icmp6-adm-prohibited
@@ -81,6 +82,7 @@ COMMIT
 -A HUBWARDEN-EGRESS -p ipv6-icmp -m icmp6 --icmpv6-type 133 -m owner ! --uid-owner 0-4294967294 -m comment --comment "hubwarden: ndp router solicitation from the kernel" -j ACCEPT
 -A HUBWARDEN-EGRESS -p ipv6-icmp -m icmp6 --icmpv6-type 135 -m owner ! --uid-owner 0-4294967294 -m comment --comment "hubwarden: ndp neighbour solicitation from the kernel" -j ACCEPT
 -A HUBWARDEN-EGRESS -p ipv6-icmp -m icmp6 --icmpv6-type 136 -m owner ! --uid-owner 0-4294967294 -m comment --comment "hubwarden: ndp neighbour advertisement from the kernel" -j ACCEPT
+-A HUBWARDEN-EGRESS -d ff02::16/128 -p ipv6-icmp -m icmp6 --icmpv6-type 143 -m owner ! --uid-owner 0-4294967294 -m comment --comment "hubwarden: mld report from the kernel" -j ACCEPT
 -A HUBWARDEN-EGRESS -d 2a04:4e42::223/128 -p tcp -m tcp --dport 443 -m comment --comment "hubwarden: allow tcp://pypi.org:443" -j ACCEPT
 -A HUBWARDEN-EGRESS -d 2001:db8::1/128 -p udp -m udp --dport 123 -m comment --comment "hubwarden: allow udp://[2001:db8::1]:123" -j ACCEPT
 -A HUBWARDEN-EGRESS -d 2001:db8:1::/48 -m comment --comment "hubwarden: allow 2001:db8:1::/48" -j ACCEPT
@@ -153,6 +155,7 @@ COMMIT
 -A HUBWARDEN-EGRESS -p ipv6-icmp -m icmp6 --icmpv6-type 133 -m owner ! --uid-owner 0-4294967294 -m comment --comment "hubwarden: ndp router solicitation from the kernel" -j ACCEPT
 -A HUBWARDEN-EGRESS -p ipv6-icmp -m icmp6 --icmpv6-type 135 -m owner ! --uid-owner 0-4294967294 -m comment --comment "hubwarden: ndp neighbour solicitation from the kernel" -j ACCEPT
 -A HUBWARDEN-EGRESS -p ipv6-icmp -m icmp6 --icmpv6-type 136 -m owner ! --uid-owner 0-4294967294 -m comment --comment "hubwarden: ndp neighbour advertisement from the kernel" -j ACCEPT
+-A HUBWARDEN-EGRESS -d ff02::16/128 -p ipv6-icmp -m icmp6 --icmpv6-type 143 -m owner ! --uid-owner 0-4294967294 -m comment --comment "hubwarden: mld report from the kernel" -j ACCEPT
 -A HUBWARDEN-EGRESS -d fd00::/8 -m comment --comment "hubwarden: allow fd00::/8" -j ACCEPT
 -A HUBWARDEN-EGRESS -m comment --comment "hubwarden: log denied" -j NFLOG --nflog-prefix hubwarden-deny --nflog-group 1987 --nflog-size 128 --nflog-threshold 32
 -A HUBWARDEN-EGRESS -p tcp -m comment --comment "hubwarden: deny tcp with a reset" -j REJECT --reject-with tcp-reset

@@ -279,6 +279,10 @@ func planFamily(cfg Config, f xtables.Family, resolved map[string][]netip.Addr) 
 			args := slices.Concat([]string{"-p", "ipv6-icmp", "-m", "icmp6", "--icmpv6-type", nd.typ}, kernelOnly, []string{"-j", "ACCEPT"})
 			eg = append(eg, rule("ndp "+nd.name+" from the kernel", args...))
 		}
+		// The kernel announces its multicast groups (MLDv2 reports) when an
+		// interface comes up; denying them would only fill the denial log.
+		eg = append(eg, rule("mld report from the kernel", slices.Concat(
+			[]string{"-d", "ff02::16/128", "-p", "ipv6-icmp", "-m", "icmp6", "--icmpv6-type", "143"}, kernelOnly, []string{"-j", "ACCEPT"})...))
 	}
 	seen := map[string]bool{}
 	for _, r := range eg {

@@ -379,20 +379,3 @@ func cmdInit(ctx context.Context, cfg *Config, log zerolog.Logger) error {
 	}
 	return k.plan.shape.Close()
 }
-
-func cmdRun(ctx context.Context, cfg *Config, log zerolog.Logger) error {
-	k, err := startup(ctx, cfg, log)
-	if err != nil {
-		return err
-	}
-	defer k.plan.shape.Close()
-	// Health, the conntrack watcher and the reconcile loop join here.
-	var wg sync.WaitGroup
-	wg.Go(func() { k.follow(ctx) })
-	<-ctx.Done()
-	wg.Wait()
-	// The rules stay: removing them on exit would open the pod while the
-	// container restarts.
-	log.Info().Msg("stopping; the kernel rules stay in place")
-	return nil
-}

@@ -71,7 +71,7 @@ func TestLoadConfigDefaults(t *testing.T) {
 		FlowBudget:        64 * units.MiB,
 		FlowRefill:        units.Rate(units.MiB),
 		PodBudget:         256 * units.MiB,
-		PodRefill:         units.Rate(128 * units.KiB),
+		PodRefill:         units.Rate(256 * units.KiB),
 		PromoteIdle:       2 * time.Second,
 		DumpInterval:      time.Second,
 		ProgressInterval:  time.Minute,

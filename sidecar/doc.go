@@ -43,7 +43,7 @@
 //	HUBWARDEN_FLOW_BUDGET         64MiB               per-flow token bucket burst: bytes a flow may send fast before it is demoted
 //	HUBWARDEN_FLOW_REFILL         1MiB/s              per-flow token bucket refill
 //	HUBWARDEN_POD_BUDGET          256MiB              per-pod token bucket burst over all flows: bounds parallel and short connections
-//	HUBWARDEN_POD_REFILL          128KiB/s            per-pod token bucket refill: with SLOW_RATE, the long-run rate a user can move data out
+//	HUBWARDEN_POD_REFILL          256KiB/s            per-pod token bucket refill: the long-run rate a user can move data out (slow bytes count against it too)
 //	HUBWARDEN_PROMOTE_IDLE        2s                  a demoted flow idle this long is promoted back to the fast class, if the pod bucket allows
 //	HUBWARDEN_DUMP_INTERVAL       1s                  longest interval between conntrack dumps (reads are scheduled sooner for flows near their budget)
 //	HUBWARDEN_PROGRESS_INTERVAL   60s                 interval of audit progress lines for long-lived flows

@@ -8,6 +8,8 @@ import (
 	"os"
 	"os/signal"
 	"syscall"
+
+	"github.com/hubwarden/hubwarden/verify"
 )
 
 // version is set at build time with -ldflags "-X main.version=...".
@@ -55,6 +57,13 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 		return printUsage(stdout)
 	case "version", "--version":
 		fmt.Fprintln(stdout, "hubwarden", version)
+		return nil
+	case "verify":
+		// verify runs in the notebook container, with flags, not the
+		// sidecar's HUBWARDEN_* configuration.
+		if rc := verify.Main(ctx, args[1:], stdout, stderr); rc != 0 {
+			return exitError(rc)
+		}
 		return nil
 	case "plan", "check", "init", "run":
 	default:
