@@ -1,0 +1,100 @@
+package main
+
+import (
+	"context"
+	"regexp"
+	"strconv"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/hubwarden/hubwarden/internal/nstest"
+)
+
+// curl fetches a URL from inside ns and returns the status code and body.
+func curl(ns *nstest.NS, url string) (int, string) {
+	out, err := ns.Run("curl", "-s", "-m", "2", "-w", "\n%{http_code}", url)
+	if err != nil && out == "" {
+		return 0, err.Error()
+	}
+	i := strings.LastIndex(out, "\n")
+	code, _ := strconv.Atoi(strings.TrimSpace(out[i+1:]))
+	return code, out[:i]
+}
+
+func metric(body, name string) float64 {
+	m := regexp.MustCompile(`(?m)^` + regexp.QuoteMeta(name) + ` (\S+)$`).FindStringSubmatch(body)
+	if m == nil {
+		return -1
+	}
+	v, _ := strconv.ParseFloat(m[1], 64)
+	return v
+}
+
+// TestIntegrationRunHealsDrift runs the sidecar as in a pod: it must become
+// ready only after apply and self-test, restore a rule and a qdisc deleted by
+// hand (counting the drift), and stop on SIGTERM leaving its rules in place.
+func TestIntegrationRunHealsDrift(t *testing.T) {
+	nstest.SkipUnlessRoot(t, "iptables-nft-save", "curl", "tc")
+	p := nstest.NewPair(t, 19)
+	env := baseEnv(t, "auto")
+	env["HUBWARDEN_SHAPE"] = "true"
+	env["HUBWARDEN_DNS_SERVERS"] = p.PeerIP4
+	env["HUBWARDEN_SELFTEST_TARGET"] = p.PeerIP4 + ":9"
+	env["HUBWARDEN_RECONCILE_INTERVAL"] = "1s"
+	env["HUBWARDEN_HEALTH_ADDR"] = "127.0.0.1:9280"
+	ctx, cancel := context.WithTimeout(context.Background(), 90*time.Second)
+	defer cancel()
+	cmd := hwCmd(t, ctx, p.Pod, env, "run")
+	var out lockedBuffer
+	cmd.Stdout, cmd.Stderr = &out, &out
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = cmd.Process.Kill(); _ = cmd.Wait() })
+
+	poll := func(what string, limit time.Duration, ok func() bool) {
+		t.Helper()
+		deadline := time.Now().Add(limit)
+		for !ok() {
+			if time.Now().After(deadline) {
+				t.Fatalf("%s: not within %s; log:\n%s", what, limit, out.String())
+			}
+			time.Sleep(50 * time.Millisecond)
+		}
+	}
+	poll("ready", 30*time.Second, func() bool { c, _ := curl(p.Pod, "http://127.0.0.1:9280/readyz"); return c == 200 })
+	if !strings.Contains(out.String(), `"check":"blocked-target-refused","passed":true`) {
+		t.Errorf("ready without a passed blocked-target self-test; log:\n%s", out.String())
+	}
+	if c, body := curl(p.Pod, "http://127.0.0.1:9280/healthz"); c != 200 {
+		t.Fatalf("/healthz = %d %s", c, body)
+	}
+	_, body := curl(p.Pod, "http://127.0.0.1:9280/metrics")
+	if got := metric(body, "hubwarden_reconcile_drifts_total"); got != 0 {
+		t.Fatalf("drifts before any damage = %v, want 0", got)
+	}
+
+	// Damage: the egress hook and the HTB root.
+	p.Pod.MustRun("iptables-nft", "-D", "OUTPUT", "-m", "comment", "--comment", "hubwarden: hook", "-j", "HUBWARDEN-EGRESS")
+	p.Pod.MustRun("tc", "qdisc", "del", "dev", "eth0", "root")
+	poll("drift healed", 15*time.Second, func() bool { return hw(t, p.Pod, env, "check").code == 0 })
+	_, body = curl(p.Pod, "http://127.0.0.1:9280/metrics")
+	if got := metric(body, "hubwarden_reconcile_drifts_total"); got < 1 {
+		t.Errorf("hubwarden_reconcile_drifts_total = %v after healing, want >= 1", got)
+	}
+	if !strings.Contains(out.String(), "drifted; re-applying") {
+		t.Errorf("no drift log line:\n%s", out.String())
+	}
+
+	if err := cmd.Process.Signal(syscall.SIGTERM); err != nil {
+		t.Fatal(err)
+	}
+	if err := cmd.Wait(); err != nil {
+		t.Fatalf("run exited with %v after SIGTERM:\n%s", err, out.String())
+	}
+	if r := hw(t, p.Pod, env, "check"); r.code != 0 {
+		t.Errorf("rules gone after run stopped:\n%s%s", r.stdout, r.stderr)
+	}
+}
