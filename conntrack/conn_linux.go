@@ -175,19 +175,23 @@ func (c *Conn) exchange(ctx context.Context, msg, flags uint16, body []byte, fn 
 		c.buf = make([]byte, recvBufLen)
 	}
 	t := c.t
-	if dl, ok := ctx.Deadline(); ok {
+	dl, hasDeadline := ctx.Deadline()
+	if hasDeadline {
 		_ = t.setDeadline(dl)
 	}
 	stop := context.AfterFunc(ctx, func() { _ = t.setDeadline(time.Unix(1, 0)) })
 	err := c.roundTrip(t, msg, flags, body, fn)
-	if !stop() {
+	_, kernelErr := errors.AsType[errKernel](err)
+	switch {
+	case !stop() || (err != nil && !kernelErr):
+		// ctx ended during the exchange (its callback may still be setting
+		// a past deadline), or replies may be left unread: start afresh.
+		_ = t.close()
+		c.t = nil
+	case hasDeadline:
 		_ = t.setDeadline(time.Time{})
 	}
 	if err != nil {
-		if _, ok := errors.AsType[errKernel](err); !ok {
-			_ = t.close()
-			c.t = nil
-		}
 		if ctxErr := ctx.Err(); ctxErr != nil {
 			return ctxErr
 		}

@@ -30,6 +30,8 @@ const (
 	netEvents = 42
 	netFlood  = 43
 	netBench  = 44
+
+	flood = 5000 // UDP flows made by TestIntegrationEventsLost
 )
 
 // newBed builds a pod/peer pair, turns conntrack on in the pod namespace (it
@@ -123,6 +125,15 @@ func checkCounter(t *testing.T, name string, c Counter, payload, maxHdr uint64) 
 func TestIntegrationDumpGet(t *testing.T) {
 	p, c := newBed(t, netDump)
 	ctx := t.Context()
+	if err := p.Pod.Do(func() error {
+		acct, ts, err := Accounting()
+		if err == nil && (!acct || !ts) {
+			err = fmt.Errorf("accounting %v, timestamps %v after EnableAccounting", acct, ts)
+		}
+		return err
+	}); err != nil {
+		t.Fatal(err)
+	}
 	const up, down = 100_000, 1_000_000
 	for _, peer := range []string{p.PeerIP4, p.PeerIP6} {
 		t.Run(peer, func(t *testing.T) {
@@ -267,6 +278,9 @@ func TestIntegrationListen(t *testing.T) {
 					t.Error("DESTROY before NEW")
 				}
 				checkCounter(t, "destroy orig", ev.Flow.OrigCounter, up, 80)
+				if ev.Flow.Start.IsZero() || ev.Flow.Stop.Before(ev.Flow.Start) {
+					t.Errorf("destroy timestamps start=%v stop=%v, want both, in order", ev.Flow.Start, ev.Flow.Stop)
+				}
 				cancel()
 				for range events { // drains, then closes on cancel
 				}
@@ -306,17 +320,36 @@ func TestIntegrationEventsLost(t *testing.T) {
 	p := nstest.NewPair(t, netFlood)
 	nstest.SkipUnlessRoot(t, "iptables")
 	p.Pod.MustRun("iptables", "-A", "OUTPUT", "-m", "conntrack", "--ctstate", "NEW", "-j", "ACCEPT")
-	c, err := Dial(Config{NetNS: p.Pod.FD(), ReadBuffer: 4096})
+	small, err := Dial(Config{NetNS: p.Pod.FD(), ReadBuffer: 4096})
 	if err != nil {
 		t.Fatal(err)
 	}
-	defer c.Close()
+	defer small.Close()
+	big, err := Dial(Config{NetNS: p.Pod.FD()}) // default 8 MiB buffer
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer big.Close()
 	ctx, cancel := context.WithCancel(t.Context())
 	defer cancel()
-	events, errs := c.Listen(ctx, GroupNew)
-	// Nobody reads events while 5,000 flows are made: the channel fills,
-	// then the small socket buffer.
-	udpFlows(t, p, 5000)
+	events, errs := small.Listen(ctx, GroupNew)
+	bigEvents, bigErrs := big.Listen(ctx, GroupNew)
+	counted := make(chan int)
+	go func() { // a reader that keeps up
+		n := 0
+		for ev := range bigEvents {
+			if ev.Flow.Orig.DstPort >= 10000 {
+				if n++; n == flood {
+					break
+				}
+			}
+		}
+		counted <- n
+	}()
+
+	// Nobody reads the small listener while the flows are made: its
+	// channel fills, then its 4 KiB socket buffer.
+	udpFlows(t, p, flood)
 	select {
 	case err := <-errs:
 		if !errors.Is(err, ErrEventsLost) {
@@ -330,7 +363,25 @@ func TestIntegrationEventsLost(t *testing.T) {
 		<-events
 		n++
 	}
-	t.Logf("%d of 5000 NEW events queued, the rest lost and reported", n)
+	t.Logf("4 KiB buffer, no reader: %d of %d NEW events queued, the rest lost and reported", n, flood)
+
+	select {
+	case got := <-counted:
+		t.Logf("8 MiB buffer with a reader: %d of %d NEW events", got, flood)
+	case err := <-bigErrs:
+		t.Errorf("8 MiB buffer with a reader: %v", err)
+	case <-time.After(20 * time.Second):
+		t.Error("8 MiB buffer with a reader: not every NEW event arrived")
+	}
+
+	// Dumps are the truth: every flow is there.
+	flows, err := small.Dump(t.Context())
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(flows) < flood {
+		t.Errorf("dump after the flood has %d flows, want at least %d", len(flows), flood)
+	}
 }
 
 func BenchmarkIntegrationDump(b *testing.B) {
@@ -349,4 +400,29 @@ func BenchmarkIntegrationDump(b *testing.B) {
 	if len(buf) < n {
 		b.Fatalf("dump has %d flows, want at least %d", len(buf), n)
 	}
+}
+
+// BenchmarkIntegrationRequest measures one Get and one SetMark round trip
+// on a live TCP flow.
+func BenchmarkIntegrationRequest(b *testing.B) {
+	p, c := newBed(b, netBench+1)
+	_, _, orig := tcpConn(b, p, p.PeerIP4)
+	b.Run("Get", func(b *testing.B) {
+		b.ReportAllocs()
+		for b.Loop() {
+			if _, err := c.Get(b.Context(), orig); err != nil {
+				b.Fatal(err)
+			}
+		}
+	})
+	b.Run("SetMark", func(b *testing.B) {
+		b.ReportAllocs()
+		var i uint32
+		for b.Loop() {
+			i++
+			if err := c.SetMark(b.Context(), orig, i&1, 1); err != nil {
+				b.Fatal(err)
+			}
+		}
+	})
 }

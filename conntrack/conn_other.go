@@ -44,3 +44,9 @@ func (c *Conn) Listen(context.Context, ...Group) (<-chan Event, <-chan error) {
 
 // EnableAccounting returns an error wrapping errors.ErrUnsupported on this OS.
 func EnableAccounting(bool) error { return errUnsupported }
+
+// Accounting returns an error wrapping errors.ErrUnsupported on this OS.
+func Accounting() (acct, timestamps bool, err error) { return false, false, errUnsupported }
+
+// EnableEvents returns an error wrapping errors.ErrUnsupported on this OS.
+func EnableEvents() error { return errUnsupported }

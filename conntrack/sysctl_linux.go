@@ -26,3 +26,34 @@ func EnableAccounting(timestamps bool) error {
 	}
 	return nil
 }
+
+// EnableEvents sets nf_conntrack_events to 1 in the network namespace of
+// the calling thread. Its default, 2, attaches the event extension only to
+// flows created while some socket listens for events: a flow created while
+// the watcher is down (starting, restarting) would never report UPDATE or
+// DESTROY, not even after a listener appears. With 1 every flow does.
+func EnableEvents() error {
+	if err := os.WriteFile("/proc/sys/net/netfilter/nf_conntrack_events", []byte("1\n"), 0o644); err != nil {
+		return fmt.Errorf("enabling nf_conntrack_events: %w", err)
+	}
+	return nil
+}
+
+// Accounting reports whether nf_conntrack_acct and nf_conntrack_timestamp
+// are on in the network namespace of the calling thread.
+func Accounting() (acct, timestamps bool, err error) {
+	read := func(n string) (bool, error) {
+		b, err := os.ReadFile("/proc/sys/net/netfilter/" + n)
+		if err != nil {
+			return false, fmt.Errorf("reading %s: %w", n, err)
+		}
+		return len(b) > 0 && b[0] != '0', nil
+	}
+	if acct, err = read("nf_conntrack_acct"); err != nil {
+		return false, false, err
+	}
+	if timestamps, err = read("nf_conntrack_timestamp"); err != nil {
+		return false, false, err
+	}
+	return acct, timestamps, nil
+}

@@ -3,6 +3,10 @@ package conntrack
 import (
 	"encoding/binary"
 	"net/netip"
+	"os"
+	"path/filepath"
+	"strconv"
+	"strings"
 	"testing"
 	"time"
 
@@ -341,4 +345,38 @@ func FuzzDecodeFlow(f *testing.F) {
 			}
 		}
 	})
+}
+
+// TestDecodeKernelMessages decodes the flow messages captured from the
+// kernel (the fuzz seeds): TCP flows over IPv4 and IPv6 with accounting and
+// timestamps on.
+func TestDecodeKernelMessages(t *testing.T) {
+	files, err := filepath.Glob(filepath.Join("testdata", "fuzz", "FuzzDecodeFlow", "kernel-*"))
+	if err != nil || len(files) == 0 {
+		t.Fatalf("no kernel messages in testdata: %v", err)
+	}
+	fams := map[bool]int{}
+	for _, name := range files {
+		raw, err := os.ReadFile(name)
+		if err != nil {
+			t.Fatal(err)
+		}
+		lines := strings.Split(strings.TrimSpace(string(raw)), "\n")
+		lit := strings.TrimSuffix(strings.TrimPrefix(lines[len(lines)-1], "[]byte("), ")")
+		b, err := strconv.Unquote(lit)
+		if err != nil {
+			t.Fatalf("%s: %v", name, err)
+		}
+		var f Flow
+		if err := decodeFlow([]byte(b), &f); err != nil {
+			t.Fatalf("%s: %v", name, err)
+		}
+		if f.Orig.Proto != 6 || f.Reply.Src != f.Orig.Dst || f.ID == 0 || f.OrigCounter.Bytes == 0 || f.ReplyCounter.Bytes == 0 || f.Start.IsZero() {
+			t.Errorf("%s decoded to %+v, want a TCP flow with counters and a start time", name, f)
+		}
+		fams[f.Orig.Src.Is4()]++
+	}
+	if fams[true] == 0 || fams[false] == 0 {
+		t.Errorf("kernel messages cover IPv4 %d times and IPv6 %d times, want both", fams[true], fams[false])
+	}
 }
