@@ -47,7 +47,7 @@ func newBed(t *testing.T, idx int) *bed {
 	nstest.SkipUnlessRoot(t, "tc", "iptables", "ip6tables", "conntrack")
 	p := nstest.NewPair(t, idx)
 	pod := p.Pod
-	pod.MustRun("sysctl", "-qw", "net.netfilter.nf_conntrack_acct=1")
+	pod.MustRun("sysctl", "-qw", "net.netfilter.nf_conntrack_acct=1", "net.netfilter.nf_conntrack_events=1")
 	for _, c := range [][]string{
 		{"qdisc", "add", "dev", "eth0", "root", "handle", "1:", "htb", "default", "10"},
 		{"class", "add", "dev", "eth0", "parent", "1:", "classid", "1:1", "htb", "rate", "10gbit", "ceil", "10gbit", "burst", "1m", "cburst", "1m", "quantum", "200000"},
