@@ -267,7 +267,7 @@ type Stats struct {
 	PodTokens  float64 // pod bucket level in bytes (negative: in debt)
 	PodBudget  uint64  // pod bucket burst in bytes
 	Dumps      uint64  // full dumps read
-	Gets       uint64  // single-flow reads
+	Gets       uint64  // single-flow reads and NEW events
 	EventsLost uint64  // ErrEventsLost reports
 	Errors     uint64  // failed reads and mark updates
 	LastDump   time.Time
@@ -723,10 +723,11 @@ func (p *Policy) Destroyed(now time.Time, c conntrack.Flow) []Action {
 	if f == nil {
 		return p.acts
 	}
+	n := len(p.acts) // track may have finished an older flow on the tuple
 	p.observe(now, f, &c, isNew)
 	// Drop the Adopt/Reapply the observation may have emitted: the flow is
 	// gone, there is nothing to mark.
-	p.acts = p.acts[:0]
+	p.acts = p.acts[:n]
 	p.finish(f, false)
 	return p.acts
 }
