@@ -267,7 +267,7 @@ type Stats struct {
 	PodTokens  float64 // pod bucket level in bytes (negative: in debt)
 	PodBudget  uint64  // pod bucket burst in bytes
 	Dumps      uint64  // full dumps read
-	Gets       uint64  // single-flow reads
+	Gets       uint64  // single-flow reads and NEW events
 	EventsLost uint64  // ErrEventsLost reports
 	Errors     uint64  // failed reads and mark updates
 	LastDump   time.Time
@@ -294,7 +294,9 @@ type Policy struct {
 	txBase     uint64 // reading at the last dump
 	gotSince   uint64 // bytes charged by single reads since the last dump
 	txNext     time.Time
-	lookahead  float64 // seconds: how far ahead demotion looks (SetLookahead)
+	recentAt   time.Time // last probeRecent
+	recent     []*flow   // probeRecent's scratch
+	lookahead  float64   // seconds: how far ahead demotion looks (SetLookahead)
 	minDump    time.Duration
 	flowBudget float64
 	flowRefill float64
@@ -721,10 +723,11 @@ func (p *Policy) Destroyed(now time.Time, c conntrack.Flow) []Action {
 	if f == nil {
 		return p.acts
 	}
+	n := len(p.acts) // track may have finished an older flow on the tuple
 	p.observe(now, f, &c, isNew)
 	// Drop the Adopt/Reapply the observation may have emitted: the flow is
 	// gone, there is nothing to mark.
-	p.acts = p.acts[:0]
+	p.acts = p.acts[:n]
 	p.finish(f, false)
 	return p.acts
 }
@@ -790,10 +793,48 @@ func (p *Policy) Tx(now time.Time, tx uint64) bool {
 		return false
 	}
 	at := maxTime(now, p.lastDump.Add(p.minDump))
+	// Most likely a keep-alive flow that was idle has resumed: read the
+	// most recently active ones at once (cheap single reads), and dump a
+	// little later in case it was another flow.
+	if now.Sub(p.recentAt) >= p.minDump && p.probeRecent(now) {
+		p.recentAt = now
+		at = maxTime(at, now.Add(p.minDump))
+	}
 	if at.Before(p.nextDump) {
 		p.nextDump = at
 	}
 	return !now.Before(p.nextDump)
+}
+
+// probeRecent schedules an immediate read of the fast flows that sent most
+// recently and are not read one by one already (at most MaxGets/2), and
+// reports whether there were any.
+func (p *Policy) probeRecent(now time.Time) bool {
+	k := max(p.cfg.MaxGets/2, 1)
+	top := p.recent[:0]
+	for _, f := range p.flows {
+		if f.demoted || f.hot {
+			continue
+		}
+		if len(top) < k {
+			top = append(top, f)
+		} else if f.active.After(top[k-1].active) {
+			top[k-1] = f
+		} else {
+			continue
+		}
+		for i := len(top) - 1; i > 0 && top[i].active.After(top[i-1].active); i-- {
+			top[i], top[i-1] = top[i-1], top[i]
+		}
+	}
+	for _, f := range top {
+		f.next = now
+		f.hot = true
+		p.hot = append(p.hot, f)
+	}
+	p.recent = top
+	clear(top)
+	return len(top) > 0
 }
 
 // Next returns when the policy next wants to read the table (or the

@@ -54,6 +54,15 @@ func TestPolicyEvents(t *testing.T) {
 			want: []summary{{"flow_end", 1001, "", 100, true}},
 		},
 		{
+			name: "a DESTROY for a new entry on a known tuple finishes both",
+			pod:  1 << 30,
+			steps: []step{
+				{0, "dump", []conntrack.Flow{inFlow(1, 1001, 100, 0)}},
+				{time.Second, "destroy", []conntrack.Flow{inFlow(2, 1001, 70, 0)}},
+			},
+			want: []summary{{"flow_end", 1001, "", 100, true}, {"flow_end", 1001, "", 70, false}},
+		},
+		{
 			name: "a flow that vanished from the dump is finished with its last counters",
 			pod:  1 << 30,
 			steps: []step{

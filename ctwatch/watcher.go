@@ -50,14 +50,15 @@ type Watcher struct {
 	now   func() time.Time
 	tx    func() (uint64, error)
 
-	mu       sync.Mutex // guards everything below; Stats may be called from any goroutine
-	policy   *Policy
-	buf      []conntrack.Flow
-	keys     []Key
-	lastSave time.Time
-	failing  bool          // the last read failed (log state changes only)
-	late     time.Duration // decaying maximum of the timer's lateness
-	lateAt   time.Time
+	mu          sync.Mutex // guards everything below; Stats may be called from any goroutine
+	policy      *Policy
+	buf         []conntrack.Flow
+	keys        []Key
+	lastSave    time.Time
+	failing     bool          // the last read failed (log state changes only)
+	saveFailing bool          // the last state save failed
+	late        time.Duration // decaying maximum of the timer's lateness
+	lateAt      time.Time
 }
 
 // lateHalfLife is how fast the measured lateness of reads is forgotten.
@@ -330,8 +331,15 @@ func (w *Watcher) save() {
 func (w *Watcher) saveLocked(now time.Time) {
 	w.lastSave = now
 	s := State{PodTokens: w.policy.PodTokens(now), SavedAt: now}
-	if err := SaveState(w.cfg.StateDir, s); err != nil {
-		w.policy.CountError()
+	err := SaveState(w.cfg.StateDir, s)
+	switch {
+	case err != nil && !w.saveFailing:
 		w.log.Warn().Err(err).Msg("saving the pod bucket level failed")
+	case err == nil && w.saveFailing:
+		w.log.Info().Msg("saving the pod bucket level works again")
 	}
+	if err != nil {
+		w.policy.CountError()
+	}
+	w.saveFailing = err != nil
 }

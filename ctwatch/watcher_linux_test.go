@@ -47,7 +47,7 @@ func newBed(t *testing.T, idx int) *bed {
 	nstest.SkipUnlessRoot(t, "tc", "iptables", "ip6tables", "conntrack")
 	p := nstest.NewPair(t, idx)
 	pod := p.Pod
-	pod.MustRun("sysctl", "-qw", "net.netfilter.nf_conntrack_acct=1")
+	pod.MustRun("sysctl", "-qw", "net.netfilter.nf_conntrack_acct=1", "net.netfilter.nf_conntrack_events=1")
 	for _, c := range [][]string{
 		{"qdisc", "add", "dev", "eth0", "root", "handle", "1:", "htb", "default", "10"},
 		{"class", "add", "dev", "eth0", "parent", "1:", "classid", "1:1", "htb", "rate", "10gbit", "ceil", "10gbit", "burst", "1m", "cburst", "1m", "quantum", "200000"},
@@ -344,8 +344,12 @@ func TestIntegrationDemotion(t *testing.T) {
 			// At about 1 GB/s, 32 MiB last 33 ms and 5% of it 1.7 ms: less
 			// than this shared 2-core machine's scheduling noise (wake-ups
 			// come 5-50 ms late under load). 256 MiB leave 13 ms.
-			if over > 0.05*budget && cfg.FlowBudget >= 256*units.MiB {
-				t.Errorf("the watcher's overshoot %.0f bytes is more than 5%% of the budget", over)
+			limit := 0.05
+			if cfg.FlowBudget < 256*units.MiB {
+				limit = 0.45 // not demoted before the 16 MiB past the budget were out: broken
+			}
+			if over > limit*budget {
+				t.Errorf("the watcher's overshoot %.0f bytes is more than %.0f%% of the budget", over, 100*limit)
 			}
 			if slowRate > 2*itSlowRate || fastRate < 20*slowRate {
 				t.Errorf("demotion had no effect: fast %.0f B/s, slow %.0f B/s", fastRate, slowRate)
