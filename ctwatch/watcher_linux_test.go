@@ -99,7 +99,12 @@ func (b *bed) config() Config {
 // runWatcher starts a watcher; stop cancels it and waits for Run to return.
 func (b *bed) runWatcher(cfg Config, log *auditLog) (w *Watcher, stop func()) {
 	b.t.Helper()
-	w = New(cfg, b.conn, zerolog.New(log).Level(zerolog.InfoLevel), Options{Tx: TxBytes(b.txPath)})
+	dumper, err := conntrack.Dial(conntrack.Config{NetNS: b.pair.Pod.FD()})
+	if err != nil {
+		b.t.Fatal(err)
+	}
+	b.t.Cleanup(func() { dumper.Close() })
+	w = New(cfg, b.conn, zerolog.New(log).Level(zerolog.InfoLevel), Options{Tx: TxBytes(b.txPath), Dumper: dumper})
 	ctx, cancel := context.WithCancel(context.Background())
 	events, errs := b.conn.Listen(ctx)
 	done := make(chan error, 1)
