@@ -295,6 +295,7 @@ type Policy struct {
 	gotSince   uint64 // bytes charged by single reads since the last dump
 	txNext     time.Time
 	recentAt   time.Time // last probeRecent
+	dumpStart  time.Time // start of the background dump in flight (DumpStarted)
 	recent     []*flow   // probeRecent's scratch
 	lookahead  float64   // seconds: how far ahead demotion looks (SetLookahead)
 	minDump    time.Duration
@@ -641,6 +642,10 @@ func (p *Policy) Dump(now time.Time, flows []conntrack.Flow) []Action {
 	adopt := !p.started
 	p.stats.Dumps++
 	p.stats.LastDump = now
+	start := now
+	if !p.dumpStart.IsZero() {
+		start, p.dumpStart = p.dumpStart, time.Time{}
+	}
 	for i := range flows {
 		c := &flows[i]
 		f, isNew := p.track(now, c, adopt)
@@ -648,10 +653,13 @@ func (p *Policy) Dump(now time.Time, flows []conntrack.Flow) []Action {
 			continue
 		}
 		f.gen = p.gen
+		if !isNew && f.seen.After(start) {
+			continue // read on its own since the dump started: newer counters
+		}
 		p.observe(now, f, c, isNew)
 	}
 	for _, f := range p.flows {
-		if f.gen != p.gen {
+		if f.gen != p.gen && !f.seen.After(start) {
 			p.finish(f, true)
 		}
 	}
@@ -743,12 +751,11 @@ func (p *Policy) Gone(now time.Time, k Key) []Action {
 }
 
 // Due appends to buf the keys of the flows to read one by one at now, and
-// reports whether a full dump is due instead (the dump time has come, or
-// more than MaxGets flows are due).
+// reports whether a full dump is due (the dump time has come, or more than
+// MaxGets flows are due, in which case no keys are returned). A watcher that
+// dumps synchronously skips the keys when a dump is due.
 func (p *Policy) Due(now time.Time, buf []Key) ([]Key, bool) {
-	if !now.Before(p.nextDump) {
-		return buf, true
-	}
+	dump := !now.Before(p.nextDump)
 	n := 0
 	for _, f := range p.hot {
 		if !f.hot {
@@ -763,9 +770,21 @@ func (p *Policy) Due(now time.Time, buf []Key) ([]Key, bool) {
 	clear(p.hot[n:])
 	p.hot = p.hot[:n]
 	if len(buf) > p.cfg.MaxGets {
+		if !p.dumpStart.IsZero() {
+			// A dump is in flight and will cover the rest.
+			return buf[:p.cfg.MaxGets], true
+		}
 		return buf[:0], true
 	}
-	return buf, false
+	return buf, dump
+}
+
+// DumpStarted tells the policy that a dump started at now runs in the
+// background: the flows read one by one meanwhile keep their newer counters
+// when its result comes (Dump), and no other dump is asked for until then.
+func (p *Policy) DumpStarted(now time.Time) {
+	p.dumpStart = now
+	p.nextDump = now.Add(p.cfg.DumpInterval)
 }
 
 // Tx feeds a reading of the pod's transmitted-bytes counter (all interfaces
@@ -841,6 +860,10 @@ func (p *Policy) probeRecent(now time.Time) bool {
 // transmitted-bytes counter).
 func (p *Policy) Next() time.Time {
 	t := p.nextDump
+	if !p.dumpStart.IsZero() {
+		// A background dump is in flight; its result wakes the watcher.
+		t = p.dumpStart.Add(time.Hour)
+	}
 	if p.cfg.TxInterval > 0 && p.txNext.Before(t) {
 		t = p.txNext
 	}

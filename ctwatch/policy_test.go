@@ -150,3 +150,28 @@ func TestPolicyEvents(t *testing.T) {
 		})
 	}
 }
+
+func TestPolicyBackgroundDumpKeepsNewerReads(t *testing.T) {
+	cfg := testConfig()
+	t0 := time.Date(2026, 1, 1, 0, 0, 0, 0, time.UTC)
+	p := NewPolicy(cfg, t0, float64(cfg.PodBudget))
+	p.Dump(t0, []conntrack.Flow{inFlow(1, 1001, 1000, 0)})
+	// A dump starts at 1s; while it runs the flow is read on its own with
+	// newer counters, and a new flow opens. The dump's result is older.
+	p.DumpStarted(t0.Add(time.Second))
+	p.Observe(t0.Add(1010*time.Millisecond), inFlow(1, 1001, 9000, 0))
+	p.Observe(t0.Add(1020*time.Millisecond), inFlow(2, 1002, 0, 0))
+	acts := p.Dump(t0.Add(1030*time.Millisecond), []conntrack.Flow{inFlow(1, 1001, 5000, 0)})
+	if len(acts) != 0 {
+		t.Errorf("actions %+v, want none (no finish of the new flow, no charge of old counters)", acts)
+	}
+	st := p.Stats()
+	if st.Flows != 2 || st.FastBytes != 8000 {
+		t.Errorf("flows %d, fast bytes %d; want 2 and 8000", st.Flows, st.FastBytes)
+	}
+	// The next dump (not in the background) sees the usual truth.
+	acts = p.Dump(t0.Add(2*time.Second), []conntrack.Flow{inFlow(1, 1001, 9500, 0)})
+	if len(acts) != 1 || acts[0].Kind != Finish || acts[0].Record.Peer.Port() != 1002 {
+		t.Errorf("actions %+v, want the finish of flow 1002", acts)
+	}
+}

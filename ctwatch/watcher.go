@@ -40,6 +40,18 @@ type Options struct {
 	// Tx reads the pod's transmitted-bytes counter (every interface but
 	// loopback); nil disables the trigger (Config.TxInterval).
 	Tx func() (uint64, error)
+	// Dumper, if set, is a second connection to the same table used only
+	// for full dumps, which then run in the background: a dump walks the
+	// kernel's whole conntrack hash (milliseconds to tens of milliseconds
+	// on a busy node) and must not delay the reads of hot flows. nil: dumps
+	// run in the loop.
+	Dumper Table
+}
+
+type dumpResult struct {
+	flows []conntrack.Flow
+	err   error
+	took  time.Duration
 }
 
 // Watcher runs the policy against a conntrack table.
@@ -49,6 +61,11 @@ type Watcher struct {
 	log   zerolog.Logger
 	now   func() time.Time
 	tx    func() (uint64, error)
+
+	dumper  Table
+	dumpReq chan []conntrack.Flow // to the background dumper: a buffer to fill
+	dumpRes chan dumpResult
+	dumping bool // a background dump is in flight (guarded by mu)
 
 	mu          sync.Mutex // guards everything below; Stats may be called from any goroutine
 	policy      *Policy
@@ -84,10 +101,11 @@ func (w *Watcher) noteLate(planned, now time.Time) {
 // logged.
 func New(cfg Config, table Table, log zerolog.Logger, opts Options) *Watcher {
 	w := &Watcher{
-		table: table,
-		log:   log.With().Str("component", "ctwatch").Logger(),
-		now:   opts.Now,
-		tx:    opts.Tx,
+		table:  table,
+		log:    log.With().Str("component", "ctwatch").Logger(),
+		now:    opts.Now,
+		tx:     opts.Tx,
+		dumper: opts.Dumper,
 	}
 	if w.now == nil {
 		w.now = time.Now
@@ -139,6 +157,13 @@ func (w *Watcher) Run(ctx context.Context, events <-chan conntrack.Event, errs <
 		return err
 	}
 	defer w.save()
+	var dumpRes <-chan dumpResult
+	if w.dumper != nil {
+		w.dumpReq = make(chan []conntrack.Flow, 1)
+		w.dumpRes = make(chan dumpResult, 1)
+		dumpRes = w.dumpRes
+		go w.dumpLoop(ctx)
+	}
 	timer := time.NewTimer(time.Hour)
 	defer timer.Stop()
 	for {
@@ -169,6 +194,17 @@ func (w *Watcher) Run(ctx context.Context, events <-chan conntrack.Event, errs <
 			default:
 				w.log.Warn().Err(err).Msg("conntrack events stopped; going on with dumps only")
 			}
+		case r := <-dumpRes:
+			w.mu.Lock()
+			w.dumping = false
+			w.policy.SetDumpCost(r.took)
+			if r.err != nil {
+				w.noteError(fmt.Errorf("dumping the conntrack table: %w", r.err))
+			} else {
+				w.buf = r.flows
+				w.apply(ctx, w.policy.Dump(w.now(), r.flows))
+			}
+			w.mu.Unlock()
 		case <-timer.C:
 			w.mu.Lock()
 			// Only the timer's lateness: a read planned during a long
@@ -217,13 +253,24 @@ func (w *Watcher) Step(ctx context.Context) error {
 	var dump bool
 	w.keys, dump = w.policy.Due(now, w.keys[:0])
 	var err error
-	if dump {
-		err = w.dump(ctx)
-	} else {
-		for _, k := range w.keys {
-			if e := w.get(ctx, k); e != nil {
-				err = e
+	switch {
+	case dump && w.dumpReq != nil && !w.dumping:
+		// In the background; the due flows are read meanwhile.
+		w.dumping = true
+		w.policy.DumpStarted(now)
+		if w.tx != nil {
+			if tx, err := w.tx(); err == nil {
+				w.policy.Tx(now, tx)
 			}
+		}
+		w.dumpReq <- w.buf[:0]
+	case dump && w.dumpReq == nil:
+		err = w.dump(ctx)
+		w.keys = w.keys[:0]
+	}
+	for _, k := range w.keys {
+		if e := w.get(ctx, k); e != nil {
+			err = e
 		}
 	}
 	w.noteError(err)
@@ -231,6 +278,27 @@ func (w *Watcher) Step(ctx context.Context) error {
 		w.saveLocked(now)
 	}
 	return err
+}
+
+// dumpLoop runs the background dumps on the Dumper connection.
+func (w *Watcher) dumpLoop(ctx context.Context) {
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case buf := <-w.dumpReq:
+			dctx, cancel := context.WithTimeout(ctx, dumpTimeout)
+			start := time.Now()
+			flows, err := w.dumper.DumpInto(dctx, buf)
+			took := time.Since(start)
+			cancel()
+			select {
+			case w.dumpRes <- dumpResult{flows: flows, err: err, took: took}:
+			case <-ctx.Done():
+				return
+			}
+		}
+	}
 }
 
 func (w *Watcher) dump(ctx context.Context) error {
