@@ -156,6 +156,11 @@ func runSelftest(ctx context.Context, cfg *Config, k *kernel) selftest.Result {
 // startWatcher dials conntrack, starts listening before the first dump (so no
 // flow falls between them) and builds the watcher.
 func startWatcher(ctx context.Context, cfg *Config, log zerolog.Logger, m *health.Metrics) (*ctwatch.Watcher, <-chan conntrack.Event, <-chan error, error) {
+	if err := conntrack.EnableAccounting(true); err != nil {
+		// The mangle table's connbytes rule turns accounting on anyway (the
+		// self-test checked it); timestamps are a nicety for the audit.
+		log.Debug().Err(err).Msg("cannot write the conntrack accounting sysctls; relying on the connbytes rule")
+	}
 	if err := conntrack.EnableEvents(); err != nil {
 		// /proc/sys is read-only in most containers. Events are hints only:
 		// the watcher's dumps find every flow anyway.
@@ -169,7 +174,14 @@ func startWatcher(ctx context.Context, cfg *Config, log zerolog.Logger, m *healt
 	if err != nil {
 		return nil, nil, nil, fmt.Errorf("dialling conntrack: %w", err)
 	}
-	context.AfterFunc(ctx, func() { c.Close() })
+	// Full dumps walk the whole conntrack table (milliseconds), so they run on
+	// a second connection while the first reads hot flows one at a time.
+	dumper, err := conntrack.Dial(conntrack.Config{})
+	if err != nil {
+		c.Close()
+		return nil, nil, nil, fmt.Errorf("dialling conntrack: %w", err)
+	}
+	context.AfterFunc(ctx, func() { c.Close(); dumper.Close() })
 	events, errs := c.Listen(ctx)
 	w := ctwatch.New(ctwatch.Config{
 		FlowBudget:       cfg.FlowBudget,
@@ -184,7 +196,10 @@ func startWatcher(ctx context.Context, cfg *Config, log zerolog.Logger, m *healt
 		Server:           cfg.Server,
 		StateDir:         cfg.StateDir,
 		LocalAddrs:       local,
-	}, c, log, ctwatch.Options{Tx: ctwatch.TxBytes("/proc/net/dev")})
+		// Reading the pod's transmit counter every millisecond finds a
+		// kept-alive flow that starts a burst long before the next dump.
+		TxInterval: time.Millisecond,
+	}, c, log, ctwatch.Options{Tx: ctwatch.TxBytes("/proc/net/dev"), Dumper: dumper})
 	m.SetWatcher(func() health.WatcherStats {
 		s := w.Stats()
 		return health.WatcherStats{

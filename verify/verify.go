@@ -308,13 +308,20 @@ func pythonReadonly(ctx context.Context, o Options) (string, error) {
 }
 
 func jupyterReadonly(ctx context.Context, o Options) (string, error) {
+	// The jupyter command, or, where only the library is installed (Debian's
+	// python3-jupyter-core has no command), the server's Python with -m.
+	argv := []string{"", "--paths", "--json"}
 	j, err := jupyterPath(o)
 	if err != nil {
-		return "", fmt.Errorf("finding jupyter on PATH (set the jupyter option): %w", err)
+		py, perr := python(ctx, o)
+		if perr != nil {
+			return "", fmt.Errorf("finding jupyter on PATH (set the jupyter option): %w; and no python: %w", err, perr)
+		}
+		j, argv = py, []string{"", "-m", "jupyter", "--paths", "--json"}
 	}
-	out, err := o.Env.Output(ctx, j, "--paths", "--json")
+	out, err := o.Env.Output(ctx, j, argv[1:]...)
 	if err != nil {
-		return "", fmt.Errorf("running %s --paths --json: %w", j, err)
+		return "", fmt.Errorf("running %s %s: %w", j, strings.Join(argv[1:], " "), err)
 	}
 	var paths struct {
 		Config []string `json:"config"`

@@ -41,6 +41,8 @@ func goodEnv() *Env {
 		},
 		Output: func(ctx context.Context, name string, args ...string) ([]byte, error) {
 			switch {
+			case name == "/opt/conda/bin/python3.11" && strings.Join(args, " ") == "-m jupyter --paths --json":
+				return nil, errors.New("exit status 1: No module named jupyter")
 			case name == "/opt/conda/bin/python3.11":
 				return []byte("/opt/conda\n/opt/conda/bin\n/opt/conda/lib/python3.11/site-packages\n/opt/conda/lib/python3.11/site-packages\n/opt/conda/lib/python3.11\n"), nil
 			case name == "/opt/conda/bin/jupyter" && strings.Join(args, " ") == "--paths --json":
@@ -154,7 +156,22 @@ func TestChecks(t *testing.T) {
 				}
 				return "", errors.New("executable file not found in $PATH")
 			}
-		}, map[string]string{"jupyter-paths-readonly": "finding jupyter on PATH"}},
+		}, map[string]string{"jupyter-paths-readonly": "-m jupyter --paths --json: exit status 1: No module named jupyter"}},
+		{"jupyter library only", func(e *Env) {
+			e.LookPath = func(f string) (string, error) {
+				if f == "python3" {
+					return "/opt/conda/bin/python3.11", nil
+				}
+				return "", errors.New("executable file not found in $PATH")
+			}
+			out := e.Output
+			e.Output = func(ctx context.Context, name string, args ...string) ([]byte, error) {
+				if strings.Join(args, " ") == "-m jupyter --paths --json" {
+					return out(ctx, "/opt/conda/bin/jupyter", "--paths", "--json")
+				}
+				return out(ctx, name, args...)
+			}
+		}, nil},
 		{"not ready", func(e *Env) { e.Get = func(context.Context, string) (int, error) { return 503, nil } },
 			map[string]string{"hubwarden-ready": "answered 503, want 200"}},
 		{"health down", func(e *Env) {

@@ -357,7 +357,7 @@ func (b *Bed) user(name string) error {
 	big := filepath.Join(u.HomeDir, "big.bin")
 	if st, err := os.Stat(big); err != nil || st.Size() != b.opts.BigFile {
 		if err := run("runuser", "-u", name, "--", "sh", "-c",
-			fmt.Sprintf("head -c %d /dev/urandom > ~/big.bin && head -c 2097152 /dev/urandom > ~/mid.bin && head -c 25165824 /dev/urandom > ~/contents.bin && head -c 17301504 /dev/urandom > ~/over.bin && mkdir -p ~/work/a ~/work/b", b.opts.BigFile)); err != nil {
+			fmt.Sprintf("head -c %d /dev/urandom > ~/big.bin && head -c 2097152 /dev/urandom > ~/mid.bin && head -c 25165824 /dev/urandom > ~/contents.bin && head -c 18874368 /dev/urandom > ~/over.bin && mkdir -p ~/work/a ~/work/b", b.opts.BigFile)); err != nil {
 			return err
 		}
 	}

@@ -362,11 +362,11 @@ func (p *proof) openNotebook(ctx context.Context, s *side) (time.Duration, error
 
 func (p *proof) promotion(t *testing.T) {
 	ctx := context.Background()
-	// A download that goes over the flow budget (16.5 MiB, budget 16 MiB)
+	// A download that goes over the flow budget (18 MiB, budget 16 MiB: well past the watcher's few percent of overshoot)
 	// and completes, so that CHP puts its upstream socket, now demoted, back
 	// in its keep-alive pool; the next requests reuse it (Node's agent picks
 	// the most recently used socket). Then open a notebook on that client.
-	over := int64(17301504)
+	over := int64(18874368)
 	_, slow0, _ := p.b.SlowClassBytes(p.b.Warden)
 	pb := p.bare.c.Download(ctx, p.bare.c.UserURL()+"/files/over.bin", 60*time.Second, nil)
 	dl := p.warden.c.Download(ctx, p.warden.c.UserURL()+"/files/over.bin", 60*time.Second, nil)
@@ -376,7 +376,7 @@ func (p *proof) promotion(t *testing.T) {
 	stopped := time.Now()
 	_, slow1, _ := p.b.SlowClassBytes(p.b.Warden)
 	demoted := slow1 > slow0
-	p.rep.Add(Row{"3 after the download", "16.5 MiB download (flow budget 16 MiB)", pb.Elapsed.Round(time.Millisecond).String(),
+	p.rep.Add(Row{"3 after the download", "18 MiB download (flow budget 16 MiB)", pb.Elapsed.Round(time.Millisecond).String(),
 		fmt.Sprintf("%s (tail %s), slow class +%s", dl.Elapsed.Round(time.Millisecond), HumanRate(dl.TailRate(time.Second)), HumanBytes(float64(slow1-slow0))), verdict(demoted)})
 	if !demoted {
 		t.Errorf("the over-budget download was not demoted (no bytes in the slow class): promotion cannot be shown")
@@ -687,7 +687,7 @@ func (p *proof) faults(t *testing.T) {
 		if rule == "" {
 			t.Errorf("no hubwarden jump in OUTPUT: %s", out)
 		} else {
-			args := append([]string{backend, "-D"}, strings.Fields(rule)[1:]...)
+			args := append([]string{backend, "-D"}, saveFields(rule)[1:]...)
 			if _, err := p.b.Exec(p.b.Warden, args...); err != nil {
 				t.Fatal(err)
 			}
@@ -783,7 +783,7 @@ func (p *proof) verify(t *testing.T) {
 		out, _ := p.b.Exec(p.b.Warden, fam, "-S", "OUTPUT")
 		for _, l := range strings.Split(out, "\n") {
 			if strings.HasPrefix(l, "-A OUTPUT") && strings.Contains(strings.ToUpper(l), "HUBWARDEN") {
-				p.b.Exec(p.b.Warden, append([]string{fam, "-D"}, strings.Fields(l)[1:]...)...)
+				p.b.Exec(p.b.Warden, append([]string{fam, "-D"}, saveFields(l)[1:]...)...)
 			}
 		}
 	}
@@ -798,4 +798,35 @@ func (p *proof) verify(t *testing.T) {
 		t.Errorf("verify exit codes: with %d (want 0), without %d (want != 0), protection removed %d (want != 0)", rcW, rcB, rcR)
 	}
 	p.restartSidecar(t, p.sc.Env)
+}
+
+// saveFields splits an iptables -S line into arguments, keeping a quoted
+// comment ("hubwarden: hook") as one argument, as a shell would.
+func saveFields(line string) []string {
+	var out []string
+	var cur strings.Builder
+	inQuote, have := false, false
+	for i := 0; i < len(line); i++ {
+		c := line[i]
+		switch {
+		case c == '\\' && inQuote && i+1 < len(line):
+			i++
+			cur.WriteByte(line[i])
+		case c == '"':
+			inQuote, have = !inQuote, true
+		case c == ' ' && !inQuote:
+			if have {
+				out = append(out, cur.String())
+				cur.Reset()
+				have = false
+			}
+		default:
+			cur.WriteByte(c)
+			have = true
+		}
+	}
+	if have {
+		out = append(out, cur.String())
+	}
+	return out
 }

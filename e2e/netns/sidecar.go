@@ -79,8 +79,8 @@ const (
 	SlowRate       = "1mbit"
 	SlowRateBytes  = 125000.0
 	FlowBudget     = "16MiB"
-	PodBudget      = "48MiB"
-	PodBudgetBytes = 48 << 20
+	PodBudget      = "96MiB"
+	PodBudgetBytes = 96 << 20
 	PodRefill      = "128KiB/s"
 	PodRefillBytes = 128 << 10
 	PromoteIdle    = 2 * time.Second
