@@ -300,7 +300,9 @@ func (c *Client) Download(ctx context.Context, u string, max time.Duration, hdr 
 	defer resp.Body.Close()
 	tr := Transfer{Status: resp.StatusCode}
 	buf := make([]byte, 256<<10)
-	next := t0.Add(sampleEvery)
+	// Sample from the response headers on, so the server's time to first
+	// byte is not mistaken for a slow phase of the transfer.
+	next := time.Now().Add(sampleEvery)
 	for {
 		n, err := resp.Body.Read(buf)
 		tr.Bytes += int64(n)

@@ -76,16 +76,17 @@ func (b *Bed) SidecarEnv() []string {
 
 // The sidecar figures, also used to compute the proofs' bounds.
 const (
-	SlowRate       = "1mbit"
-	SlowRateBytes  = 125000.0
-	FlowBudget     = "16MiB"
-	PodBudget      = "96MiB"
-	PodBudgetBytes = 96 << 20
-	PodRefill      = "128KiB/s"
-	PodRefillBytes = 128 << 10
-	PromoteIdle    = 2 * time.Second
-	DNSRate        = 20  // HUBWARDEN_DNS_RATE default
-	DNSBurst       = 100 // HUBWARDEN_DNS_BURST default
+	SlowRate        = "1mbit"
+	SlowRateBytes   = 125000.0
+	FlowBudget      = "16MiB"
+	FlowBudgetBytes = 16 << 20
+	PodBudget       = "96MiB"
+	PodBudgetBytes  = 96 << 20
+	PodRefill       = "128KiB/s"
+	PodRefillBytes  = 128 << 10
+	PromoteIdle     = 2 * time.Second
+	DNSRate         = 20  // HUBWARDEN_DNS_RATE default
+	DNSBurst        = 100 // HUBWARDEN_DNS_BURST default
 )
 
 // StartSidecar runs `hubwarden run` in the warden pod (like a native
