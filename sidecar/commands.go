@@ -307,13 +307,19 @@ func driftText(drift []xtables.Drift) string {
 	return b.String()
 }
 
-func cmdPlan(ctx context.Context, cfg *Config, stdout io.Writer, log zerolog.Logger) error {
+// cmdPlan prints the plan. Offline, host names are not resolved (they
+// contribute no rules), so checking a configuration sends no DNS query.
+func cmdPlan(ctx context.Context, cfg *Config, stdout io.Writer, log zerolog.Logger, offline bool) error {
 	p, err := newPlanner(cfg, log, false)
 	if err != nil {
 		return err
 	}
 	defer p.shape.Close()
-	tables, err := p.tables(p.resolveNow(ctx, log))
+	var resolved map[string][]netip.Addr
+	if !offline {
+		resolved = p.resolveNow(ctx, log)
+	}
+	tables, err := p.tables(resolved)
 	if err != nil {
 		return err
 	}

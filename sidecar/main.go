@@ -38,6 +38,7 @@ Commands:
   init     apply egress filtering and shaping once, self-check, exit 0 (init container)
   run      apply, then watch, reconcile and serve health until SIGTERM (sidecar)
   plan     print what would be applied: iptables-restore text per family, tc objects
+           (--offline: do not resolve allow-list host names; validates a configuration)
   check    compare the kernel with the plan; exit 0 when equal, 1 with a diff
   verify   run inside the notebook container as the user: prove the lockdown holds
   version  print the version
@@ -69,8 +70,9 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	default:
 		return fmt.Errorf("unknown command %q (see hubwarden --help)", args[0])
 	}
-	if len(args) > 1 {
-		return fmt.Errorf("%s takes no arguments (configuration is read from HUBWARDEN_* variables)", args[0])
+	offline := args[0] == "plan" && len(args) == 2 && args[1] == "--offline"
+	if len(args) > 1 && !offline {
+		return fmt.Errorf("%s takes no arguments but plan's --offline (configuration is read from HUBWARDEN_* variables)", args[0])
 	}
 	// Fail closed: on any configuration error, exit before touching the kernel.
 	cfg, err := loadConfig(resolvConf)
@@ -79,7 +81,7 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	}
 	switch args[0] {
 	case "plan":
-		return cmdPlan(ctx, cfg, stdout, newLogger(stderr, cfg))
+		return cmdPlan(ctx, cfg, stdout, newLogger(stderr, cfg), offline)
 	case "check":
 		return cmdCheck(ctx, cfg, stdout, newLogger(stderr, cfg))
 	}

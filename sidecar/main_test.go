@@ -93,3 +93,24 @@ func TestRunVersionAndHelp(t *testing.T) {
 		t.Errorf("no arguments: %v, want exit status 2", err)
 	}
 }
+
+// TestPlanOffline checks that plan --offline validates a configuration with
+// host names without resolving them (no DNS query leaves the machine).
+func TestPlanOffline(t *testing.T) {
+	cleanEnv(t, map[string]string{
+		"HUBWARDEN_ALLOW":       "tcp://db.example.org:5432,198.18.1.0/24",
+		"HUBWARDEN_DNS_SERVERS": "198.18.1.53",
+		"HUBWARDEN_IPV6":        "false",
+		"HUBWARDEN_SHAPE":       "false",
+	})
+	var out, errOut strings.Builder
+	if err := run(context.Background(), []string{"plan", "--offline"}, &out, &errOut); err != nil {
+		t.Fatalf("plan --offline: %v\n%s", err, errOut.String())
+	}
+	if strings.Contains(out.String(), "db.example.org") || !strings.Contains(out.String(), "198.18.1.0/24") {
+		t.Errorf("plan --offline output: want the CIDR rule and no rule for the unresolved name:\n%s", out.String())
+	}
+	if err := run(context.Background(), []string{"init", "--offline"}, &out, &errOut); err == nil || !strings.Contains(err.Error(), "takes no arguments") {
+		t.Errorf("init --offline: err = %v, want a usage error", err)
+	}
+}

@@ -481,11 +481,13 @@ func (c container) check(hw *Hubwarden, volumes map[string]bool) []string {
 }
 
 // checkConfig runs hubwarden's own configuration loader on env through
-// `hubwarden plan`, which loads the configuration and prints the plan without
+// `hubwarden plan --offline`, which loads the configuration and prints the plan without
 // touching the kernel. Until plan exists, unknown names are caught from
 // --help alone (above).
 func (hw *Hubwarden) checkConfig(env map[string]string) []string {
-	cmd := exec.Command(hw.Path, "plan")
+	// --offline: the values name cluster hosts ("hub"); resolving them here
+	// would send DNS queries to this machine's resolver.
+	cmd := exec.Command(hw.Path, "plan", "--offline")
 	cmd.Env = []string{"PATH=" + os.Getenv("PATH")}
 	for k, v := range env {
 		cmd.Env = append(cmd.Env, k+"="+v)
@@ -514,7 +516,7 @@ func (hw *Hubwarden) checkConfig(env map[string]string) []string {
 // PlanAvailable reports whether the binary has the plan command, so tests can
 // say which check ran.
 func (hw *Hubwarden) PlanAvailable() bool {
-	out, _ := exec.Command(hw.Path, "plan").CombinedOutput()
+	out, _ := exec.Command(hw.Path, "plan", "--offline").CombinedOutput()
 	return !strings.Contains(string(out), `unknown command "plan"`)
 }
 
