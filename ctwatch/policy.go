@@ -28,6 +28,15 @@ import (
 // minRateInterval is the shortest interval a rate is measured over.
 const minRateInterval = 200e-6
 
+// idleBytes is how much a flow may send within PromoteIdle and still count
+// as idle. An idle keep-alive connection is not silent: the peer's TCP
+// keep-alive probes (Node's http.Agent, hence CHP, probes its idle upstream
+// sockets every second) are each answered by a bare ACK from the pod, 52
+// bytes a second that would otherwise keep a demoted flow from ever being
+// promoted. Real traffic, even one small response at the slow rate, is
+// larger.
+const idleBytes = 4096
+
 // Defaults of the Config fields that sidecar/config.go does not set.
 const (
 	DefaultMinInterval     = 500 * time.Microsecond
@@ -235,7 +244,9 @@ type flow struct {
 	rate       float64 // bytes/s sent, estimated over the last interval; <0: unknown
 	delta      uint64  // bytes sent in the last observation
 	seen       time.Time
-	active     time.Time // last time the sent counter grew
+	active     time.Time // last time the flow sent more than idleBytes within PromoteIdle
+	quiet      uint64    // bytes sent since quietFrom, while they stay within idleBytes
+	quietFrom  time.Time // start of the current idleBytes window
 	start      time.Time
 	progress   time.Time // last progress line (or start)
 	progSent   uint64
@@ -464,9 +475,7 @@ func (p *Policy) observe(now time.Time, f *flow, c *conntrack.Flow, isNew bool) 
 		f.rate = 0
 	}
 	p.podRate += math.Max(f.rate, 0) - old
-	if delta > 0 {
-		f.active = now
-	}
+	p.noteActivity(now, f, delta)
 	f.delta = delta
 	f.sent, f.recv = sent, recv
 	f.seen = now
@@ -485,6 +494,22 @@ func (p *Policy) observe(now time.Time, f *flow, c *conntrack.Flow, isNew bool) 
 	case !marked && f.demoted:
 		p.stats.Reapplied++
 		p.emit(Reapply, f, now, 0)
+	}
+}
+
+// noteActivity moves f.active to now when f has sent more than idleBytes
+// within PromoteIdle: a trickle of keep-alive ACKs is not activity.
+func (p *Policy) noteActivity(now time.Time, f *flow, delta uint64) {
+	if delta == 0 {
+		return
+	}
+	if now.Sub(f.quietFrom) >= p.cfg.PromoteIdle {
+		f.quiet, f.quietFrom = 0, now
+	}
+	f.quiet += delta
+	if f.quiet > idleBytes {
+		f.active = now
+		f.quiet, f.quietFrom = 0, now
 	}
 }
 

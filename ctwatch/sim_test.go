@@ -518,3 +518,55 @@ func TestPolicyNoPromotionWhilePodEmpty(t *testing.T) {
 		}
 	}
 }
+
+// TestPolicyPromotionDespiteKeepaliveProbes is the e2e bed's part 3: CHP's
+// agent sets TCP keep-alive on its idle upstream sockets (Node: first probe
+// after 1 s, then one a second), and the pod answers every probe with a
+// bare ACK, so a demoted keep-alive connection keeps "sending" 52 bytes a
+// second while it is idle. That must not keep it from being promoted.
+func TestPolicyPromotionDespiteKeepaliveProbes(t *testing.T) {
+	cfg := testConfig()
+	cfg.FlowBudget = 16 * units.MiB
+	cfg.FlowRefill = units.Rate(units.MiB)
+	cfg.PodBudget = 96 * units.MiB
+	cfg.PodRefill = 128 * units.Rate(units.KiB)
+	cfg.DumpInterval = 250 * time.Millisecond
+	s := newSim(t, cfg)
+	s.link = 50e6
+	// An 18 MiB download on a keep-alive connection, with the keep-alive
+	// probes' ACKs all along.
+	const dl = 18 * mib
+	f := s.add(true, 0, merge([]transfer{{at: 0, size: dl}}, every(time.Second, time.Second, 120*time.Second, 52))...)
+	for f.sent < dl {
+		s.run(s.elapsed() + 10*time.Millisecond)
+	}
+	if s.count(Demote) != 1 {
+		t.Fatalf("%d demotions, want 1", s.count(Demote))
+	}
+	// Then "open a notebook" on it every 3 s after the previous one ended
+	// (100 KB, 0.8 s at the slow rate), as the e2e test polls.
+	end := s.elapsed()
+	var reqs []transfer
+	for i := range 4 {
+		reqs = append(reqs, transfer{at: end + time.Duration(i)*3800*time.Millisecond, size: 100e3})
+	}
+	f.queue = merge(f.queue, reqs)
+	s.run(end + 16*time.Second)
+	var promoteAt time.Duration = -1
+	for _, a := range s.acts {
+		if a.Kind == Promote {
+			promoteAt = a.Record.End.Sub(s.t0)
+			break
+		}
+	}
+	if promoteAt < 0 {
+		t.Fatalf("never promoted: %d bytes sent slow, flow tokens %.0f, pod tokens %.0f", uint64(s.slowSent), s.p.flows[Key{Orig: f.c.Orig, Zone: f.c.Zone}].tokens, s.p.PodTokens(s.now))
+	}
+	// The first request takes 0.8 s at the slow rate; the flow is idle
+	// after it (bar the probes) and must be promoted within PromoteIdle and
+	// a read interval.
+	idleAt := end + 800*time.Millisecond
+	if lim := idleAt + cfg.PromoteIdle + cfg.PromoteIdle/4 + 2*cfg.DumpInterval; promoteAt > lim {
+		t.Errorf("promoted at %s, %s after the flow went idle; want by %s", promoteAt, promoteAt-idleAt, lim)
+	}
+}

@@ -178,9 +178,15 @@ type client struct {
 
 func (b *bed) dial(addr string) *client {
 	b.t.Helper()
+	return b.dialWith(addr, net.Dialer{})
+}
+
+// dialWith is dial with the given dialer's options.
+func (b *bed) dialWith(addr string, d net.Dialer) *client {
+	b.t.Helper()
 	cl := &client{}
 	if err := b.pair.Peer.Do(func() (err error) {
-		cl.c, err = net.Dial("tcp", net.JoinHostPort(addr, strconv.Itoa(itPort)))
+		cl.c, err = d.Dial("tcp", net.JoinHostPort(addr, strconv.Itoa(itPort)))
 		return err
 	}); err != nil {
 		b.t.Fatal(err)
@@ -471,6 +477,39 @@ func TestIntegrationPromotion(t *testing.T) {
 	if f, err := b.conn.Get(context.Background(), a.orig()); err != nil || f.Mark&itMark != 0 {
 		t.Errorf("kernel mark after promotion: %#x, %v", f.Mark, err)
 	}
+}
+
+// TestIntegrationPromotionWithKeepaliveProbes: the peer probes its idle
+// connection with TCP keep-alive every second, as CHP (Node's http.Agent)
+// does with its pooled upstream sockets; the pod's ACKs to the probes must
+// not keep the demoted connection from being promoted.
+func TestIntegrationPromotionWithKeepaliveProbes(t *testing.T) {
+	b := newBed(t, 80)
+	cfg := b.config()
+	log := &auditLog{}
+	w, _ := b.runWatcher(cfg, log)
+	a := b.dialWith(b.pair.PodIP4, net.Dialer{KeepAliveConfig: net.KeepAliveConfig{Enable: true, Idle: time.Second, Interval: time.Second, Count: 10}})
+	if _, err := a.get(int64(cfg.FlowBudget) + 1<<20); err != nil {
+		t.Fatal(err)
+	}
+	port := a.orig().SrcPort
+	poll(t, 2*time.Second, "the demotion", func() bool { return len(log.find("demote", port)) > 0 })
+	sent := func() uint64 {
+		f, err := b.conn.Get(context.Background(), a.orig())
+		if err != nil {
+			t.Fatal(err)
+		}
+		return f.ReplyCounter.Bytes
+	}
+	idle := sent()
+	poll(t, 10*time.Second, "the promotion", func() bool { return w.Stats().Promotions > 0 })
+	// The test is only meaningful if the pod did answer probes meanwhile.
+	poll(t, 5*time.Second, "a keep-alive ACK from the pod", func() bool { return sent() > idle })
+	p := log.find("promote", port)
+	if len(p) == 0 {
+		t.Fatalf("no promote line for port %d", port)
+	}
+	t.Logf("promoted; the pod sent %d bytes of keep-alive ACKs after the download", sent()-idle)
 }
 
 func TestIntegrationRestartKeepsDemoted(t *testing.T) {
