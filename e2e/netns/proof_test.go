@@ -394,6 +394,10 @@ func (p *proof) promotion(t *testing.T) {
 		base = append(base, d)
 	}
 	med := percentile(base, .5)
+	// "Normal" is within 3x the bare median, or 50 ms of it for a median of
+	// a few milliseconds that a loaded machine's jitter alone can triple; a
+	// demoted open takes about 800 ms.
+	normalBound := func(med time.Duration) time.Duration { return max(3*med, med+50*time.Millisecond) }
 	first := time.Duration(0)
 	bound := PromoteIdle + 4*250*time.Millisecond + 3*time.Second
 	var last time.Duration
@@ -407,7 +411,7 @@ func (p *proof) promotion(t *testing.T) {
 			first = d
 		}
 		last = d
-		if d <= 3*med {
+		if d <= normalBound(med) {
 			normalAt = time.Since(stopped)
 			break
 		}
@@ -416,8 +420,8 @@ func (p *proof) promotion(t *testing.T) {
 		// pause would keep the connection from ever being idle.
 		time.Sleep(PromoteIdle + time.Second)
 	}
-	t.Logf("download before: %s in %s (without: %s); open notebook without %s; with: first %s, normal (<= 3x) after %s", HumanBytes(float64(dl.Bytes)),
-		dl.Elapsed, pb.Elapsed, med, first, normalAt)
+	t.Logf("download before: %s in %s (without: %s); open notebook without %s; with: first %s, normal (<= %s) after %s", HumanBytes(float64(dl.Bytes)),
+		dl.Elapsed, pb.Elapsed, med, first, normalBound(med), normalAt)
 	ok := demoted && normalAt >= 0 && normalAt <= bound
 	normal := "never"
 	if normalAt >= 0 {
