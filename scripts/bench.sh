@@ -1,0 +1,30 @@
+#!/bin/sh
+# make bench: hubwarden against the alternatives, side by side, in fresh
+# network namespaces (root). Writes BENCHMARKS.md and prints the table.
+#   BENCH_QUICK=1  smoke mode (< 2 min): tiny windows, one repetition; writes
+#                  $BENCH_OUT (default: a temp file, not BENCHMARKS.md) and
+#                  fails unless every row of the table is there.
+#   BENCH_HUBWARDEN=path  a prebuilt binary instead of `go build ./sidecar`.
+set -eu
+cd "$(dirname "$0")/.."
+GO=${GO:-go}
+if [ "$(id -u)" != 0 ]; then
+	echo "bench: needs root (network namespaces)" >&2
+	exit 1
+fi
+if [ "${BENCH_QUICK:-}" = 1 ]; then
+	out=${BENCH_OUT:-$(mktemp /tmp/hubwarden-bench-smoke.XXXXXX.md)}
+	cmd="BENCH_QUICK=1 make bench-smoke"
+	timeout=5m
+else
+	out=${BENCH_OUT:-$PWD/BENCHMARKS.md}
+	cmd="make bench"
+	timeout=20m
+fi
+echo "bench: load before: $(cut -d' ' -f1-3 /proc/loadavg); writing $out" >&2
+BENCH_OUT=$out BENCH_CMD=$cmd BENCH_NOTES=${BENCH_NOTES:-} \
+	$GO test -tags bench -count=1 -timeout "$timeout" -run '^TestBench$' -v ./bench/ >&2
+for n in 1 2 3 4 5 6 7 8; do
+	grep -q "^| $n |" "$out" || { echo "bench: row $n missing from $out" >&2; exit 1; }
+done
+sed -n '/^| # |/,/^$/p' "$out"
