@@ -102,6 +102,13 @@ func podEnv(t *testing.T, p *nstest.Pair, over map[string]string) []string {
 	for k, v := range over {
 		env[k] = v
 	}
+	// BENCH_HW_ENV="GOGC=50 GOMEMLIMIT=16MiB" passes runtime settings to
+	// every sidecar, to see what they change.
+	for _, kv := range strings.Fields(os.Getenv("BENCH_HW_ENV")) {
+		if k, v, ok := strings.Cut(kv, "="); ok {
+			env[k] = v
+		}
+	}
 	var out []string
 	for k, v := range env {
 		out = append(out, k+"="+v)
