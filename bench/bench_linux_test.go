@@ -213,7 +213,7 @@ func benchResources(t *testing.T) {
 	}
 	s := startSidecar(t, p, podEnv(t, p, nil))
 	levels := []int{10, 1000, 10000}
-	window := pick(2*time.Second, 20*time.Second)
+	window := pick(2*time.Second, 15*time.Second)
 
 	var (
 		connsMu sync.Mutex
@@ -274,9 +274,10 @@ func benchResources(t *testing.T) {
 			time.Sleep(200 * time.Millisecond)
 		}
 		time.Sleep(3 * time.Second)
-		var cpus, rsss []float64
+		var cpus, rsss, syss []float64
 		for r := 0; r < reps(); r++ {
 			t0, _, err := usage(s.pid)
+			s0 := sysTicks.Load()
 			w0 := time.Now()
 			if err != nil {
 				t.Fatal(err)
@@ -287,11 +288,12 @@ func benchResources(t *testing.T) {
 				t.Fatal(err)
 			}
 			cpus = append(cpus, float64(t1-t0)/clkTck/time.Since(w0).Seconds()*100)
+			syss = append(syss, float64(sysTicks.Load()-s0)/clkTck/time.Since(w0).Seconds()*100)
 			rsss = append(rsss, float64(rss)/1024)
 		}
 		tracked := s.metric("hubwarden_flows_tracked")
 		results[n] = res{median(cpus), median(rsss)}
-		t.Logf("%d flows (watcher tracks %.0f): CPU %.2f%% of a core %v, RSS %.1f MiB %v", n, tracked, median(cpus), cpus, median(rsss), rsss)
+		t.Logf("%d flows (watcher tracks %.0f): CPU %.2f%% of a core %v (system %.2f%%), RSS %.1f MiB %v", n, tracked, median(cpus), cpus, median(syss), median(rsss), rsss)
 	}
 	lo, hi := levels[0], levels[len(levels)-1]
 	perFlow := (results[hi].cpu - results[lo].cpu) / 100 / float64(hi-lo) * 1e6 // µs CPU per flow per s
@@ -510,6 +512,12 @@ func benchOvershoot(t *testing.T) {
 				"HUBWARDEN_POD_REFILL":  "1GiB/s",
 			}
 			switch mode {
+			case "hubwarden watcher":
+				if budget >= 1<<30 {
+					// The default 4 × FLOW_BUDGET is refused from 1 GiB
+					// (hashlimit holds byte bursts in 32 bits).
+					over["HUBWARDEN_BACKSTOP_BUDGET"] = "4095MiB"
+				}
 			case "kernel backstop alone":
 				over["HUBWARDEN_WATCH"] = "false"
 				over["HUBWARDEN_BACKSTOP_BUDGET"] = fmt.Sprintf("%d", budget)
@@ -614,7 +622,8 @@ var bedEnv = map[string]string{
 func pingpong(t *testing.T, c net.Conn, n int) []float64 {
 	buf := make([]byte, 64)
 	var rtts []float64
-	for i := 0; i < n; i++ {
+	end := time.Now().Add(time.Duration(n) * 40 * time.Millisecond)
+	for i := 0; i < n && (i < 5 || time.Now().Before(end)); i++ {
 		t0 := time.Now()
 		c.SetDeadline(time.Now().Add(10 * time.Second))
 		if _, err := c.Write(buf); err != nil {
@@ -630,47 +639,68 @@ func pingpong(t *testing.T, c net.Conn, n int) []float64 {
 }
 
 func benchInteractive(t *testing.T) {
-	p := nstest.NewPair(t, 78)
-	echoServer(t, p.Peer, fmt.Sprintf("%s:%d", p.PeerIP4, portEcho))
-	sk := newSink(t, p.Peer, fmt.Sprintf("%s:%d", p.PeerIP4, portBulk))
-	s := startSidecar(t, p, podEnv(t, p, bedEnv))
 	n := pick(50, 150)
-	var idle, loaded, ratios []float64
-	for r := 0; r < reps(); r++ {
-		c, err := dial(p.Pod, fmt.Sprintf("%s:%d", p.PeerIP4, portEcho))
-		if err != nil {
-			t.Fatal(err)
-		}
-		i95 := percentile(pingpong(t, c, n), 0.95)
-		bc, err := dial(p.Pod, fmt.Sprintf("%s:%d", p.PeerIP4, portBulk))
-		if err != nil {
-			t.Fatal(err)
-		}
-		ctx, cancel := context.WithCancel(context.Background())
-		go blast(ctx, bc)
-		dem := s.metric("hubwarden_demotions_total")
-		deadline := time.Now().Add(30 * time.Second)
-		for s.metric("hubwarden_demotions_total") <= dem && time.Now().Before(deadline) {
-			time.Sleep(50 * time.Millisecond)
-		}
-		time.Sleep(time.Second)
-		l95 := percentile(pingpong(t, c, n), 0.95)
-		cancel()
-		bc.Close()
-		c.Close()
-		idle, loaded = append(idle, i95), append(loaded, l95)
-		ratios = append(ratios, l95/i95)
-		t.Logf("p95 idle %.2f ms, under demoted bulk %.2f ms (sink %d B)", i95, l95, sk.bytes.Load())
-		time.Sleep(time.Second)
+	// Two regimes: the bulk flow demoted by its own budget while the pod
+	// bucket still holds tokens, and the pod bucket emptied by the bulk
+	// (POD_BUDGET below FLOW_BUDGET), when every flow that sends is demoted,
+	// the interactive one too (docs/watcher.md, reason pod_budget).
+	type regime struct {
+		name string
+		env  map[string]string
 	}
-	rt := median(ratios)
+	podEmpty := map[string]string{}
+	for k, v := range bedEnv {
+		podEmpty[k] = v
+	}
+	podEmpty["HUBWARDEN_POD_BUDGET"] = "8MiB"
+	var figs, ratioCells []string
+	var first float64
+	for ri, rg := range []regime{{"pod bucket not empty (bulk demoted by FLOW_BUDGET)", bedEnv}, {"pod bucket empty (POD_BUDGET 8MiB < FLOW_BUDGET)", podEmpty}} {
+		var idle, loaded, ratios []float64
+		for r := 0; r < reps(); r++ {
+			p := nstest.NewPair(t, 78)
+			echoServer(t, p.Peer, fmt.Sprintf("%s:%d", p.PeerIP4, portEcho))
+			newSink(t, p.Peer, fmt.Sprintf("%s:%d", p.PeerIP4, portBulk))
+			s := startSidecar(t, p, podEnv(t, p, rg.env))
+			c, err := dial(p.Pod, fmt.Sprintf("%s:%d", p.PeerIP4, portEcho))
+			if err != nil {
+				t.Fatal(err)
+			}
+			i95 := percentile(pingpong(t, c, n), 0.95)
+			bc, err := dial(p.Pod, fmt.Sprintf("%s:%d", p.PeerIP4, portBulk))
+			if err != nil {
+				t.Fatal(err)
+			}
+			ctx, cancel := context.WithCancel(context.Background())
+			go blast(ctx, bc)
+			deadline := time.Now().Add(30 * time.Second)
+			for s.metric("hubwarden_demotions_total") < 1 && time.Now().Before(deadline) {
+				time.Sleep(50 * time.Millisecond)
+			}
+			time.Sleep(time.Second)
+			l95 := percentile(pingpong(t, c, n), 0.95)
+			cancel()
+			bc.Close()
+			c.Close()
+			syscall.Kill(-s.pid, syscall.SIGKILL)
+			s.cmd.Wait()
+			idle, loaded = append(idle, i95), append(loaded, l95)
+			ratios = append(ratios, l95/i95)
+			t.Logf("%s: p95 idle %.2f ms, under demoted bulk %.2f ms", rg.name, i95, l95)
+		}
+		if ri == 0 {
+			first = median(ratios)
+		}
+		figs = append(figs, fmt.Sprintf("%s: idle %.2f ms, under the bulk %.2f ms", rg.name, median(idle), median(loaded)))
+		ratioCells = append(ratioCells, fmt.Sprintf("%.2f×", median(ratios)))
+	}
 	met := "met"
-	if rt > 1.5 {
+	if first > 1.5 {
 		met = "NOT met"
 	}
-	addRow(row{"5", "interactive p95 (64 B TCP ping-pong every 20 ms) under a demoted bulk flow vs idle",
-		fmt.Sprintf("idle %.2f ms; under demoted bulk %.2f ms", median(idle), median(loaded)),
-		fmt.Sprintf("%.2f×", rt), "≤ 1.5×: " + met})
+	addRow(row{"5", "interactive p95 (64 B TCP ping-pong every 20 ms) while a demoted bulk flow sends, vs idle",
+		strings.Join(figs, "; "), strings.Join(ratioCells, "; "),
+		"≤ 1.5× (pod bucket not empty): " + met + "; with the pod bucket empty the interactive flow is demoted too, by design"})
 }
 
 // setupAlt prepares a pair as one of the alternatives; stop ends what it
