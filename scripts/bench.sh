@@ -13,7 +13,12 @@ if [ "$(id -u)" != 0 ]; then
 	exit 1
 fi
 if [ "${BENCH_QUICK:-}" = 1 ]; then
-	out=${BENCH_OUT:-$(mktemp /tmp/hubwarden-bench-smoke.XXXXXX.md)}
+	if [ -n "${BENCH_OUT:-}" ]; then
+		out=$BENCH_OUT
+	else
+		out=$(mktemp /tmp/hubwarden-bench-smoke.XXXXXX)
+		trap 'rm -f "$out"' EXIT
+	fi
 	cmd="BENCH_QUICK=1 make bench-smoke"
 	timeout=5m
 else
