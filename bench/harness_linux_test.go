@@ -27,8 +27,12 @@ import (
 // table is produced (CI), not to measure.
 var quick = os.Getenv("BENCH_QUICK") == "1"
 
-// reps is the number of repetitions a median is taken over.
+// reps is the number of repetitions a median is taken over (BENCH_REPS
+// overrides it).
 func reps() int {
+	if n, err := strconv.Atoi(os.Getenv("BENCH_REPS")); err == nil && n > 0 {
+		return n
+	}
 	if quick {
 		return 1
 	}
