@@ -1,0 +1,370 @@
+//go:build bench
+
+package bench
+
+import (
+	"context"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"sort"
+	"strconv"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/hubwarden/hubwarden/internal/nstest"
+)
+
+// quick is BENCH_QUICK=1: tiny windows and one repetition, to check that the
+// table is produced (CI), not to measure.
+var quick = os.Getenv("BENCH_QUICK") == "1"
+
+// reps is the number of repetitions a median is taken over (BENCH_REPS
+// overrides it).
+func reps() int {
+	if n, err := strconv.Atoi(os.Getenv("BENCH_REPS")); err == nil && n > 0 {
+		return n
+	}
+	if quick {
+		return 1
+	}
+	return 3
+}
+
+// pick returns q in quick mode and full otherwise.
+func pick[T any](q, full T) T {
+	if quick {
+		return q
+	}
+	return full
+}
+
+var (
+	buildOnce sync.Once
+	binPath   string
+	buildErr  error
+)
+
+// hubwardenBin builds the sidecar once per run (or takes BENCH_HUBWARDEN).
+func hubwardenBin(t *testing.T) string {
+	t.Helper()
+	buildOnce.Do(func() {
+		if p := os.Getenv("BENCH_HUBWARDEN"); p != "" {
+			binPath, buildErr = filepath.Abs(p)
+			return
+		}
+		dir, err := os.MkdirTemp("", "hwbench-")
+		if err != nil {
+			buildErr = err
+			return
+		}
+		binPath = filepath.Join(dir, "hubwarden")
+		cmd := exec.Command("go", "build", "-trimpath", "-o", binPath, "github.com/hubwarden/hubwarden/sidecar")
+		cmd.Env = append(os.Environ(), "CGO_ENABLED=0")
+		if out, err := cmd.CombinedOutput(); err != nil {
+			buildErr = fmt.Errorf("building hubwarden: %w: %s", err, out)
+		}
+	})
+	if buildErr != nil {
+		t.Fatal(buildErr)
+	}
+	return binPath
+}
+
+// Ports on the peer: hubwarden's allow-list opens 5000-5999 to it.
+const (
+	portTrickle = 5001
+	portBulk    = 5002
+	portEcho    = 5003
+	portIperf   = 5201
+)
+
+// podEnv is hubwarden's configuration in a pair: the peer is the resolver
+// and allowed on TCP 5000-5999; shaping and the watcher on; overrides win.
+func podEnv(t *testing.T, p *nstest.Pair, over map[string]string) []string {
+	env := map[string]string{
+		"PATH":                       "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
+		"HUBWARDEN_STATE_DIR":        t.TempDir(),
+		"HUBWARDEN_LOG_LEVEL":        "info",
+		"HUBWARDEN_DNS_SERVERS":      p.PeerIP4,
+		"HUBWARDEN_ALLOW":            "tcp://" + p.PeerIP4 + ":5000-5999",
+		"HUBWARDEN_SELFTEST_TARGET":  p.PeerIP4 + ":9",
+		"HUBWARDEN_HEALTH_ADDR":      "127.0.0.1:9280",
+		"HUBWARDEN_INTERFACE":        "eth0",
+		"HUBWARDEN_SHAPE":            "true",
+		"HUBWARDEN_WATCH":            "true",
+		"HUBWARDEN_IPTABLES_BACKEND": "auto",
+	}
+	for k, v := range over {
+		env[k] = v
+	}
+	// BENCH_HW_ENV="GOGC=50 GOMEMLIMIT=16MiB" passes runtime settings to
+	// every sidecar, to see what they change.
+	for _, kv := range strings.Fields(os.Getenv("BENCH_HW_ENV")) {
+		if k, v, ok := strings.Cut(kv, "="); ok {
+			env[k] = v
+		}
+	}
+	var out []string
+	for k, v := range env {
+		out = append(out, k+"="+v)
+	}
+	sort.Strings(out)
+	return out
+}
+
+// sidecar is a running `hubwarden run`.
+type sidecar struct {
+	cmd   *exec.Cmd
+	pid   int
+	start time.Time
+	ready time.Duration // process start to the first /readyz 200
+	http  *http.Client
+	log   string
+}
+
+// nsHTTP is an HTTP client whose connections are opened inside ns.
+func nsHTTP(ns *nstest.NS) *http.Client {
+	return &http.Client{
+		Timeout: 2 * time.Second,
+		Transport: &http.Transport{
+			DisableKeepAlives: true,
+			DialContext: func(ctx context.Context, network, addr string) (net.Conn, error) {
+				var c net.Conn
+				err := ns.Do(func() error {
+					var d net.Dialer
+					var err error
+					c, err = d.DialContext(ctx, network, addr)
+					return err
+				})
+				return c, err
+			},
+		},
+	}
+}
+
+// startSidecar runs `hubwarden run` in the pod and waits for /readyz.
+func startSidecar(t *testing.T, p *nstest.Pair, env []string) *sidecar {
+	t.Helper()
+	log := filepath.Join(t.TempDir(), "hubwarden.log")
+	f, err := os.Create(log)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	cmd := exec.Command("ip", "netns", "exec", p.Pod.Name, hubwardenBin(t), "run")
+	cmd.Env = env
+	cmd.Stdout, cmd.Stderr = f, f
+	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true, Pdeathsig: syscall.SIGKILL}
+	s := &sidecar{cmd: cmd, http: nsHTTP(p.Pod), log: log}
+	s.start = time.Now()
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	s.pid = cmd.Process.Pid // ip netns exec execs: the same pid
+	t.Cleanup(func() { _ = syscall.Kill(-s.pid, syscall.SIGKILL); _ = cmd.Wait() })
+	deadline := time.Now().Add(60 * time.Second)
+	for {
+		if r, err := s.http.Get("http://127.0.0.1:9280/readyz"); err == nil {
+			io.Copy(io.Discard, r.Body)
+			r.Body.Close()
+			if r.StatusCode == 200 {
+				s.ready = time.Since(s.start)
+				break
+			}
+		}
+		if time.Now().After(deadline) {
+			b, _ := os.ReadFile(log)
+			t.Fatalf("hubwarden run not ready in 60 s; log:\n%s", b)
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	return s
+}
+
+// metric reads one unlabelled metric from /metrics (-1 when absent).
+func (s *sidecar) metric(name string) float64 {
+	r, err := s.http.Get("http://127.0.0.1:9280/metrics")
+	if err != nil {
+		return -1
+	}
+	defer r.Body.Close()
+	b, _ := io.ReadAll(r.Body)
+	for _, l := range strings.Split(string(b), "\n") {
+		if f := strings.Fields(l); len(f) == 2 && f[0] == name {
+			v, _ := strconv.ParseFloat(f[1], 64)
+			return v
+		}
+	}
+	return -1
+}
+
+// usage is a process's CPU time (user+system, clock ticks) and RSS.
+func usage(pid int) (ticks uint64, rssKiB uint64, err error) {
+	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
+	if err != nil {
+		return 0, 0, err
+	}
+	s := string(b)
+	f := strings.Fields(s[strings.LastIndexByte(s, ')')+2:])
+	ut, _ := strconv.ParseUint(f[11], 10, 64) // field 14
+	st, _ := strconv.ParseUint(f[12], 10, 64) // field 15
+	st2, err := os.ReadFile(fmt.Sprintf("/proc/%d/status", pid))
+	if err != nil {
+		return 0, 0, err
+	}
+	for _, l := range strings.Split(string(st2), "\n") {
+		if strings.HasPrefix(l, "VmRSS:") {
+			rssKiB, _ = strconv.ParseUint(strings.Fields(l)[1], 10, 64)
+		}
+	}
+	sysTicks.Store(st)
+	return ut + st, rssKiB, nil
+}
+
+// sysTicks is the system part of the last usage read (for the log).
+var sysTicks atomic.Uint64
+
+const clkTck = 100 // USER_HZ on Linux
+
+// sink is a listener in the peer that counts every byte it receives.
+type sink struct {
+	ln    net.Listener
+	bytes atomic.Int64
+	mu    sync.Mutex
+	conns []net.Conn
+}
+
+func newSink(t *testing.T, ns *nstest.NS, addr string) *sink {
+	t.Helper()
+	s := &sink{}
+	if err := ns.Do(func() error {
+		var err error
+		s.ln, err = net.Listen("tcp", addr)
+		return err
+	}); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		s.ln.Close()
+		s.mu.Lock()
+		for _, c := range s.conns {
+			c.Close()
+		}
+		s.mu.Unlock()
+	})
+	go func() {
+		for {
+			c, err := s.ln.Accept()
+			if err != nil {
+				return
+			}
+			s.mu.Lock()
+			s.conns = append(s.conns, c)
+			s.mu.Unlock()
+			go func() {
+				buf := make([]byte, 64<<10)
+				for {
+					n, err := c.Read(buf)
+					s.bytes.Add(int64(n))
+					if err != nil {
+						return
+					}
+				}
+			}()
+		}
+	}()
+	return s
+}
+
+// echoServer answers every read with the same bytes.
+func echoServer(t *testing.T, ns *nstest.NS, addr string) {
+	t.Helper()
+	var ln net.Listener
+	if err := ns.Do(func() error {
+		var err error
+		ln, err = net.Listen("tcp", addr)
+		return err
+	}); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { ln.Close() })
+	go func() {
+		for {
+			c, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			go func() { defer c.Close(); io.Copy(c, c) }()
+		}
+	}()
+}
+
+// dial opens a TCP connection from inside ns.
+func dial(ns *nstest.NS, addr string) (net.Conn, error) {
+	var c net.Conn
+	err := ns.Do(func() error {
+		var err error
+		c, err = net.DialTimeout("tcp", addr, 5*time.Second)
+		return err
+	})
+	return c, err
+}
+
+// blast writes as fast as it can to c until ctx ends or a write fails.
+func blast(ctx context.Context, c net.Conn) {
+	buf := make([]byte, 256<<10)
+	go func() { <-ctx.Done(); c.SetWriteDeadline(time.Now()) }()
+	for ctx.Err() == nil {
+		if _, err := c.Write(buf); err != nil {
+			return
+		}
+	}
+}
+
+func median(v []float64) float64 {
+	if len(v) == 0 {
+		return 0
+	}
+	s := append([]float64(nil), v...)
+	sort.Float64s(s)
+	if len(s)%2 == 1 {
+		return s[len(s)/2]
+	}
+	return (s[len(s)/2-1] + s[len(s)/2]) / 2
+}
+
+func percentile(v []float64, p float64) float64 {
+	if len(v) == 0 {
+		return 0
+	}
+	s := append([]float64(nil), v...)
+	sort.Float64s(s)
+	i := int(p*float64(len(s))+0.5) - 1
+	if i < 0 {
+		i = 0
+	}
+	if i >= len(s) {
+		i = len(s) - 1
+	}
+	return s[i]
+}
+
+// pod runs a shell command in ns and fails the test on error.
+func sh(t *testing.T, ns *nstest.NS, script string) {
+	t.Helper()
+	if out, err := ns.Run("sh", "-c", script); err != nil {
+		t.Fatalf("%v: %s", err, out)
+	}
+}
+
+// mib formats bytes as MiB.
+func mib(b float64) string { return fmt.Sprintf("%.1f MiB", b/(1<<20)) }
