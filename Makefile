@@ -6,7 +6,7 @@ VERSION ?= $(shell git describe --always --dirty 2>/dev/null || echo dev)
 LDFLAGS := -s -w -X main.version=$(VERSION)
 BIN     := bin/hubwarden
 
-.PHONY: all build setup test integration e2e-netns e2e-kind ci demo bench lint fuzz clean deploy-check
+.PHONY: all build setup test integration e2e-netns e2e-kind ci demo bench lint fuzz clean deploy-check bench-smoke
 
 all: build
 
@@ -48,11 +48,20 @@ e2e-kind:
 demo:
 	./e2e/demo.sh
 
+# Writes BENCHMARKS.md (root, about 8 minutes); the smoke run only checks that
+# every row is produced.
+bench:
+	./scripts/bench.sh
+
+bench-smoke:
+	BENCH_QUICK=1 ./scripts/bench.sh
+
 ci: setup lint deploy-check
 	$(GO) test -count=1 -p 1 $(PKGS)
 	$(GO) test -count=1 -run '^$$' -bench . -benchtime=1x $(PKGS)
 	cd e2e && $(GO) vet ./... && $(GO) test -count=1 ./...
 	$(MAKE) e2e-netns
+	$(MAKE) bench-smoke
 
 clean:
 	rm -rf bin

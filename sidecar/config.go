@@ -338,11 +338,15 @@ func (r *rawConfig) parse(resolvConf string) (*Config, []string) {
 	c.DumpInterval = dur("DUMP_INTERVAL", r.DumpInterval, 10*time.Millisecond)
 	c.ProgressInterval = dur("PROGRESS_INTERVAL", r.ProgressInterval, time.Second)
 	if r.BackstopBudget == "" {
-		c.BackstopBudget = 4 * c.FlowBudget
+		// hashlimit's burst is a 32-bit byte count: stay below 4 GiB.
+		c.BackstopBudget = min(4*c.FlowBudget, 4*units.GiB-units.MiB)
 	} else {
 		c.BackstopBudget = size("BACKSTOP_BUDGET", r.BackstopBudget)
 		if c.BackstopBudget < c.FlowBudget {
 			bad("BACKSTOP_BUDGET", fmt.Errorf("%s must be at least HUBWARDEN_FLOW_BUDGET (%s), or it pre-empts the watcher", c.BackstopBudget, c.FlowBudget))
+		}
+		if c.BackstopBudget >= 4*units.GiB {
+			bad("BACKSTOP_BUDGET", fmt.Errorf("%s must be below 4GiB (the kernel's hashlimit burst is a 32-bit byte count)", c.BackstopBudget))
 		}
 	}
 	if r.BackstopRate == "" {

@@ -114,3 +114,23 @@ func TestPlanOffline(t *testing.T) {
 		t.Errorf("init --offline: err = %v, want a usage error", err)
 	}
 }
+
+// TestLargeFlowBudgetPlans checks that a flow budget of 1 GiB or more, whose
+// default backstop would exceed hashlimit's 32-bit burst, still plans.
+func TestLargeFlowBudgetPlans(t *testing.T) {
+	cleanEnv(t, map[string]string{
+		"HUBWARDEN_FLOW_BUDGET": "2GiB",
+		"HUBWARDEN_POD_BUDGET":  "8GiB",
+		"HUBWARDEN_DNS_SERVERS": "198.18.1.53",
+		"HUBWARDEN_IPV6":        "false",
+		"HUBWARDEN_INTERFACE":   "lo",
+	})
+	var out, errOut strings.Builder
+	if err := run(context.Background(), []string{"plan", "--offline"}, &out, &errOut); err != nil {
+		t.Fatalf("plan with a 2GiB flow budget: %v\n%s", err, errOut.String())
+	}
+	cleanEnv(t, map[string]string{"HUBWARDEN_BACKSTOP_BUDGET": "4GiB", "HUBWARDEN_DNS_SERVERS": "198.18.1.53"})
+	if err := run(context.Background(), []string{"plan", "--offline"}, &out, &errOut); err == nil || !strings.Contains(err.Error(), "HUBWARDEN_BACKSTOP_BUDGET") {
+		t.Errorf("BACKSTOP_BUDGET=4GiB: err = %v, want it named", err)
+	}
+}
