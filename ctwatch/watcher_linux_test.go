@@ -407,7 +407,10 @@ func TestIntegrationDemotion(t *testing.T) {
 			sb, rb := num(e2, FieldSentBytes), num(e2, FieldRecvBytes)
 			t.Logf("%s undemoted flow_end: sent_bytes %.0f for %d payload bytes (%+.2f%%), recv_bytes %.0f for 8 bytes of request, demoted %v",
 				fam.name, sb, n, 100*(sb-n)/n, rb, e2[FieldDemoted])
-			if sb < n || sb > 1.02*n || e2[FieldDemoted] != false || num(e2, FieldSlowBytes) != 0 {
+			// Conntrack counts IP bytes: at worst (no GSO, full-MTU
+			// segments) IPv6 and TCP headers with timestamps add 72 bytes
+			// per 1428 of payload, 5.04%.
+			if sb < n || sb > 1.06*n || e2[FieldDemoted] != false || num(e2, FieldSlowBytes) != 0 {
 				t.Errorf("undemoted flow_end line %v", e2)
 			}
 			stop()
