@@ -2,6 +2,9 @@ package tcshape
 
 import (
 	"fmt"
+	"slices"
+	"strconv"
+	"strings"
 
 	"github.com/hubwarden/hubwarden/units"
 	"github.com/hubwarden/hubwarden/xtables"
@@ -26,60 +29,129 @@ const (
 	backstopMinRate = units.Rate(1024)
 )
 
+// Names of the pod gate's xt_recent tables, one per family (a recent table
+// keeps the address mask of the rule that created it). Their files are
+// /proc/net/xt_recent/<name> in the pod's network namespace.
+const (
+	GateName4 = "hubwarden-gate4"
+	GateName6 = "hubwarden-gate6"
+)
+
+// gateAddr is the one address each gate table holds while the gate is set:
+// the rule masks every source address to it (--mask of all zeros).
+var gateAddr = map[xtables.Family]string{xtables.IPv4: "0.0.0.0", xtables.IPv6: "::"}
+
+// Marks returns the demoted bit and the watched bit of cfg.
+func (cfg Config) Marks() (demoted, watched uint32) {
+	watched = cfg.WatchedMark
+	if watched == 0 {
+		watched = cfg.CTMark << 1
+	}
+	return cfg.CTMark, watched
+}
+
 // MangleTables returns the mangle tables (IPv4, and IPv6 when cfg.IPv6)
-// that classify demoted flows into the slow class and, with cfg.Backstop,
-// demote flows in the kernel.
+// that demote flows in the kernel and classify demoted flows into the slow
+// class.
 //
 // Chain HUBWARDEN-SHAPE, hooked from POSTROUTING, on packets leaving
-// cfg.Interface (the pod's egress, which is the reply direction of the
+// cfg.Interface (what the pod sends: the original direction of the flows it
+// opened, the reply direction of the flows its peers opened, such as the
 // proxy's connections to the notebook):
 //
-//  1. backstop: a flow (5-tuple) that is not yet demoted and sends faster
-//     than BackstopRate once its BackstopBudget is spent gets the
-//     hubwarden bit set in its conntrack mark (sticky);
-//  2. a packet of a connection with the bit set gets skb->priority =
+//  1. tripwire (cfg.Tripwire): a flow that is neither demoted nor watched
+//     gets the demoted bit in its conntrack mark at the first packet that
+//     takes what it has sent to TripwireBudget bytes. The watcher's own
+//     reads of a flow at a gigabyte a second come milliseconds apart; this
+//     rule is exact to a packet. The watcher keeps the rest of the policy:
+//     it promotes idle flows (setting the watched bit, since connbytes
+//     counts from the flow's start), and takes over, also by the watched
+//     bit, a long-lived flow whose bucket has refilled past what the
+//     tripwire knows;
+//  2. gate (cfg.Gate): while the watcher has set the gate (the pod bucket
+//     is empty), every flow that sends gets the demoted bit, from its first
+//     packet: new connections cannot each get a few fast megabytes before
+//     the watcher sees them;
+//  3. backstop (cfg.Backstop): a flow that is not demoted and sends faster
+//     than BackstopRate once its BackstopBudget is spent gets the demoted
+//     bit; it guards watched flows while the watcher is down;
+//  4. a packet of a connection with the demoted bit gets skb->priority =
 //     the slow class (CLASSIFY), which HTB reads before any filter.
 func MangleTables(cfg Config) ([]xtables.Table, error) {
 	if cfg.Interface == "" {
 		return nil, fmt.Errorf("planning mangle rules: no interface")
 	}
-	if cfg.CTMark == 0 || cfg.CTMark&(cfg.CTMark-1) != 0 {
-		return nil, fmt.Errorf("planning mangle rules: ctmark %#x is not a single bit", cfg.CTMark)
+	demoted, watched := cfg.Marks()
+	if demoted == 0 || demoted&(demoted-1) != 0 {
+		return nil, fmt.Errorf("planning mangle rules: ctmark %#x is not a single bit", demoted)
 	}
-	mark := fmt.Sprintf("%#x/%#x", cfg.CTMark, cfg.CTMark)
-	// A connbytes match makes the kernel turn conntrack accounting on in this
-	// namespace when the rule is added ("Forcing CT accounting to be
-	// enabled"). A new netns starts with accounting off, and a container
-	// usually cannot write /proc/sys, so this rule, not a sysctl, is what
-	// guarantees the byte counters the watcher and the audit need. It has no
-	// target: it only counts.
-	rules := []xtables.Rule{{
-		Args:    []string{"-m", "connbytes", "--connbytes", "0", "--connbytes-mode", "packets", "--connbytes-dir", "both"},
-		Comment: "turns conntrack accounting on",
-	}}
+	if cfg.Tripwire && (watched == 0 || watched&(watched-1) != 0 || watched == demoted) {
+		return nil, fmt.Errorf("planning mangle rules: the watched mark %#x must be a single bit other than the ctmark %#x", watched, demoted)
+	}
+	mark := fmt.Sprintf("%#x/%#x", demoted, demoted)
+	setDemoted := []string{"-j", "CONNMARK", "--set-xmark", mark}
+	var backstop []string
 	if cfg.Backstop {
 		rate, burst, err := backstopArgs(cfg.BackstopBudget, cfg.BackstopRate)
 		if err != nil {
 			return nil, err
 		}
-		rules = append(rules, xtables.Rule{
-			Args: []string{"-o", cfg.Interface, "-m", "connmark", "!", "--mark", mark,
-				"-m", "hashlimit", "--hashlimit-above", rate, "--hashlimit-burst", burst,
-				"--hashlimit-mode", "srcip,srcport,dstip,dstport", "--hashlimit-name", BackstopName,
-				"-j", "CONNMARK", "--set-xmark", mark},
-			Comment: "backstop: demote a flow past its byte budget",
-		})
+		backstop = []string{"-o", cfg.Interface, "-m", "connmark", "!", "--mark", mark,
+			"-m", "hashlimit", "--hashlimit-above", rate, "--hashlimit-burst", burst,
+			"--hashlimit-mode", "srcip,srcport,dstip,dstport", "--hashlimit-name", BackstopName}
 	}
-	rules = append(rules, xtables.Rule{
-		Args:    []string{"-o", cfg.Interface, "-m", "connmark", "--mark", mark, "-j", "CLASSIFY", "--set-class", fmt.Sprintf("%04x:%04x", SlowClass.Major(), SlowClass.Minor())},
-		Comment: "demoted flows to the slow class",
-	})
+	if cfg.Tripwire && cfg.TripwireBudget == 0 {
+		return nil, fmt.Errorf("planning mangle rules: the tripwire needs a budget above 0")
+	}
 	fams := []xtables.Family{xtables.IPv4}
 	if cfg.IPv6 {
 		fams = append(fams, xtables.IPv6)
 	}
 	var out []xtables.Table
 	for _, f := range fams {
+		// A connbytes match makes the kernel turn conntrack accounting on in
+		// this namespace when the rule is added ("Forcing CT accounting to
+		// be enabled"). A new netns starts with accounting off, and a
+		// container usually cannot write /proc/sys, so this rule, not a
+		// sysctl, is what guarantees the byte counters the watcher, the
+		// tripwire and the audit need. It has no target: it only counts.
+		rules := []xtables.Rule{{
+			Args:    []string{"-m", "connbytes", "--connbytes", "0", "--connbytes-mode", "packets", "--connbytes-dir", "both"},
+			Comment: "turns conntrack accounting on",
+		}}
+		if cfg.Tripwire {
+			for _, dir := range []string{"original", "reply"} {
+				rules = append(rules, xtables.Rule{
+					Args: append([]string{"-o", cfg.Interface,
+						"-m", "connmark", "--mark", fmt.Sprintf("0x0/%#x", demoted|watched),
+						"-m", "conntrack", "--ctdir", strings.ToUpper(dir),
+						"-m", "connbytes", "--connbytes", strconv.FormatUint(uint64(cfg.TripwireBudget), 10),
+						"--connbytes-mode", "bytes", "--connbytes-dir", dir}, setDemoted...),
+					Comment: "tripwire: demote a flow at its byte budget (" + dir + " direction)",
+				})
+			}
+		}
+		if cfg.Gate {
+			name, mask := GateName4, gateAddr[xtables.IPv4]
+			if f == xtables.IPv6 {
+				name, mask = GateName6, gateAddr[xtables.IPv6]
+			}
+			rules = append(rules, xtables.Rule{
+				Args: append([]string{"-o", cfg.Interface, "-m", "connmark", "!", "--mark", mark,
+					"-m", "recent", "--rcheck", "--name", name, "--mask", mask, "--rsource"}, setDemoted...),
+				Comment: "gate: while the pod budget is spent, demote every flow that sends",
+			})
+		}
+		if backstop != nil {
+			rules = append(rules, xtables.Rule{
+				Args:    append(slices.Clone(backstop), setDemoted...),
+				Comment: "backstop: demote a flow past its byte budget",
+			})
+		}
+		rules = append(rules, xtables.Rule{
+			Args:    []string{"-o", cfg.Interface, "-m", "connmark", "--mark", mark, "-j", "CLASSIFY", "--set-class", fmt.Sprintf("%04x:%04x", SlowClass.Major(), SlowClass.Minor())},
+			Comment: "demoted flows to the slow class",
+		})
 		t := xtables.Table{
 			Family: f,
 			Name:   "mangle",

@@ -141,10 +141,23 @@ func (c Clock) ticks(size, rate uint64) (uint32, error) {
 // from what apply code detected (Interface when it was empty, MTU, Clock,
 // Leaves).
 type Config struct {
-	Interface      string
-	FastRate       units.Rate
-	SlowRate       units.Rate
-	CTMark         uint32
+	Interface string
+	FastRate  units.Rate
+	SlowRate  units.Rate
+	CTMark    uint32
+	// WatchedMark is the connection-mark bit by which the watcher takes a
+	// flow's per-flow budget over from the tripwire (a flow it promoted, or
+	// whose tripwire demotion it reversed). 0: CTMark<<1.
+	WatchedMark uint32
+	// Tripwire demotes, in the kernel, a flow that is neither demoted nor
+	// watched once it has sent TripwireBudget bytes (connbytes, exact to a
+	// packet). It needs the watcher: connbytes counts from the flow's start,
+	// so only the watcher can give a flow its budget back.
+	Tripwire       bool
+	TripwireBudget units.Size
+	// Gate adds the pod gate: while the watcher has set it (PodGate), every
+	// flow that sends is demoted in the kernel, from its first packet.
+	Gate           bool
 	Backstop       bool
 	BackstopBudget units.Size
 	BackstopRate   units.Rate

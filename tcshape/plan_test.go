@@ -86,6 +86,43 @@ qdisc bfifo 4859: parent 4857:20 limit 131072b
 COMMIT
 `,
 		},
+		{
+			name: "tripwire, gate and backstop, IPv6",
+			cfg: Config{Interface: "eth0", FastRate: rate(t, "10gbit"), SlowRate: rate(t, "1mbit"), CTMark: 0x100000,
+				Tripwire: true, TripwireBudget: 64 * units.MiB, Gate: true,
+				Backstop: true, BackstopBudget: 256 * units.MiB, BackstopRate: units.Rate(4 * units.MiB), IPv6: true, Leaves: LeafFIFO},
+			tc: `dev eth0
+qdisc htb 4857: root default 4857:10 r2q 10
+class htb 4857:1 parent 4857: rate 10gbit ceil 10gbit burst 2500000b cburst 2500000b buffer 31250 cbuffer 31250 quantum 200000 prio 0 # all
+class htb 4857:10 parent 4857:1 rate 9999mbit ceil 10gbit burst 2500000b cburst 2500000b buffer 31254 cbuffer 31250 quantum 200000 prio 1 # fast
+class htb 4857:20 parent 4857:1 rate 1mbit ceil 1mbit burst 3028b cburst 3028b buffer 378500 cbuffer 378500 quantum 12500 prio 0 # slow
+qdisc bfifo 4858: parent 4857:10 limit 25000000b
+qdisc bfifo 4859: parent 4857:20 limit 131072b
+`,
+			mangle: `# ipv4
+*mangle
+:HUBWARDEN-SHAPE - [0:0]
+-A HUBWARDEN-SHAPE -m connbytes --connbytes 0 --connbytes-mode packets --connbytes-dir both -m comment --comment "hubwarden: turns conntrack accounting on"
+-A HUBWARDEN-SHAPE -o eth0 -m connmark --mark 0x0/0x300000 -m conntrack --ctdir ORIGINAL -m connbytes --connbytes 67108864 --connbytes-mode bytes --connbytes-dir original -m comment --comment "hubwarden: tripwire: demote a flow at its byte budget (original direction)" -j CONNMARK --set-xmark 0x100000/0x100000
+-A HUBWARDEN-SHAPE -o eth0 -m connmark --mark 0x0/0x300000 -m conntrack --ctdir REPLY -m connbytes --connbytes 67108864 --connbytes-mode bytes --connbytes-dir reply -m comment --comment "hubwarden: tripwire: demote a flow at its byte budget (reply direction)" -j CONNMARK --set-xmark 0x100000/0x100000
+-A HUBWARDEN-SHAPE -o eth0 -m connmark ! --mark 0x100000/0x100000 -m recent --rcheck --name hubwarden-gate4 --mask 0.0.0.0 --rsource -m comment --comment "hubwarden: gate: while the pod budget is spent, demote every flow that sends" -j CONNMARK --set-xmark 0x100000/0x100000
+-A HUBWARDEN-SHAPE -o eth0 -m connmark ! --mark 0x100000/0x100000 -m hashlimit --hashlimit-above 4mb/s --hashlimit-burst 256mb --hashlimit-mode srcip,srcport,dstip,dstport --hashlimit-name hubwarden-bs -m comment --comment "hubwarden: backstop: demote a flow past its byte budget" -j CONNMARK --set-xmark 0x100000/0x100000
+-A HUBWARDEN-SHAPE -o eth0 -m connmark --mark 0x100000/0x100000 -m comment --comment "hubwarden: demoted flows to the slow class" -j CLASSIFY --set-class 4857:0020
+-I POSTROUTING 1 -m comment --comment "hubwarden: hook" -j HUBWARDEN-SHAPE
+COMMIT
+# ipv6
+*mangle
+:HUBWARDEN-SHAPE - [0:0]
+-A HUBWARDEN-SHAPE -m connbytes --connbytes 0 --connbytes-mode packets --connbytes-dir both -m comment --comment "hubwarden: turns conntrack accounting on"
+-A HUBWARDEN-SHAPE -o eth0 -m connmark --mark 0x0/0x300000 -m conntrack --ctdir ORIGINAL -m connbytes --connbytes 67108864 --connbytes-mode bytes --connbytes-dir original -m comment --comment "hubwarden: tripwire: demote a flow at its byte budget (original direction)" -j CONNMARK --set-xmark 0x100000/0x100000
+-A HUBWARDEN-SHAPE -o eth0 -m connmark --mark 0x0/0x300000 -m conntrack --ctdir REPLY -m connbytes --connbytes 67108864 --connbytes-mode bytes --connbytes-dir reply -m comment --comment "hubwarden: tripwire: demote a flow at its byte budget (reply direction)" -j CONNMARK --set-xmark 0x100000/0x100000
+-A HUBWARDEN-SHAPE -o eth0 -m connmark ! --mark 0x100000/0x100000 -m recent --rcheck --name hubwarden-gate6 --mask :: --rsource -m comment --comment "hubwarden: gate: while the pod budget is spent, demote every flow that sends" -j CONNMARK --set-xmark 0x100000/0x100000
+-A HUBWARDEN-SHAPE -o eth0 -m connmark ! --mark 0x100000/0x100000 -m hashlimit --hashlimit-above 4mb/s --hashlimit-burst 256mb --hashlimit-mode srcip,srcport,dstip,dstport --hashlimit-name hubwarden-bs -m comment --comment "hubwarden: backstop: demote a flow past its byte budget" -j CONNMARK --set-xmark 0x100000/0x100000
+-A HUBWARDEN-SHAPE -o eth0 -m connmark --mark 0x100000/0x100000 -m comment --comment "hubwarden: demoted flows to the slow class" -j CLASSIFY --set-class 4857:0020
+-I POSTROUTING 1 -m comment --comment "hubwarden: hook" -j HUBWARDEN-SHAPE
+COMMIT
+`,
+		},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -120,6 +157,9 @@ func TestPlanErrors(t *testing.T) {
 		{"slow not below fast", func(c *Config) { c.SlowRate = c.FastRate }, "must be above the slow rate"},
 		{"MTU", func(c *Config) { c.MTU = 70000 }, "out of range"},
 		{"two mark bits", func(c *Config) { c.CTMark = 0x30 }, "not a single bit"},
+		{"watched mark is the ctmark", func(c *Config) { c.Tripwire, c.TripwireBudget, c.WatchedMark = true, units.MiB, 0x100000 }, "single bit other than the ctmark"},
+		{"watched mark beyond 32 bits", func(c *Config) { c.Tripwire, c.TripwireBudget, c.CTMark = true, units.MiB, 0x80000000 }, "single bit other than the ctmark"},
+		{"tripwire without budget", func(c *Config) { c.Tripwire = true }, "needs a budget"},
 		{"budget below 1s of rate", func(c *Config) { c.BackstopBudget = 512 * units.KiB }, "below one second"},
 		{"budget 4GiB", func(c *Config) { c.BackstopBudget = 4 * units.GiB }, "below 4GiB"},
 		{"rate too high", func(c *Config) { c.BackstopRate = 2 * units.Rate(units.GiB) }, "byte-mode range"},
