@@ -37,15 +37,24 @@ const (
 	FieldOvershoot = "overshoot_bytes"
 	FieldFinal     = "final_counters"
 	FieldAdopted   = "adopted"
+	FieldBy        = "by"      // demote: "watcher" or "kernel" (the tripwire or the pod gate)
+	FieldWatched   = "watched" // the watcher, not the kernel tripwire, keeps this flow's budget
+	FieldWhy       = "why"     // promote: "idle" or "tokens_left"
+	FieldGate      = "gate"    // pod_gate: set (true) or cleared
 )
 
 var auditMessages = map[Kind]string{
 	Demote:   "flow demoted",
 	Reapply:  "flow mark set again",
+	Watch:    "flow budget kept by the watcher from now on",
 	Promote:  "flow promoted",
 	Adopt:    "flow found demoted",
 	Progress: "flow progress",
 	Finish:   "flow end",
+	// KernelDemote writes the same audit event as Demote, by "kernel".
+	KernelDemote: "flow demoted",
+	GateSet:      "pod gate set",
+	GateClear:    "pod gate cleared",
 }
 
 // protoName names the common IP protocols; others are written as numbers.
@@ -71,13 +80,22 @@ func protoName(p uint8) string {
 // goes out at debug level.
 func writeAudit(log *zerolog.Logger, user, server string, a *Action) {
 	ev := log.Info()
-	if a.Kind == Reapply {
+	if a.Kind == Reapply || a.Kind == Watch {
 		ev = log.Debug()
 	}
 	if ev == nil {
 		return
 	}
 	r := &a.Record
+	if a.Kind == GateSet || a.Kind == GateClear {
+		ev.Str(FieldAudit, a.Kind.String()).
+			Str(FieldUser, user).
+			Str(FieldServer, server).
+			Bool(FieldGate, a.Kind == GateSet).
+			Int64(FieldPodTok, r.PodTokens).
+			Msg(auditMessages[a.Kind])
+		return
+	}
 	dir := "out"
 	if r.Inbound {
 		dir = "in"
@@ -106,13 +124,20 @@ func writeAudit(log *zerolog.Logger, user, server string, a *Action) {
 		Uint32(FieldPromos, r.Promotions).
 		Int64(FieldFlowTok, r.FlowTokens).
 		Int64(FieldPodTok, r.PodTokens).
-		Bool(FieldAdopted, r.Adopted)
+		Bool(FieldAdopted, r.Adopted).
+		Bool(FieldWatched, r.Watched)
 	if r.Reason != ReasonNone {
 		ev.Str(FieldReason, r.Reason.String())
 	}
 	switch a.Kind {
 	case Demote:
-		ev.Int64(FieldOvershoot, r.Overshoot)
+		ev.Str(FieldBy, "watcher").Int64(FieldOvershoot, r.Overshoot)
+	case KernelDemote:
+		ev.Str(FieldBy, "kernel")
+	case Promote:
+		if r.Why != WhyNone {
+			ev.Str(FieldWhy, r.Why.String())
+		}
 	case Finish:
 		ev.Bool(FieldFinal, !r.Unfinished)
 	}

@@ -57,7 +57,7 @@ type Config struct {
 	PromoteIdle      time.Duration // a demoted flow that sent nothing this long may be promoted
 	DumpInterval     time.Duration // longest gap between full dumps
 	ProgressInterval time.Duration // gap between progress lines of a long-lived flow
-	CTMark           uint32        // the mark bit hubwarden owns (exactly one bit)
+	CTMark           uint32        // the mark bit of demoted flows (exactly one bit)
 	User, Server     string        // written on every audit line
 	StateDir         string        // where the pod bucket level is saved; "" disables saving
 
@@ -67,6 +67,26 @@ type Config struct {
 	// direction. Flows between two local addresses never leave the pod and are
 	// ignored. Loopback addresses are always local.
 	LocalAddrs []netip.Addr
+
+	// Tripwire says that the kernel demotes a flow that is neither demoted
+	// nor watched when it has sent FlowBudget bytes (tcshape's tripwire,
+	// exact to a packet). The policy then leaves the first budget of every
+	// flow to the kernel, and marks the flows it takes over with
+	// WatchedMark: the ones it promotes (connbytes counts from a flow's
+	// start, so the tripwire would fire again at once) and the ones the
+	// tripwire demoted while their bucket, refilled over a long life, still
+	// held more than a twentieth of the budget.
+	Tripwire    bool
+	WatchedMark uint32
+	// Gate says that the watcher can set the pod gate (tcshape's gate
+	// rule): while it is set, the kernel demotes every flow that sends.
+	// The policy sets it when the pod bucket runs out and clears it once
+	// GateOffLevel has come back.
+	Gate bool
+	// GateOffLevel is the pod bucket level at which the gate is cleared.
+	// 0 means one second of PodRefill, at least 64 KiB, at most
+	// PromoteLevel.
+	GateOffLevel units.Size
 
 	// PromoteLevel is the pod bucket level (bytes) at or above which idle
 	// demoted flows are promoted. 0 means PodBudget/16.
@@ -101,6 +121,9 @@ type Config struct {
 func (c Config) withDefaults() Config {
 	if c.PromoteLevel == 0 {
 		c.PromoteLevel = c.PodBudget / 16
+	}
+	if c.GateOffLevel == 0 {
+		c.GateOffLevel = min(max(units.Size(c.PodRefill), 64*units.KiB), c.PromoteLevel)
 	}
 	if c.MinInterval <= 0 {
 		c.MinInterval = DefaultMinInterval
@@ -149,6 +172,27 @@ const (
 	ReasonKernel        // the mark was already set when the watcher saw the flow (kernel backstop, or an earlier watcher run)
 )
 
+// Why says why a flow is promoted.
+type Why uint8
+
+// The causes of a promotion.
+const (
+	WhyNone       Why = iota
+	WhyIdle           // idle for PromoteIdle, and the pod bucket allows
+	WhyTokensLeft     // the tripwire demoted it, but its bucket (refilled over a long life) was far from empty
+)
+
+// String returns the cause as written in audit lines.
+func (w Why) String() string {
+	switch w {
+	case WhyIdle:
+		return "idle"
+	case WhyTokensLeft:
+		return "tokens_left"
+	}
+	return ""
+}
+
 // String returns the reason as written in audit lines.
 func (r Reason) String() string {
 	switch r {
@@ -172,8 +216,12 @@ const (
 	// Reapply: set the mark bit again; the watcher had demoted the flow but
 	// the kernel's mark is clear (a lost update). Not an audit event.
 	Reapply
-	// Promote: clear the mark bit and write a promotion line.
+	// Promote: clear the mark bit (with the tripwire: and set the watched
+	// bit) and write a promotion line.
 	Promote
+	// Watch: set the watched bit; the watcher keeps the flow's budget from
+	// now on. Not an audit event.
+	Watch
 	// Adopt: the mark was set by someone else; record the flow as demoted
 	// and write a demotion line. Nothing to apply.
 	Adopt
@@ -181,6 +229,13 @@ const (
 	Progress
 	// Finish: the flow is gone; write its final record.
 	Finish
+	// KernelDemote: the kernel demoted the flow (the tripwire or the pod
+	// gate); write a demotion line. Nothing to apply.
+	KernelDemote
+	// GateSet and GateClear: set or clear the pod gate and write a line.
+	// Their Key is zero; the Record has only PodTokens.
+	GateSet
+	GateClear
 )
 
 // String returns the kind as written in audit lines.
@@ -190,6 +245,8 @@ func (k Kind) String() string {
 		return "demote"
 	case Reapply:
 		return "reapply"
+	case Watch:
+		return "watch"
 	case Promote:
 		return "promote"
 	case Adopt:
@@ -198,6 +255,10 @@ func (k Kind) String() string {
 		return "progress"
 	case Finish:
 		return "flow_end"
+	case KernelDemote:
+		return "demote"
+	case GateSet, GateClear:
+		return "pod_gate"
 	}
 	return "unknown"
 }
@@ -230,6 +291,8 @@ type Record struct {
 	Overshoot   int64 // Demote only: bytes sent beyond the bucket when demoted (negative: demoted early)
 	Unfinished  bool  // Finish only: the final counters are the last seen ones (no DESTROY event)
 	Adopted     bool  // the flow existed before the watcher started
+	Watched     bool  // the watcher, not the tripwire, keeps this flow's budget
+	Why         Why   // Promote only
 }
 
 // flow is the policy's state of one tracked flow.
@@ -262,26 +325,32 @@ type flow struct {
 	promotions uint32
 	fast, slow uint64
 	adopted    bool
+	watched    bool // has (or is being given) the watched mark
+	byKernel   bool // the latest demotion was the tripwire's or the gate's
+	tripped    bool // the tripwire's demotion was found in this observation
 }
 
 // Stats is a snapshot of the watcher's counters, for metrics.
 type Stats struct {
-	Flows      int     // flows tracked now
-	Demoted    int     // of which demoted now
-	Demotions  uint64  // demotions by the watcher (flow or pod budget)
-	Adoptions  uint64  // flows found marked by someone else
-	Promotions uint64  // promotions
-	Reapplied  uint64  // marks set again after the kernel lost them
-	Finished   uint64  // final records written
-	FastBytes  uint64  // bytes the pod sent on flows that were not demoted
-	SlowBytes  uint64  // bytes the pod sent on demoted flows
-	PodTokens  float64 // pod bucket level in bytes (negative: in debt)
-	PodBudget  uint64  // pod bucket burst in bytes
-	Dumps      uint64  // full dumps read
-	Gets       uint64  // single-flow reads and NEW events
-	EventsLost uint64  // ErrEventsLost reports
-	Errors     uint64  // failed reads and mark updates
-	LastDump   time.Time
+	Flows           int     // flows tracked now
+	Demoted         int     // of which demoted now
+	Demotions       uint64  // demotions by the watcher or the kernel (flow or pod budget)
+	KernelDemotions uint64  // of which by the kernel (tripwire or pod gate)
+	Gate            bool    // the pod gate is set
+	GateSets        uint64  // times the pod gate was set
+	Adoptions       uint64  // flows found marked by someone else
+	Promotions      uint64  // promotions
+	Reapplied       uint64  // marks set again after the kernel lost them
+	Finished        uint64  // final records written
+	FastBytes       uint64  // bytes the pod sent on flows that were not demoted
+	SlowBytes       uint64  // bytes the pod sent on demoted flows
+	PodTokens       float64 // pod bucket level in bytes (negative: in debt)
+	PodBudget       uint64  // pod bucket burst in bytes
+	Dumps           uint64  // full dumps read
+	Gets            uint64  // single-flow reads and NEW events
+	EventsLost      uint64  // ErrEventsLost reports
+	Errors          uint64  // failed reads and mark updates
+	LastDump        time.Time
 }
 
 // Policy is the pure budget policy. It is not safe for concurrent use; the
@@ -314,6 +383,8 @@ type Policy struct {
 	flowRefill float64
 	podBudget  float64
 	podRefill  float64
+	gate       bool // the pod gate is set (as last asked)
+	gateKnown  bool // the gate has been set or cleared since start
 }
 
 // NewPolicy returns a policy whose pod bucket holds podTokens bytes at now
@@ -378,6 +449,7 @@ func (p *Policy) Stats() Stats {
 		}
 	}
 	s.PodTokens = p.pod
+	s.Gate = p.gate
 	return s
 }
 
@@ -481,16 +553,37 @@ func (p *Policy) observe(now time.Time, f *flow, c *conntrack.Flow, isNew bool) 
 	f.seen = now
 
 	marked := c.Mark&p.cfg.CTMark != 0
+	if p.cfg.Tripwire && c.Mark&p.cfg.WatchedMark != 0 {
+		f.watched = true
+	}
 	switch {
 	case marked && !f.demoted:
 		f.demoted = true
-		f.reason = ReasonKernel
 		f.demotions++
+		switch {
+		case p.gate:
+			// The gate marks every flow that sends while it is set.
+			f.reason, f.byKernel = ReasonPod, true
+		case p.cfg.Tripwire && !f.watched && sent.Bytes >= uint64(p.cfg.FlowBudget):
+			// The tripwire fired at the packet that reached the budget.
+			f.reason, f.byKernel, f.tripped = ReasonFlow, true, true
+			if f.demotedAt == 0 {
+				f.demotedAt = uint64(p.cfg.FlowBudget)
+			}
+		default:
+			f.reason, f.byKernel = ReasonKernel, false
+		}
 		if f.demotedAt == 0 {
 			f.demotedAt = sent.Bytes
 		}
-		p.stats.Adoptions++
-		p.emit(Adopt, f, now, 0)
+		if f.byKernel {
+			p.stats.Demotions++
+			p.stats.KernelDemotions++
+			p.emit(KernelDemote, f, now, 0)
+		} else {
+			p.stats.Adoptions++
+			p.emit(Adopt, f, now, 0)
+		}
 	case !marked && f.demoted:
 		p.stats.Reapplied++
 		p.emit(Reapply, f, now, 0)
@@ -540,26 +633,67 @@ func (p *Policy) empty(tokens, rate, refill, budget float64) bool {
 // podEmpty says whether the pod bucket runs out within the look-ahead.
 func (p *Policy) podEmpty() bool { return p.empty(p.pod, p.podRate, p.podRefill, p.podBudget) }
 
+// kernelKept says whether the tripwire keeps f's flow budget: the kernel
+// demotes it exactly at FlowBudget, so the watcher need not look ahead.
+func (p *Policy) kernelKept(f *flow) bool { return p.cfg.Tripwire && !f.watched }
+
 // decide demotes or promotes f and schedules its next read.
 func (p *Policy) decide(now time.Time, f *flow, podEmpty bool) {
-	if !f.demoted {
+	tripped := f.tripped
+	f.tripped = false
+	switch {
+	case !f.demoted:
 		switch {
-		case f.tokens <= 0 || f.sustained && p.empty(f.tokens, math.Max(f.rate, 0), p.flowRefill, p.flowBudget):
+		case f.tokens <= 0 || !p.kernelKept(f) && f.sustained && p.empty(f.tokens, math.Max(f.rate, 0), p.flowRefill, p.flowBudget):
 			p.demote(now, f, ReasonFlow, f.tokens)
 		case podEmpty && f.delta > 0:
 			p.demote(now, f, ReasonPod, p.pod)
+		case p.kernelKept(f) && f.tokens-(p.flowBudget-float64(f.sent.Bytes)) > p.flowBudget/20:
+			// The bucket has refilled past what the tripwire counts by
+			// more than a twentieth of the budget (a flow that has lived
+			// for seconds): the watcher keeps its budget from now on, so
+			// that the tripwire never demotes it early.
+			f.watched = true
+			p.emit(Watch, f, now, 0)
 		}
-	} else if now.Sub(f.active) >= p.cfg.PromoteIdle && p.pod >= float64(p.cfg.PromoteLevel) && f.tokens >= p.flowBudget/16 {
-		f.demoted = false
-		f.promotions++
-		p.stats.Promotions++
-		p.emit(Promote, f, now, 0)
+	case tripped && !podEmpty && p.tokensLeft(f):
+		// The tripwire counts from the flow's start; the bucket refills.
+		// A flow that reached the budget over a long life, before the
+		// watcher took it over (below), still has a bucket far from
+		// empty: give it back and watch it from now on.
+		p.promote(now, f, WhyTokensLeft)
+	case now.Sub(f.active) >= p.cfg.PromoteIdle && p.pod >= float64(p.cfg.PromoteLevel) && f.tokens >= p.flowBudget/16:
+		p.promote(now, f, WhyIdle)
 	}
 	p.schedule(now, f)
 }
 
+// tokensLeft says whether f's bucket holds more than a twentieth of the
+// budget and, at its current rate, would not run out within PromoteIdle:
+// the tripwire demoted it well before the policy would have.
+func (p *Policy) tokensLeft(f *flow) bool {
+	if f.tokens <= p.flowBudget/20 {
+		return false
+	}
+	net := f.rate - p.flowRefill
+	return net <= 0 || f.tokens/net > p.cfg.PromoteIdle.Seconds()
+}
+
+func (p *Policy) promote(now time.Time, f *flow, why Why) {
+	f.demoted = false
+	f.byKernel = false
+	f.promotions++
+	if p.cfg.Tripwire {
+		f.watched = true
+	}
+	p.stats.Promotions++
+	p.emit(Promote, f, now, 0)
+	p.acts[len(p.acts)-1].Record.Why = why
+}
+
 func (p *Policy) demote(now time.Time, f *flow, r Reason, tokens float64) {
 	f.demoted = true
+	f.byKernel = false
 	f.reason = r
 	f.demotions++
 	if f.demotedAt == 0 {
@@ -587,8 +721,15 @@ func (p *Policy) schedule(now time.Time, f *flow) {
 	} else if f.rate < 0 {
 		f.next = now.Add(p.cfg.NewFlowProbe)
 	} else if f.rate > 0 {
-		tte := math.Inf(1)
-		if net := f.rate - p.flowRefill; net > 0 {
+		tte, trip := math.Inf(1), math.Inf(1)
+		if p.kernelKept(f) {
+			// The tripwire demotes it exactly; read it right after, to
+			// write the demotion line or give a long-lived flow its
+			// budget back.
+			if left := float64(p.cfg.FlowBudget) - float64(f.sent.Bytes); left > 0 {
+				trip = left/f.rate + p.cfg.MinInterval.Seconds()
+			}
+		} else if net := f.rate - p.flowRefill; net > 0 {
 			tte = f.tokens / net
 		}
 		if net := p.podRate - p.podRefill; net > 0 {
@@ -596,7 +737,7 @@ func (p *Policy) schedule(now time.Time, f *flow) {
 		}
 		// Halve the distance to the look-ahead each time: timer lateness
 		// and a growing rate (TCP slow start) then cost little.
-		wait := time.Duration((tte - p.lookahead) / 2 * float64(time.Second))
+		wait := time.Duration(math.Min((tte-p.lookahead)/2, trip) * float64(time.Second))
 		if wait < p.cfg.DumpInterval {
 			f.next = now.Add(max(wait, p.cfg.MinInterval))
 		}
@@ -644,8 +785,59 @@ func (p *Policy) record(f *flow, end time.Time, overshoot int64) Record {
 		PodTokens:  int64(math.Round(p.pod)),
 		Overshoot:  overshoot,
 		Adopted:    f.adopted,
+		Watched:    f.watched,
 	}
 }
+
+// unexplained returns the bytes the pod has transmitted since the last dump
+// that no read has charged yet (Tx).
+func (p *Policy) unexplained() float64 {
+	if !p.txSet || p.txLast < p.txBase+p.gotSince {
+		return 0
+	}
+	return float64(p.txLast - p.txBase - p.gotSince)
+}
+
+// gateCheck sets the pod gate when the pod bucket runs out (counting the
+// bytes the transmit counter saw that no read has charged yet) and clears
+// it once the bucket is back at GateOffLevel. The first call after start
+// says the state either way: a gate left set by an earlier run is cleared.
+func (p *Policy) gateCheck(now time.Time) {
+	if !p.cfg.Gate {
+		return
+	}
+	p.refillPod(now)
+	empty := p.podEmpty() || p.pod-p.unexplained() <= 0
+	on := p.gate
+	switch {
+	case !p.gate && empty:
+		on = true
+	case p.gate && !empty && p.pod >= float64(p.cfg.GateOffLevel):
+		on = false
+	}
+	if on == p.gate && p.gateKnown {
+		return
+	}
+	p.gate, p.gateKnown = on, true
+	k := GateClear
+	if on {
+		k = GateSet
+		p.stats.GateSets++
+	}
+	p.acts = append(p.acts, Action{Kind: k, Record: Record{PodTokens: int64(math.Round(p.pod)), End: now}})
+}
+
+// CheckGate re-evaluates the pod gate at now (after a Tx reading) and
+// returns the action to take, if any. The returned actions are valid until
+// the next call.
+func (p *Policy) CheckGate(now time.Time) []Action {
+	p.acts = p.acts[:0]
+	p.gateCheck(now)
+	return p.acts
+}
+
+// GateOn reports whether the policy has the pod gate set.
+func (p *Policy) GateOn() bool { return p.gate }
 
 // finish writes f's final record and forgets it.
 func (p *Policy) finish(f *flow, unfinished bool) {
@@ -711,6 +903,7 @@ func (p *Policy) Dump(now time.Time, flows []conntrack.Flow) []Action {
 		}
 	}
 	p.scheduleDump(now)
+	p.gateCheck(now)
 	return p.acts
 }
 
@@ -746,6 +939,7 @@ func (p *Policy) Observe(now time.Time, c conntrack.Flow) []Action {
 		}
 	}
 	p.decide(now, f, p.podEmpty())
+	p.gateCheck(now)
 	return p.acts
 }
 

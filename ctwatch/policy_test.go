@@ -29,11 +29,13 @@ type summary struct {
 func TestPolicyEvents(t *testing.T) {
 	const mark = 0x100000
 	big := uint64(64 << 20)
+	const watched = 0x200000
 	for _, tc := range []struct {
-		name  string
-		pod   float64 // pod tokens at the start
-		steps []step
-		want  []summary
+		name   string
+		kernel bool    // the tripwire and the pod gate are on
+		pod    float64 // pod tokens at the start
+		steps  []step
+		want   []summary
 	}{
 		{
 			name: "a flow opening while the pod bucket is empty is demoted at once",
@@ -123,9 +125,72 @@ func TestPolicyEvents(t *testing.T) {
 			},
 			want: []summary{{"demote", 1001, "flow_budget", 10 << 20, false}},
 		},
+		{
+			name:   "tripwire: a young flow it demoted stays demoted, by the kernel, at the budget",
+			kernel: true,
+			pod:    1 << 30,
+			steps: []step{
+				{0, "dump", []conntrack.Flow{inFlow(1, 1001, 0, 0)}},
+				{100 * time.Millisecond, "dump", []conntrack.Flow{inFlow(1, 1001, big+(1<<20), mark)}},
+			},
+			want: []summary{{"pod_gate", 0, "", 0, false}, {"demote", 1001, "flow_budget", big + (1 << 20), false}},
+		},
+		{
+			name:   "tripwire: a flow whose bucket refilled past what the tripwire counts is watched",
+			kernel: true,
+			pod:    1 << 30,
+			steps: []step{
+				{0, "dump", []conntrack.Flow{inFlow(1, 1001, 0, 0)}},
+				{30 * time.Second, "dump", []conntrack.Flow{inFlow(1, 1001, 30<<20, 0)}},
+				// 30 MiB more in 30 s: 34 MiB in its bucket, 4 MiB to the tripwire.
+				{60 * time.Second, "dump", []conntrack.Flow{inFlow(1, 1001, 60<<20, 0)}},
+			},
+			want: []summary{{"pod_gate", 0, "", 0, false}, {"watch", 1001, "", 60 << 20, false}, {"progress", 1001, "", 60 << 20, false}},
+		},
+		{
+			name:   "tripwire: a flow it demoted with its bucket far from empty is given the budget back and watched",
+			kernel: true,
+			pod:    1 << 30,
+			steps: []step{
+				{0, "dump", []conntrack.Flow{inFlow(1, 1001, 0, 0)}},
+				{30 * time.Second, "dump", []conntrack.Flow{inFlow(1, 1001, 30<<20, 0)}},
+				{60 * time.Second, "dump", []conntrack.Flow{inFlow(1, 1001, big+1000, mark)}},
+				{61 * time.Second, "dump", []conntrack.Flow{inFlow(1, 1001, big+2000, watched)}},
+			},
+			want: []summary{{"pod_gate", 0, "", 0, false}, {"demote", 1001, "flow_budget", big + 1000, false}, {"promote", 1001, "flow_budget", big + 1000, false}, {"progress", 1001, "flow_budget", big + 1000, false}},
+		},
+		{
+			name:   "tripwire: a flow the watcher watches is the watcher's to demote",
+			kernel: true,
+			pod:    1 << 30,
+			steps: []step{
+				{0, "dump", []conntrack.Flow{inFlow(1, 1001, 0, watched)}},
+				{time.Second, "dump", []conntrack.Flow{inFlow(1, 1001, big+(2<<20), watched)}},
+			},
+			want: []summary{{"pod_gate", 0, "", 0, false}, {"demote", 1001, "flow_budget", big + (2 << 20), false}},
+		},
+		{
+			name:   "gate: set when the pod bucket runs out, kernel demotions while set are pod_budget, cleared after the refill",
+			kernel: true,
+			pod:    float64(4 << 20),
+			steps: []step{
+				{0, "dump", []conntrack.Flow{inFlow(1, 1001, 0, 0)}},
+				{100 * time.Millisecond, "dump", []conntrack.Flow{inFlow(1, 1001, 5<<20, 0)}},
+				{200 * time.Millisecond, "new", []conntrack.Flow{inFlow(2, 1002, 1000, mark)}},
+				// 256 KiB/s refill: the 1 MiB debt and the 256 KiB off level take 5 s.
+				{6 * time.Second, "dump", []conntrack.Flow{inFlow(1, 1001, 5<<20, mark), inFlow(2, 1002, 1000, mark)}},
+			},
+			want: []summary{
+				{"pod_gate", 0, "", 0, false}, {"demote", 1001, "pod_budget", 5 << 20, false}, {"pod_gate", 0, "", 0, false},
+				{"demote", 1002, "pod_budget", 1000, false}, {"pod_gate", 0, "", 0, false},
+			},
+		},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			cfg := testConfig()
+			if tc.kernel {
+				cfg.Tripwire, cfg.WatchedMark, cfg.Gate = true, watched, true
+			}
 			t0 := time.Date(2026, 1, 1, 0, 0, 0, 0, time.UTC)
 			p := NewPolicy(cfg, t0, tc.pod)
 			var got []summary

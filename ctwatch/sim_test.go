@@ -22,6 +22,9 @@ type sim struct {
 	t0       time.Time
 	p        *Policy
 	mark     uint32
+	watched  uint32  // cfg.WatchedMark when the kernel tripwire is modelled
+	budget   float64 // the tripwire's budget (cfg.FlowBudget)
+	gate     bool    // the pod gate is set
 	link     float64 // fast link, bytes/s
 	slow     float64 // slow class, bytes/s
 	flows    []*simFlow
@@ -78,9 +81,12 @@ func testConfig() Config {
 func newSim(t *testing.T, cfg Config) *sim {
 	t0 := time.Date(2026, 1, 1, 0, 0, 0, 0, time.UTC)
 	s := &sim{
-		t: t, now: t0, t0: t0, mark: cfg.CTMark,
+		t: t, now: t0, t0: t0, mark: cfg.CTMark, budget: float64(cfg.FlowBudget),
 		link: 1e9, slow: 125000, events: true, nextPort: 40000,
 		finished: map[uint32]Record{},
+	}
+	if cfg.Tripwire {
+		s.watched = cfg.WatchedMark
 	}
 	s.p = NewPolicy(cfg, t0, float64(cfg.PodBudget))
 	s.p.Dump(t0, nil) // the watcher's first dump: an empty table
@@ -123,9 +129,30 @@ func (f *simFlow) snapshot() conntrack.Flow {
 
 func (s *sim) elapsed() time.Duration { return s.now.Sub(s.t0) }
 
+// kernelMark sets the demoted bit as the kernel's tripwire or gate rule
+// does.
+func (s *sim) kernelMark(f *simFlow) {
+	f.c.Mark |= s.mark
+	if f.sentAtMrk < 0 {
+		f.sentAtMrk = f.sent
+	}
+}
+
+// tripwired says whether the modelled tripwire watches f: it is on, and f is
+// neither demoted nor watched.
+func (s *sim) tripwired(f *simFlow) bool {
+	return s.watched != 0 && f.c.Mark&(s.mark|s.watched) == 0
+}
+
 // rates recomputes every flow's sending rate.
 func (s *sim) rates() {
 	var nFast, nSlow int
+	for _, f := range s.flows {
+		// The gate rule marks every flow that sends while it is set.
+		if s.gate && f.left > 0 && f.c.Mark&s.mark == 0 {
+			s.kernelMark(f)
+		}
+	}
 	for _, f := range s.flows {
 		if f.left <= 0 {
 			continue
@@ -166,8 +193,16 @@ func (s *sim) apply(acts []Action) {
 					f.sentAtMrk = f.sent
 				}
 			case Promote:
-				f.c.Mark &^= s.mark
+				f.c.Mark = f.c.Mark&^s.mark | s.watched
+			case Watch:
+				f.c.Mark |= s.watched
 			}
+		}
+		switch a.Kind {
+		case GateSet:
+			s.gate = true
+		case GateClear:
+			s.gate = false
 		}
 		if a.Kind == Finish {
 			s.finished[a.Record.ID] = a.Record
@@ -239,6 +274,9 @@ func (s *sim) run(end time.Duration) {
 			if f.rate > 0 {
 				done := el + time.Duration(f.left/f.rate*1e9) + 1
 				next = min(next, done)
+				if s.tripwired(f) && f.sent < s.budget {
+					next = min(next, el+time.Duration((s.budget-f.sent)/f.rate*1e9)+1)
+				}
 			}
 		}
 		next = max(next, el+time.Microsecond)
@@ -258,6 +296,9 @@ func (s *sim) run(end time.Duration) {
 				s.slowSent += b
 			} else {
 				s.fast += b
+			}
+			if s.tripwired(f) && f.sent >= s.budget-1 {
+				s.kernelMark(f) // the packet that reached the budget
 			}
 		}
 		s.now = s.t0.Add(next)
@@ -294,12 +335,48 @@ func merge(lists ...[]transfer) []transfer {
 
 const mib = float64(units.MiB)
 
-func TestPolicyRegularUseNeverDemoted(t *testing.T) {
+// mode is how much of the policy the kernel carries out.
+type mode struct {
+	name   string
+	kernel bool // the tripwire and the pod gate
+}
+
+var modes = []mode{{"watcher", false}, {"tripwire+gate", true}}
+
+func (m mode) config() Config {
 	cfg := testConfig()
-	cfg.TxInterval = 0 // only brings reads forward; 7 million of them would slow the test
-	s := regularUse(t, cfg, 2*time.Hour)
-	if n := s.count(Demote) + s.count(Adopt); n != 0 {
-		t.Errorf("regular use was demoted %d times; first: %+v", n, s.acts[0])
+	if m.kernel {
+		cfg.Tripwire, cfg.WatchedMark, cfg.Gate = true, 0x200000, true
+	}
+	return cfg
+}
+
+// demotions counts the demotions by the watcher and by the kernel.
+func (s *sim) demotions() int { return s.count(Demote) + s.count(KernelDemote) }
+
+func TestPolicyRegularUseNeverDemoted(t *testing.T) {
+	for _, m := range modes {
+		t.Run(m.name, func(t *testing.T) {
+			cfg := m.config()
+			cfg.TxInterval = 0 // only brings reads forward; 7 million of them would slow the test
+			s := regularUse(t, cfg, 2*time.Hour)
+			if n := s.count(Demote) + s.count(Adopt) + s.count(GateSet); n != 0 {
+				t.Errorf("regular use was demoted %d times; first: %+v", n, s.acts[0])
+			}
+			// The tripwire counts from a flow's start: a kept-alive connection
+			// that carries hours of notebook work reaches the budget. The
+			// watcher gives it back at once, and from then on watches it.
+			released := 0
+			for _, a := range s.acts {
+				if a.Kind == Promote && a.Record.Why == WhyTokensLeft {
+					released++
+				}
+			}
+			t.Logf("%d tripwire demotions, %d given back, %.0f bytes sent slow", s.count(KernelDemote), released, s.slowSent)
+			if released != 0 || s.count(KernelDemote) != 0 || s.slowSent != 0 {
+				t.Errorf("regular use: %d tripwire demotions, %d given back, %.0f bytes sent slow", s.count(KernelDemote), released, s.slowSent)
+			}
+		})
 	}
 }
 
@@ -356,71 +433,85 @@ func TestPolicyBulkDemotedAfterBudget(t *testing.T) {
 		{"32MiB at 100MB/s inbound", 32 * units.MiB, 1e8, true},
 		{"1GiB at 2GB/s inbound", units.GiB, 2e9, true},
 	} {
-		t.Run(tc.name, func(t *testing.T) {
-			cfg := testConfig()
-			cfg.FlowBudget = tc.budget
-			cfg.PodBudget = 4 * tc.budget
-			s := newSim(t, cfg)
-			s.link = tc.rate
-			f := s.add(tc.inbound, 0, transfer{at: 0, size: 3 * float64(tc.budget)})
-			s.run(10 * time.Second)
-			if f.sentAtMrk < 0 {
-				t.Fatal("the bulk transfer was never demoted")
-			}
-			// The budget plus what the bucket refilled while it ran.
-			allowed := float64(tc.budget) + float64(cfg.FlowRefill)*f.sentAtMrk/tc.rate
-			over := (f.sentAtMrk - allowed) / float64(tc.budget)
-			t.Logf("demoted at %.2f MiB, allowed %.2f MiB: overshoot %+.2f%% of the budget, %d reads",
-				f.sentAtMrk/mib, allowed/mib, 100*over, s.reads)
-			if over > 0.05 || over < -0.05 {
-				t.Errorf("overshoot %+.2f%% of the budget, want within ±5%%", 100*over)
-			}
-			if got := s.count(Demote); got != 1 {
-				t.Errorf("%d demotions, want 1", got)
-			}
-		})
+		for _, m := range modes {
+			t.Run(tc.name+"/"+m.name, func(t *testing.T) {
+				cfg := m.config()
+				cfg.FlowBudget = tc.budget
+				cfg.PodBudget = 4 * tc.budget
+				s := newSim(t, cfg)
+				s.link = tc.rate
+				f := s.add(tc.inbound, 0, transfer{at: 0, size: 3 * float64(tc.budget)})
+				s.run(10 * time.Second)
+				if f.sentAtMrk < 0 {
+					t.Fatal("the bulk transfer was never demoted")
+				}
+				// The budget plus what the bucket refilled while it ran.
+				allowed := float64(tc.budget) + float64(cfg.FlowRefill)*f.sentAtMrk/tc.rate
+				over := (f.sentAtMrk - allowed) / float64(tc.budget)
+				t.Logf("demoted at %.2f MiB, allowed %.2f MiB: overshoot %+.2f%% of the budget, %d reads",
+					f.sentAtMrk/mib, allowed/mib, 100*over, s.reads)
+				if over > 0.05 || over < -0.05 {
+					t.Errorf("overshoot %+.2f%% of the budget, want within ±5%%", 100*over)
+				}
+				if got := s.demotions(); got != 1 {
+					t.Errorf("%d demotions, want 1", got)
+				}
+				if m.kernel && math.Abs(f.sentAtMrk-float64(tc.budget)) > 2 {
+					t.Errorf("the tripwire demoted at %.0f bytes, want %d", f.sentAtMrk, tc.budget)
+				}
+			})
+		}
 	}
 }
 
 func TestPolicyParallelAndChurnBoundedByPod(t *testing.T) {
-	for _, events := range []bool{true, false} {
-		name := "with events"
-		if !events {
-			name = "dumps only"
-		}
-		t.Run(name, func(t *testing.T) {
-			cfg := testConfig()
-			s := newSim(t, cfg)
-			s.events = events
-			end := 60 * time.Second
-			// 50 parallel connections, each pulling 100 MiB (under the
-			// per-flow budget per connection is not the point: together they
-			// are far over the pod's).
-			for range 50 {
-				s.add(true, end, transfer{at: 0, size: 100 * mib})
-			}
-			// 1,000 churned connections, one every 50 ms, each moving 8 MiB
-			// (an eighth of the flow budget) then closing.
-			for i := range 1000 {
-				at := time.Duration(i) * 50 * time.Millisecond
-				s.queueAdd(at, true, at+10*time.Second, 8*mib)
-			}
-			s.runWithArrivals(end)
-			tt := end.Seconds()
-			bound := float64(cfg.PodBudget) + float64(cfg.PodRefill)*tt + s.slow*tt
+	for _, m := range modes {
+		for _, events := range []bool{true, false} {
+			name := "with events"
 			if !events {
-				// Without NEW events a flow is found by the transmitted-bytes
-				// trigger: each new flow may send up to TxTrigger plus one
-				// TxInterval at line rate before it is seen (docs/watcher.md).
+				name = "dumps only"
+			}
+			t.Run(m.name+"/"+name, func(t *testing.T) {
+				cfg := m.config()
+				s := newSim(t, cfg)
+				s.events = events
+				end := 60 * time.Second
+				// 50 parallel connections, each pulling 100 MiB (under the
+				// per-flow budget per connection is not the point: together they
+				// are far over the pod's).
+				for range 50 {
+					s.add(true, end, transfer{at: 0, size: 100 * mib})
+				}
+				// 1,000 churned connections, one every 50 ms, each moving 8 MiB
+				// (an eighth of the flow budget) then closing.
+				for i := range 1000 {
+					at := time.Duration(i) * 50 * time.Millisecond
+					s.queueAdd(at, true, at+10*time.Second, 8*mib)
+				}
+				s.runWithArrivals(end)
+				tt := end.Seconds()
+				bound := float64(cfg.PodBudget) + float64(cfg.PodRefill)*tt + s.slow*tt
 				c := s.p.Config()
-				bound += 1000 * (float64(c.TxTrigger) + s.link*c.TxInterval.Seconds())
-			}
-			t.Logf("moved %.1f MiB (fast %.1f, slow %.1f) in %s; bound %.1f MiB; %d demotions, %d reads",
-				s.total/mib, s.fast/mib, s.slowSent/mib, end, bound/mib, s.count(Demote), s.reads)
-			if s.total > bound {
-				t.Errorf("moved %.1f MiB, more than the bound %.1f MiB", s.total/mib, bound/mib)
-			}
-		})
+				switch {
+				case m.kernel:
+					// The gate demotes new flows from their first packet; it is
+					// set within one TxInterval of the pod bucket running out
+					// (the transmit counter sees bytes no read has charged),
+					// each time it refills to GateOffLevel.
+					bound += float64(s.count(GateSet)) * s.link * c.TxInterval.Seconds()
+				case !events:
+					// Without NEW events a flow is found by the transmitted-bytes
+					// trigger: each new flow may send up to TxTrigger plus one
+					// TxInterval at line rate before it is seen (docs/watcher.md).
+					bound += 1000 * (float64(c.TxTrigger) + s.link*c.TxInterval.Seconds())
+				}
+				t.Logf("moved %.1f MiB (fast %.1f, slow %.1f) in %s; bound %.1f MiB; %d demotions (%d by the kernel), %d gate sets, %d reads",
+					s.total/mib, s.fast/mib, s.slowSent/mib, end, bound/mib, s.demotions(), s.count(KernelDemote), s.count(GateSet), s.reads)
+				if s.total > bound {
+					t.Errorf("moved %.1f MiB, more than the bound %.1f MiB", s.total/mib, bound/mib)
+				}
+			})
+		}
 	}
 }
 

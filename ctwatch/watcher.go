@@ -46,6 +46,15 @@ type Options struct {
 	// on a busy node) and must not delay the reads of hot flows. nil: dumps
 	// run in the loop.
 	Dumper Table
+	// Gate sets and clears the pod gate (tcshape.PodGate); nil: no gate
+	// (Config.Gate is then ignored).
+	Gate Gate
+}
+
+// Gate is the pod gate: while it is set, the kernel demotes every flow that
+// sends.
+type Gate interface {
+	Set(on bool) error
 }
 
 type dumpResult struct {
@@ -63,6 +72,7 @@ type Watcher struct {
 	tx    func() (uint64, error)
 
 	dumper  Table
+	gate    Gate
 	dumpReq chan []conntrack.Flow // to the background dumper: a buffer to fill
 	dumpRes chan dumpResult
 	dumping bool // a background dump is in flight (guarded by mu)
@@ -74,6 +84,7 @@ type Watcher struct {
 	lastSave    time.Time
 	failing     bool          // the last read failed (log state changes only)
 	saveFailing bool          // the last state save failed
+	gateFailing bool          // the last gate write failed
 	late        time.Duration // decaying maximum of the timer's lateness
 	lateAt      time.Time
 }
@@ -106,6 +117,7 @@ func New(cfg Config, table Table, log zerolog.Logger, opts Options) *Watcher {
 		now:    opts.Now,
 		tx:     opts.Tx,
 		dumper: opts.Dumper,
+		gate:   opts.Gate,
 	}
 	if w.now == nil {
 		w.now = time.Now
@@ -113,6 +125,9 @@ func New(cfg Config, table Table, log zerolog.Logger, opts Options) *Watcher {
 	cfg = cfg.withDefaults()
 	if w.tx == nil {
 		cfg.TxInterval = 0
+	}
+	if w.gate == nil {
+		cfg.Gate = false
 	}
 	w.cfg = cfg
 	now := w.now()
@@ -203,6 +218,7 @@ func (w *Watcher) Run(ctx context.Context, events <-chan conntrack.Event, errs <
 			} else {
 				w.buf = r.flows
 				w.apply(ctx, w.policy.Dump(w.now(), r.flows))
+				w.reassertGate()
 			}
 			w.mu.Unlock()
 		case <-timer.C:
@@ -248,6 +264,7 @@ func (w *Watcher) Step(ctx context.Context) error {
 	if w.tx != nil && !now.Before(w.policy.txNext) {
 		if tx, err := w.tx(); err == nil {
 			w.policy.Tx(now, tx)
+			w.apply(ctx, w.policy.CheckGate(now))
 		}
 	}
 	var dump bool
@@ -319,7 +336,16 @@ func (w *Watcher) dump(ctx context.Context) error {
 	}
 	w.buf = buf
 	w.apply(ctx, w.policy.Dump(w.now(), buf))
+	w.reassertGate()
 	return nil
+}
+
+// reassertGate writes a set gate again after each dump: re-applying the
+// gate rule (the reconcile loop after drift) starts its table empty.
+func (w *Watcher) reassertGate() {
+	if w.cfg.Gate && w.policy.GateOn() {
+		w.setGate(true)
+	}
 }
 
 func (w *Watcher) get(ctx context.Context, k Key) error {
@@ -346,9 +372,19 @@ func (w *Watcher) apply(ctx context.Context, acts []Action) {
 		var err error
 		switch a.Kind {
 		case Demote, Reapply:
-			err = w.setMark(ctx, a.Key.Orig, w.cfg.CTMark)
+			err = w.setMark(ctx, a.Key.Orig, w.cfg.CTMark, w.cfg.CTMark)
 		case Promote:
-			err = w.setMark(ctx, a.Key.Orig, 0)
+			if w.cfg.Tripwire {
+				// Watched from now on: the tripwire counts from the
+				// flow's start and would fire again at once.
+				err = w.setMark(ctx, a.Key.Orig, w.cfg.WatchedMark, w.cfg.CTMark|w.cfg.WatchedMark)
+			} else {
+				err = w.setMark(ctx, a.Key.Orig, 0, w.cfg.CTMark)
+			}
+		case Watch:
+			err = w.setMark(ctx, a.Key.Orig, w.cfg.WatchedMark, w.cfg.WatchedMark)
+		case GateSet, GateClear:
+			w.setGate(a.Kind == GateSet)
 		}
 		writeAudit(&w.log, w.cfg.User, w.cfg.Server, a)
 		switch {
@@ -367,10 +403,24 @@ func (w *Watcher) apply(ctx context.Context, acts []Action) {
 	}
 }
 
-func (w *Watcher) setMark(ctx context.Context, orig conntrack.Tuple, mark uint32) error {
+func (w *Watcher) setMark(ctx context.Context, orig conntrack.Tuple, mark, mask uint32) error {
 	ctx, cancel := context.WithTimeout(ctx, opTimeout)
 	defer cancel()
-	return w.table.SetMark(ctx, orig, mark, w.cfg.CTMark)
+	return w.table.SetMark(ctx, orig, mark, mask)
+}
+
+// setGate sets or clears the pod gate. A failure is counted and logged; the
+// next dump writes the gate again.
+func (w *Watcher) setGate(on bool) {
+	if err := w.gate.Set(on); err != nil {
+		w.policy.CountError()
+		if !w.gateFailing {
+			w.log.Warn().Err(err).Msg("setting the pod gate failed; new flows get fast bytes while the pod bucket is empty")
+		}
+		w.gateFailing = true
+		return
+	}
+	w.gateFailing = false
 }
 
 func (w *Watcher) noteError(err error) {

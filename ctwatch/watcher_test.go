@@ -226,7 +226,7 @@ func TestWatcherFinalRecords(t *testing.T) {
 		FieldLocalAddr: "198.18.50.1", FieldLocalPort: float64(8888), FieldPeerAddr: "198.18.50.2",
 		FieldRecvBytes: float64(1000), FieldRecvPkts: float64(10), FieldSlowBytes: float64(0),
 		FieldDemoted: false, FieldDemotedAt: float64(0), FieldDemotions: float64(0), FieldPromos: float64(0),
-		FieldAdopted: false,
+		FieldAdopted: false, FieldWatched: false,
 	}
 	with := func(m map[string]any) map[string]any {
 		out := map[string]any{}
