@@ -41,6 +41,7 @@ type bed struct {
 	conn   *conntrack.Conn
 	srv    *server
 	txPath string
+	gate   Gate // the pod gate (kernelRules), nil without
 }
 
 func newBed(t *testing.T, idx int) *bed {
@@ -63,6 +64,12 @@ func newBed(t *testing.T, idx int) *bed {
 			"-m", "connmark", "--mark", fmt.Sprintf("%#x/%#x", itMark, itMark),
 			"-m", "comment", "--comment", "hubwarden-test/slow-class",
 			"-j", "CLASSIFY", "--set-class", "1:20")
+		// Counts what leaves undemoted, in conntrack's units (an IP packet,
+		// a GSO packet's headers once), after hubwarden's chain (which is
+		// hooked first) has had its say: fastSent.
+		pod.MustRun(ipt, "-t", "mangle", "-A", "POSTROUTING", "-o", "eth0",
+			"-m", "connmark", "!", "--mark", fmt.Sprintf("%#x/%#x", itMark, itMark),
+			"-m", "comment", "--comment", "hubwarden-test/fast-bytes")
 	}
 	// The conntrack rule above makes the namespace track; the sysctl takes
 	// effect for flows created from now on.
@@ -99,14 +106,30 @@ func (b *bed) config() Config {
 // runWatcher starts a watcher; stop cancels it and waits for Run to return.
 func (b *bed) runWatcher(cfg Config, log *auditLog) (w *Watcher, stop func()) {
 	b.t.Helper()
+	return b.startWatcher(cfg, log, true)
+}
+
+// runWatcherNoEvents is runWatcher for a kernel that delivers no conntrack
+// events: only dumps, single reads and the transmit-counter trigger.
+func (b *bed) runWatcherNoEvents(cfg Config, log *auditLog) (w *Watcher, stop func()) {
+	b.t.Helper()
+	return b.startWatcher(cfg, log, false)
+}
+
+func (b *bed) startWatcher(cfg Config, log *auditLog, withEvents bool) (w *Watcher, stop func()) {
+	b.t.Helper()
 	dumper, err := conntrack.Dial(conntrack.Config{NetNS: b.pair.Pod.FD()})
 	if err != nil {
 		b.t.Fatal(err)
 	}
 	b.t.Cleanup(func() { dumper.Close() })
-	w = New(cfg, b.conn, zerolog.New(log).Level(zerolog.InfoLevel), Options{Tx: TxBytes(b.txPath), Dumper: dumper})
+	w = New(cfg, b.conn, zerolog.New(log).Level(zerolog.InfoLevel), Options{Tx: TxBytes(b.txPath), Dumper: dumper, Gate: b.gate})
 	ctx, cancel := context.WithCancel(context.Background())
-	events, errs := b.conn.Listen(ctx)
+	var events <-chan conntrack.Event
+	var errs <-chan error
+	if withEvents {
+		events, errs = b.conn.Listen(ctx)
+	}
 	done := make(chan error, 1)
 	go func() { done <- w.Run(ctx, events, errs) }()
 	var once sync.Once
