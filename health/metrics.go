@@ -24,6 +24,8 @@ type WatcherStats struct {
 	BytesFast      uint64  // bytes the pod sent in the fast class, since start
 	BytesSlow      uint64  // bytes the pod sent in the slow class, since start
 	PodBucketBytes float64 // tokens left in the per-pod bucket
+	PodGate        bool    // the pod gate is set (every sending flow is demoted in the kernel)
+	PodGateSets    uint64  // times the pod gate was set, since start
 }
 
 // Metrics is hubwarden's Prometheus registry and the collectors the sidecar
@@ -141,6 +143,10 @@ var (
 		"Bytes the pod sent, by class (fast, slow).", []string{"class"}, nil)
 	descPodBucket = prometheus.NewDesc(namespace+"_pod_bucket_bytes",
 		"Tokens (bytes) left in the per-pod budget bucket.", nil, nil)
+	descPodGate = prometheus.NewDesc(namespace+"_pod_gate",
+		"1 while the pod gate is set: the pod budget is spent and the kernel demotes every flow that sends.", nil, nil)
+	descPodGateSets = prometheus.NewDesc(namespace+"_pod_gate_sets_total",
+		"Times the pod gate was set.", nil, nil)
 )
 
 // watcherCollector exports a WatcherStats snapshot as const metrics, so the
@@ -148,7 +154,7 @@ var (
 type watcherCollector struct{ m *Metrics }
 
 func (c watcherCollector) Describe(ch chan<- *prometheus.Desc) {
-	for _, d := range []*prometheus.Desc{descFlows, descDemotions, descPromotions, descBytes, descPodBucket} {
+	for _, d := range []*prometheus.Desc{descFlows, descDemotions, descPromotions, descBytes, descPodBucket, descPodGate, descPodGateSets} {
 		ch <- d
 	}
 }
@@ -165,4 +171,10 @@ func (c watcherCollector) Collect(ch chan<- prometheus.Metric) {
 	ch <- prometheus.MustNewConstMetric(descBytes, prometheus.CounterValue, float64(s.BytesFast), "fast")
 	ch <- prometheus.MustNewConstMetric(descBytes, prometheus.CounterValue, float64(s.BytesSlow), "slow")
 	ch <- prometheus.MustNewConstMetric(descPodBucket, prometheus.GaugeValue, s.PodBucketBytes)
+	gate := 0.0
+	if s.PodGate {
+		gate = 1
+	}
+	ch <- prometheus.MustNewConstMetric(descPodGate, prometheus.GaugeValue, gate)
+	ch <- prometheus.MustNewConstMetric(descPodGateSets, prometheus.CounterValue, float64(s.PodGateSets))
 }

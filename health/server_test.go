@@ -78,7 +78,7 @@ func TestMetrics(t *testing.T) {
 	m.ObserveApply(1500*time.Millisecond, nil)
 	m.ObserveApply(250*time.Millisecond, errors.New("x"))
 	m.SetWatcher(func() WatcherStats {
-		return WatcherStats{FlowsTracked: 1000, Demotions: 7, Promotions: 5, BytesFast: 1 << 30, BytesSlow: 4096, PodBucketBytes: 12345}
+		return WatcherStats{FlowsTracked: 1000, Demotions: 7, Promotions: 5, BytesFast: 1 << 30, BytesSlow: 4096, PodBucketBytes: 12345, PodGate: true, PodGateSets: 3}
 	})
 	want := `
 # HELP hubwarden_apply_errors_total Applies (at start or on reconcile) that failed.
@@ -103,6 +103,12 @@ hubwarden_last_apply_duration_seconds 0.25
 # HELP hubwarden_pod_bucket_bytes Tokens (bytes) left in the per-pod budget bucket.
 # TYPE hubwarden_pod_bucket_bytes gauge
 hubwarden_pod_bucket_bytes 12345
+# HELP hubwarden_pod_gate 1 while the pod gate is set: the pod budget is spent and the kernel demotes every flow that sends.
+# TYPE hubwarden_pod_gate gauge
+hubwarden_pod_gate 1
+# HELP hubwarden_pod_gate_sets_total Times the pod gate was set.
+# TYPE hubwarden_pod_gate_sets_total counter
+hubwarden_pod_gate_sets_total 3
 # HELP hubwarden_promotions_total Demoted flows promoted back to the fast class after being idle.
 # TYPE hubwarden_promotions_total counter
 hubwarden_promotions_total 5

@@ -195,8 +195,9 @@ type kernel struct {
 	plan *planner
 	log  zerolog.Logger
 
-	mu     sync.Mutex // serialises apply and re-plan
-	tables []xtables.Table
+	mu       sync.Mutex // serialises apply and re-plan
+	tables   []xtables.Table
+	resolved map[string][]netip.Addr // the host name answers tables were planned with
 }
 
 // setup chooses (or recalls) the iptables backend and plans the tables.
@@ -207,7 +208,8 @@ func setup(ctx context.Context, cfg *Config, log zerolog.Logger, probe bool) (*k
 	if err != nil {
 		return nil, err
 	}
-	tables, err := p.tables(p.resolveNow(ctx, log))
+	resolved := p.resolveNow(ctx, log)
+	tables, err := p.tables(resolved)
 	if err != nil {
 		p.shape.Close()
 		return nil, err
@@ -239,7 +241,7 @@ func setup(ctx context.Context, cfg *Config, log zerolog.Logger, probe bool) (*k
 			return nil, err
 		}
 	}
-	return &kernel{ipt: xtables.New(b, run, log), plan: p, log: log, tables: tables}, nil
+	return &kernel{ipt: xtables.New(b, run, log), plan: p, log: log, tables: tables, resolved: resolved}, nil
 }
 
 // apply applies the plan and then checks that the kernel holds it. When
@@ -255,6 +257,19 @@ func (k *kernel) apply(ctx context.Context) error {
 		return fmt.Errorf("checking qdiscs after apply: %w%s", err, d)
 	}
 	res, err := k.ipt.Apply(ctx, k.tables)
+	if err != nil && k.plan.shape.gated() && strings.Contains(err.Error(), "recent") {
+		// The pod gate's rule needs the xt_recent match, which not every
+		// kernel has: degrade to the watcher alone against churn. The
+		// apply was atomic, so nothing of the refused plan is in place.
+		k.plan.shape.dropGate()
+		tables, perr := k.plan.tables(k.resolved)
+		if perr != nil {
+			return perr
+		}
+		k.tables = tables
+		k.log.Warn().Err(err).Msg("the kernel refused the pod gate rule (no xt_recent?); going on without it: while the pod budget is spent, each new connection can send fast until the watcher finds it")
+		res, err = k.ipt.Apply(ctx, k.tables)
+	}
 	if err != nil {
 		return err
 	}
@@ -278,7 +293,7 @@ func (k *kernel) replan(ctx context.Context, resolved map[string][]netip.Addr) e
 		return err
 	}
 	k.mu.Lock()
-	k.tables = tables
+	k.tables, k.resolved = tables, resolved
 	k.mu.Unlock()
 	return k.apply(ctx)
 }

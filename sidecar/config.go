@@ -52,7 +52,7 @@ type rawConfig struct {
 	Interface      string `envconfig:"INTERFACE" default:"" desc:"interface to shape; empty: the interface of the default route"`
 	FastRate       string `envconfig:"FAST_RATE" default:"10gbit" desc:"rate of the fast (default) class; effectively unlimited by default"`
 	SlowRate       string `envconfig:"SLOW_RATE" default:"1mbit" desc:"rate shared by all demoted flows of the pod"`
-	CTMark         string `envconfig:"CTMARK" default:"0x100000" desc:"the connection-mark bit hubwarden owns to mark demoted flows (exactly one bit; other bits are left alone)"`
+	CTMark         string `envconfig:"CTMARK" default:"0x100000" desc:"the connection-mark bit of demoted flows (exactly one bit, at most 0x40000000); hubwarden also owns the bit above it (watched flows) and leaves every other bit alone"`
 	Backstop       string `envconfig:"BACKSTOP" default:"true" desc:"kernel backstop: demote flows in the kernel, without the watcher, past BACKSTOP_BUDGET"`
 	BackstopBudget string `envconfig:"BACKSTOP_BUDGET" default:"" desc:"burst of the kernel backstop's per-flow token bucket; empty: 4 x FLOW_BUDGET"`
 	BackstopRate   string `envconfig:"BACKSTOP_RATE" default:"" desc:"refill of the kernel backstop's per-flow token bucket; empty: 4 x FLOW_REFILL"`
@@ -321,6 +321,8 @@ func (r *rawConfig) parse(resolvConf string) (*Config, []string) {
 	}
 	if m, err := strconv.ParseUint(r.CTMark, 0, 32); err != nil || bits.OnesCount64(m) != 1 {
 		bad("CTMARK", fmt.Errorf("%q must be a single bit, like 0x100000", r.CTMark))
+	} else if m > 0x40000000 {
+		bad("CTMARK", fmt.Errorf("%q leaves no bit above it for watched flows; use at most 0x40000000", r.CTMark))
 	} else {
 		c.CTMark = uint32(m)
 	}

@@ -250,6 +250,12 @@ func TestLoadConfigErrors(t *testing.T) {
 			},
 		},
 		{
+			name:       "the top mark bit leaves none for watched flows",
+			env:        map[string]string{"HUBWARDEN_CTMARK": "0x80000000"},
+			resolvConf: "nameserver 10.96.0.10\n",
+			want:       []string{`HUBWARDEN_CTMARK: "0x80000000" leaves no bit above it for watched flows; use at most 0x40000000`},
+		},
+		{
 			name: "no resolvers anywhere",
 			want: []string{"HUBWARDEN_DNS_SERVERS: empty, and reading the nameservers of"},
 		},

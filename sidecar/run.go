@@ -17,6 +17,7 @@ import (
 	"github.com/hubwarden/hubwarden/health"
 	"github.com/hubwarden/hubwarden/nflog"
 	"github.com/hubwarden/hubwarden/selftest"
+	"github.com/hubwarden/hubwarden/tcshape"
 	"github.com/hubwarden/hubwarden/xtables"
 )
 
@@ -83,7 +84,7 @@ func cmdRun(ctx context.Context, cfg *Config, log zerolog.Logger) error {
 	log.Info().Msg("ready: rules applied, self-test passed")
 
 	if cfg.Watch && cfg.Shape {
-		w, events, errs, err := startWatcher(ctx, cfg, log, m)
+		w, events, errs, err := startWatcher(ctx, cfg, log, m, k.plan.shape.gated(), k.plan.ipv6)
 		if err != nil {
 			return err
 		}
@@ -155,7 +156,10 @@ func runSelftest(ctx context.Context, cfg *Config, k *kernel) selftest.Result {
 
 // startWatcher dials conntrack, starts listening before the first dump (so no
 // flow falls between them) and builds the watcher.
-func startWatcher(ctx context.Context, cfg *Config, log zerolog.Logger, m *health.Metrics) (*ctwatch.Watcher, <-chan conntrack.Event, <-chan error, error) {
+//
+// The mangle rules hold the tripwire at FLOW_BUDGET (MangleTables, as
+// newShaper plans it whenever the watcher runs), and the pod gate when gated.
+func startWatcher(ctx context.Context, cfg *Config, log zerolog.Logger, m *health.Metrics, gated, ipv6 bool) (*ctwatch.Watcher, <-chan conntrack.Event, <-chan error, error) {
 	if err := conntrack.EnableAccounting(true); err != nil {
 		// The mangle table's connbytes rule turns accounting on anyway (the
 		// self-test checked it); timestamps are a nicety for the audit.
@@ -183,6 +187,10 @@ func startWatcher(ctx context.Context, cfg *Config, log zerolog.Logger, m *healt
 	}
 	context.AfterFunc(ctx, func() { c.Close(); dumper.Close() })
 	events, errs := c.Listen(ctx)
+	opts := ctwatch.Options{Tx: ctwatch.TxBytes("/proc/net/dev"), Dumper: dumper}
+	if gated {
+		opts.Gate = tcshape.PodGate{IPv6: ipv6}
+	}
 	w := ctwatch.New(ctwatch.Config{
 		FlowBudget:       cfg.FlowBudget,
 		FlowRefill:       cfg.FlowRefill,
@@ -192,6 +200,9 @@ func startWatcher(ctx context.Context, cfg *Config, log zerolog.Logger, m *healt
 		DumpInterval:     cfg.DumpInterval,
 		ProgressInterval: cfg.ProgressInterval,
 		CTMark:           cfg.CTMark,
+		Tripwire:         true,
+		WatchedMark:      cfg.CTMark << 1,
+		Gate:             gated,
 		User:             cfg.User,
 		Server:           cfg.Server,
 		StateDir:         cfg.StateDir,
@@ -199,7 +210,7 @@ func startWatcher(ctx context.Context, cfg *Config, log zerolog.Logger, m *healt
 		// Reading the pod's transmit counter every millisecond finds a
 		// kept-alive flow that starts a burst long before the next dump.
 		TxInterval: time.Millisecond,
-	}, c, log, ctwatch.Options{Tx: ctwatch.TxBytes("/proc/net/dev"), Dumper: dumper})
+	}, c, log, opts)
 	m.SetWatcher(func() health.WatcherStats {
 		s := w.Stats()
 		return health.WatcherStats{
@@ -209,6 +220,8 @@ func startWatcher(ctx context.Context, cfg *Config, log zerolog.Logger, m *healt
 			BytesFast:      s.FastBytes,
 			BytesSlow:      s.SlowBytes,
 			PodBucketBytes: s.PodTokens,
+			PodGate:        s.Gate,
+			PodGateSets:    s.GateSets,
 		}
 	})
 	return w, events, errs, nil

@@ -75,6 +75,25 @@ func TestIntegrationRunHealsDrift(t *testing.T) {
 	if got := metric(body, "hubwarden_reconcile_drifts_total"); got != 0 {
 		t.Fatalf("drifts before any damage = %v, want 0", got)
 	}
+	// The watcher's kernel half: the tripwire at FLOW_BUDGET (64MiB by
+	// default) in both directions, and the pod gate, cleared at start.
+	mangle := p.Pod.MustRun("iptables-nft-save", "-t", "mangle")
+	for _, want := range []string{
+		"-m connmark --mark 0x0/0x300000 -m conntrack --ctdir REPLY -m connbytes --connbytes 67108864 --connbytes-mode bytes --connbytes-dir reply",
+		"-m connmark --mark 0x0/0x300000 -m conntrack --ctdir ORIGINAL -m connbytes --connbytes 67108864 --connbytes-mode bytes --connbytes-dir original",
+		"-m recent --rcheck --name hubwarden-gate4 --mask 0.0.0.0 --rsource",
+	} {
+		if !strings.Contains(mangle, want) {
+			t.Errorf("mangle table lacks %q:\n%s", want, mangle)
+		}
+	}
+	poll("the pod gate's first state", 5*time.Second, func() bool { return strings.Contains(out.String(), `"audit":"pod_gate"`) })
+	if !strings.Contains(out.String(), `"audit":"pod_gate","user":`) || !strings.Contains(out.String(), `"gate":false`) {
+		t.Errorf("no pod_gate line clearing the gate at start:\n%s", out.String())
+	}
+	if got := metric(body, "hubwarden_pod_gate"); got != 0 {
+		t.Errorf("hubwarden_pod_gate = %v, want 0", got)
+	}
 
 	// Damage: the egress hook and the HTB root.
 	p.Pod.MustRun("iptables-nft", "-D", "OUTPUT", "-m", "comment", "--comment", "hubwarden: hook", "-j", "HUBWARDEN-EGRESS")

@@ -35,10 +35,16 @@ func newShaper(cfg *Config, ipv6 bool, log zerolog.Logger, detect bool) (*shaper
 		return nil, err
 	}
 	scfg := tcshape.Config{
-		Interface:      cfg.Interface,
-		FastRate:       cfg.FastRate,
-		SlowRate:       cfg.SlowRate,
-		CTMark:         cfg.CTMark,
+		Interface:   cfg.Interface,
+		FastRate:    cfg.FastRate,
+		SlowRate:    cfg.SlowRate,
+		CTMark:      cfg.CTMark,
+		WatchedMark: cfg.CTMark << 1,
+		// The tripwire and the gate need the watcher: only it gives a flow
+		// its budget back, and only it sets and clears the gate.
+		Tripwire:       cfg.Watch,
+		TripwireBudget: cfg.FlowBudget,
+		Gate:           cfg.Watch,
 		Backstop:       cfg.Backstop,
 		BackstopBudget: cfg.BackstopBudget,
 		BackstopRate:   cfg.BackstopRate,
@@ -74,6 +80,13 @@ func (s *shaper) tables(fams []xtables.Family) ([]xtables.Table, error) {
 	}
 	return tcshape.MangleTables(s.cfg)
 }
+
+// gated says whether the plan has the pod gate rule.
+func (s *shaper) gated() bool { return s != nil && s.cfg.Gate }
+
+// dropGate takes the pod gate rule out of the plan: the kernel has no
+// xt_recent.
+func (s *shaper) dropGate() { s.cfg.Gate = false }
 
 // apply makes the qdisc tree equal to the plan.
 func (s *shaper) apply(ctx context.Context, log zerolog.Logger) error {
