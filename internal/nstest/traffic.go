@@ -119,7 +119,7 @@ func (s *Sink) Addr() net.Addr { return s.ln.Addr() }
 // n as it arrives, so that another goroutine can watch the count grow. It
 // returns the error that ended the reading.
 func Drain(r io.Reader, n *atomic.Int64) error {
-	buf := make([]byte, 256<<10)
+	buf := make([]byte, 64<<10) // small: a Sink may hold thousands of connections
 	for {
 		k, err := r.Read(buf)
 		n.Add(int64(k))
