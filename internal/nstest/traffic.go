@@ -23,12 +23,7 @@ import (
 // fails the test on error, and closes the listener when the test ends.
 func (ns *NS) Listen(network, addr string) net.Listener {
 	ns.tb.Helper()
-	var ln net.Listener
-	if err := ns.Do(func() (err error) { ln, err = net.Listen(network, addr); return err }); err != nil {
-		ns.tb.Fatalf("listening on %s %s in %s: %v", network, addr, ns.Name, err)
-	}
-	ns.tb.Cleanup(func() { ln.Close() })
-	return ln
+	return listen(ns, network, addr, net.Listen)
 }
 
 // ListenPacket listens on addr ("udp", "udp4" or "udp6") inside the
@@ -36,12 +31,19 @@ func (ns *NS) Listen(network, addr string) net.Listener {
 // ends.
 func (ns *NS) ListenPacket(network, addr string) net.PacketConn {
 	ns.tb.Helper()
-	var pc net.PacketConn
-	if err := ns.Do(func() (err error) { pc, err = net.ListenPacket(network, addr); return err }); err != nil {
+	return listen(ns, network, addr, net.ListenPacket)
+}
+
+// listen calls f inside the namespace, and closes what it opened when the
+// test ends.
+func listen[T io.Closer](ns *NS, network, addr string, f func(network, addr string) (T, error)) T {
+	ns.tb.Helper()
+	var c T
+	if err := ns.Do(func() (err error) { c, err = f(network, addr); return err }); err != nil {
 		ns.tb.Fatalf("listening on %s %s in %s: %v", network, addr, ns.Name, err)
 	}
-	ns.tb.Cleanup(func() { pc.Close() })
-	return pc
+	ns.tb.Cleanup(func() { c.Close() })
+	return c
 }
 
 // Serve listens on the TCP address addr inside the namespace and runs handle
