@@ -54,8 +54,13 @@ func newBed(t *testing.T, n int, be xtables.Backend) *bed {
 	b := &bed{Pair: nstest.NewPair(t, n), n: n,
 		Denied4: fmt.Sprintf("198.18.%d.66", n), Denied6: fmt.Sprintf("2001:2:0:1d::%d:66", n),
 		Another4: fmt.Sprintf("198.18.%d.53", n), Another6: fmt.Sprintf("2001:2:0:1d::%d:53", n)}
-	for _, a := range []string{b.Denied4 + "/32", b.Another4 + "/32", b.Denied6 + "/128", b.Another6 + "/128"} {
+	for _, a := range []string{b.Denied4 + "/32", b.Another4 + "/32"} {
 		b.Peer.MustRun("ip", "addr", "add", a, "dev", "lo")
+	}
+	// nodad: a tentative address cannot be bound yet, and the kernel's
+	// duplicate address detection work may wait on a busy machine.
+	for _, a := range []string{b.Denied6 + "/128", b.Another6 + "/128"} {
+		b.Peer.MustRun("ip", "addr", "add", a, "dev", "lo", "nodad")
 	}
 	r := xtables.ExecRunner{LockFile: filepath.Join(t.TempDir(), "xtables.lock")}
 	b.x = xtables.New(be, r, zerolog.New(zerolog.NewTestWriter(t)))
