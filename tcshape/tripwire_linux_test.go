@@ -3,12 +3,11 @@
 package tcshape
 
 import (
-	"io"
+	"context"
 	"net"
 	"regexp"
 	"strconv"
 	"strings"
-	"sync/atomic"
 	"testing"
 	"time"
 
@@ -39,42 +38,27 @@ func ipBytes(bytes, pkts uint64) int64 { return int64(bytes) - 14*int64(pkts) }
 // until the connection is closed: the pod sends in the original direction.
 func upload(t *testing.T, p *nstest.Pair, addr string) (stop func()) {
 	t.Helper()
-	var ln net.Listener
-	if err := p.Peer.Do(func() (err error) {
-		ln, err = net.Listen("tcp", addr)
-		return err
-	}); err != nil {
-		t.Fatal(err)
-	}
-	go func() {
-		c, err := ln.Accept()
-		if err != nil {
-			return
-		}
-		defer c.Close()
-		_, _ = io.Copy(io.Discard, c)
-	}()
+	p.Peer.Sink(addr)
 	var c net.Conn
-	if err := p.Pod.Do(func() (err error) {
-		for range 3 { // the first IPv6 packet can be lost to neighbour discovery
-			if c, err = net.DialTimeout("tcp", addr, 2*time.Second); err == nil {
-				return nil
-			}
+	var err error
+	for range 3 { // the first IPv6 packet can be lost to neighbour discovery
+		if c, err = p.Pod.DialTimeout("tcp", addr, 2*time.Second); err == nil {
+			break
 		}
-		return err
-	}); err != nil {
+	}
+	if err != nil {
 		t.Fatal(err)
 	}
-	var done atomic.Bool
-	go func() {
-		buf := make([]byte, 1<<20)
-		for !done.Load() {
-			if _, err := c.Write(buf); err != nil {
-				return
-			}
-		}
-	}()
-	stop = func() { done.Store(true); c.Close(); ln.Close() }
+	ctx, cancel := context.WithCancel(context.Background())
+	go nstest.Blast(ctx, c)
+	stop = func() {
+		cancel()
+		// A reset, not a FIN after the unsent buffer: that buffer would
+		// drain at the slow rate into the next case, as a new entry after
+		// its conntrack flush.
+		_ = c.(*net.TCPConn).SetLinger(0)
+		c.Close()
+	}
 	t.Cleanup(stop)
 	return stop
 }
