@@ -435,16 +435,16 @@ const slowRate = 125000.0 // 1mbit in bytes/s
 
 // transfer sends one flow pod → peer until it has been demoted (or a
 // deadline) and returns the bytes received fast (before the demotion).
-func transfer(t *testing.T, p *nstest.Pair, sk *sink, budget int64) (fast float64, topRate float64) {
+func transfer(t *testing.T, p *nstest.Pair, sk *nstest.Sink, budget int64) (fast float64, topRate float64) {
 	c, err := dial(p.Pod, fmt.Sprintf("%s:%d", p.PeerIP4, portBulk))
 	if err != nil {
 		t.Fatal(err)
 	}
 	defer c.Close()
-	base := sk.bytes.Load()
+	base := sk.Bytes()
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
-	go blast(ctx, c)
+	go nstest.Blast(ctx, c)
 	type sample struct {
 		t time.Time
 		b int64
@@ -454,7 +454,7 @@ func transfer(t *testing.T, p *nstest.Pair, sk *sink, budget int64) (fast float6
 	deadline := start.Add(40 * time.Second)
 	for time.Now().Before(deadline) {
 		time.Sleep(5 * time.Millisecond)
-		ss = append(ss, sample{time.Now(), sk.bytes.Load() - base})
+		ss = append(ss, sample{time.Now(), sk.Bytes() - base})
 		// Done when past the budget and the last 500 ms were slow.
 		n := len(ss)
 		if n > 100 && ss[n-1].b > budget/2 {
@@ -539,7 +539,7 @@ func benchOvershoot(t *testing.T) {
 				over["HUBWARDEN_WATCH"] = "false"
 				over["HUBWARDEN_BACKSTOP"] = "false"
 			}
-			sk := newSink(t, p.Peer, fmt.Sprintf("%s:%d", p.PeerIP4, portBulk))
+			sk := p.Peer.Sink(fmt.Sprintf("%s:%d", p.PeerIP4, portBulk))
 			s := startSidecar(t, p, podEnv(t, p, over))
 			ctx, cancel := context.WithCancel(context.Background())
 			if mode == "naive 1 s poll" {
@@ -683,8 +683,8 @@ func benchInteractive(t *testing.T) {
 		var idle, loaded, ratios []float64
 		for r := 0; r < reps(); r++ {
 			p := nstest.NewPair(t, 78)
-			echoServer(t, p.Peer, fmt.Sprintf("%s:%d", p.PeerIP4, portEcho))
-			newSink(t, p.Peer, fmt.Sprintf("%s:%d", p.PeerIP4, portBulk))
+			p.Peer.Serve(fmt.Sprintf("%s:%d", p.PeerIP4, portEcho), func(c net.Conn) { io.Copy(c, c) })
+			p.Peer.Sink(fmt.Sprintf("%s:%d", p.PeerIP4, portBulk))
 			s := startSidecar(t, p, podEnv(t, p, rg.env))
 			c, err := dial(p.Pod, fmt.Sprintf("%s:%d", p.PeerIP4, portEcho))
 			if err != nil {
@@ -696,7 +696,7 @@ func benchInteractive(t *testing.T) {
 				t.Fatal(err)
 			}
 			ctx, cancel := context.WithCancel(context.Background())
-			go blast(ctx, bc)
+			go nstest.Blast(ctx, bc)
 			deadline := time.Now().Add(30 * time.Second)
 			for s.metric("hubwarden_demotions_total") < 1 && time.Now().Before(deadline) {
 				time.Sleep(50 * time.Millisecond)
@@ -749,9 +749,9 @@ iptables -w -t mangle -A POSTROUTING -o eth0 -p tcp -m connbytes --connbytes 167
 
 // bypass runs one bypass for d and returns the bytes moved and the rate of
 // the window's last 40 %.
-func bypass(t *testing.T, p *nstest.Pair, sk *sink, kind string, d time.Duration) (moved, tail float64) {
+func bypass(t *testing.T, p *nstest.Pair, sk *nstest.Sink, kind string, d time.Duration) (moved, tail float64) {
 	addr := fmt.Sprintf("%s:%d", p.PeerIP4, portBulk)
-	base := sk.bytes.Load()
+	base := sk.Bytes()
 	ctx, cancel := context.WithTimeout(context.Background(), d)
 	defer cancel()
 	var wg sync.WaitGroup
@@ -765,7 +765,7 @@ func bypass(t *testing.T, p *nstest.Pair, sk *sink, kind string, d time.Duration
 					return
 				}
 				defer c.Close()
-				blast(ctx, c)
+				nstest.Blast(ctx, c)
 			}()
 		}
 	}
@@ -793,10 +793,10 @@ func bypass(t *testing.T, p *nstest.Pair, sk *sink, kind string, d time.Duration
 	start := time.Now()
 	var at60 int64
 	<-time.After(d * 6 / 10)
-	at60 = sk.bytes.Load() - base
+	at60 = sk.Bytes() - base
 	<-ctx.Done()
 	el := time.Since(start).Seconds()
-	total := sk.bytes.Load() - base
+	total := sk.Bytes() - base
 	wg.Wait()
 	return float64(total), float64(total-at60) / (el - d.Seconds()*0.6)
 }
@@ -815,7 +815,7 @@ func benchOneGiB(t *testing.T) {
 			for r := 0; r < pick(1, 2); r++ {
 				p := nstest.NewPair(t, idx)
 				idx = 73 + (idx-72)%3
-				sk := newSink(t, p.Peer, fmt.Sprintf("%s:%d", p.PeerIP4, portBulk))
+				sk := p.Peer.Sink(fmt.Sprintf("%s:%d", p.PeerIP4, portBulk))
 				stop := setupAlt(t, p, alt)
 				moved, tail := bypass(t, p, sk, kind, d)
 				stop()
@@ -873,34 +873,18 @@ func benchRegular(t *testing.T) {
 		p := nstest.NewPair(t, 73+i)
 		setupAlt(t, p, alt)
 		// The "notebook server": answers "GET <n>\n" with n bytes.
-		var ln net.Listener
-		p.Pod.Do(func() error {
-			var err error
-			ln, err = net.Listen("tcp", p.PodIP4+":8888")
-			return err
-		})
-		t.Cleanup(func() { ln.Close() })
-		go func() {
+		p.Pod.Serve(p.PodIP4+":8888", func(c net.Conn) {
+			r := bufio.NewReader(c)
 			for {
-				c, err := ln.Accept()
-				if err != nil {
+				var n int
+				if _, err := fmt.Fscanf(r, "GET %d\n", &n); err != nil {
 					return
 				}
-				go func() {
-					defer c.Close()
-					r := bufio.NewReader(c)
-					for {
-						var n int
-						if _, err := fmt.Fscanf(r, "GET %d\n", &n); err != nil {
-							return
-						}
-						if _, err := c.Write(make([]byte, n)); err != nil {
-							return
-						}
-					}
-				}()
+				if _, err := c.Write(make([]byte, n)); err != nil {
+					return
+				}
 			}
-		}()
+		})
 		c, err := dial(p.Peer, p.PodIP4+":8888")
 		if err != nil {
 			t.Fatal(err)

@@ -3,7 +3,6 @@
 package bench
 
 import (
-	"context"
 	"fmt"
 	"io"
 	"net"
@@ -134,21 +133,14 @@ type sidecar struct {
 // nsHTTP is an HTTP client whose connections are opened inside ns.
 func nsHTTP(ns *nstest.NS) *http.Client {
 	return &http.Client{
-		Timeout: 2 * time.Second,
-		Transport: &http.Transport{
-			DisableKeepAlives: true,
-			DialContext: func(ctx context.Context, network, addr string) (net.Conn, error) {
-				var c net.Conn
-				err := ns.Do(func() error {
-					var d net.Dialer
-					var err error
-					c, err = d.DialContext(ctx, network, addr)
-					return err
-				})
-				return c, err
-			},
-		},
+		Timeout:   2 * time.Second,
+		Transport: &http.Transport{DisableKeepAlives: true, DialContext: ns.DialContext},
 	}
+}
+
+// dial opens a TCP connection from inside ns.
+func dial(ns *nstest.NS, addr string) (net.Conn, error) {
+	return ns.DialTimeout("tcp", addr, 5*time.Second)
 }
 
 // startSidecar runs `hubwarden run` in the pod and waits for /readyz.
@@ -234,101 +226,6 @@ func usage(pid int) (ticks uint64, rssKiB uint64, err error) {
 var sysTicks atomic.Uint64
 
 const clkTck = 100 // USER_HZ on Linux
-
-// sink is a listener in the peer that counts every byte it receives.
-type sink struct {
-	ln    net.Listener
-	bytes atomic.Int64
-	mu    sync.Mutex
-	conns []net.Conn
-}
-
-func newSink(t *testing.T, ns *nstest.NS, addr string) *sink {
-	t.Helper()
-	s := &sink{}
-	if err := ns.Do(func() error {
-		var err error
-		s.ln, err = net.Listen("tcp", addr)
-		return err
-	}); err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() {
-		s.ln.Close()
-		s.mu.Lock()
-		for _, c := range s.conns {
-			c.Close()
-		}
-		s.mu.Unlock()
-	})
-	go func() {
-		for {
-			c, err := s.ln.Accept()
-			if err != nil {
-				return
-			}
-			s.mu.Lock()
-			s.conns = append(s.conns, c)
-			s.mu.Unlock()
-			go func() {
-				buf := make([]byte, 64<<10)
-				for {
-					n, err := c.Read(buf)
-					s.bytes.Add(int64(n))
-					if err != nil {
-						return
-					}
-				}
-			}()
-		}
-	}()
-	return s
-}
-
-// echoServer answers every read with the same bytes.
-func echoServer(t *testing.T, ns *nstest.NS, addr string) {
-	t.Helper()
-	var ln net.Listener
-	if err := ns.Do(func() error {
-		var err error
-		ln, err = net.Listen("tcp", addr)
-		return err
-	}); err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { ln.Close() })
-	go func() {
-		for {
-			c, err := ln.Accept()
-			if err != nil {
-				return
-			}
-			go func() { defer c.Close(); io.Copy(c, c) }()
-		}
-	}()
-}
-
-// dial opens a TCP connection from inside ns.
-func dial(ns *nstest.NS, addr string) (net.Conn, error) {
-	var c net.Conn
-	err := ns.Do(func() error {
-		var err error
-		c, err = net.DialTimeout("tcp", addr, 5*time.Second)
-		return err
-	})
-	return c, err
-}
-
-// blast writes as fast as it can to c until ctx ends or a write fails.
-func blast(ctx context.Context, c net.Conn) {
-	buf := make([]byte, 256<<10)
-	go func() { <-ctx.Done(); c.SetWriteDeadline(time.Now()) }()
-	for ctx.Err() == nil {
-		if _, err := c.Write(buf); err != nil {
-			return
-		}
-	}
-}
 
 func median(v []float64) float64 {
 	if len(v) == 0 {

@@ -72,28 +72,19 @@ func newBed(t *testing.T, idx int) *bed {
 	}
 	t.Cleanup(func() { c.Close() })
 	b := &bed{t: t, pair: p, conn: c}
-	b.srv = startServer(t, pod)
+	b.srv = startServer(pod)
 	sleeper := pod.Start("sleep", "3600")
 	b.txPath = fmt.Sprintf("/proc/%d/net/dev", sleeper.Process.Pid)
 	return b
 }
 
 func (b *bed) config() Config {
-	return Config{
-		FlowBudget:       32 * units.MiB,
-		FlowRefill:       units.Rate(units.MiB),
-		PodBudget:        256 * units.MiB,
-		PodRefill:        256 * units.Rate(units.KiB),
-		PromoteIdle:      2 * time.Second,
-		DumpInterval:     time.Second,
-		ProgressInterval: time.Minute,
-		CTMark:           itMark,
-		User:             "jovyan",
-		Server:           "it",
-		StateDir:         b.t.TempDir(),
-		LocalAddrs:       []netip.Addr{netip.MustParseAddr(b.pair.PodIP4), netip.MustParseAddr(b.pair.PodIP6)},
-		TxInterval:       time.Millisecond,
-	}
+	c := testConfig() // the simulation's, with a smaller flow budget
+	c.FlowBudget = 32 * units.MiB
+	c.CTMark = itMark
+	c.User, c.Server, c.StateDir = "jovyan", "it", b.t.TempDir()
+	c.LocalAddrs = []netip.Addr{netip.MustParseAddr(b.pair.PodIP4), netip.MustParseAddr(b.pair.PodIP6)}
+	return c
 }
 
 // runWatcher starts a watcher; stop cancels it and waits for Run to return.
@@ -126,33 +117,16 @@ func (b *bed) runWatcher(cfg Config, log *auditLog) (w *Watcher, stop func()) {
 // server sends what it is asked for: it reads an 8-byte length and writes
 // that many bytes, as often as the client asks on one connection.
 type server struct {
-	ln   net.Listener
 	sent atomic.Int64
 }
 
-func startServer(t *testing.T, ns *nstest.NS) *server {
+func startServer(ns *nstest.NS) *server {
 	s := &server{}
-	if err := ns.Do(func() (err error) {
-		s.ln, err = net.Listen("tcp", "[::]:"+strconv.Itoa(itPort))
-		return err
-	}); err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { s.ln.Close() })
-	go func() {
-		for {
-			c, err := s.ln.Accept()
-			if err != nil {
-				return
-			}
-			go s.serve(c)
-		}
-	}()
+	ns.Serve("[::]:"+strconv.Itoa(itPort), s.serve)
 	return s
 }
 
 func (s *server) serve(c net.Conn) {
-	defer c.Close()
 	buf := make([]byte, 64<<10)
 	var hdr [8]byte
 	for {

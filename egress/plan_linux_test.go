@@ -4,7 +4,6 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"io"
 	"net"
 	"net/netip"
 	"path/filepath"
@@ -23,6 +22,7 @@ import (
 	"golang.org/x/net/ipv4"
 	"golang.org/x/net/ipv6"
 
+	"github.com/hubwarden/hubwarden/internal/dnstest"
 	"github.com/hubwarden/hubwarden/internal/nstest"
 	"github.com/hubwarden/hubwarden/resolve"
 	"github.com/hubwarden/hubwarden/xtables"
@@ -54,8 +54,13 @@ func newBed(t *testing.T, n int, be xtables.Backend) *bed {
 	b := &bed{Pair: nstest.NewPair(t, n), n: n,
 		Denied4: fmt.Sprintf("198.18.%d.66", n), Denied6: fmt.Sprintf("2001:2:0:1d::%d:66", n),
 		Another4: fmt.Sprintf("198.18.%d.53", n), Another6: fmt.Sprintf("2001:2:0:1d::%d:53", n)}
-	for _, a := range []string{b.Denied4 + "/32", b.Another4 + "/32", b.Denied6 + "/128", b.Another6 + "/128"} {
+	for _, a := range []string{b.Denied4 + "/32", b.Another4 + "/32"} {
 		b.Peer.MustRun("ip", "addr", "add", a, "dev", "lo")
+	}
+	// nodad: a tentative address cannot be bound yet, and the kernel's
+	// duplicate address detection work may wait on a busy machine.
+	for _, a := range []string{b.Denied6 + "/128", b.Another6 + "/128"} {
+		b.Peer.MustRun("ip", "addr", "add", a, "dev", "lo", "nodad")
 	}
 	r := xtables.ExecRunner{LockFile: filepath.Join(t.TempDir(), "xtables.lock")}
 	b.x = xtables.New(be, r, zerolog.New(zerolog.NewTestWriter(t)))
@@ -87,25 +92,9 @@ func baseConfig(b *bed) Config {
 	return Config{DNSServers: addrs(b.PeerIP4, b.PeerIP6), DNSRate: 20, DNSBurst: 100, NFLogGroup: 1987, IPv6: true}
 }
 
-// listenTCP accepts on addr in ns and greets every connection with "ok".
-func listenTCP(t *testing.T, ns *nstest.NS, addr string) {
-	t.Helper()
-	var l net.Listener
-	if err := ns.Do(func() (err error) { l, err = net.Listen("tcp", addr); return err }); err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { l.Close() })
-	go func() {
-		for {
-			c, err := l.Accept()
-			if err != nil {
-				return
-			}
-			_, _ = c.Write([]byte("ok"))
-			c.Close()
-		}
-	}()
-}
+// greet is the TCP servers' handler (nstest.NS.Serve): it says "ok", which
+// dial reads.
+func greet(c net.Conn) { _, _ = c.Write([]byte("ok")) }
 
 // udpSink counts the datagrams that reach addr in ns, by payload.
 type udpSink struct {
@@ -116,11 +105,7 @@ type udpSink struct {
 
 func listenUDP(t *testing.T, ns *nstest.NS, addr string) *udpSink {
 	t.Helper()
-	var pc net.PacketConn
-	if err := ns.Do(func() (err error) { pc, err = net.ListenPacket("udp", addr); return err }); err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { pc.Close() })
+	pc := ns.ListenPacket("udp", addr)
 	s := &udpSink{got: map[string]int{}, seen: make(chan string, 100)}
 	go func() {
 		buf := make([]byte, 2048)
@@ -205,9 +190,9 @@ func refusedFast(t *testing.T, ns *nstest.NS, addr string) time.Duration {
 	t.Helper()
 	var times []time.Duration
 	for range 9 {
-		took, err := dial(ns, "tcp", addr)
-		if !errors.Is(err, syscall.ECONNREFUSED) {
-			t.Fatalf("connecting to %s: %v, want connection refused", addr, err)
+		took, err := ns.DialRefused(addr, 3*time.Second)
+		if err != nil {
+			t.Fatal(err)
 		}
 		times = append(times, took)
 	}
@@ -283,8 +268,8 @@ func TestIntegrationEgressAllowDeny(t *testing.T) {
 	forBackends(t, func(t *testing.T, be xtables.Backend) {
 		b := newBed(t, 21, be)
 		for _, a := range []string{b.PeerIP4, b.PeerIP6, b.Denied4, b.Denied6} {
-			listenTCP(t, b.Peer, hostPort(a, 8080))
-			listenTCP(t, b.Peer, hostPort(a, 8081))
+			b.Peer.Serve(hostPort(a, 8080), greet)
+			b.Peer.Serve(hostPort(a, 8081), greet)
 		}
 		udp := map[string]*udpSink{}
 		for _, a := range []string{b.PeerIP4, b.PeerIP6, b.Denied4, b.Denied6} {
@@ -407,7 +392,7 @@ func TestIntegrationEgressMetadata(t *testing.T) {
 // on addr:53 over UDP and TCP; AAAA queries get no records.
 func dnsServer(t *testing.T, ns *nstest.NS, addr string, answer func() (netip.Addr, uint32)) {
 	t.Helper()
-	respond := func(q []byte) []byte {
+	respond := func(q []byte, _ bool) []byte {
 		var m dnsmessage.Message
 		if err := m.Unpack(q); err != nil || len(m.Questions) != 1 {
 			return nil
@@ -423,87 +408,40 @@ func dnsServer(t *testing.T, ns *nstest.NS, addr string, answer func() (netip.Ad
 		b, _ := r.Pack()
 		return b
 	}
-	var pc net.PacketConn
-	var l net.Listener
-	err := ns.Do(func() (err error) {
-		if pc, err = net.ListenPacket("udp", hostPort(addr, 53)); err != nil {
-			return err
-		}
-		l, err = net.Listen("tcp", hostPort(addr, 53))
-		return err
-	})
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { pc.Close(); l.Close() })
-	go func() {
-		buf := make([]byte, 4096)
-		for {
-			k, from, err := pc.ReadFrom(buf)
-			if err != nil {
-				return
-			}
-			if r := respond(buf[:k]); r != nil {
-				_, _ = pc.WriteTo(r, from)
-			}
-		}
-	}()
-	go func() {
-		for {
-			c, err := l.Accept()
-			if err != nil {
-				return
-			}
-			go func() {
-				defer c.Close()
-				hdr := make([]byte, 2)
-				if _, err := io.ReadFull(c, hdr); err != nil {
-					return
-				}
-				q := make([]byte, int(hdr[0])<<8|int(hdr[1]))
-				if _, err := io.ReadFull(c, q); err != nil {
-					return
-				}
-				r := respond(q)
-				_, _ = c.Write(append([]byte{byte(len(r) >> 8), byte(len(r))}, r...))
-			}()
-		}
-	}()
+	dnstest.Serve(ns.ListenPacket("udp", hostPort(addr, 53)), ns.Listen("tcp", hostPort(addr, 53)), respond)
+}
+
+// query is an A query for x.test with the given ID, in wire format.
+func query(id uint16) []byte {
+	q := dnsmessage.Message{Header: dnsmessage.Header{ID: id, RecursionDesired: true},
+		Questions: []dnsmessage.Question{{Name: dnsmessage.MustNewName("x.test."), Type: dnsmessage.TypeA, Class: dnsmessage.ClassINET}}}
+	p, _ := q.Pack()
+	return p
 }
 
 // tcpQuery asks server for x.test over TCP from ns.
 func tcpQuery(ns *nstest.NS, server string) error {
-	return ns.Do(func() error {
-		c, err := net.DialTimeout("tcp", hostPort(server, 53), 2*time.Second)
-		if err != nil {
-			return err
-		}
-		defer c.Close()
-		n, _ := dnsmessage.NewName("x.test.")
-		q := dnsmessage.Message{Header: dnsmessage.Header{ID: 9, RecursionDesired: true},
-			Questions: []dnsmessage.Question{{Name: n, Type: dnsmessage.TypeA, Class: dnsmessage.ClassINET}}}
-		p, _ := q.Pack()
-		if _, err := c.Write(append([]byte{byte(len(p) >> 8), byte(len(p))}, p...)); err != nil {
-			return err
-		}
-		_ = c.SetReadDeadline(time.Now().Add(2 * time.Second))
-		hdr := make([]byte, 2)
-		if _, err := io.ReadFull(c, hdr); err != nil {
-			return err
-		}
-		r := make([]byte, int(hdr[0])<<8|int(hdr[1]))
-		if _, err := io.ReadFull(c, r); err != nil {
-			return err
-		}
-		var m dnsmessage.Message
-		if err := m.Unpack(r); err != nil {
-			return fmt.Errorf("unpacking answer over tcp: %w", err)
-		}
-		if m.ID != 9 || len(m.Answers) != 1 {
-			return fmt.Errorf("bad answer over tcp: id %d, %d answers", m.ID, len(m.Answers))
-		}
-		return nil
-	})
+	c, err := ns.DialTimeout("tcp", hostPort(server, 53), 2*time.Second)
+	if err != nil {
+		return err
+	}
+	defer c.Close()
+	_ = c.SetDeadline(time.Now().Add(2 * time.Second))
+	if err := dnstest.WriteTCP(c, query(9)); err != nil {
+		return err
+	}
+	r, err := dnstest.ReadTCP(c)
+	if err != nil {
+		return err
+	}
+	var m dnsmessage.Message
+	if err := m.Unpack(r); err != nil {
+		return fmt.Errorf("unpacking answer over tcp: %w", err)
+	}
+	if m.ID != 9 || len(m.Answers) != 1 {
+		return fmt.Errorf("bad answer over tcp: id %d, %d answers", m.ID, len(m.Answers))
+	}
+	return nil
 }
 
 // TestIntegrationEgressDNS: DNS works to the configured resolver (UDP and
@@ -525,11 +463,7 @@ func TestIntegrationEgressDNS(t *testing.T) {
 			}
 			r := resolve.New(addrs(server))
 			r.Timeout = time.Second
-			r.Dial = func(ctx context.Context, network, address string) (net.Conn, error) {
-				var c net.Conn
-				err := b.Pod.Do(func() (err error) { c, err = (&net.Dialer{}).DialContext(ctx, network, address); return err })
-				return c, err
-			}
+			r.Dial = b.Pod.DialContext
 			got, _, err := r.Lookup(ctx, "x.test")
 			if err == nil && (len(got) != 1 || got[0] != netip.AddrFrom4([4]byte{198, 18, byte(b.n), 99})) {
 				err = fmt.Errorf("wrong answer %v", got)
@@ -566,19 +500,15 @@ func TestIntegrationEgressDNS(t *testing.T) {
 		// A tunnel that pipelines many queries into one large TCP segment
 		// gets nothing through (the segment is over MaxDNSPacket), though the
 		// same connection works with one query per segment.
-		err := b.Pod.Do(func() error {
-			c, err := net.DialTimeout("tcp", hostPort(b.PeerIP4, 53), 2*time.Second)
+		err := func() error {
+			c, err := b.Pod.DialTimeout("tcp", hostPort(b.PeerIP4, 53), 2*time.Second)
 			if err != nil {
 				return err
 			}
 			defer c.Close()
-			n, _ := dnsmessage.NewName("x.test.")
 			var batch []byte
 			for i := range 30 {
-				q := dnsmessage.Message{Header: dnsmessage.Header{ID: uint16(i)},
-					Questions: []dnsmessage.Question{{Name: n, Type: dnsmessage.TypeA, Class: dnsmessage.ClassINET}}}
-				p, _ := q.Pack()
-				batch = append(append(batch, byte(len(p)>>8), byte(len(p))), p...)
+				batch = dnstest.AppendTCP(batch, query(uint16(i)))
 			}
 			if _, err := c.Write(batch); err != nil {
 				return err
@@ -588,42 +518,33 @@ func TestIntegrationEgressDNS(t *testing.T) {
 				return fmt.Errorf("%d bytes of answers to a %d-byte segment of pipelined queries", k, len(batch))
 			}
 			return nil
-		})
+		}()
 		if err != nil {
 			t.Error(err)
 		}
 
 		// The burst: 60 queries at once on one socket; about DNS_BURST get through.
 		answered, dropped := 0, 0
-		err = b.Pod.Do(func() error {
-			c, err := net.Dial("udp", hostPort(b.PeerIP4, 53))
-			if err != nil {
-				return err
-			}
-			defer c.Close()
-			n, _ := dnsmessage.NewName("x.test.")
-			for i := range 60 {
-				q := dnsmessage.Message{Header: dnsmessage.Header{ID: uint16(i), RecursionDesired: true},
-					Questions: []dnsmessage.Question{{Name: n, Type: dnsmessage.TypeA, Class: dnsmessage.ClassINET}}}
-				p, _ := q.Pack()
-				// A packet dropped in OUTPUT fails the send with EPERM at once.
-				if _, err := c.Write(p); errors.Is(err, syscall.EPERM) {
-					dropped++
-				} else if err != nil {
-					return err
-				}
-			}
-			buf := make([]byte, 512)
-			for {
-				_ = c.SetReadDeadline(time.Now().Add(300 * time.Millisecond))
-				if _, err := c.Read(buf); err != nil {
-					return nil
-				}
-				answered++
-			}
-		})
+		resolver, err := b.Pod.DialTimeout("udp", hostPort(b.PeerIP4, 53), time.Second)
 		if err != nil {
 			t.Fatal(err)
+		}
+		defer resolver.Close()
+		for i := range 60 {
+			// A packet dropped in OUTPUT fails the send with EPERM at once.
+			if _, err := resolver.Write(query(uint16(i))); errors.Is(err, syscall.EPERM) {
+				dropped++
+			} else if err != nil {
+				t.Fatal(err)
+			}
+		}
+		buf := make([]byte, 512)
+		for {
+			_ = resolver.SetReadDeadline(time.Now().Add(300 * time.Millisecond))
+			if _, err := resolver.Read(buf); err != nil {
+				break
+			}
+			answered++
 		}
 		// The bucket may have refilled by a few packets (5/s) since the lookups above.
 		t.Logf("60 queries at once: %d answered, %d refused with EPERM at send (DNS_BURST 20, DNS_RATE 5/s)", answered, dropped)
@@ -634,28 +555,16 @@ func TestIntegrationEgressDNS(t *testing.T) {
 		// Sustained: with the bucket empty, a query every 10 ms for 2 s gets
 		// about DNS_RATE × 2 s through.
 		sent, ok := 0, 0
-		err = b.Pod.Do(func() error {
-			c, err := net.Dial("udp", hostPort(b.PeerIP4, 53))
-			if err != nil {
-				return err
-			}
-			defer c.Close()
-			n, _ := dnsmessage.NewName("x.test.")
-			start := time.Now()
-			for time.Since(start) < 2*time.Second {
-				q := dnsmessage.Message{Header: dnsmessage.Header{ID: uint16(1000 + sent)},
-					Questions: []dnsmessage.Question{{Name: n, Type: dnsmessage.TypeA, Class: dnsmessage.ClassINET}}}
-				p, _ := q.Pack()
-				sent++
-				if _, err := c.Write(p); err == nil {
-					ok++
-				}
-				time.Sleep(10 * time.Millisecond)
-			}
-			return nil
-		})
+		again, err := b.Pod.DialTimeout("udp", hostPort(b.PeerIP4, 53), time.Second)
 		if err != nil {
 			t.Fatal(err)
+		}
+		defer again.Close()
+		for start := time.Now(); time.Since(start) < 2*time.Second; time.Sleep(10 * time.Millisecond) {
+			if _, err := again.Write(query(uint16(1000 + sent))); err == nil {
+				ok++
+			}
+			sent++
 		}
 		t.Logf("sustained: %d of %d queries in 2s passed (DNS_RATE 5/s)", ok, sent)
 		if ok < 5 || ok > 16 {
@@ -670,7 +579,7 @@ func TestIntegrationEgressDNS(t *testing.T) {
 func TestIntegrationEgressNDP(t *testing.T) {
 	forBackends(t, func(t *testing.T, be xtables.Backend) {
 		b := newBed(t, 24, be)
-		listenTCP(t, b.Peer, hostPort(b.PeerIP6, 8080))
+		b.Peer.Serve(hostPort(b.PeerIP6, 8080), greet)
 		crafted := peerCounter(t, b.Peer, true, "-d", b.Denied6, "-p", "ipv6-icmp", "--icmpv6-type", "135")
 		sendNS := func() error {
 			return b.Pod.Do(func() error {
@@ -717,7 +626,7 @@ func TestIntegrationEgressNDP(t *testing.T) {
 		}
 		// The pod's own neighbour advertisements get out: with only the peer's
 		// cache flushed, the peer must solicit the pod's address to connect in.
-		listenTCP(t, b.Pod, hostPort(b.PodIP6, 9000))
+		b.Pod.Serve(hostPort(b.PodIP6, 9000), greet)
 		b.Peer.MustRun("ip", "-6", "neigh", "flush", "all")
 		if _, err := dial(b.Peer, "tcp", hostPort(b.PodIP6, 9000)); err != nil {
 			t.Errorf("connecting into the pod after flushing the peer's neighbour cache: %v", err)
@@ -732,7 +641,7 @@ func TestIntegrationEgressFollowsDNS(t *testing.T) {
 	forBackends(t, func(t *testing.T, be xtables.Backend) {
 		b := newBed(t, 25, be)
 		for _, a := range []string{b.PeerIP4, b.Denied4} {
-			listenTCP(t, b.Peer, hostPort(a, 8080))
+			b.Peer.Serve(hostPort(a, 8080), greet)
 		}
 		var current atomic.Pointer[netip.Addr]
 		first := netip.MustParseAddr(b.PeerIP4)
@@ -745,11 +654,7 @@ func TestIntegrationEgressFollowsDNS(t *testing.T) {
 		cfg.Allow = entries(t, "tcp://data.test:8080")
 		r := resolve.New(cfg.DNSServers)
 		r.Timeout = time.Second
-		r.Dial = func(ctx context.Context, network, address string) (net.Conn, error) {
-			var c net.Conn
-			err := b.Pod.Do(func() (err error) { c, err = (&net.Dialer{}).DialContext(ctx, network, address); return err })
-			return c, err
-		}
+		r.Dial = b.Pod.DialContext
 		applied := make(chan error, 4)
 		ref := resolve.NewRefresher(r, cfg.Hosts(), time.Second, zerolog.New(zerolog.NewTestWriter(t)), func(m map[string][]netip.Addr) {
 			tables, err := Plan(cfg, m)

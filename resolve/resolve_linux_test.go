@@ -15,39 +15,12 @@ import (
 // subnet is this package's nstest subnet index.
 const subnet = 20
 
-// nsDial opens connections from inside ns.
-func nsDial(ns *nstest.NS) DialFunc {
-	return func(ctx context.Context, network, address string) (net.Conn, error) {
-		var c net.Conn
-		err := ns.Do(func() error {
-			var err error
-			c, err = (&net.Dialer{}).DialContext(ctx, network, address)
-			return err
-		})
-		return c, err
-	}
-}
-
 // startIn starts a testServer on addr:53 (UDP and TCP) inside ns.
 func startIn(t *testing.T, ns *nstest.NS, addr string) *testServer {
 	t.Helper()
+	ap := net.JoinHostPort(addr, "53")
 	s := &testServer{}
-	var pc net.PacketConn
-	var l net.Listener
-	err := ns.Do(func() error {
-		var err error
-		ap := net.JoinHostPort(addr, "53")
-		if pc, err = net.ListenPacket("udp", ap); err != nil {
-			return err
-		}
-		l, err = net.Listen("tcp", ap)
-		return err
-	})
-	if err != nil {
-		t.Fatalf("listening on %s:53 in %s: %v", addr, ns.Name, err)
-	}
-	t.Cleanup(func() { pc.Close(); l.Close() })
-	s.serve(pc, l)
+	s.serve(ns.ListenPacket("udp", ap), ns.Listen("tcp", ap))
 	return s
 }
 
@@ -64,7 +37,7 @@ func TestIntegrationRefresherFollowsDNS(t *testing.T) {
 	// The IPv4 resolver first; TCP on the IPv6 one proves the fallback across families.
 	s6.with(func(s *testServer) { s.truncateUDP = true })
 	r := New(addrs(p.PeerIP4))
-	r.Dial = nsDial(p.Pod)
+	r.Dial = p.Pod.DialContext
 	r.Timeout = time.Second
 	ctx := context.Background()
 	got, ttl, err := r.Lookup(ctx, "data.test")
@@ -72,7 +45,7 @@ func TestIntegrationRefresherFollowsDNS(t *testing.T) {
 		t.Fatalf("Lookup over IPv4 = %v, %s, %v", got, ttl, err)
 	}
 	r6 := New(addrs(p.PeerIP6))
-	r6.Dial = nsDial(p.Pod)
+	r6.Dial = p.Pod.DialContext
 	if got, _, err := r6.Lookup(ctx, "data.test"); err != nil || len(got) != 2 || s6.tcp.Load() == 0 {
 		t.Fatalf("Lookup over IPv6 with truncation = %v, %v (tcp queries %d)", got, err, s6.tcp.Load())
 	}

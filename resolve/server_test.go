@@ -1,9 +1,7 @@
 package resolve
 
 import (
-	"encoding/binary"
 	"errors"
-	"io"
 	"net"
 	"net/netip"
 	"strings"
@@ -12,6 +10,8 @@ import (
 	"testing"
 
 	"golang.org/x/net/dns/dnsmessage"
+
+	"github.com/hubwarden/hubwarden/internal/dnstest"
 )
 
 // testServer is a tiny authoritative DNS server for tests, on UDP and TCP.
@@ -117,45 +117,14 @@ func (s *testServer) answer(q []byte, udp bool) []byte {
 
 // serve answers on pc and l until they are closed.
 func (s *testServer) serve(pc net.PacketConn, l net.Listener) {
-	go func() {
-		buf := make([]byte, 65535)
-		for {
-			n, from, err := pc.ReadFrom(buf)
-			if err != nil {
-				return
-			}
+	dnstest.Serve(pc, l, func(q []byte, udp bool) []byte {
+		if udp {
 			s.udp.Add(1)
-			if b := s.answer(buf[:n], true); b != nil {
-				_, _ = pc.WriteTo(b, from)
-			}
+		} else {
+			s.tcp.Add(1)
 		}
-	}()
-	go func() {
-		for {
-			c, err := l.Accept()
-			if err != nil {
-				return
-			}
-			go func() {
-				defer c.Close()
-				for {
-					var l [2]byte
-					if _, err := io.ReadFull(c, l[:]); err != nil {
-						return
-					}
-					q := make([]byte, binary.BigEndian.Uint16(l[:]))
-					if _, err := io.ReadFull(c, q); err != nil {
-						return
-					}
-					s.tcp.Add(1)
-					b := s.answer(q, false)
-					if _, err := c.Write(append(binary.BigEndian.AppendUint16(nil, uint16(len(b))), b...)); err != nil {
-						return
-					}
-				}
-			}()
-		}
-	}()
+		return s.answer(q, udp)
+	})
 }
 
 // startLoopback starts a testServer on 127.0.0.1 with a free port (the same

@@ -19,20 +19,7 @@ import (
 func TestIntegrationSelftest(t *testing.T) {
 	nstest.SkipUnlessRoot(t, "iptables", "sysctl")
 	p := nstest.NewPair(t, 63)
-	var ln net.Listener
-	if err := p.Peer.Do(func() (err error) { ln, err = net.Listen("tcp", p.PeerIP4+":80"); return err }); err != nil {
-		t.Fatal(err)
-	}
-	defer ln.Close()
-	go func() {
-		for {
-			c, err := ln.Accept()
-			if err != nil {
-				return
-			}
-			c.Close()
-		}
-	}()
+	p.Peer.Serve(p.PeerIP4+":80", func(net.Conn) {})
 	opts := Options{Target: netip.MustParseAddrPort(p.PeerIP4 + ":80"), Timeout: 2 * time.Second}
 	run := func() (r Result) {
 		var d net.Dialer

@@ -68,17 +68,7 @@ func TestIntegrationRunFollowsDNS(t *testing.T) {
 	dns := &dnsServer{name: "app.hubwarden.test", addr: oldIP}
 	resolver := "198.19.13.60"
 	e.Peer.MustRun("ip", "addr", "add", resolver+"/32", "dev", "lo")
-	if err := e.Peer.Do(func() error {
-		c, err := net.ListenPacket("udp", resolver+":53")
-		if err != nil {
-			return err
-		}
-		t.Cleanup(func() { c.Close() })
-		go dns.serve(c)
-		return nil
-	}); err != nil {
-		t.Fatal(err)
-	}
+	go dns.serve(e.Peer.ListenPacket("udp", resolver+":53"))
 
 	env := baseEnv(t, "auto")
 	env["HUBWARDEN_DNS_SERVERS"] = resolver
@@ -86,14 +76,8 @@ func TestIntegrationRunFollowsDNS(t *testing.T) {
 	env["HUBWARDEN_RESOLVE_MIN_TTL"] = "1s"
 	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
 	defer cancel()
-	cmd := hwCmd(t, ctx, e.Pod, env, "run")
-	var out lockedBuffer
-	cmd.Stdout, cmd.Stderr = &out, &out
-	if err := cmd.Start(); err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { _ = cmd.Process.Kill(); _ = cmd.Wait() })
-	waitFor(t, 30*time.Second, &out, "rules applied and checked")
+	cmd, out := startRun(t, ctx, e.Pod, env)
+	waitFor(t, 30*time.Second, out, "rules applied and checked")
 
 	addr := func(a netip.Addr) string { return netip.AddrPortFrom(a, 8080).String() }
 	if _, err := e.dial(addr(oldIP)); err != nil {
@@ -120,7 +104,7 @@ func TestIntegrationRunFollowsDNS(t *testing.T) {
 	if _, err := e.dial(addr(oldIP)); !errors.Is(err, syscall.ECONNREFUSED) {
 		t.Errorf("the old address %s after the change: %v, want refused", oldIP, err)
 	}
-	waitFor(t, 10*time.Second, &out, "rules follow new host name answers")
+	waitFor(t, 10*time.Second, out, "rules follow new host name answers")
 	if err := cmd.Process.Signal(syscall.SIGTERM); err != nil {
 		t.Fatal(err)
 	}

@@ -5,7 +5,6 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"net"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -203,14 +202,8 @@ func TestIntegrationRunKeepsRulesOnSIGTERM(t *testing.T) {
 	env := baseEnv(t, "auto")
 	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
 	defer cancel()
-	cmd := hwCmd(t, ctx, ns, env, "run")
-	var out lockedBuffer
-	cmd.Stdout, cmd.Stderr = &out, &out
-	if err := cmd.Start(); err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { _ = cmd.Process.Kill(); _ = cmd.Wait() })
-	waitFor(t, 30*time.Second, &out, "rules applied and checked")
+	cmd, out := startRun(t, ctx, ns, env)
+	waitFor(t, 30*time.Second, out, "rules applied and checked")
 	// ip netns exec execs hubwarden in place, so the pid is hubwarden's.
 	if err := cmd.Process.Signal(syscall.SIGTERM); err != nil {
 		t.Fatal(err)
@@ -221,6 +214,20 @@ func TestIntegrationRunKeepsRulesOnSIGTERM(t *testing.T) {
 	if r := hw(t, ns, env, "check"); r.code != 0 {
 		t.Errorf("rules gone after run stopped:\n%s%s", r.stdout, r.stderr)
 	}
+}
+
+// startRun starts `hubwarden run` in ns (killed when the test ends) and
+// returns it with its output so far.
+func startRun(t *testing.T, ctx context.Context, ns *nstest.NS, env map[string]string) (*exec.Cmd, *lockedBuffer) {
+	t.Helper()
+	cmd := hwCmd(t, ctx, ns, env, "run")
+	out := &lockedBuffer{}
+	cmd.Stdout, cmd.Stderr = out, out
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = cmd.Process.Kill(); _ = cmd.Wait() })
+	return cmd, out
 }
 
 // lockedBuffer is a buffer a child process writes to while the test reads.
@@ -293,24 +300,15 @@ func TestIntegrationInitShapes(t *testing.T) {
 func TestIntegrationStartupTimeout(t *testing.T) {
 	nstest.SkipUnlessRoot(t, "iptables-nft-restore")
 	ns := nstest.New(t)
-	if err := ns.Do(func() error {
-		c, err := net.ListenPacket("udp", "127.0.0.1:53") // reads and never answers
-		if err != nil {
-			return err
-		}
-		t.Cleanup(func() { c.Close() })
-		go func() {
-			buf := make([]byte, 512)
-			for {
-				if _, _, err := c.ReadFrom(buf); err != nil {
-					return
-				}
+	c := ns.ListenPacket("udp", "127.0.0.1:53") // reads and never answers
+	go func() {
+		buf := make([]byte, 512)
+		for {
+			if _, _, err := c.ReadFrom(buf); err != nil {
+				return
 			}
-		}()
-		return nil
-	}); err != nil {
-		t.Fatal(err)
-	}
+		}
+	}()
 	env := baseEnv(t, "auto")
 	env["HUBWARDEN_DNS_SERVERS"] = "127.0.0.1"
 	env["HUBWARDEN_ALLOW"] = "tcp://slow.hubwarden.test:443"

@@ -122,30 +122,13 @@ func cmdRun(ctx context.Context, cfg *Config, log zerolog.Logger) error {
 // runSelftest proves what start-up applied: accounting on, the HTB classes
 // and the chains as planned, and the blocked test address refused.
 func runSelftest(ctx context.Context, cfg *Config, k *kernel) selftest.Result {
+	// The same comparisons as the reconcile loop's drift, one check each.
 	p := selftest.Probes{
-		Chains: func(ctx context.Context) error {
-			drift, err := k.ipt.Check(ctx, k.currentTables())
-			if err != nil {
-				return err
-			}
-			if len(drift) > 0 {
-				return errors.New(driftText(drift))
-			}
-			return nil
-		},
+		Chains: func(ctx context.Context) error { return driftErr(k.chainsDrift(ctx)) },
 	}
 	if cfg.Shape {
 		p.ReadFile = os.ReadFile
-		p.HTBClasses = func(context.Context) error {
-			d, err := k.plan.shape.check()
-			if err != nil {
-				return err
-			}
-			if d != "" {
-				return errors.New(d)
-			}
-			return nil
-		}
+		p.HTBClasses = func(context.Context) error { return driftErr(k.plan.shape.check()) }
 	}
 	if cfg.Egress {
 		p.Dial = (&net.Dialer{}).DialContext
@@ -272,11 +255,10 @@ func (k *kernel) reconcile(ctx context.Context, every time.Duration, st *health.
 // drift returns a readable difference between the kernel and the plan, for
 // both the iptables tables and the qdiscs; "" when they match.
 func (k *kernel) drift(ctx context.Context) (string, error) {
-	d, err := k.ipt.Check(ctx, k.currentTables())
+	text, err := k.chainsDrift(ctx)
 	if err != nil {
 		return "", err
 	}
-	text := driftText(d)
 	tc, err := k.plan.shape.check()
 	if err != nil {
 		return "", err
@@ -285,6 +267,28 @@ func (k *kernel) drift(ctx context.Context) (string, error) {
 		text += "qdiscs: " + tc
 	}
 	return text, nil
+}
+
+// chainsDrift returns a readable difference between the kernel's iptables
+// chains and the current plan; "" when they match.
+func (k *kernel) chainsDrift(ctx context.Context) (string, error) {
+	d, err := k.ipt.Check(ctx, k.currentTables())
+	if err != nil {
+		return "", err
+	}
+	return driftText(d), nil
+}
+
+// driftErr turns a drift result into a check's error: the failure to read,
+// or the drift itself.
+func driftErr(drift string, err error) error {
+	if err != nil {
+		return err
+	}
+	if drift != "" {
+		return errors.New(drift)
+	}
+	return nil
 }
 
 // currentTables returns the tables of the current plan (host names re-resolve).

@@ -46,13 +46,7 @@ func TestIntegrationRunHealsDrift(t *testing.T) {
 	env["HUBWARDEN_HEALTH_ADDR"] = "127.0.0.1:9280"
 	ctx, cancel := context.WithTimeout(context.Background(), 90*time.Second)
 	defer cancel()
-	cmd := hwCmd(t, ctx, p.Pod, env, "run")
-	var out lockedBuffer
-	cmd.Stdout, cmd.Stderr = &out, &out
-	if err := cmd.Start(); err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { _ = cmd.Process.Kill(); _ = cmd.Wait() })
+	cmd, out := startRun(t, ctx, p.Pod, env)
 
 	poll := func(what string, limit time.Duration, ok func() bool) {
 		t.Helper()

@@ -37,27 +37,10 @@ const (
 // podServer starts the pod's server on port, both families.
 func podServer(t *testing.T, p *nstest.Pair, port int) {
 	t.Helper()
-	var ln net.Listener
-	if err := p.Pod.Do(func() (err error) {
-		ln, err = net.Listen("tcp", fmt.Sprintf("[::]:%d", port))
-		return err
-	}); err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { ln.Close() })
-	go func() {
-		for {
-			c, err := ln.Accept()
-			if err != nil {
-				return
-			}
-			go serve(c)
-		}
-	}()
+	p.Pod.Serve(fmt.Sprintf("[::]:%d", port), serve)
 }
 
 func serve(c net.Conn) {
-	defer c.Close()
 	var mode [1]byte
 	if _, err := io.ReadFull(c, mode[:]); err != nil {
 		return
@@ -74,12 +57,7 @@ func serve(c net.Conn) {
 				_ = unix.SetsockoptUint64(int(fd), unix.SOL_SOCKET, unix.SO_MAX_PACING_RATE, pace)
 			})
 		}
-		buf := make([]byte, 1<<20)
-		for {
-			if _, err := c.Write(buf); err != nil {
-				return
-			}
-		}
+		nstest.Blast(context.Background(), c)
 	case modeEcho:
 		req, resp := make([]byte, 64), make([]byte, 512)
 		for {
@@ -97,14 +75,12 @@ func serve(c net.Conn) {
 func dial(t *testing.T, p *nstest.Pair, addr string) net.Conn {
 	t.Helper()
 	var c net.Conn
-	err := p.Peer.Do(func() (err error) {
-		for range 3 { // the first IPv6 packet can be lost to neighbour discovery
-			if c, err = net.DialTimeout("tcp", addr, 2*time.Second); err == nil {
-				return nil
-			}
+	var err error
+	for range 3 { // the first IPv6 packet can be lost to neighbour discovery
+		if c, err = p.Peer.DialTimeout("tcp", addr, 2*time.Second); err == nil {
+			break
 		}
-		return err
-	})
+	}
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -142,14 +118,7 @@ func startBulk(t *testing.T, p *nstest.Pair, addr string, pace uint64) *bulk {
 	b.done.Add(2)
 	go func() {
 		defer b.done.Done()
-		buf := make([]byte, 1<<18)
-		for {
-			n, err := c.Read(buf)
-			b.got.Add(int64(n))
-			if err != nil {
-				return
-			}
-		}
+		_ = nstest.Drain(c, &b.got)
 	}()
 	go func() {
 		defer b.done.Done()

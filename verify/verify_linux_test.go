@@ -95,20 +95,7 @@ func TestIntegrationVerify(t *testing.T) {
 	// The peer answers on every port verify dials: without rules, verify
 	// would connect.
 	for _, addr := range []string{p.PeerIP4 + ":443", p.PeerIP4 + ":80", "[" + p.PeerIP6 + "]:80"} {
-		var ln net.Listener
-		if err := p.Peer.Do(func() (err error) { ln, err = net.Listen("tcp", addr); return err }); err != nil {
-			t.Fatal(err)
-		}
-		t.Cleanup(func() { ln.Close() })
-		go func() {
-			for {
-				c, err := ln.Accept()
-				if err != nil {
-					return
-				}
-				c.Close()
-			}
-		}()
+		p.Peer.Serve(addr, func(net.Conn) {})
 	}
 	// hubwarden's health server, ready, on the pod's loopback.
 	st := health.NewStatus(time.Now)
@@ -117,10 +104,7 @@ func TestIntegrationVerify(t *testing.T) {
 	mux := http.NewServeMux()
 	health.Register(mux, st, nil)
 	srv := health.NewServer("127.0.0.1:0", mux)
-	var ln net.Listener
-	if err := p.Pod.Do(func() (err error) { ln, err = net.Listen("tcp", "127.0.0.1:0"); return err }); err != nil {
-		t.Fatal(err)
-	}
+	ln := p.Pod.Listen("tcp", "127.0.0.1:0")
 	go func() { _ = srv.Serve(ln) }()
 	t.Cleanup(func() { _ = srv.HTTP.Close() })
 

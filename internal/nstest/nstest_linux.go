@@ -7,6 +7,12 @@
 // Namespaces are named ("hwt-<pid>-<n>") so that iproute2, nsenter and the
 // iptables tools can enter them by path, and so that a leak is easy to spot
 // with `ip netns list`.
+//
+// traffic.go adds the test traffic that the packages' tests share: Listen,
+// ListenPacket and Serve on an NS (cleaned up with the test), a byte-counting
+// Sink, Blast to send as fast as a connection takes, Drain to count what
+// arrives, and dials from inside a namespace (DialContext, DialTimeout,
+// DialRefused).
 package nstest
 
 import (
