@@ -17,8 +17,9 @@ import (
 	"testing"
 	"time"
 
-	"github.com/hubwarden/hubwarden/internal/nstest"
 	"github.com/mdlayher/netlink"
+
+	"github.com/hubwarden/hubwarden/internal/nstest"
 )
 
 var updateSeeds = flag.Bool("update-seeds", false, "write flow messages captured from the kernel to testdata/fuzz/FuzzDecodeFlow")

@@ -271,13 +271,12 @@ func TestEventType(t *testing.T) {
 
 func TestNextMsg(t *testing.T) {
 	m := netlink.Message{Header: netlink.Header{Length: 16 + 5, Type: 0x100, Flags: 2, Sequence: 9}, Data: []byte{1, 2, 3, 4, 5}}
-	one, err := m.MarshalBinary()
-	if err == nil {
+	if _, err := m.MarshalBinary(); err == nil {
 		t.Fatal("unaligned message marshalled") // sanity: netlink wants aligned lengths
 	}
 	m.Header.Length = 24
 	m.Data = append(m.Data, 0, 0, 0)
-	one, err = m.MarshalBinary()
+	one, err := m.MarshalBinary()
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -128,7 +128,7 @@ func ParseEntry(s string) (Entry, error) {
 		if d, p, ok := strings.Cut(rest, ":"); ok {
 			dest, port = d, p
 			if port == "" {
-				return e, fmt.Errorf("entry %q: empty port after :", s)
+				return e, fmt.Errorf("entry %q: empty port after \":\"", s)
 			}
 		}
 	}

@@ -64,7 +64,7 @@ func TestParseEntryErrors(t *testing.T) {
 		{"[2001:db8::1", "missing ]"},
 		{"[2001:db8::1]x", "expected :PORT after ]"},
 		{"[2001:db8::1]:", "expected :PORT after ]"},
-		{"example.org:", "empty port after :"},
+		{"example.org:", `empty port after ":"`},
 		{"example.org:0", `invalid port "0"`},
 		{"example.org:65536", `invalid port "65536"`},
 		{"example.org:90-80", "reversed"},

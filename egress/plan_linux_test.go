@@ -435,8 +435,11 @@ func tcpQuery(ns *nstest.NS, server string) error {
 		return err
 	}
 	var m dnsmessage.Message
-	if err := m.Unpack(r); err != nil || m.ID != 9 || len(m.Answers) != 1 {
-		return fmt.Errorf("bad answer over tcp: %v", err)
+	if err := m.Unpack(r); err != nil {
+		return fmt.Errorf("unpacking answer over tcp: %w", err)
+	}
+	if m.ID != 9 || len(m.Answers) != 1 {
+		return fmt.Errorf("bad answer over tcp: id %d, %d answers", m.ID, len(m.Answers))
 	}
 	return nil
 }

@@ -303,22 +303,22 @@ func parseResponse(resp []byte, id uint16, name string, t dnsmessage.Type) (answ
 	if err := m.Unpack(resp); err != nil {
 		return answer{}, false, fmt.Errorf("parsing answer: %w", err)
 	}
-	if !m.Header.Response || m.Header.ID != id {
+	if !m.Response || m.ID != id {
 		return answer{}, false, errors.New("answer does not match the query id")
 	}
 	if len(m.Questions) != 1 || !sameName(m.Questions[0].Name, name) || m.Questions[0].Type != t || m.Questions[0].Class != dnsmessage.ClassINET {
 		return answer{}, false, errors.New("answer is for another question")
 	}
-	if m.Header.Truncated {
+	if m.Truncated {
 		return answer{}, true, nil
 	}
 	var a answer
-	switch m.Header.RCode {
+	switch m.RCode {
 	case dnsmessage.RCodeSuccess:
 	case dnsmessage.RCodeNameError:
 		a.nx = true
 	default:
-		return answer{}, false, fmt.Errorf("server answered %s", m.Header.RCode)
+		return answer{}, false, fmt.Errorf("server answered %s", m.RCode)
 	}
 	minTTL := func(sec uint32) {
 		d := time.Duration(sec) * time.Second

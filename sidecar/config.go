@@ -211,14 +211,14 @@ func (r *rawConfig) parse(resolvConf string) (*Config, []string) {
 		}
 		return b
 	}
-	dur := func(name, v string, min time.Duration) time.Duration {
+	dur := func(name, v string, least time.Duration) time.Duration {
 		d, err := time.ParseDuration(v)
 		if err != nil {
 			bad(name, fmt.Errorf("%q is not a duration (like 500ms, 10s, 2m)", v))
 			return 0
 		}
-		if d < min {
-			bad(name, fmt.Errorf("%s is below the minimum %s", d, min))
+		if d < least {
+			bad(name, fmt.Errorf("%s is below the minimum %s", d, least))
 		}
 		return d
 	}
@@ -240,10 +240,10 @@ func (r *rawConfig) parse(resolvConf string) (*Config, []string) {
 		}
 		return s
 	}
-	uint32Of := func(name, v string, min, max uint64) uint32 {
+	uint32Of := func(name, v string, lo, hi uint64) uint32 {
 		n, err := strconv.ParseUint(v, 10, 32)
-		if err != nil || n < min || n > max {
-			bad(name, fmt.Errorf("%q is not a whole number in %d-%d", v, min, max))
+		if err != nil || n < lo || n > hi {
+			bad(name, fmt.Errorf("%q is not a whole number in %d-%d", v, lo, hi))
 		}
 		return uint32(n)
 	}

@@ -4,6 +4,7 @@ package verify
 
 import (
 	"context"
+	"errors"
 	"net"
 	"net/http"
 	"os"
@@ -129,7 +130,8 @@ func TestIntegrationVerify(t *testing.T) {
 		}
 		out, err := c.CombinedOutput()
 		if err != nil {
-			if _, ok := err.(*exec.ExitError); !ok {
+			var ee *exec.ExitError
+			if !errors.As(err, &ee) {
 				t.Fatalf("running verify: %v\n%s", err, out)
 			}
 		}

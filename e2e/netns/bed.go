@@ -390,7 +390,7 @@ func (b *Bed) startHub(ctx context.Context, chp string) error {
 	// CHP answers 404 until the hub has added its route: wait for a 200.
 	return poll(90*time.Second, func() error {
 		if done, werr := p.Exited(); done {
-			return stop{fmt.Errorf("jupyterhub exited (%v); see %s", werr, p.Log)}
+			return stop{fmt.Errorf("jupyterhub exited (%w); see %s", exitErr(werr), p.Log)}
 		}
 		cctx, cancel := context.WithTimeout(ctx, 2*time.Second)
 		defer cancel()

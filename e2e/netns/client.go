@@ -288,9 +288,9 @@ func (t Transfer) TailRate(d time.Duration) float64 {
 
 const sampleEvery = 250 * time.Millisecond
 
-// Download GETs u and reads the body for at most max, sampling progress.
-func (c *Client) Download(ctx context.Context, u string, max time.Duration, hdr http.Header) Transfer {
-	ctx, cancel := context.WithTimeout(ctx, max)
+// Download GETs u and reads the body for at most limit, sampling progress.
+func (c *Client) Download(ctx context.Context, u string, limit time.Duration, hdr http.Header) Transfer {
+	ctx, cancel := context.WithTimeout(ctx, limit)
 	defer cancel()
 	t0 := time.Now()
 	resp, err := c.Send(ctx, "GET", u, nil, hdr)

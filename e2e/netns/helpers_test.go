@@ -81,8 +81,8 @@ func TestWebsocket(t *testing.T) {
 		msg := readClientFrame(t, brw.Reader)
 		c.Write([]byte{0x89, 2, 'h', 'i'}) // ping: the client must answer and go on
 		half := len(msg) / 2
-		c.Write(serverFrame(0x01, msg[:half]))      // text, not final
-		c.Write(serverFrame(0x80|0x00, msg[half:])) // continuation, final
+		c.Write(serverFrame(0x01, msg[:half])) // text, not final
+		c.Write(serverFrame(0x80, msg[half:])) // continuation (opcode 0), final
 		if pong := readClientFrame(t, brw.Reader); string(pong) != "hi" {
 			t.Errorf("pong payload %q", pong)
 		}

@@ -55,6 +55,18 @@ func (p *Proc) Exited() (bool, error) {
 	}
 }
 
+// errExit0 stands for the nil Wait error of a process that exited with status 0.
+var errExit0 = errors.New("exit status 0")
+
+// exitErr is err, the error Exited or Wait returned for an ended process, or
+// errExit0 when it is nil, so that messages can wrap why the process ended.
+func exitErr(err error) error {
+	if err == nil {
+		return errExit0
+	}
+	return err
+}
+
 // Wait waits up to d for the process to end.
 func (p *Proc) Wait(d time.Duration) (bool, error) {
 	select {

@@ -106,7 +106,7 @@ func (b *Bed) StartSidecar(ctx context.Context, bin string, env []string, timeou
 			if strings.Contains(log, "unknown command") {
 				return stop{fmt.Errorf("hubwarden run: %w (%s)", ErrNotImplemented, strings.TrimSpace(lastLine(log)))}
 			}
-			return stop{fmt.Errorf("hubwarden run exited (%v): %s", werr, log)}
+			return stop{fmt.Errorf("hubwarden run exited (%w): %s", exitErr(werr), log)}
 		}
 		code, _, err := b.WardenGet(ctx, "http://127.0.0.1:9280/readyz")
 		if err != nil {
