@@ -110,6 +110,14 @@ type Config struct {
 	// resuming from idle, a flow that appeared without a NEW event) bring
 	// the next dump forward once they pass TxTrigger. 0 disables it.
 	TxInterval time.Duration
+	// TxMaxInterval and LineRate make the transmit-counter readings
+	// adaptive: every TxInterval while a burst at LineRate (bytes/s) could
+	// spend a quarter of the least of the pod bucket and the buckets of
+	// fast watched flows within it, up to TxMaxInterval apart while
+	// nothing could. Each reading wakes the process: at 1 ms on an idle
+	// pod that is most of the sidecar's CPU. 0 (either): every TxInterval.
+	TxMaxInterval time.Duration
+	LineRate      units.Rate
 	// TxTrigger is the unexplained byte count that triggers a dump.
 	// 0 means min(FlowBudget, PodBudget)/64.
 	TxTrigger units.Size
@@ -374,6 +382,7 @@ type Policy struct {
 	txBase     uint64 // reading at the last dump
 	gotSince   uint64 // bytes charged by single reads since the last dump
 	txNext     time.Time
+	leastTok   float64   // least tokens of a fast watched flow, as of the last dump and reads since
 	recentAt   time.Time // last probeRecent
 	dumpStart  time.Time // start of the background dump in flight (DumpStarted)
 	recent     []*flow   // probeRecent's scratch
@@ -398,6 +407,7 @@ func NewPolicy(cfg Config, now time.Time, podTokens float64) *Policy {
 		pod:        math.Min(podTokens, float64(cfg.PodBudget)),
 		podSeen:    now,
 		nextDump:   now,
+		leastTok:   math.Inf(1),
 		flowBudget: float64(cfg.FlowBudget),
 		flowRefill: float64(cfg.FlowRefill),
 		podBudget:  float64(cfg.PodBudget),
@@ -892,9 +902,11 @@ func (p *Policy) Dump(now time.Time, flows []conntrack.Flow) []Action {
 	clear(p.hot)
 	p.hot = p.hot[:0]
 	podEmpty := p.podEmpty()
+	p.leastTok = math.Inf(1)
 	for _, f := range p.flows {
 		f.hot = false
 		p.decide(now, f, podEmpty)
+		p.noteTokens(f)
 		if now.Sub(f.progress) >= p.cfg.ProgressInterval {
 			if f.sent.Bytes != f.progSent {
 				p.emit(Progress, f, now, 0)
@@ -939,6 +951,7 @@ func (p *Policy) Observe(now time.Time, c conntrack.Flow) []Action {
 		}
 	}
 	p.decide(now, f, p.podEmpty())
+	p.noteTokens(f)
 	p.gateCheck(now)
 	return p.acts
 }
@@ -1011,7 +1024,7 @@ func (p *Policy) DumpStarted(now time.Time) {
 // because bytes that no tracked flow explains have passed TxTrigger. The
 // watcher reads it every TxInterval, and right before every dump.
 func (p *Policy) Tx(now time.Time, tx uint64) bool {
-	p.txNext = now.Add(p.cfg.TxInterval)
+	p.txNext = now.Add(p.txEvery())
 	if !p.txSet || tx < p.txLast {
 		p.txSet, p.txLast, p.txBase, p.gotSince = true, tx, tx, 0
 		return false
@@ -1042,6 +1055,26 @@ func (p *Policy) Tx(now time.Time, tx uint64) bool {
 		p.nextDump = at
 	}
 	return !now.Before(p.nextDump)
+}
+
+// txEvery returns the gap to the next transmit-counter reading (see
+// Config.TxMaxInterval).
+func (p *Policy) txEvery() time.Duration {
+	lo, hi := p.cfg.TxInterval, p.cfg.TxMaxInterval
+	if hi <= lo || p.cfg.LineRate == 0 {
+		return lo
+	}
+	least := math.Min(p.pod, p.leastTok)
+	d := time.Duration(math.Max(least, 0) / float64(p.cfg.LineRate) / 4 * float64(time.Second))
+	return min(max(d, lo), hi)
+}
+
+// noteTokens keeps leastTok, the least tokens of a fast flow whose budget
+// the watcher keeps (a watched one, or any without the tripwire).
+func (p *Policy) noteTokens(f *flow) {
+	if !f.demoted && !p.kernelKept(f) && f.tokens < p.leastTok {
+		p.leastTok = f.tokens
+	}
 }
 
 // probeRecent schedules an immediate read of the fast flows that sent most

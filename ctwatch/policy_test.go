@@ -7,6 +7,7 @@ import (
 	"github.com/google/go-cmp/cmp"
 
 	"github.com/hubwarden/hubwarden/conntrack"
+	"github.com/hubwarden/hubwarden/units"
 )
 
 // step is one input to the policy in TestPolicyEvents.
@@ -238,5 +239,39 @@ func TestPolicyBackgroundDumpKeepsNewerReads(t *testing.T) {
 	acts = p.Dump(t0.Add(2*time.Second), []conntrack.Flow{inFlow(1, 1001, 9500, 0)})
 	if len(acts) != 1 || acts[0].Kind != Finish || acts[0].Record.Peer.Port() != 1002 {
 		t.Errorf("actions %+v, want the finish of flow 1002", acts)
+	}
+}
+
+func TestPolicyTxInterval(t *testing.T) {
+	cfg := testConfig()
+	cfg.TxMaxInterval = 20 * time.Millisecond
+	cfg.LineRate = units.Rate(1e9)
+	t0 := time.Date(2026, 1, 1, 0, 0, 0, 0, time.UTC)
+	for _, tc := range []struct {
+		name   string
+		kernel bool // the tripwire keeps fresh flows' budgets
+		pod    float64
+		sent   uint64 // on one fast flow
+		want   time.Duration
+	}{
+		{"tripwire, idle pod: the longest gap", true, 256 << 20, 0, 20 * time.Millisecond},
+		{"watcher alone, a fresh flow's 64 MiB at 1 GB/s, a quarter", false, 256 << 20, 0, 16777216 * time.Nanosecond},
+		{"pod bucket at 40 MB: 10 ms", true, 40e6, 0, 10 * time.Millisecond},
+		{"a flow the watcher keeps with 2 MB left: 0.5 ms, at least TxInterval", false, 256 << 20, 64<<20 - 2e6, time.Millisecond},
+		{"pod bucket empty: TxInterval", true, 0, 0, time.Millisecond},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			cfg := cfg
+			if tc.kernel {
+				cfg.Tripwire, cfg.WatchedMark = true, 0x200000
+			}
+			p := NewPolicy(cfg, t0, tc.pod)
+			p.Dump(t0, []conntrack.Flow{inFlow(1, 1001, 0, 0)})
+			p.Dump(t0, []conntrack.Flow{inFlow(1, 1001, tc.sent, 0)})
+			p.Tx(t0, 1000)
+			if got := p.txNext.Sub(t0); got != tc.want {
+				t.Errorf("next reading after %s, want %s", got, tc.want)
+			}
+		})
 	}
 }

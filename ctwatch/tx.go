@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"errors"
 	"fmt"
+	"io"
 	"os"
 	"strconv"
 )
@@ -12,23 +13,35 @@ import (
 // interface but loopback from a /proc/net/dev file: "/proc/net/dev" for the
 // network namespace the process runs in (the sidecar shares the pod's), or
 // "/proc/PID/net/dev" for that of another process. Use it as Options.Tx.
+//
+// The watcher reads it every millisecond, so the file is opened once and
+// read again from offset 0 (one pread; the kernel regenerates the text): an
+// open and close per reading cost several times more system time. The file
+// is reopened after a failed read.
 func TxBytes(path string) func() (uint64, error) {
 	buf := make([]byte, 0, 4096)
+	var f *os.File
 	return func() (uint64, error) {
-		f, err := os.Open(path)
-		if err != nil {
-			return 0, fmt.Errorf("reading transmitted bytes: %w", err)
+		if f == nil {
+			var err error
+			if f, err = os.Open(path); err != nil {
+				return 0, fmt.Errorf("reading transmitted bytes: %w", err)
+			}
 		}
-		defer f.Close()
 		buf = buf[:0]
 		for {
 			if len(buf) == cap(buf) {
 				buf = append(buf, 0)[:len(buf)]
 			}
-			n, err := f.Read(buf[len(buf):cap(buf)])
+			n, err := f.ReadAt(buf[len(buf):cap(buf)], int64(len(buf)))
 			buf = buf[:len(buf)+n]
-			if err != nil || n == 0 {
+			if errors.Is(err, io.EOF) || err == nil && n == 0 {
 				break
+			}
+			if err != nil {
+				f.Close()
+				f = nil
+				return 0, fmt.Errorf("reading transmitted bytes from %s: %w", path, err)
 			}
 		}
 		tx, err := ParseNetDev(buf)

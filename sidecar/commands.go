@@ -200,6 +200,10 @@ type kernel struct {
 	resolved map[string][]netip.Addr // the host name answers tables were planned with
 }
 
+// newRunner runs the iptables tools; tests replace it to play a kernel that
+// refuses something.
+var newRunner = func(lockFile string) xtables.Runner { return xtables.ExecRunner{LockFile: lockFile} }
+
 // setup chooses (or recalls) the iptables backend and plans the tables.
 // With probe false (the check command) it does not write to the kernel: it
 // uses the persisted choice or the override, and fails without either.
@@ -214,7 +218,7 @@ func setup(ctx context.Context, cfg *Config, log zerolog.Logger, probe bool) (*k
 		p.shape.Close()
 		return nil, err
 	}
-	run := xtables.ExecRunner{LockFile: filepath.Join(cfg.StateDir, "xtables.lock")}
+	run := newRunner(filepath.Join(cfg.StateDir, "xtables.lock"))
 	stateFile := filepath.Join(cfg.StateDir, backendFile)
 	var override xtables.Backend
 	if cfg.IptablesBackend != "auto" {
@@ -257,18 +261,8 @@ func (k *kernel) apply(ctx context.Context) error {
 		return fmt.Errorf("checking qdiscs after apply: %w%s", err, d)
 	}
 	res, err := k.ipt.Apply(ctx, k.tables)
-	if err != nil && k.plan.shape.gated() && strings.Contains(err.Error(), "recent") {
-		// The pod gate's rule needs the xt_recent match, which not every
-		// kernel has: degrade to the watcher alone against churn. The
-		// apply was atomic, so nothing of the refused plan is in place.
-		k.plan.shape.dropGate()
-		tables, perr := k.plan.tables(k.resolved)
-		if perr != nil {
-			return perr
-		}
-		k.tables = tables
-		k.log.Warn().Err(err).Msg("the kernel refused the pod gate rule (no xt_recent?); going on without it: while the pod budget is spent, each new connection can send fast until the watcher finds it")
-		res, err = k.ipt.Apply(ctx, k.tables)
+	if err != nil && k.plan.shape.gated() {
+		res, err = k.applyWithoutGate(ctx, err)
 	}
 	if err != nil {
 		return err
@@ -284,6 +278,31 @@ func (k *kernel) apply(ctx context.Context) error {
 		return fmt.Errorf("checking after apply: the kernel differs from the plan:\n%s", driftText(drift))
 	}
 	return nil
+}
+
+// applyWithoutGate runs after the plan with the pod gate failed with first.
+// The gate's rule needs the xt_recent match, which not every kernel has (and
+// the error iptables gives for a missing module does not always name it):
+// if the plan fails once more with the gate but applies without it, the
+// gate is what the kernel refused, and hubwarden degrades to the watcher
+// alone against churn. Every apply is atomic per table, so nothing of a
+// refused plan is left in place. Otherwise first is returned, gate kept.
+func (k *kernel) applyWithoutGate(ctx context.Context, first error) (xtables.Result, error) {
+	if res, err := k.ipt.Apply(ctx, k.tables); err == nil {
+		return res, nil
+	}
+	k.plan.shape.setGate(false)
+	tables, err := k.plan.tables(k.resolved)
+	if err == nil {
+		var res xtables.Result
+		if res, err = k.ipt.Apply(ctx, tables); err == nil {
+			k.tables = tables
+			k.log.Warn().Err(first).Msg("the kernel refused the pod gate rule (no xt_recent?); going on without it: while the pod budget is spent, each new connection can send fast until the watcher finds it")
+			return res, nil
+		}
+	}
+	k.plan.shape.setGate(true)
+	return xtables.Result{}, first
 }
 
 // replan plans again with new answers for the host names and applies.

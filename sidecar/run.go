@@ -193,6 +193,10 @@ func startWatcher(ctx context.Context, cfg *Config, log zerolog.Logger, m *healt
 		// Reading the pod's transmit counter every millisecond finds a
 		// kept-alive flow that starts a burst long before the next dump.
 		TxInterval: time.Millisecond,
+		// ... but only while a burst at the fast rate could spend a quarter
+		// of a bucket that quickly: an idle pod is read every 20 ms.
+		TxMaxInterval: 20 * time.Millisecond,
+		LineRate:      cfg.FastRate,
 	}, c, log, opts)
 	m.SetWatcher(func() health.WatcherStats {
 		s := w.Stats()

@@ -84,9 +84,9 @@ func (s *shaper) tables(fams []xtables.Family) ([]xtables.Table, error) {
 // gated says whether the plan has the pod gate rule.
 func (s *shaper) gated() bool { return s != nil && s.cfg.Gate }
 
-// dropGate takes the pod gate rule out of the plan: the kernel has no
-// xt_recent.
-func (s *shaper) dropGate() { s.cfg.Gate = false }
+// setGate puts the pod gate rule in the plan or takes it out (the kernel
+// has no xt_recent).
+func (s *shaper) setGate(on bool) { s.cfg.Gate = on }
 
 // apply makes the qdisc tree equal to the plan.
 func (s *shaper) apply(ctx context.Context, log zerolog.Logger) error {
