@@ -277,3 +277,38 @@ func TestIntegrationGateChurn(t *testing.T) {
 		t.Errorf("the gate was never set")
 	}
 }
+
+// TestIntegrationKernelRestart: a watcher restarted while a download the
+// tripwire demoted is running adopts it, keeps it demoted, and does not give
+// it its budget back (its bucket would start full: the history is the
+// tripwire's).
+func TestIntegrationKernelRestart(t *testing.T) {
+	b := newBed(t, 57)
+	const budget = 32 * units.MiB
+	b.kernelRules(budget)
+	cfg := b.kernelConfig(budget)
+	log1 := &auditLog{}
+	_, stop1 := b.runWatcher(cfg, log1)
+	a := b.dial(b.pair.PodIP4)
+	errc := make(chan error, 1)
+	go func() { _, err := a.get(int64(budget) + 64<<20); errc <- err }()
+	port := a.orig().SrcPort
+	poll(t, 10*time.Second, "the demotion", func() bool { return len(log1.find("demote", port)) > 0 })
+	stop1()
+	log2 := &auditLog{}
+	w2, _ := b.runWatcher(cfg, log2)
+	r0 := a.read.Load()
+	time.Sleep(2500 * time.Millisecond) // longer than PromoteIdle: a stays busy
+	rate := float64(a.read.Load()-r0) / 2.5
+	f, err := b.conn.Get(context.Background(), a.orig())
+	ad := log2.find("adopt", port)
+	t.Logf("after the restart: adopt lines %v; %d promote lines; the download ran at %.2f MB/s; mark %#x; stats %+v", ad, len(log2.find("promote", port)), rate/1e6, f.Mark, w2.Stats())
+	if err != nil || f.Mark&itMark == 0 || len(log2.find("promote", port)) != 0 || rate > 2*itSlowRate {
+		t.Errorf("the restarted watcher let the demoted download go (mark %#x, %v)", f.Mark, err)
+	}
+	if len(ad) != 1 || ad[0][FieldReason] != "flow_budget" {
+		t.Errorf("adopt lines %v, want one with reason flow_budget", ad)
+	}
+	a.c.Close()
+	<-errc
+}

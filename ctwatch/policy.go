@@ -503,6 +503,13 @@ func (p *Policy) track(now time.Time, c *conntrack.Flow, adopt bool) (*flow, boo
 		// run (whose pod level was saved) or predate tracking: don't charge.
 		f.sent, f.recv = counters(inbound, c)
 		f.progSent = f.sent.Bytes
+		if p.cfg.Tripwire && c.Mark&p.cfg.WatchedMark == 0 {
+			// Not yet taken over: the tripwire has counted its whole
+			// history, so its bucket holds what the tripwire has left,
+			// not a fresh budget (a restart must not give an ongoing
+			// download one).
+			f.tokens = math.Max(p.flowBudget-float64(f.sent.Bytes), 0)
+		}
 	}
 	p.flows[k] = f
 	return f, true
@@ -576,7 +583,11 @@ func (p *Policy) observe(now time.Time, f *flow, c *conntrack.Flow, isNew bool) 
 			f.reason, f.byKernel = ReasonPod, true
 		case p.cfg.Tripwire && !f.watched && sent.Bytes >= uint64(p.cfg.FlowBudget):
 			// The tripwire fired at the packet that reached the budget.
-			f.reason, f.byKernel, f.tripped = ReasonFlow, true, true
+			// A flow adopted at start is never given its budget back
+			// (tokensLeft): its bucket started full at adoption, without
+			// the history the tripwire counted, and a restart must not
+			// hand an ongoing download a new budget.
+			f.reason, f.byKernel, f.tripped = ReasonFlow, true, !f.adopted
 			if f.demotedAt == 0 {
 				f.demotedAt = uint64(p.cfg.FlowBudget)
 			}
@@ -586,11 +597,13 @@ func (p *Policy) observe(now time.Time, f *flow, c *conntrack.Flow, isNew bool) 
 		if f.demotedAt == 0 {
 			f.demotedAt = sent.Bytes
 		}
-		if f.byKernel {
+		if f.byKernel && p.started {
 			p.stats.Demotions++
 			p.stats.KernelDemotions++
 			p.emit(KernelDemote, f, now, 0)
 		} else {
+			// Found demoted at start: an earlier run's (or the kernel's,
+			// while no watcher ran) demotion.
 			p.stats.Adoptions++
 			p.emit(Adopt, f, now, 0)
 		}

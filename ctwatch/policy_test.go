@@ -153,12 +153,36 @@ func TestPolicyEvents(t *testing.T) {
 			kernel: true,
 			pod:    1 << 30,
 			steps: []step{
-				{0, "dump", []conntrack.Flow{inFlow(1, 1001, 0, 0)}},
+				{0, "dump", nil},
+				{time.Millisecond, "dump", []conntrack.Flow{inFlow(1, 1001, 0, 0)}},
 				{30 * time.Second, "dump", []conntrack.Flow{inFlow(1, 1001, 30<<20, 0)}},
 				{60 * time.Second, "dump", []conntrack.Flow{inFlow(1, 1001, big+1000, mark)}},
 				{61 * time.Second, "dump", []conntrack.Flow{inFlow(1, 1001, big+2000, watched)}},
 			},
-			want: []summary{{"pod_gate", 0, "", 0, false}, {"demote", 1001, "flow_budget", big + 1000, false}, {"promote", 1001, "flow_budget", big + 1000, false}, {"progress", 1001, "flow_budget", big + 1000, false}},
+			want: []summary{{"pod_gate", 0, "", 0, false}, {"demote", 1001, "flow_budget", big + 1000, false}, {"promote", 1001, "flow_budget", big + 1000, false}, {"progress", 1001, "flow_budget", big + 2000, false}},
+		},
+		{
+			name:   "tripwire: a restarted watcher adopts a flow the tripwire demoted and never gives it the budget back",
+			kernel: true,
+			pod:    1 << 30,
+			steps: []step{
+				{0, "dump", []conntrack.Flow{inFlow(1, 1001, big+(8<<20), mark)}},
+				{time.Second, "dump", []conntrack.Flow{inFlow(1, 1001, big+(9<<20), mark)}},
+			},
+			want: []summary{{"adopt", 1001, "flow_budget", big + (8 << 20), false}, {"pod_gate", 0, "", 0, false}},
+		},
+		{
+			name:   "tripwire: a restarted watcher adopts an undemoted flow with what the tripwire has left, not a new budget",
+			kernel: true,
+			pod:    1 << 30,
+			steps: []step{
+				{0, "dump", []conntrack.Flow{inFlow(1, 1001, 40<<20, 0)}},
+				// 24 MiB more within a second: the bucket is spent
+				// (the tripwire fired too, at its 64 MiB).
+				{time.Second, "dump", []conntrack.Flow{inFlow(1, 1001, big+(2<<20), mark)}},
+				{2 * time.Second, "dump", []conntrack.Flow{inFlow(1, 1001, big+(2<<20)+1000, mark)}},
+			},
+			want: []summary{{"pod_gate", 0, "", 0, false}, {"demote", 1001, "flow_budget", big + (2 << 20), false}},
 		},
 		{
 			name:   "tripwire: a flow the watcher watches is the watcher's to demote",
