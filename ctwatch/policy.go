@@ -382,11 +382,12 @@ type Policy struct {
 	txBase     uint64 // reading at the last dump
 	gotSince   uint64 // bytes charged by single reads since the last dump
 	txNext     time.Time
-	leastTok   float64   // least tokens of a fast watched flow, as of the last dump and reads since
-	recentAt   time.Time // last probeRecent
-	dumpStart  time.Time // start of the background dump in flight (DumpStarted)
-	recent     []*flow   // probeRecent's scratch
-	lookahead  float64   // seconds: how far ahead demotion looks (SetLookahead)
+	ended      map[Key]uint32 // flows finished while a dump was in flight: their conntrack IDs
+	leastTok   float64        // least tokens of a fast watched flow, as of the last dump and reads since
+	recentAt   time.Time      // last probeRecent
+	dumpStart  time.Time      // start of the background dump in flight (DumpStarted)
+	recent     []*flow        // probeRecent's scratch
+	lookahead  float64        // seconds: how far ahead demotion looks (SetLookahead)
 	minDump    time.Duration
 	flowBudget float64
 	flowRefill float64
@@ -404,6 +405,7 @@ func NewPolicy(cfg Config, now time.Time, podTokens float64) *Policy {
 		cfg:        cfg,
 		local:      cfg.LocalAddrs,
 		flows:      map[Key]*flow{},
+		ended:      map[Key]uint32{},
 		pod:        math.Min(podTokens, float64(cfg.PodBudget)),
 		podSeen:    now,
 		nextDump:   now,
@@ -866,6 +868,11 @@ func (p *Policy) GateOn() bool { return p.gate }
 func (p *Policy) finish(f *flow, unfinished bool) {
 	p.podRate -= math.Max(f.rate, 0)
 	delete(p.flows, f.key)
+	if !p.dumpStart.IsZero() {
+		// A dump in flight may still hold it (the DESTROY came after the
+		// kernel walked past it): Dump must not take it for a new flow.
+		p.ended[f.key] = f.id
+	}
 	f.hot = false // dropped from p.hot lazily
 	f.next = time.Time{}
 	p.stats.Finished++
@@ -888,6 +895,13 @@ func (p *Policy) Dump(now time.Time, flows []conntrack.Flow) []Action {
 	}
 	for i := range flows {
 		c := &flows[i]
+		if id, ok := p.ended[Key{Orig: c.Orig, Zone: c.Zone}]; ok && id == c.ID {
+			// Finished since the dump started: its final record is
+			// written and its bytes are charged. Taking it for a new flow
+			// would charge the pod for all of its bytes again and write a
+			// second record.
+			continue
+		}
 		f, isNew := p.track(now, c, adopt)
 		if f == nil {
 			continue
@@ -903,6 +917,7 @@ func (p *Policy) Dump(now time.Time, flows []conntrack.Flow) []Action {
 			p.finish(f, true)
 		}
 	}
+	clear(p.ended)
 	// Recompute the pod's rate exactly (Get observations update it by delta).
 	p.podRate = 0
 	for _, f := range p.flows {

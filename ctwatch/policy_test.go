@@ -299,3 +299,32 @@ func TestPolicyTxInterval(t *testing.T) {
 		})
 	}
 }
+
+// A flow whose DESTROY event comes while a background dump is in flight may
+// still be in the dump's result: it must not come back as a new flow (a
+// second final record, and all of its bytes charged to the pod again).
+func TestPolicyBackgroundDumpAfterDestroy(t *testing.T) {
+	cfg := testConfig()
+	t0 := time.Date(2026, 1, 1, 0, 0, 0, 0, time.UTC)
+	p := NewPolicy(cfg, t0, float64(cfg.PodBudget))
+	p.Dump(t0, []conntrack.Flow{inFlow(1, 1001, 1000, 0)})
+	p.Observe(t0.Add(500*time.Millisecond), inFlow(1, 1001, 40<<20, 0))
+	pod := p.PodTokens(t0.Add(time.Second))
+	p.DumpStarted(t0.Add(time.Second))
+	acts := p.Destroyed(t0.Add(1010*time.Millisecond), inFlow(1, 1001, 40<<20, 0))
+	if len(acts) != 1 || acts[0].Kind != Finish {
+		t.Fatalf("DESTROY: actions %+v, want one flow_end", acts)
+	}
+	acts = p.Dump(t0.Add(1030*time.Millisecond), []conntrack.Flow{inFlow(1, 1001, 40<<20, 0), inFlow(2, 1002, 0, 0)})
+	if len(acts) != 0 {
+		t.Errorf("the stale dump: actions %+v, want none", acts)
+	}
+	if got := p.PodTokens(t0.Add(1030 * time.Millisecond)); got < pod {
+		t.Errorf("pod bucket %.0f after the stale dump, was %.0f: charged again", got, pod)
+	}
+	// The same tuple with a new conntrack ID is a new flow.
+	acts = p.Dump(t0.Add(2*time.Second), []conntrack.Flow{inFlow(3, 1001, 100, 0), inFlow(2, 1002, 0, 0)})
+	if st := p.Stats(); st.Flows != 2 || len(acts) != 0 {
+		t.Errorf("flows %d, actions %+v; want 2 flows (1001 anew, 1002), no actions", st.Flows, acts)
+	}
+}
