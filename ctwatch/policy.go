@@ -382,12 +382,12 @@ type Policy struct {
 	txBase     uint64 // reading at the last dump
 	gotSince   uint64 // bytes charged by single reads since the last dump
 	txNext     time.Time
-	ended      map[Key]uint32 // flows finished while a dump was in flight: their conntrack IDs
-	leastTok   float64        // least tokens of a fast watched flow, as of the last dump and reads since
-	recentAt   time.Time      // last probeRecent
-	dumpStart  time.Time      // start of the background dump in flight (DumpStarted)
-	recent     []*flow        // probeRecent's scratch
-	lookahead  float64        // seconds: how far ahead demotion looks (SetLookahead)
+	ended      map[Key]endedFlow // flows finished lately (endedFor), by key
+	leastTok   float64           // least tokens of a fast watched flow, as of the last dump and reads since
+	recentAt   time.Time         // last probeRecent
+	dumpStart  time.Time         // start of the background dump in flight (DumpStarted)
+	recent     []*flow           // probeRecent's scratch
+	lookahead  float64           // seconds: how far ahead demotion looks (SetLookahead)
 	minDump    time.Duration
 	flowBudget float64
 	flowRefill float64
@@ -405,7 +405,7 @@ func NewPolicy(cfg Config, now time.Time, podTokens float64) *Policy {
 		cfg:        cfg,
 		local:      cfg.LocalAddrs,
 		flows:      map[Key]*flow{},
-		ended:      map[Key]uint32{},
+		ended:      map[Key]endedFlow{},
 		pod:        math.Min(podTokens, float64(cfg.PodBudget)),
 		podSeen:    now,
 		nextDump:   now,
@@ -868,11 +868,7 @@ func (p *Policy) GateOn() bool { return p.gate }
 func (p *Policy) finish(f *flow, unfinished bool) {
 	p.podRate -= math.Max(f.rate, 0)
 	delete(p.flows, f.key)
-	if !p.dumpStart.IsZero() {
-		// A dump in flight may still hold it (the DESTROY came after the
-		// kernel walked past it): Dump must not take it for a new flow.
-		p.ended[f.key] = f.id
-	}
+	p.ended[f.key] = endedFlow{id: f.id, sent: f.sent.Bytes, demoted: f.demoted, at: f.seen}
 	f.hot = false // dropped from p.hot lazily
 	f.next = time.Time{}
 	p.stats.Finished++
@@ -895,11 +891,7 @@ func (p *Policy) Dump(now time.Time, flows []conntrack.Flow) []Action {
 	}
 	for i := range flows {
 		c := &flows[i]
-		if id, ok := p.ended[Key{Orig: c.Orig, Zone: c.Zone}]; ok && id == c.ID {
-			// Finished since the dump started: its final record is
-			// written and its bytes are charged. Taking it for a new flow
-			// would charge the pod for all of its bytes again and write a
-			// second record.
+		if p.lateForEnded(now, c) {
 			continue
 		}
 		f, isNew := p.track(now, c, adopt)
@@ -917,7 +909,11 @@ func (p *Policy) Dump(now time.Time, flows []conntrack.Flow) []Action {
 			p.finish(f, true)
 		}
 	}
-	clear(p.ended)
+	for k, e := range p.ended {
+		if now.Sub(e.at) > endedFor {
+			delete(p.ended, k)
+		}
+	}
 	// Recompute the pod's rate exactly (Get observations update it by delta).
 	p.podRate = 0
 	for _, f := range p.flows {
@@ -987,6 +983,9 @@ func (p *Policy) Observe(now time.Time, c conntrack.Flow) []Action {
 // Destroyed feeds a DESTROY event (final counters) at now.
 func (p *Policy) Destroyed(now time.Time, c conntrack.Flow) []Action {
 	p.acts = p.acts[:0]
+	if p.lateForEnded(now, &c) {
+		return p.acts
+	}
 	f, isNew := p.track(now, &c, !p.started)
 	if f == nil {
 		return p.acts
@@ -998,6 +997,48 @@ func (p *Policy) Destroyed(now time.Time, c conntrack.Flow) []Action {
 	p.acts = p.acts[:n]
 	p.finish(f, false)
 	return p.acts
+}
+
+// endedFor is how long the policy remembers a finished flow: longer than a
+// DESTROY event can lag the dump that no longer showed the flow (the kernel
+// keeps a dying entry out of dumps until its event is delivered), and than
+// a background dump can take.
+const endedFor = 30 * time.Second
+
+// endedFlow is what the policy remembers of a finished flow.
+type endedFlow struct {
+	id      uint32
+	sent    uint64
+	demoted bool
+	at      time.Time
+}
+
+// lateForEnded says whether c is a flow already finished (its final record
+// written): a DESTROY event after the dump that no longer showed it, or a
+// background dump that started before its DESTROY. Bytes it sent after its
+// last observation are charged; no second record is written, and it is not
+// taken for a new flow (which would charge all of its bytes again).
+func (p *Policy) lateForEnded(now time.Time, c *conntrack.Flow) bool {
+	k := Key{Orig: c.Orig, Zone: c.Zone}
+	e, ok := p.ended[k]
+	if !ok || e.id != c.ID || c.ID == 0 {
+		return false
+	}
+	inbound := p.isLocal(c.Orig.Dst)
+	sent, _ := counters(inbound, c)
+	if sent.Bytes > e.sent {
+		d := sent.Bytes - e.sent
+		p.refillPod(now)
+		p.pod -= float64(d)
+		if e.demoted {
+			p.stats.SlowBytes += d
+		} else {
+			p.stats.FastBytes += d
+		}
+		e.sent = sent.Bytes
+		p.ended[k] = e
+	}
+	return true
 }
 
 // Gone finishes the flow k with its last seen counters (a Get said it no

@@ -328,3 +328,30 @@ func TestPolicyBackgroundDumpAfterDestroy(t *testing.T) {
 		t.Errorf("flows %d, actions %+v; want 2 flows (1001 anew, 1002), no actions", st.Flows, acts)
 	}
 }
+
+// The kernel keeps a dying entry out of dumps until its DESTROY event is
+// delivered, so a dump can miss a flow (finished with its last counters)
+// whose DESTROY comes after: that event must not start it anew.
+func TestPolicyDestroyAfterDumpMissed(t *testing.T) {
+	cfg := testConfig()
+	t0 := time.Date(2026, 1, 1, 0, 0, 0, 0, time.UTC)
+	p := NewPolicy(cfg, t0, float64(cfg.PodBudget))
+	p.Dump(t0, nil)
+	p.Dump(t0.Add(time.Second), []conntrack.Flow{inFlow(1, 1001, 40<<20, 0)})
+	acts := p.Dump(t0.Add(2*time.Second), nil)
+	if len(acts) != 1 || acts[0].Kind != Finish || !acts[0].Record.Unfinished {
+		t.Fatalf("missed by the dump: actions %+v, want one unfinished flow_end", acts)
+	}
+	pod := p.PodTokens(t0.Add(2 * time.Second))
+	acts = p.Destroyed(t0.Add(2*time.Second+250*time.Millisecond), inFlow(1, 1001, 40<<20+5000, 0))
+	if len(acts) != 0 {
+		t.Errorf("the late DESTROY: actions %+v, want none (the record is written)", acts)
+	}
+	want := pod + float64(cfg.PodRefill)*0.25 - 5000 // a quarter second of refill, the last 5000 bytes charged
+	if got := p.PodTokens(t0.Add(2*time.Second + 250*time.Millisecond)); got > want+1 || got < want-1 {
+		t.Errorf("pod bucket %.0f after the late DESTROY, was %.0f: want only its last 5000 bytes charged", got, pod)
+	}
+	if st := p.Stats(); st.Flows != 0 || st.Finished != 1 {
+		t.Errorf("flows %d, finished %d; want 0 and 1", st.Flows, st.Finished)
+	}
+}
