@@ -167,20 +167,7 @@ func TestIntegrationKernelPromotion(t *testing.T) {
 	if err != nil || f.Mark&(itMark|itWatched) != itWatched {
 		t.Fatalf("mark after promotion %#x (%v), want the watched bit alone", f.Mark, err)
 	}
-	var ta, tc []time.Duration
-	for range 5 {
-		for _, x := range []struct {
-			cl *client
-			d  *[]time.Duration
-		}{{a, &ta}, {c, &tc}} {
-			d, err := x.cl.get(small)
-			if err != nil {
-				t.Fatal(err)
-			}
-			*x.d = append(*x.d, d)
-		}
-	}
-	ma, mc := median(ta), median(tc)
+	ma, mc := alternate(t, 5, small, a, c)
 	// A second download on the watched connection: its bucket refilled at
 	// 1 MiB/s while it idled, so it goes slow after a few MiB, by the
 	// watcher.
@@ -204,18 +191,6 @@ func TestIntegrationKernelPromotion(t *testing.T) {
 	if d2[FieldBy] != "watcher" || second > int64(budget)/2 {
 		t.Errorf("second download: demote line %v after %d bytes read", d2, second)
 	}
-}
-
-func median(d []time.Duration) time.Duration {
-	s := append([]time.Duration(nil), d...)
-	for i := range s {
-		for j := i + 1; j < len(s); j++ {
-			if s[j] < s[i] {
-				s[i], s[j] = s[j], s[i]
-			}
-		}
-	}
-	return s[len(s)/2]
 }
 
 // TestIntegrationGateChurn: a connection per chunk (the churn a user would

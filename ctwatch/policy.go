@@ -334,31 +334,29 @@ type flow struct {
 	fast, slow uint64
 	adopted    bool
 	watched    bool // has (or is being given) the watched mark
-	byKernel   bool // the latest demotion was the tripwire's or the gate's
 	tripped    bool // the tripwire's demotion was found in this observation
 }
 
 // Stats is a snapshot of the watcher's counters, for metrics.
 type Stats struct {
-	Flows           int     // flows tracked now
-	Demoted         int     // of which demoted now
-	Demotions       uint64  // demotions by the watcher or the kernel (flow or pod budget)
-	KernelDemotions uint64  // of which by the kernel (tripwire or pod gate)
-	Gate            bool    // the pod gate is set
-	GateSets        uint64  // times the pod gate was set
-	Adoptions       uint64  // flows found marked by someone else
-	Promotions      uint64  // promotions
-	Reapplied       uint64  // marks set again after the kernel lost them
-	Finished        uint64  // final records written
-	FastBytes       uint64  // bytes the pod sent on flows that were not demoted
-	SlowBytes       uint64  // bytes the pod sent on demoted flows
-	PodTokens       float64 // pod bucket level in bytes (negative: in debt)
-	PodBudget       uint64  // pod bucket burst in bytes
-	Dumps           uint64  // full dumps read
-	Gets            uint64  // single-flow reads and NEW events
-	EventsLost      uint64  // ErrEventsLost reports
-	Errors          uint64  // failed reads and mark updates
-	LastDump        time.Time
+	Flows      int     // flows tracked now
+	Demoted    int     // of which demoted now
+	Demotions  uint64  // demotions by the watcher or the kernel (flow or pod budget)
+	Gate       bool    // the pod gate is set
+	GateSets   uint64  // times the pod gate was set
+	Adoptions  uint64  // flows found marked by someone else
+	Promotions uint64  // promotions
+	Reapplied  uint64  // marks set again after the kernel lost them
+	Finished   uint64  // final records written
+	FastBytes  uint64  // bytes the pod sent on flows that were not demoted
+	SlowBytes  uint64  // bytes the pod sent on demoted flows
+	PodTokens  float64 // pod bucket level in bytes (negative: in debt)
+	PodBudget  uint64  // pod bucket burst in bytes
+	Dumps      uint64  // full dumps read
+	Gets       uint64  // single-flow reads and NEW events
+	EventsLost uint64  // ErrEventsLost reports
+	Errors     uint64  // failed reads and mark updates
+	LastDump   time.Time
 }
 
 // Policy is the pure budget policy. It is not safe for concurrent use; the
@@ -579,29 +577,29 @@ func (p *Policy) observe(now time.Time, f *flow, c *conntrack.Flow, isNew bool) 
 	case marked && !f.demoted:
 		f.demoted = true
 		f.demotions++
+		byKernel := true // the tripwire's or the gate's
 		switch {
 		case p.gate:
 			// The gate marks every flow that sends while it is set.
-			f.reason, f.byKernel = ReasonPod, true
+			f.reason = ReasonPod
 		case p.cfg.Tripwire && !f.watched && sent.Bytes >= uint64(p.cfg.FlowBudget):
 			// The tripwire fired at the packet that reached the budget.
 			// A flow adopted at start is never given its budget back
 			// (tokensLeft): its bucket started full at adoption, without
 			// the history the tripwire counted, and a restart must not
 			// hand an ongoing download a new budget.
-			f.reason, f.byKernel, f.tripped = ReasonFlow, true, !f.adopted
+			f.reason, f.tripped = ReasonFlow, !f.adopted
 			if f.demotedAt == 0 {
 				f.demotedAt = uint64(p.cfg.FlowBudget)
 			}
 		default:
-			f.reason, f.byKernel = ReasonKernel, false
+			f.reason, byKernel = ReasonKernel, false
 		}
 		if f.demotedAt == 0 {
 			f.demotedAt = sent.Bytes
 		}
-		if f.byKernel && p.started {
+		if byKernel && p.started {
 			p.stats.Demotions++
-			p.stats.KernelDemotions++
 			p.emit(KernelDemote, f, now, 0)
 		} else {
 			// Found demoted at start: an earlier run's (or the kernel's,
@@ -706,7 +704,6 @@ func (p *Policy) tokensLeft(f *flow) bool {
 
 func (p *Policy) promote(now time.Time, f *flow, why Why) {
 	f.demoted = false
-	f.byKernel = false
 	f.promotions++
 	if p.cfg.Tripwire {
 		f.watched = true
@@ -718,7 +715,6 @@ func (p *Policy) promote(now time.Time, f *flow, why Why) {
 
 func (p *Policy) demote(now time.Time, f *flow, r Reason, tokens float64) {
 	f.demoted = true
-	f.byKernel = false
 	f.reason = r
 	f.demotions++
 	if f.demotedAt == 0 {

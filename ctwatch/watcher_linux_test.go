@@ -11,7 +11,7 @@ import (
 	"io"
 	"net"
 	"net/netip"
-	"sort"
+	"slices"
 	"strconv"
 	"sync"
 	"sync/atomic"
@@ -268,6 +268,30 @@ func poll(t *testing.T, timeout time.Duration, what string, cond func() bool) {
 	}
 }
 
+// alternate times n requests of size bytes on a and on b, one after the
+// other, and returns the median of each.
+func alternate(t *testing.T, n int, size int64, a, b *client) (ma, mb time.Duration) {
+	t.Helper()
+	var da, db []time.Duration
+	for range n {
+		for _, x := range []struct {
+			cl *client
+			d  *[]time.Duration
+		}{{a, &da}, {b, &db}} {
+			d, err := x.cl.get(size)
+			if err != nil {
+				t.Fatal(err)
+			}
+			*x.d = append(*x.d, d)
+		}
+	}
+	med := func(d []time.Duration) time.Duration {
+		slices.Sort(d)
+		return d[len(d)/2]
+	}
+	return med(da), med(db)
+}
+
 func num(m map[string]any, k string) float64 { f, _ := m[k].(float64); return f }
 
 func TestIntegrationDemotion(t *testing.T) {
@@ -444,24 +468,7 @@ func TestIntegrationPromotion(t *testing.T) {
 	}
 	// Alternate small requests on the promoted and the never-demoted
 	// connection; compare medians.
-	var ta, tc []time.Duration
-	for range 7 {
-		for _, x := range []struct {
-			cl *client
-			d  *[]time.Duration
-		}{{a, &ta}, {c, &tc}} {
-			d, err := x.cl.get(small)
-			if err != nil {
-				t.Fatal(err)
-			}
-			*x.d = append(*x.d, d)
-		}
-	}
-	med := func(d []time.Duration) time.Duration {
-		sort.Slice(d, func(i, j int) bool { return d[i] < d[j] })
-		return d[len(d)/2]
-	}
-	ma, mc := med(ta), med(tc)
+	ma, mc := alternate(t, 7, small, a, c)
 	t.Logf("64 KiB request on the demoted connection: %s; after promotion: %s (median of 7); on a never-demoted connection: %s; ratios promoted/fast %.2f, demoted/fast %.0f; %d demotions, %d promotions",
 		sticky.Round(time.Microsecond), ma.Round(time.Microsecond), mc.Round(time.Microsecond), float64(ma)/float64(mc), float64(sticky)/float64(mc),
 		w.Stats().Demotions, w.Stats().Promotions)

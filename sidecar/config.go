@@ -442,3 +442,8 @@ func printUsage(w io.Writer) error {
 	}
 	return tw.Flush()
 }
+
+// watchedMark is the connection-mark bit by which the watcher takes a flow
+// over from the kernel tripwire: the bit above CTMARK (config checks there is
+// one).
+func (c *Config) watchedMark() uint32 { return c.CTMark << 1 }

@@ -184,7 +184,7 @@ func startWatcher(ctx context.Context, cfg *Config, log zerolog.Logger, m *healt
 		ProgressInterval: cfg.ProgressInterval,
 		CTMark:           cfg.CTMark,
 		Tripwire:         true,
-		WatchedMark:      cfg.CTMark << 1,
+		WatchedMark:      cfg.watchedMark(),
 		Gate:             gated,
 		User:             cfg.User,
 		Server:           cfg.Server,

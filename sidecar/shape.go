@@ -39,7 +39,7 @@ func newShaper(cfg *Config, ipv6 bool, log zerolog.Logger, detect bool) (*shaper
 		FastRate:    cfg.FastRate,
 		SlowRate:    cfg.SlowRate,
 		CTMark:      cfg.CTMark,
-		WatchedMark: cfg.CTMark << 1,
+		WatchedMark: cfg.watchedMark(),
 		// The tripwire and the gate need the watcher: only it gives a flow
 		// its budget back, and only it sets and clears the gate.
 		Tripwire:       cfg.Watch,
