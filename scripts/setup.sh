@@ -3,7 +3,7 @@
 # machine. Idempotent; run as root. Set HUBWARDEN_SETUP_E2E=0 to skip the
 # JupyterHub parts.
 set -euo pipefail
-need=(iptables nftables conntrack iperf3 curl iproute2 tcpdump iputils-ping procps util-linux)
+need=(iptables nftables conntrack iperf3 curl iproute2 tcpdump iputils-ping procps util-linux python3-venv)
 if [ "${HUBWARDEN_SETUP_E2E:-1}" = 1 ]; then
   need+=(jupyterhub python3-websocket dnsmasq-base bind9-dnsutils python3-yaml)
   command -v npm >/dev/null || need+=(nodejs npm)
@@ -20,3 +20,5 @@ if [ ${#missing[@]} -gt 0 ]; then
 fi
 command -v go >/dev/null || { echo "setup: Go is not installed (need Go >= 1.25 on PATH)" >&2; exit 1; }
 go mod download
+# The Python stack z2jh 4.4 ships, hash-locked (requirements/README.md).
+./scripts/python-env.sh
