@@ -85,8 +85,8 @@ func (c Config) Validate() error {
 			}
 		}
 	}
-	if c.ProgressInterval < time.Second {
-		errs = append(errs, errors.New("HUBWARDEN_PROGRESS_INTERVAL must be at least 1s"))
+	if c.ProgressInterval <= 0 {
+		errs = append(errs, errors.New("HUBWARDEN_PROGRESS_INTERVAL must be > 0"))
 	}
 	return errors.Join(errs...)
 }

@@ -1,6 +1,7 @@
 package guard
 
 import (
+	"bytes"
 	"encoding/json"
 	"errors"
 )
@@ -87,6 +88,15 @@ func isJSONSpace(c byte) bool { return c == ' ' || c == '\t' || c == '\n' || c =
 // Write feeds the next bytes of the model. It never fails; Err reports.
 func (s *modelScanner) Write(p []byte) (int, error) {
 	for i := 0; i < len(p) && s.err == nil; i++ {
+		if s.state == scanInValue && !s.capture {
+			// Skip to the next byte that matters: most of a notebook is
+			// inside strings (sources, base64 images), and most of the rest
+			// is nested structure the scanner only counts.
+			if j := s.skippable(p[i:]); j > 0 {
+				i += j - 1
+				continue
+			}
+		}
 		s.step(p[i])
 		if s.state == scanDone && s.DoneAt < 0 {
 			s.DoneAt = s.off + int64(i)
@@ -94,6 +104,29 @@ func (s *modelScanner) Write(p []byte) (int, error) {
 	}
 	s.off += int64(len(p))
 	return len(p), nil
+}
+
+// skippable returns how many leading bytes of p step would pass over
+// without a change of state: inside a string up to a quote or a
+// backslash, inside a nested value up to a quote or a bracket.
+func (s *modelScanner) skippable(p []byte) int {
+	switch {
+	case s.inString && !s.escaped:
+		q := bytes.IndexByte(p, '"')
+		if q < 0 {
+			q = len(p)
+		}
+		if b := bytes.IndexByte(p[:q], '\\'); b >= 0 {
+			return b
+		}
+		return q
+	case !s.inString && s.nest > 0:
+		if j := bytes.IndexAny(p, "\"{}[]"); j >= 0 {
+			return j
+		}
+		return len(p)
+	}
+	return 0
 }
 
 // Err returns the first structural problem found, if any.

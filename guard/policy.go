@@ -163,14 +163,35 @@ func (p *Policy) Decide(r Request) Decision {
 			return allow("allow-proxy-prefix", FamilyProxyAllow)
 		}
 	}
+	// jupyter-server-proxy's routes come before the server's own when it
+	// is installed (its "proxy/8050/" would otherwise look like the
+	// server's redirect of a trailing slash).
+	if proxyRoutes.MatchString(rest) {
+		return deny(403, "deny-server-proxy", FamilyProxy, "proxied services are not allowed on this server")
+	}
 	m, ok := p.router.Route(rest)
-	if !ok {
-		if proxyRoutes.MatchString(rest) {
-			return deny(403, "deny-server-proxy", FamilyProxy, "proxied services are not allowed on this server")
-		}
+	if !ok || !p.known(m, rest) {
 		return deny(403, "deny-unknown-route", FamilyUnknown, "hubwarden does not know this address")
 	}
 	return p.decideRoute(r, t, m)
+}
+
+// known reports whether a match is a route the guard can vouch for. Two
+// catch-all routes of the server are not: JupyterLab's 404 page under lab/
+// and the redirect that strips a trailing slash. An extension the guard
+// does not know (loaded before the server's own routes, as every extension
+// is) can own a path they would match, like jupyter-server-proxy owns
+// "rstudio/"; the guard then refuses it. A trailing slash is stripped only
+// from a path the guard knows.
+func (p *Policy) known(m Match, rest string) bool {
+	switch m.Handler {
+	case "jupyterlab_server.handlers.NotFoundHandler":
+		return false
+	case "jupyter_server.base.handlers.TrailingSlashHandler":
+		stripped, ok := p.router.Route(strings.TrimSuffix(rest, "/"))
+		return ok && stripped.Handler != m.Handler && p.known(stripped, strings.TrimSuffix(rest, "/"))
+	}
+	return true
 }
 
 // decideRoute decides a request routed to m.

@@ -1,6 +1,8 @@
 package guard
 
 import (
+	"net/http"
+
 	"github.com/rs/zerolog"
 )
 
@@ -29,6 +31,8 @@ func (g *Guard) finish(x *exchange, cw *countingWriter) {
 	}
 	kind := AuditHTTP
 	if x.upgrade {
+		// The proxy wrote the 101 on the hijacked connection.
+		cw.status = http.StatusSwitchingProtocols
 		kind = AuditWebsocket
 		g.mu.Lock()
 		delete(g.sockets, x)
