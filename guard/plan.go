@@ -61,7 +61,7 @@ func Plan(cfg Config) (Rules, error) {
 			filter.Chains = []xtables.Chain{{Name: ChainSocket, Rules: []xtables.Rule{
 				{
 					Args:    append(append([]string{}, syn...), "-m", "socket", "--transparent", "--nowildcard", "-j", "RETURN"),
-					Comment: "guard: port " + guard + " is taken only by hubwarden's transparent socket",
+					Comment: "guard: only a transparent socket (the guard) takes port " + guard,
 				},
 				{
 					Args:    append(append([]string{}, syn...), "-j", "REJECT", "--reject-with", "tcp-reset"),

@@ -387,16 +387,24 @@ func (g *Guard) checkContents(x *exchange, res *http.Response) error {
 	sc := newModelScanner()
 	var head bytes.Buffer
 	buf := make([]byte, 8<<10)
+	var rerr error
 	for !sc.ContentSet && !sc.Complete() && sc.Err() == nil && head.Len() < maxModelHead {
 		n, err := res.Body.Read(buf)
 		head.Write(buf[:n])
 		_, _ = sc.Write(buf[:n])
-		if errors.Is(err, io.EOF) {
+		if err != nil {
+			if !errors.Is(err, io.EOF) {
+				rerr = fmt.Errorf("reading the server's answer: %w", err)
+			}
 			break
 		}
-		if err != nil {
-			return fmt.Errorf("reading the server's answer: %w", err)
-		}
+	}
+	// What was read goes back in front of the rest, whatever is decided
+	// (audit mode passes a denied answer on).
+	orig := res.Body
+	res.Body = readCloser{io.MultiReader(bytes.NewReader(head.Bytes()), orig), orig}
+	if rerr != nil {
+		return rerr
 	}
 	unreadable := &responseDenial{"deny-contents-unreadable", "the server's answer is not a contents model"}
 	if sc.Err() != nil || (!sc.ContentSet && !sc.Complete()) {
@@ -412,9 +420,17 @@ func (g *Guard) checkContents(x *exchange, res *http.Response) error {
 	if res.ContentLength > limit {
 		return &responseDenial{"deny-over-cap", fmt.Sprintf("the answer (%d bytes) is larger than hubwarden allows here (%d)", res.ContentLength, limit)}
 	}
-	res.Body = &checkedBody{g: g, x: x, r: io.MultiReader(&head, res.Body), c: res.Body, limit: limit, model: sc, scanned: int64(head.Len())}
+	res.Body = &checkedBody{g: g, x: x, r: res.Body, c: orig, limit: limit, model: sc, scanned: int64(head.Len())}
 	return nil
 }
+
+// readCloser reads from r and closes c.
+type readCloser struct {
+	io.Reader
+	c io.Closer
+}
+
+func (r readCloser) Close() error { return r.c.Close() }
 
 // withhold replaces the body of a contents error answer by a message of
 // the guard's own: the server's can quote the file it failed to read
