@@ -1,6 +1,8 @@
 package guard
 
 import (
+	"os"
+	"regexp"
 	"strings"
 	"testing"
 	"time"
@@ -184,5 +186,37 @@ func TestParseMode(t *testing.T) {
 	}
 	if _, err := ParseMode("on"); err == nil {
 		t.Error("on")
+	}
+}
+
+// TestValuesFilesBaseURL: both z2jh values files give the guard the
+// server's base URL through KubeSpawner's unescaped placeholders, which
+// works for user and server names that JupyterHub escapes in URLs, and for
+// the default server (an empty server name).
+func TestValuesFilesBaseURL(t *testing.T) {
+	re := regexp.MustCompile(`(?m)^\s*- name: HUBWARDEN_SERVER_BASE_URL\n\s*value: "([^"]*)"`)
+	for _, f := range []string{"../z2jh-values/hubwarden.yaml", "../z2jh-values/hubwarden-classic.yaml"} {
+		b, err := os.ReadFile(f)
+		if err != nil {
+			t.Fatal(err)
+		}
+		m := re.FindSubmatch(b)
+		if m == nil {
+			t.Errorf("%s: no HUBWARDEN_SERVER_BASE_URL", f)
+			continue
+		}
+		for _, tc := range []struct{ user, server, want string }{
+			{"Jane Doe+1@example.org", "gpu 2", "/user/Jane%20Doe%2B1@example.org/gpu%202/"},
+			{"jane", "", "/user/jane/"},
+			{"élise", "", "/user/%C3%A9lise/"},
+			{"100%", "a{b}", "/user/100%25/a%7Bb%7D/"},
+		} {
+			// KubeSpawner's str.format: the values replace the placeholders as they are.
+			v := strings.NewReplacer("{unescaped_username}", tc.user, "{unescaped_servername}", tc.server).Replace(string(m[1]))
+			got, err := EscapeBaseURL(v)
+			if err != nil || got != tc.want {
+				t.Errorf("%s with user %q server %q: %q (%v), want %q", f, tc.user, tc.server, got, err, tc.want)
+			}
+		}
 	}
 }
