@@ -603,3 +603,24 @@ func ExamplePolicy_Decide() {
 	// false 403 deny-contents-file
 	// true 0 allow-contents-read
 }
+
+// BenchmarkDecide: the policy's cost per request for JupyterLab's regular
+// requests (routing is a scan of the route table, as tornado's).
+func BenchmarkDecide(b *testing.B) {
+	p := NewPolicy(PolicyConfig{BaseURL: tableBase, MaxNotebook: DefaultMaxNotebook, Terminals: true})
+	for _, target := range []string{
+		"api/sessions?1796519035324",
+		"api/contents/sub/inner.ipynb?type=notebook&content=1&hash=1&contentProviderId=undefined&1796519357729",
+		"static/lab/jlab_core.d51715b9a60d91a2e8b4.js?v=d51715b9a60d91a2e8b4",
+		"files/data.csv",
+		"unknown/path",
+	} {
+		b.Run(strings.SplitN(target, "?", 2)[0], func(b *testing.B) {
+			r := Request{Method: "GET", Target: tableBase + target, Proto: "HTTP/1.1", Host: "pod:8888"}
+			b.ReportAllocs()
+			for b.Loop() {
+				_ = p.Decide(r)
+			}
+		})
+	}
+}
