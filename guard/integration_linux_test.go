@@ -535,6 +535,18 @@ func TestIntegrationGuard(t *testing.T) {
 		t.Errorf("websocket audit line: %v", wsLine)
 	}
 	b.guarded("DELETE", jupyterBase+"api/kernels/"+kernel.ID, nil, nil, false)
+	// Audit lines as a log shipper sees them (docs/audit.md quotes them).
+	b.guardLog.mu.Lock()
+	shown := map[string]bool{}
+	for _, l := range strings.Split(b.guardLog.b.String(), "\n") {
+		for _, k := range []string{`"rule":"allow-contents-read"`, `"rule":"deny-files"`, `"rule":"deny-contents-not-notebook"`, `"audit":"websocket"`} {
+			if strings.Contains(l, k) && !shown[k] {
+				shown[k] = true
+				t.Logf("audit line: %s", l)
+			}
+		}
+	}
+	b.guardLog.mu.Unlock()
 }
 
 // runCode executes code on a kernel over its websocket through the guard
