@@ -626,7 +626,19 @@ func TestIntegrationGuardFailClosed(t *testing.T) {
 	if st, _, _, err := b.guarded("GET", jupyterBase+"api/contents/data.csv?type=file", nil, nil, false); err != nil || st != 200 {
 		t.Fatalf("control: the server without the redirect: %d %v", st, err)
 	}
+	// The self-test probe fails without the redirect: the server answers it.
+	if err := b.Pod.Do(func() error { return Probe(context.Background(), 8888) }); err == nil {
+		t.Error("the probe passed without the redirect")
+	} else {
+		t.Logf("probe without the redirect: %v", err)
+	}
 	b.applyRules(t, true)
+	// ... and without the guard: refused.
+	if err := b.Pod.Do(func() error { return Probe(context.Background(), 8888) }); err == nil {
+		t.Error("the probe passed without the guard")
+	} else {
+		t.Logf("probe without the guard: %v", err)
+	}
 	before, _ := os.ReadFile(b.serverLog)
 	for _, v6 := range []bool{false, true} {
 		addr := b.PodIP4 + ":8888"
@@ -686,6 +698,10 @@ func TestIntegrationGuardFailClosed(t *testing.T) {
 	b.startGuard(t)
 	if st, _, _, err := b.guarded("GET", jupyterBase+"api/contents/plots.ipynb", nil, nil, false); err != nil || st != 200 {
 		t.Errorf("guard back: %d %v", st, err)
+	}
+	// The self-test probe passes with the rules and the guard.
+	if err := b.Pod.Do(func() error { return Probe(context.Background(), 8888) }); err != nil {
+		t.Errorf("probe with the guard: %v", err)
 	}
 	b.stop()
 	if _, err := b.Peer.DialRefused(b.PodIP4+":8888", 5*time.Second); err != nil {

@@ -1,6 +1,7 @@
 package guard
 
 import (
+	"fmt"
 	"strconv"
 
 	"github.com/hubwarden/hubwarden/xtables"
@@ -20,7 +21,17 @@ const (
 	// down, a process of the notebook user that binds its port gets no
 	// connection, and the redirected connection is refused.
 	ChainSocket = "HUBWARDEN-GUARD-IN"
+	// ChainProbe (nat, hooked from OUTPUT) sends the self-test's probe
+	// (ProbeMark; only a NET_ADMIN process can set a packet's mark) through
+	// ChainRedirect: connections the pod opens itself never pass PREROUTING,
+	// so this is how the pod can prove, from inside, that the redirect
+	// rule takes a connection to the guard (Probe).
+	ChainProbe = "HUBWARDEN-GUARD-PROBE"
 )
+
+// ProbeMark is the packet mark (SO_MARK) of the self-test's probe
+// connection. hubwarden marks no other packets (it uses connection marks).
+const ProbeMark = 0x4857
 
 // Rules is the guard's part of the kernel plan, per family (IPv4, then
 // IPv6 when cfg.IPv6).
@@ -57,7 +68,11 @@ func Plan(cfg Config) (Rules, error) {
 				Args:    []string{"-p", "tcp", "-m", "tcp", "--dport", server, "-j", "REDIRECT", "--to-ports", guard},
 				Comment: "guard: connections to the notebook server port " + server + " go to the guard on " + guard,
 			}}}}
-			nat.Hooks = []xtables.Hook{{Base: "PREROUTING", Target: ChainRedirect}}
+			nat.Chains = append(nat.Chains, xtables.Chain{Name: ChainProbe, Rules: []xtables.Rule{{
+				Args:    []string{"-p", "tcp", "-m", "mark", "--mark", fmt.Sprintf("%#x", ProbeMark), "-j", ChainRedirect},
+				Comment: "guard: the self-test probe takes the redirect from inside the pod",
+			}}})
+			nat.Hooks = []xtables.Hook{{Base: "PREROUTING", Target: ChainRedirect}, {Base: "OUTPUT", Target: ChainProbe}}
 			filter.Chains = []xtables.Chain{{Name: ChainSocket, Rules: []xtables.Rule{
 				{
 					Args:    append(append([]string{}, syn...), "-m", "socket", "--transparent", "--nowildcard", "-j", "RETURN"),

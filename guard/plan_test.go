@@ -29,8 +29,11 @@ func TestPlanGolden(t *testing.T) {
 	for i := range r.NAT {
 		wantNAT := `*nat
 :HUBWARDEN-GUARD - [0:0]
+:HUBWARDEN-GUARD-PROBE - [0:0]
 -A HUBWARDEN-GUARD -p tcp -m tcp --dport 8888 -m comment --comment "hubwarden: guard: connections to the notebook server port 8888 go to the guard on 9281" -j REDIRECT --to-ports 9281
+-A HUBWARDEN-GUARD-PROBE -p tcp -m mark --mark 0x4857 -m comment --comment "hubwarden: guard: the self-test probe takes the redirect from inside the pod" -j HUBWARDEN-GUARD
 -I PREROUTING 1 -m comment --comment "hubwarden: hook" -j HUBWARDEN-GUARD
+-I OUTPUT 1 -m comment --comment "hubwarden: hook" -j HUBWARDEN-GUARD-PROBE
 COMMIT
 `
 		if diff := cmp.Diff(wantNAT, xtables.RenderWithHooks(r.NAT[i], r.NAT[i].Hooks, nil)); diff != "" {

@@ -258,6 +258,12 @@ func hasToken(values []string, token string) bool {
 	return false
 }
 
+// ProbeTarget is the self-test's request (Probe): outside every base URL,
+// answered by the guard itself with 204, in every mode.
+const ProbeTarget = "/.hubwarden-guard-probe"
+
+const ruleProbe = "guard-probe"
+
 // ServeHTTP decides the request and answers it: a denial, or the server's
 // answer through the checks of the decision.
 func (g *Guard) ServeHTTP(w http.ResponseWriter, r *http.Request) {
@@ -273,6 +279,13 @@ func (g *Guard) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		x.target.Path, x.target.Query, x.target.HasQuery = strings.Cut(r.RequestURI, "?")
 	}
 	cw := &countingWriter{ResponseWriter: w}
+	if r.RequestURI == ProbeTarget && r.Method == http.MethodGet {
+		x.d = Decision{Allow: true, Rule: ruleProbe, Family: FamilyOutside}
+		cw.Header().Set("X-Hubwarden-Rule", ruleProbe)
+		cw.WriteHeader(http.StatusNoContent)
+		g.finish(x, cw)
+		return
+	}
 	defer func() {
 		if v := recover(); v != nil {
 			if v == http.ErrAbortHandler { //nolint:errorlint // the sentinel is panicked, not wrapped

@@ -829,6 +829,18 @@ func TestServerAuditMode(t *testing.T) {
 	}
 }
 
+// TestServerProbe: the self-test's request is answered by the guard itself
+// in every mode, and never reaches the server.
+func TestServerProbe(t *testing.T) {
+	for _, mode := range []Mode{Enforce, Audit} {
+		b := newBed(t, nil, bedOpts{mode: mode})
+		res := b.exchange(t, "GET "+ProbeTarget+" HTTP/1.1\r\nHost: hubwarden-selftest\r\n\r\n", 1)[0]
+		if res.StatusCode != http.StatusNoContent || res.Header.Get("X-Hubwarden-Rule") != "guard-probe" || len(b.up.seen()) != 0 {
+			t.Errorf("%s: %d %q, upstream %v", mode, res.StatusCode, res.Header.Get("X-Hubwarden-Rule"), b.up.seen())
+		}
+	}
+}
+
 // TestServerDenialForms: JupyterLab's fetches get JSON with a message; a
 // browser navigating to the address gets a page.
 func TestServerDenialForms(t *testing.T) {
