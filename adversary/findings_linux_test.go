@@ -17,6 +17,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/hubwarden/hubwarden/ctwatch"
 	"github.com/hubwarden/hubwarden/health"
 	"github.com/hubwarden/hubwarden/internal/hwtest"
 	"github.com/hubwarden/hubwarden/internal/nstest"
@@ -610,5 +611,89 @@ func TestIntegrationRestart(t *testing.T) {
 	t.Logf("killed at 3 s, restarted at 5 s: a churning download moved %s in %s (bound %s)", mib(moved), d, mib(bound(d)))
 	if moved > bound(d) {
 		t.Errorf("%s moved across the restart, over the bound %s", mib(moved), mib(bound(d)))
+	}
+}
+
+// flood opens flows to the peer's allowed UDP ports from many sockets: one
+// datagram each.
+const flood = `
+import resource, socket, sys
+soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+peer, n = sys.argv[1], int(sys.argv[2])
+socks = [socket.socket(socket.AF_INET, socket.SOCK_DGRAM) for _ in range(n // 1000)]
+sent = 0
+for s in socks:
+    for port in range(5000, 6000):
+        try:
+            s.sendto(b"x", (peer, port)); sent += 1
+        except OSError:
+            pass
+print(sent)
+`
+
+// TestIntegrationMarkedFlood bounds the sidecar's memory where it could
+// grow: every flow the kernel marks for its attention. With the pod budget
+// spent, every new flow is demoted (and so marked) from its first packet;
+// 100,000 of them (an allowed UDP port range, one datagram each) leave the
+// sidecar tracking at most MaxFlows, its RSS under the values file's
+// GOMEMLIMIT, and every flow demoted.
+func TestIntegrationMarkedFlood(t *testing.T) {
+	b := newBed(t, 98, true, map[string]string{"HUBWARDEN_POD_BUDGET": "1MiB", "HUBWARDEN_FLOW_BUDGET": "1MiB", "GOMEMLIMIT": "96MiB"})
+	b.Pod.MustRun("sysctl", "-qw", "net.netfilter.nf_conntrack_max=262144")
+	// Spend the pod budget.
+	b.download(t, 2, 0, 2*time.Second)
+	var peak uint64
+	stop := make(chan struct{})
+	var wg sync.WaitGroup
+	wg.Go(func() {
+		for {
+			select {
+			case <-stop:
+				return
+			case <-time.After(50 * time.Millisecond):
+			}
+			if rss, err := b.s.RSS(); err == nil {
+				peak = max(peak, rss)
+			}
+		}
+	})
+	start := time.Now()
+	sent := runUser(t, b.Pod, false, 120*time.Second, flood, b.PeerIP4, "100000")
+	// Let the watcher take them all in (tracked or parked).
+	deadline := time.Now().Add(60 * time.Second)
+	for time.Now().Before(deadline) {
+		tracked, parked := b.s.Metric("hubwarden_flows_tracked"), b.s.Metric("hubwarden_flows_parked_total")
+		if tracked+parked >= 99000 {
+			break
+		}
+		time.Sleep(500 * time.Millisecond)
+	}
+	took := time.Since(start)
+	time.Sleep(2 * time.Second)
+	close(stop)
+	wg.Wait()
+	n := ctCount(t, b.Pod)
+	tracked, parked := b.s.Metric("hubwarden_flows_tracked"), b.s.Metric("hubwarden_flows_parked_total")
+	out := b.Pod.MustRun("conntrack", "-L", "-p", "udp")
+	undemoted := 0
+	for _, l := range strings.Split(out, "\n") {
+		if strings.Contains(l, "dport=5") && !strings.Contains(l, "mark=") {
+			undemoted++
+		}
+	}
+	t.Logf("%s datagrams, %d conntrack entries: the sidecar tracks %.0f, parked %.0f, in %v; RSS peak %.1f MiB; %d flows without a mark; alive %v",
+		sent, n, tracked, parked, took.Round(time.Millisecond), float64(peak)/1024, undemoted, b.s.Alive())
+	if !b.s.Alive() {
+		t.Fatalf("the sidecar died:\n%s", b.s.Logs())
+	}
+	if peak > 96<<10 {
+		t.Errorf("RSS peaked at %.1f MiB, over GOMEMLIMIT 96 MiB", float64(peak)/1024)
+	}
+	if tracked > ctwatch.DefaultMaxFlows {
+		t.Errorf("the sidecar tracks %.0f flows, over its maximum %d", tracked, ctwatch.DefaultMaxFlows)
+	}
+	if undemoted > 0 {
+		t.Errorf("%d flows of the flood are not demoted", undemoted)
 	}
 }

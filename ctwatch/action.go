@@ -42,18 +42,14 @@ type Why uint8
 
 // The causes of a promotion.
 const (
-	WhyNone       Why = iota
-	WhyIdle           // idle for PromoteIdle, and the pod bucket allows
-	WhyTokensLeft     // the tripwire demoted it at a tier well below what its bucket held
+	WhyNone Why = iota
+	WhyIdle     // idle for PromoteIdle, and the pod bucket allows
 )
 
 // String returns the cause as written in audit lines.
 func (w Why) String() string {
-	switch w {
-	case WhyIdle:
+	if w == WhyIdle {
 		return "idle"
-	case WhyTokensLeft:
-		return "tokens_left"
 	}
 	return ""
 }

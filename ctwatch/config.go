@@ -52,7 +52,7 @@ const idleBytes = 4096
 // Defaults of the Config fields that the sidecar does not set.
 const (
 	DefaultRefillInterval = 100 * time.Millisecond
-	DefaultMaxFlows       = 32768
+	DefaultMaxFlows       = 8192
 	DefaultSaveInterval   = 5 * time.Second
 	// DefaultCheckAfter is how long a tracked flow may go unseen before the
 	// watcher asks the kernel whether it still exists (its DESTROY event

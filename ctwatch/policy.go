@@ -37,7 +37,6 @@ type flow struct {
 	adopted     bool
 	rearming    bool      // a Rearm is out: its Zeroed has not come back
 	promoting   bool      // ... and it is for a promotion
-	why         Why       // ... for this cause
 	next        time.Time // when to re-arm it unasked (a better tier, or a check that it still exists)
 	walkGen     uint64
 	zeroedSince bool // its counters were reset while the watcher tracked it
@@ -96,6 +95,9 @@ type Policy struct {
 	stats      Stats
 	flowBudget float64
 	flowRefill float64
+	earliest   time.Time    // a lower bound of the flows' next (zero: none due)
+	pending    map[Key]bool // flows first read (Rearm) and not tracked yet
+	walkStart  time.Time    // when the dump being fed was asked for
 }
 
 // NewPolicy returns a policy for cfg.
@@ -107,6 +109,7 @@ func NewPolicy(cfg Config) *Policy {
 		local:      cfg.LocalAddrs,
 		flows:      map[Key]*flow{},
 		ended:      map[Key]endedFlow{},
+		pending:    map[Key]bool{},
 		pod:        float64(cfg.PodBudget),
 		flowBudget: float64(cfg.Contract.Budget()),
 		flowRefill: float64(cfg.FlowRefill),
@@ -291,21 +294,6 @@ func (p *Policy) kernelDemoted(now time.Time, f *flow, mark uint32) {
 	}
 	p.stats.Demotions++
 	p.emit(KernelDemote, f, now)
-	if f.reason == ReasonFlow && !f.adopted && p.tokensLeft(f) && !p.gate {
-		// The tripwire fired at a tier below what the bucket held (the
-		// watcher's re-arms fell behind a burst): give it back.
-		p.rearm(f, true, WhyTokensLeft)
-	}
-}
-
-// tokensLeft says whether f's bucket holds more than a twentieth of the
-// budget and, at its current rate, would not run out within PromoteIdle.
-func (p *Policy) tokensLeft(f *flow) bool {
-	if f.tokens <= p.flowBudget/20 {
-		return false
-	}
-	net := f.rate - p.flowRefill
-	return net <= 0 || f.tokens/net > p.cfg.PromoteIdle.Seconds()
 }
 
 // promotable says whether the demoted f may be promoted at now.
@@ -315,56 +303,81 @@ func (p *Policy) promotable(now time.Time, f *flow) bool {
 }
 
 // rearm asks the watcher to read and zero f's counters (Zeroed decides).
-func (p *Policy) rearm(f *flow, promote bool, why Why) {
+func (p *Policy) rearm(f *flow, promote bool) {
 	if f.rearming {
 		return
 	}
-	f.rearming, f.promoting, f.why = true, promote, why
+	f.rearming, f.promoting = true, promote
 	p.acts = append(p.acts, Action{Kind: Rearm, Key: f.key})
 }
 
-// Observe feeds one flow read at now: by a dump, by an UPDATE event, or by a
-// Get. Flows the kernel has not marked for attention, and that the watcher
-// does not track, are ignored. The returned actions are valid until the
-// next call.
+// Hint feeds an UPDATE event at now. Events are late snapshots (the
+// kernel queues them; the watcher's own mark changes come back as events
+// too), so they change nothing: a flow the kernel marked for attention is
+// read afresh (Rearm), which decides. The returned actions are valid until
+// the next call.
+func (p *Policy) Hint(now time.Time, c *conntrack.Flow) []Action {
+	p.acts = p.acts[:0]
+	p.stats.Events++
+	if c.Mark&p.c.Attention() == 0 {
+		return p.acts
+	}
+	p.attend(c)
+	return p.acts
+}
+
+// attend asks for a fresh read of a flow marked for attention: a Rearm,
+// unless one is out already; a flow the watcher cannot track is parked.
+func (p *Policy) attend(c *conntrack.Flow) {
+	f, ok := p.flows[keyOf(c)]
+	switch {
+	case ok && (f.id == c.ID || c.ID == 0 || f.id == 0):
+		if !f.demoted {
+			p.rearm(f, false)
+		}
+	case p.lateForEnded(c) || p.pending[keyOf(c)]:
+	case p.local2(c):
+	case len(p.flows)+len(p.pending) >= p.cfg.MaxFlows:
+		p.park(c)
+	default:
+		p.pending[keyOf(c)] = true
+		p.acts = append(p.acts, Action{Kind: Rearm, Key: keyOf(c)})
+	}
+}
+
+// local2 says whether c never leaves the pod (both ends local).
+func (p *Policy) local2(c *conntrack.Flow) bool {
+	return p.isLocal(c.Orig.Dst) && p.isLocal(c.Orig.Src)
+}
+
+// Observe feeds one flow of a dump read at now. A flow the watcher tracks
+// and has read on its own since the dump began keeps its newer reading (a
+// dump's snapshot may predate the watcher's own mark changes). For the
+// others: a flow the kernel demoted is recorded; a busy one is read afresh
+// (Rearm); a demoted one that has gone idle is promoted when the pod bucket
+// allows. The returned actions are valid until the next call.
 func (p *Policy) Observe(now time.Time, c *conntrack.Flow) []Action {
 	p.acts = p.acts[:0]
-	attention := c.Mark&p.c.Attention() != 0
-	f, tracked := p.flows[keyOf(c)]
-	if tracked && f.id != c.ID && c.ID != 0 && f.id != 0 {
-		tracked = false // another entry on the same tuple; track handles it
-	}
-	if !tracked && !attention {
-		return p.acts
-	}
-	if !tracked && p.lateForEnded(c) {
-		return p.acts
-	}
-	f, isNew := p.track(now, c)
-	if f == nil {
-		p.park(now, c)
+	f, ok := p.flows[keyOf(c)]
+	if !ok || (f.id != c.ID && c.ID != 0 && f.id != 0) {
+		if c.Mark&p.c.Attention() != 0 {
+			p.attend(c)
+		}
 		return p.acts
 	}
 	f.walkGen = p.gen
-	if !isNew {
-		p.charge(now, f, c)
+	if f.seen.After(p.walkStart) || f.rearming {
+		return p.acts
 	}
-	demoted := c.Mark&p.c.Demoted() != 0
-	switch {
-	case demoted && !f.demoted:
+	p.charge(now, f, c)
+	if c.Mark&p.c.Demoted() != 0 && !f.demoted {
 		p.kernelDemoted(now, f, c.Mark)
-	case !demoted && f.demoted:
-		// Cleared by someone with NET_ADMIN, or a promotion's mark that
-		// landed after this read was taken: the kernel's mark is the truth,
-		// and the tripwire of its tier guards it.
-		f.demoted = false
-		f.tier = p.c.Tier(c.Mark)
 	}
 	switch {
-	case !f.demoted && attention:
-		p.rearm(f, false, WhyNone)
+	case !f.demoted && c.Mark&p.c.Attention() != 0:
+		p.rearm(f, false)
 	case p.promotable(now, f):
-		p.rearm(f, true, WhyIdle)
+		p.rearm(f, true)
 	}
 	p.progressLine(now, f)
 	return p.acts
@@ -374,14 +387,10 @@ func (p *Policy) Observe(now time.Time, c *conntrack.Flow) []Action {
 // demoted one stays demoted, a busy one is demoted (the watcher cannot
 // re-arm it), and its attention bit is cleared so that the watcher's reads
 // skip it.
-func (p *Policy) park(now time.Time, c *conntrack.Flow) {
-	inbound := p.isLocal(c.Orig.Dst)
-	if inbound && p.isLocal(c.Orig.Src) {
-		return
-	}
+func (p *Policy) park(c *conntrack.Flow) {
 	p.stats.Parked++
 	mark, mask := p.c.Demoted(), p.c.Demoted()|p.c.Attention()
-	p.acts = append(p.acts, Action{Kind: Park, Key: keyOf(c), Mark: mark, Mask: mask, Record: Record{End: now}})
+	p.acts = append(p.acts, Action{Kind: Park, Key: keyOf(c), Mark: mark, Mask: mask})
 }
 
 // Zeroed feeds the answer to a Rearm: the flow as it was read at now, with
@@ -391,12 +400,20 @@ func (p *Policy) park(now time.Time, c *conntrack.Flow) {
 func (p *Policy) Zeroed(now time.Time, c *conntrack.Flow) []Action {
 	p.acts = p.acts[:0]
 	p.stats.Reads++
-	f, ok := p.flows[keyOf(c)]
+	k := keyOf(c)
+	f, ok := p.flows[k]
 	if !ok || (f.id != c.ID && c.ID != 0 && f.id != 0) {
-		return p.acts
+		if !p.pending[k] {
+			return p.acts
+		}
+		// First read of a flow the kernel marked: track it from here.
+		delete(p.pending, k)
+		if f, _ = p.track(now, c); f == nil {
+			return p.acts
+		}
 	}
-	promoting, why := f.promoting, f.why
-	f.rearming, f.promoting, f.why = false, false, WhyNone
+	promoting := f.promoting
+	f.rearming, f.promoting = false, false
 	p.charge(now, f, c)
 	if c.Mark&p.c.Demoted() != 0 && !f.demoted {
 		// The kernel demoted it since the last read (its counters, before
@@ -412,9 +429,9 @@ func (p *Policy) Zeroed(now time.Time, c *conntrack.Flow) []Action {
 	f.sent, f.recv = conntrack.Counter{}, conntrack.Counter{}
 	f.zeroedSince = true
 	p.stats.Rearms++
-	f.next = now.Add(p.cfg.CheckAfter)
+	p.setNext(f, now.Add(p.cfg.CheckAfter))
 	if f.demoted {
-		if !promoting || why != WhyTokensLeft && !p.promotable(now, f) {
+		if !promoting || !p.promotable(now, f) {
 			return p.acts // still demoted; zeroing a demoted flow changes nothing
 		}
 		k, _ := p.c.TierFor(f.tokens)
@@ -425,12 +442,12 @@ func (p *Policy) Zeroed(now time.Time, c *conntrack.Flow) []Action {
 		mark, mask := p.c.Arm(k)
 		p.acts = append(p.acts, Action{Kind: Arm, Key: f.key, Mark: mark, Mask: mask})
 		p.emit(Promote, f, now)
-		p.acts[len(p.acts)-1].Record.Why = why
+		p.acts[len(p.acts)-1].Record.Why = WhyIdle
 		p.scheduleUp(now, f)
 		return p.acts
 	}
-	k, ok := p.c.TierFor(f.tokens)
-	if !ok {
+	tier, fits := p.c.TierFor(f.tokens)
+	if !fits {
 		// Below the smallest tier: demote now rather than give it more
 		// than its bucket holds.
 		f.demoted = true
@@ -444,8 +461,8 @@ func (p *Policy) Zeroed(now time.Time, c *conntrack.Flow) []Action {
 		p.acts = append(p.acts, Action{Kind: Demote, Key: f.key, Mark: mark, Mask: mask, Record: p.record(f, now)})
 		return p.acts
 	}
-	f.tier = k
-	mark, mask := p.c.Arm(k)
+	f.tier = tier
+	mark, mask := p.c.Arm(tier)
 	p.acts = append(p.acts, Action{Kind: Arm, Key: f.key, Mark: mark, Mask: mask})
 	p.scheduleUp(now, f)
 	p.progressLine(now, f)
@@ -456,55 +473,75 @@ func (p *Policy) Zeroed(now time.Time, c *conntrack.Flow) []Action {
 // the next better tier (at most every PromoteIdle), else to check after
 // CheckAfter that it still exists.
 func (p *Policy) scheduleUp(now time.Time, f *flow) {
-	f.next = now.Add(p.cfg.CheckAfter)
-	if f.tier == 0 || p.flowRefill <= 0 {
-		return
+	at := now.Add(p.cfg.CheckAfter)
+	if f.tier > 0 && p.flowRefill > 0 {
+		need := float64(p.c.Threshold(f.tier-1)) - f.tokens
+		at = minTime(at, now.Add(max(time.Duration(need/p.flowRefill*float64(time.Second)), p.cfg.PromoteIdle)))
 	}
-	need := float64(p.c.Threshold(f.tier-1)) - f.tokens
-	at := now.Add(max(time.Duration(need/p.flowRefill*float64(time.Second)), p.cfg.PromoteIdle))
-	if at.Before(f.next) {
-		f.next = at
+	p.setNext(f, at)
+}
+
+// setNext sets when f is due and keeps p.earliest a lower bound of every
+// flow's, so that Due and Next need not look at every flow every time.
+func (p *Policy) setNext(f *flow, at time.Time) {
+	f.next = at
+	if p.earliest.IsZero() || at.Before(p.earliest) {
+		p.earliest = at
 	}
+}
+
+func minTime(a, b time.Time) time.Time {
+	if a.Before(b) {
+		return a
+	}
+	return b
 }
 
 // RearmFailed reports that the watcher could not read or zero f (an error other
 // than the flow being gone): the next observation asks again.
 func (p *Policy) RearmFailed(k Key) {
 	if f, ok := p.flows[k]; ok {
-		f.rearming, f.promoting, f.why = false, false, WhyNone
+		f.rearming, f.promoting = false, false
 	}
+	delete(p.pending, k)
 	p.stats.Errors++
 }
 
 // Due appends to buf the tracked flows to re-arm unasked at now (a better
-// tier, or a check that they still exist).
+// tier, or a check that they still exist). It looks at the flows only when
+// one may be due.
 func (p *Policy) Due(now time.Time, buf []Key) []Key {
+	if p.earliest.IsZero() || now.Before(p.earliest) {
+		return buf
+	}
+	var earliest time.Time
 	for _, f := range p.flows {
-		if !f.next.IsZero() && !now.Before(f.next) && !f.rearming {
+		switch {
+		case f.next.IsZero() || f.rearming:
+		case !now.Before(f.next):
 			f.next = time.Time{}
 			f.rearming = true
 			buf = append(buf, f.key)
+		case earliest.IsZero() || f.next.Before(earliest):
+			earliest = f.next
 		}
 	}
+	p.earliest = earliest
 	return buf
 }
 
-// Next returns the earliest time a tracked flow is due (zero: none).
-func (p *Policy) Next() time.Time {
-	var t time.Time
-	for _, f := range p.flows {
-		if !f.next.IsZero() && !f.rearming && (t.IsZero() || f.next.Before(t)) {
-			t = f.next
-		}
-	}
-	return t
-}
+// Next returns a time at or before the earliest a tracked flow is due
+// (zero: none).
+func (p *Policy) Next() time.Time { return p.earliest }
 
-// BeginWalk starts a dump: full says it is unfiltered (every flow of the
-// table), so tracked flows missing from it are gone.
-func (p *Policy) BeginWalk(full bool) {
+// BeginWalk feeds the start of a dump: started is when it was asked for
+// (flows read on their own since keep their newer readings); full says it
+// is unfiltered (every flow of the table), so tracked flows missing from it
+// are gone.
+func (p *Policy) BeginWalk(started time.Time, full bool) {
 	p.gen++
 	p.full = full
+	p.walkStart = started
 	p.acts = p.acts[:0]
 }
 
@@ -518,7 +555,7 @@ func (p *Policy) EndWalk(now time.Time) []Action {
 	p.started = true
 	if p.full {
 		for _, f := range p.flows {
-			if f.walkGen != p.gen && !f.rearming {
+			if f.walkGen != p.gen && !f.rearming && !f.seen.After(p.walkStart) {
 				p.finish(now, f, true)
 			}
 		}
@@ -575,6 +612,7 @@ func (p *Policy) Destroyed(now time.Time, c *conntrack.Flow) []Action {
 // longer exists).
 func (p *Policy) Gone(now time.Time, k Key) []Action {
 	p.acts = p.acts[:0]
+	delete(p.pending, k)
 	if f, ok := p.flows[k]; ok {
 		p.finish(now, f, true)
 	}

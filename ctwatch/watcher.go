@@ -72,10 +72,11 @@ type Options struct {
 }
 
 type walkResult struct {
-	flows []conntrack.Flow
-	full  bool
-	err   error
-	took  time.Duration
+	flows   []conntrack.Flow
+	full    bool
+	started time.Time // when the watcher asked for it (its clock)
+	err     error
+	took    time.Duration
 }
 
 // Watcher runs the policy against a conntrack table and keeps the pod
@@ -221,7 +222,7 @@ func (w *Watcher) Run(ctx context.Context, events <-chan conntrack.Event, errs <
 			w.buf = r.flows
 			w.noteError(r.err)
 			if r.err == nil {
-				w.feedWalk(ctx, r.flows, r.full)
+				w.feedWalk(ctx, r.started, r.flows, r.full)
 			}
 			w.mu.Unlock()
 		case <-timer.C:
@@ -274,7 +275,7 @@ func (w *Watcher) step(ctx context.Context) {
 		full := w.fullDue && !now.Before(w.nextFull)
 		if w.walkReq != nil {
 			w.walking = true
-			w.walkReq <- walkResult{flows: w.buf[:0], full: full}
+			w.walkReq <- walkResult{flows: w.buf[:0], full: full, started: now}
 			w.afterWalkStarted(now, full)
 		} else {
 			w.noteError(w.walk(ctx, full))
@@ -307,7 +308,7 @@ func (w *Watcher) walk(ctx context.Context, full bool) error {
 	if err != nil {
 		return fmt.Errorf("dumping the conntrack table: %w", err)
 	}
-	w.feedWalk(ctx, flows, full)
+	w.feedWalk(ctx, now, flows, full)
 	return nil
 }
 
@@ -331,7 +332,7 @@ func (w *Watcher) walkLoop(ctx context.Context) {
 			flows, err := w.dump(dctx, w.opts.Walker, req.flows, req.full)
 			cancel()
 			select {
-			case w.walkRes <- walkResult{flows: flows, full: req.full, err: err, took: time.Since(start)}:
+			case w.walkRes <- walkResult{flows: flows, full: req.full, started: req.started, err: err, took: time.Since(start)}:
 			case <-ctx.Done():
 				return
 			}
@@ -360,10 +361,11 @@ func (w *Watcher) dump(ctx context.Context, t Table, buf []conntrack.Flow, full 
 	return buf, err
 }
 
-// feedWalk feeds a dump's flows to the policy and applies what it decides.
-func (w *Watcher) feedWalk(ctx context.Context, flows []conntrack.Flow, full bool) {
+// feedWalk feeds a dump asked for at started to the policy and applies
+// what it decides.
+func (w *Watcher) feedWalk(ctx context.Context, started time.Time, flows []conntrack.Flow, full bool) {
 	now := w.now()
-	w.policy.BeginWalk(full)
+	w.policy.BeginWalk(started, full)
 	for i := range flows {
 		w.apply(ctx, w.policy.Observe(now, &flows[i]))
 	}
@@ -379,8 +381,7 @@ func (w *Watcher) HandleEvent(ctx context.Context, ev conntrack.Event) {
 	now := w.now()
 	switch ev.Type {
 	case conntrack.EventNew, conntrack.EventUpdate:
-		w.policy.CountEvent()
-		w.apply(ctx, w.policy.Observe(now, &ev.Flow))
+		w.apply(ctx, w.policy.Hint(now, &ev.Flow))
 	case conntrack.EventDestroy:
 		w.apply(ctx, w.policy.Destroyed(now, &ev.Flow))
 	}
