@@ -581,7 +581,7 @@ func benchOvershoot(t *testing.T) {
 		modes = append(modes, modeBefore)
 	}
 	var cells []string
-	var worstNew, worstWatched float64
+	worstNew, worstWatched := math.Inf(-1), math.Inf(-1)
 	top := 0.0
 	idx := 73
 	for _, budget := range budgets {

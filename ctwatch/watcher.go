@@ -457,7 +457,13 @@ func (w *Watcher) tick(ctx context.Context) {
 	var err error
 	if w.quota != nil {
 		level, closed, err = w.tickQuota(now)
+		// A full bucket has nothing to refill: look again in a second (a
+		// burst that spends it meanwhile is stopped by the kernel, and its
+		// refill is counted from this tick). Otherwise every RefillInterval.
 		w.nextTick = now.Add(w.cfg.RefillInterval)
+		if err == nil && !closed && level >= float64(w.cfg.PodBudget) {
+			w.nextTick = now.Add(max(w.cfg.RefillInterval, time.Second))
+		}
 	} else {
 		level, closed, err = w.tickTx(now)
 		w.nextTick = now.Add(w.tx.Next(float64(w.cfg.LineRate), min(w.cfg.RefillInterval, demotion.RecentWindowSeconds*time.Second/4)))
