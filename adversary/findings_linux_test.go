@@ -51,11 +51,13 @@ func TestIntegrationSpray(t *testing.T) {
 	t.Run("control: loopback tracked", func(t *testing.T) {
 		b := newBed(t, 80, false, nil)
 		b.Pod.MustRun("iptables", "-A", "OUTPUT", "-m", "conntrack", "--ctstate", "NEW", "-j", "ACCEPT")
-		sent := runUser(t, b.Pod, false, 30*time.Second, spray, "2")
+		out := runUser(t, b.Pod, false, 30*time.Second, spray, "2")
 		n := ctCount(t, b.Pod)
-		t.Logf("without hubwarden: %s datagrams, %d conntrack entries", sent, n)
-		if n < 50000 {
-			t.Errorf("the spray made only %d conntrack entries: the control does not reproduce the attack", n)
+		sent, _ := strconv.Atoi(out)
+		t.Logf("without hubwarden: %d datagrams, %d conntrack entries", sent, n)
+		// Each datagram is a flow of its own, and all stay in the table.
+		if sent < 10000 || n < sent*9/10 {
+			t.Errorf("%d datagrams made %d conntrack entries: the control does not reproduce the attack", sent, n)
 		}
 	})
 	t.Run("hubwarden", func(t *testing.T) {

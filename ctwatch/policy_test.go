@@ -297,3 +297,37 @@ func TestSimLongLivedFlow(t *testing.T) {
 		t.Errorf("the download sent %.2f MiB fast; want the budget less at most an eighth", burst/mib)
 	}
 }
+
+// TestSimEventsLost: a DESTROY event the kernel dropped leaves a tracked
+// flow behind until the watcher hears that events were lost; then an
+// unfiltered dump finds the flow gone and writes its record, and the loss
+// is counted for the metrics.
+func TestSimEventsLost(t *testing.T) {
+	cfg := testConfig(t)
+	s := newSim(t, cfg)
+	f := s.add(true, 3*time.Second, xfer{at: 0, size: 40 * mib})
+	s.run(2 * time.Second)
+	if s.w.Stats().Flows != 1 {
+		t.Fatalf("the busy flow is not tracked: %+v", s.w.Stats())
+	}
+	s.k.delay = -1 // its DESTROY is lost
+	s.run(5 * time.Second)
+	s.k.delay = 0
+	if s.w.Stats().Flows != 1 || len(s.lines("flow_end")) != 0 {
+		t.Fatalf("without the event the flow should still be tracked: %+v", s.w.Stats())
+	}
+	s.w.EventsLost()
+	s.run(7 * time.Second)
+	st := s.w.Stats()
+	ends := s.lines("flow_end")
+	t.Logf("after the loss: %d tracked, %d lost reports, flow_end %v", st.Flows, st.EventsLost, ends)
+	if st.Flows != 0 || st.EventsLost != 1 || len(ends) != 1 || ends[0][FieldFinal] != false {
+		t.Errorf("tracked %d, lost %d, flow_end lines %v", st.Flows, st.EventsLost, ends)
+	}
+	// The kernel's counters went with the entry: the record carries the
+	// last ones the watcher read (final_counters false), never more than
+	// left and at least what had left by its last look.
+	if got := ends[0][FieldSentBytes].(float64); got > f.fast+f.slow || got < 16*mib {
+		t.Errorf("flow_end says %.0f bytes, the model %.0f sent", got, f.fast+f.slow)
+	}
+}
