@@ -6,15 +6,19 @@ import (
 	"fmt"
 	"io"
 	"io/fs"
+	"net"
 	"net/netip"
 	"os"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"sync"
 	"time"
 
 	"github.com/rs/zerolog"
 
+	"github.com/hubwarden/hubwarden/ctwatch"
+	"github.com/hubwarden/hubwarden/demotion"
 	"github.com/hubwarden/hubwarden/egress"
 	"github.com/hubwarden/hubwarden/resolve"
 	"github.com/hubwarden/hubwarden/xtables"
@@ -27,21 +31,19 @@ const resolvConf = "/etc/resolv.conf"
 // backend choice.
 const backendFile = "iptables-backend"
 
+// gateFile is the name, in HUBWARDEN_STATE_DIR, of the persisted choice of
+// the pod gate (demotion.Gate), so that check knows it without probing.
+const gateFile = "pod-gate"
+
 // newLogger builds the process's one logger: JSON lines with a timestamp and
-// the user and server the pod belongs to, at the configured level.
+// the user and server the pod belongs to (on every line, empty when unset,
+// so that a log shipper always finds them), at the configured level.
 func newLogger(w io.Writer, cfg *Config) zerolog.Logger {
 	lvl, err := zerolog.ParseLevel(cfg.LogLevel)
 	if err != nil {
 		lvl = zerolog.InfoLevel // loadConfig has validated the level
 	}
-	ctx := zerolog.New(w).Level(lvl).With().Timestamp()
-	if cfg.User != "" {
-		ctx = ctx.Str("user", cfg.User)
-	}
-	if cfg.Server != "" {
-		ctx = ctx.Str("server", cfg.Server)
-	}
-	return ctx.Logger()
+	return zerolog.New(w).Level(lvl).With().Timestamp().Str("user", cfg.User).Str("server", cfg.Server).Logger()
 }
 
 // wantIPv6 decides whether to plan and apply IPv6 rules: "auto" follows the
@@ -149,6 +151,17 @@ func (p *planner) tables(resolved map[string][]netip.Addr) ([]xtables.Table, err
 			tables = append(tables, xtables.Table{Family: f, Name: "filter"})
 		}
 	}
+	if p.cfg.Egress || p.cfg.Shape {
+		raw, err := egress.RawTables(p.ipv6)
+		if err != nil {
+			return nil, err
+		}
+		tables = append(tables, raw...)
+	} else {
+		for _, f := range fams {
+			tables = append(tables, xtables.Table{Family: f, Name: "raw"})
+		}
+	}
 	mangle, err := p.shape.tables(fams)
 	if err != nil {
 		return nil, err
@@ -166,7 +179,25 @@ func egressConfig(cfg *Config, ipv6 bool) egress.Config {
 		Block:      cfg.Block,
 		NFLogGroup: cfg.NFLogGroup,
 		IPv6:       ipv6,
+		ProbePort:  probePort(cfg.HealthAddr),
 	}
+}
+
+// probePort returns the port of the health listener the kubelet probes,
+// 0 when it listens on loopback only.
+func probePort(addr string) uint16 {
+	host, port, err := net.SplitHostPort(addr)
+	if err != nil {
+		return 0
+	}
+	if a, err := netip.ParseAddr(host); err == nil && a.IsLoopback() {
+		return 0
+	}
+	n, err := strconv.ParseUint(port, 10, 16)
+	if err != nil {
+		return 0
+	}
+	return uint16(n)
 }
 
 // printPlan writes, per family and table, the iptables-restore document
@@ -188,12 +219,18 @@ func printPlan(w io.Writer, tables []xtables.Table) error {
 	return nil
 }
 
-// kernel is the iptables side of the sidecar: the backend chosen for this
-// pod, the planner and the current plan.
+// kernel is the kernel side of the sidecar: the iptables backend chosen
+// for this pod, nftables (the pod's quota gate), the planner and the
+// current plan.
 type kernel struct {
 	ipt  *xtables.Iptables
+	nft  *demotion.NFT // nil unless the plan holds the pod budget in a quota
 	plan *planner
 	log  zerolog.Logger
+	// level is what a pod quota created by the next apply holds: the level
+	// saved in STATE_DIR (or the whole budget) at start, nothing after (a
+	// quota someone deleted comes back empty; the watcher refills it).
+	level uint64
 
 	mu       sync.Mutex // serialises apply and re-plan
 	tables   []xtables.Table
@@ -210,6 +247,11 @@ var newRunner = func(lockFile string) xtables.Runner { return xtables.ExecRunner
 func setup(ctx context.Context, cfg *Config, log zerolog.Logger, probe bool) (*kernel, error) {
 	p, err := newPlanner(cfg, log, true)
 	if err != nil {
+		return nil, err
+	}
+	nft, err := choosePodGate(cfg, p.shape, log, probe)
+	if err != nil {
+		p.shape.Close()
 		return nil, err
 	}
 	resolved := p.resolveNow(ctx, log)
@@ -245,7 +287,60 @@ func setup(ctx context.Context, cfg *Config, log zerolog.Logger, probe bool) (*k
 			return nil, err
 		}
 	}
-	return &kernel{ipt: xtables.New(b, run, log), plan: p, log: log, tables: tables, resolved: resolved}, nil
+	return &kernel{ipt: xtables.New(b, run, log), nft: nft, plan: p, log: log, tables: tables, resolved: resolved, level: initialPodLevel(cfg)}, nil
+}
+
+// choosePodGate decides how the kernel holds the pod budget and puts it in
+// the plan: the nftables quota where the kernel has one (probed once and
+// remembered in STATE_DIR, like the iptables backend), else the recent
+// gate, logged. With probe false (check) it reads the remembered choice and
+// writes nothing. It returns the nftables connection for the quota gate.
+func choosePodGate(cfg *Config, sh *shaper, log zerolog.Logger, probe bool) (*demotion.NFT, error) {
+	if sh.gate() == demotion.GateNone {
+		return nil, nil
+	}
+	path := filepath.Join(cfg.StateDir, gateFile)
+	var g demotion.Gate
+	if b, err := os.ReadFile(path); err == nil {
+		g = demotion.Gate(strings.TrimSpace(string(b)))
+	}
+	if g != demotion.GateQuota && g != demotion.GateRecent {
+		if !probe {
+			return nil, fmt.Errorf("no pod gate recorded in %s (has hubwarden init run in this pod?)", path)
+		}
+		g = demotion.GateQuota
+		n, err := demotion.OpenNFT(0)
+		if err == nil {
+			err = n.Probe()
+			n.Close()
+		}
+		if err != nil {
+			g = demotion.GateRecent
+			log.Warn().Err(err).Msg("the kernel has no nftables quota: the pod budget falls back to the recent gate, which the watcher must keep open (root in the notebook container could write its /proc file)")
+		}
+		if err := os.MkdirAll(cfg.StateDir, 0o755); err != nil {
+			return nil, fmt.Errorf("creating HUBWARDEN_STATE_DIR: %w", err)
+		}
+		if err := os.WriteFile(path, []byte(string(g)+"\n"), 0o644); err != nil {
+			return nil, fmt.Errorf("recording the pod gate: %w", err)
+		}
+	}
+	sh.setGate(g)
+	if g != demotion.GateQuota {
+		return nil, nil
+	}
+	return demotion.OpenNFT(0)
+}
+
+// initialPodLevel is what a new pod quota holds: the level a userspace
+// bucket saved in STATE_DIR (an upgrade from it), refilled since, or the
+// whole pod budget.
+func initialPodLevel(cfg *Config) uint64 {
+	s, err := ctwatch.LoadState(cfg.StateDir)
+	if err != nil {
+		return uint64(cfg.PodBudget)
+	}
+	return uint64(max(s.Level(time.Now(), float64(cfg.PodBudget), float64(cfg.PodRefill)), 0))
 }
 
 // apply applies the plan and then checks that the kernel holds it. When
@@ -260,8 +355,22 @@ func (k *kernel) apply(ctx context.Context) error {
 	if d, err := k.plan.shape.check(); err != nil || d != "" {
 		return fmt.Errorf("checking qdiscs after apply: %w%s", err, d)
 	}
+	// The quota gate before the mangle rules, so that the tripwire never
+	// runs without the pod budget.
+	if k.nft != nil {
+		changed, err := k.nft.Apply(k.plan.shape.quotaGate(), k.level)
+		if err != nil {
+			return err
+		}
+		if changed {
+			if d, err := k.nft.Check(k.plan.shape.quotaGate()); err != nil || d != "" {
+				return fmt.Errorf("checking the pod gate after apply: %w%s", err, d)
+			}
+		}
+		k.level = 0
+	}
 	res, err := k.ipt.Apply(ctx, k.tables)
-	if err != nil && k.plan.shape.gated() {
+	if err != nil && k.plan.shape.gate() == demotion.GateRecent {
 		res, err = k.applyWithoutGate(ctx, err)
 	}
 	if err != nil {
@@ -280,28 +389,28 @@ func (k *kernel) apply(ctx context.Context) error {
 	return nil
 }
 
-// applyWithoutGate runs after the plan with the pod gate failed with first.
-// The gate's rule needs the xt_recent match, which not every kernel has (and
-// the error iptables gives for a missing module does not always name it):
-// if the plan fails once more with the gate but applies without it, the
-// gate is what the kernel refused, and hubwarden degrades to the watcher
-// alone against churn. Every apply is atomic per table, so nothing of a
+// applyWithoutGate runs after the plan with the recent gate failed with
+// first. The gate's rule needs the xt_recent match, which not every kernel
+// has (and the error iptables gives for a missing module does not always
+// name it): if the plan fails once more with the gate but applies without
+// it, the gate is what the kernel refused, and hubwarden goes on without a
+// pod gate (logged). Every apply is atomic per table, so nothing of a
 // refused plan is left in place. Otherwise first is returned, gate kept.
 func (k *kernel) applyWithoutGate(ctx context.Context, first error) (xtables.Result, error) {
 	if res, err := k.ipt.Apply(ctx, k.tables); err == nil {
 		return res, nil
 	}
-	k.plan.shape.setGate(false)
+	k.plan.shape.setGate(demotion.GateNone)
 	tables, err := k.plan.tables(k.resolved)
 	if err == nil {
 		var res xtables.Result
 		if res, err = k.ipt.Apply(ctx, tables); err == nil {
 			k.tables = tables
-			k.log.Warn().Err(first).Msg("the kernel refused the pod gate rule (no xt_recent?); going on without it: while the pod budget is spent, each new connection can send fast until the watcher finds it")
+			k.log.Warn().Err(first).Msg("the kernel has neither an nftables quota nor xt_recent: no pod gate; each flow's tripwire still holds, but parallel and short connections are bounded only by their number")
 			return res, nil
 		}
 	}
-	k.plan.shape.setGate(true)
+	k.plan.shape.setGate(demotion.GateRecent)
 	return xtables.Result{}, first
 }
 
@@ -369,12 +478,19 @@ func cmdCheck(ctx context.Context, cfg *Config, stdout io.Writer, log zerolog.Lo
 	if err != nil {
 		return err
 	}
-	defer k.plan.shape.Close()
+	defer k.close()
 	drift, err := k.ipt.Check(ctx, k.tables)
 	if err != nil {
 		return err
 	}
 	text := driftText(drift)
+	if k.nft != nil {
+		d, err := k.nft.Check(k.plan.shape.quotaGate())
+		if err != nil {
+			return err
+		}
+		text += d
+	}
 	tcDiff, err := k.plan.shape.check()
 	if err != nil {
 		return err
@@ -416,6 +532,14 @@ func cmdInit(ctx context.Context, cfg *Config, log zerolog.Logger) error {
 	k, err := startup(ctx, cfg, log)
 	if err != nil {
 		return err
+	}
+	return k.close()
+}
+
+// close closes the kernel connections; the kernel state stays.
+func (k *kernel) close() error {
+	if k.nft != nil {
+		k.nft.Close()
 	}
 	return k.plan.shape.Close()
 }

@@ -19,6 +19,7 @@ import (
 
 	"github.com/kelseyhightower/envconfig"
 
+	"github.com/hubwarden/hubwarden/demotion"
 	"github.com/hubwarden/hubwarden/egress"
 	"github.com/hubwarden/hubwarden/guard"
 	"github.com/hubwarden/hubwarden/units"
@@ -49,14 +50,11 @@ type rawConfig struct {
 	NFLogGroup    string `envconfig:"NFLOG_GROUP" default:"1987" desc:"NFLOG group that denied packets are logged to (0-65535)"`
 	ResolveMinTTL string `envconfig:"RESOLVE_MIN_TTL" default:"30s" desc:"shortest interval between re-resolutions of an allow-list host name, whatever its TTL"`
 
-	Shape          string `envconfig:"SHAPE" default:"true" desc:"shape pod egress with HTB: a fast default class and a slow class for demoted flows"`
-	Interface      string `envconfig:"INTERFACE" default:"" desc:"interface to shape; empty: the interface of the default route"`
-	FastRate       string `envconfig:"FAST_RATE" default:"10gbit" desc:"rate of the fast (default) class; effectively unlimited by default"`
-	SlowRate       string `envconfig:"SLOW_RATE" default:"1mbit" desc:"rate shared by all demoted flows of the pod"`
-	CTMark         string `envconfig:"CTMARK" default:"0x100000" desc:"the connection-mark bit of demoted flows (exactly one bit, at most 0x40000000); hubwarden also owns the bit above it (watched flows) and leaves every other bit alone"`
-	Backstop       string `envconfig:"BACKSTOP" default:"true" desc:"kernel backstop: demote flows in the kernel, without the watcher, past BACKSTOP_BUDGET"`
-	BackstopBudget string `envconfig:"BACKSTOP_BUDGET" default:"" desc:"burst of the kernel backstop's per-flow token bucket; empty: 4 x FLOW_BUDGET"`
-	BackstopRate   string `envconfig:"BACKSTOP_RATE" default:"" desc:"refill of the kernel backstop's per-flow token bucket; empty: 4 x FLOW_REFILL"`
+	Shape     string `envconfig:"SHAPE" default:"true" desc:"shape pod egress with HTB: a fast default class and a slow class for demoted flows"`
+	Interface string `envconfig:"INTERFACE" default:"" desc:"interface to shape; empty: the interface of the default route"`
+	FastRate  string `envconfig:"FAST_RATE" default:"10gbit" desc:"rate of the fast (default) class; effectively unlimited by default"`
+	SlowRate  string `envconfig:"SLOW_RATE" default:"1mbit" desc:"rate shared by all demoted flows of the pod"`
+	CTMark    string `envconfig:"CTMARK" default:"0x100000" desc:"the connection-mark bit of demoted flows (exactly one bit, at most 0x4000000); hubwarden also owns the five bits above it (attention and the tripwire tier) and leaves every other bit alone"`
 
 	Watch            string `envconfig:"WATCH" default:"true" desc:"run the conntrack watcher (budgets, demotion, promotion, audit)"`
 	FlowBudget       string `envconfig:"FLOW_BUDGET" default:"64MiB" desc:"per-flow token bucket burst: bytes a flow may send fast before it is demoted"`
@@ -83,6 +81,7 @@ type rawConfig struct {
 
 // Config is the validated configuration: typed values only, no strings to parse.
 type Config struct {
+	Deprecated      []string // warnings for deprecated variables that are set
 	LogLevel        string
 	User, Server    string
 	StateDir        string
@@ -100,14 +99,14 @@ type Config struct {
 	NFLogGroup    uint16
 	ResolveMinTTL time.Duration
 
-	Shape          bool
-	Interface      string
-	FastRate       units.Rate
-	SlowRate       units.Rate
-	CTMark         uint32
-	Backstop       bool
-	BackstopBudget units.Size
-	BackstopRate   units.Rate
+	Shape     bool
+	Interface string
+	FastRate  units.Rate
+	SlowRate  units.Rate
+	CTMark    uint32
+	// Contract is the demotion contract (CTMARK and FLOW_BUDGET): the mark
+	// bits and the tripwire tiers, given to both the rules and the watcher.
+	Contract demotion.Contract
 
 	Watch            bool
 	FlowBudget       units.Size
@@ -154,6 +153,7 @@ func loadConfig(resolvConf string) (*Config, error) {
 	if len(problems) > 0 {
 		return nil, &ConfigError{Problems: problems}
 	}
+	c.Deprecated = deprecatedSet(os.Environ())
 	return c, nil
 }
 
@@ -196,7 +196,7 @@ func unknownVars(environ []string) []string {
 	var out []string
 	for _, kv := range environ {
 		k, _, _ := strings.Cut(kv, "=")
-		if strings.HasPrefix(k, envPrefix+"_") && !known[k] && !serviceLink(k) {
+		if _, dep := deprecated[k]; strings.HasPrefix(k, envPrefix+"_") && !known[k] && !serviceLink(k) && !dep {
 			out = append(out, fmt.Sprintf("%s: unknown variable (a typo? see hubwarden --help)", k))
 		}
 	}
@@ -336,12 +336,11 @@ func (r *rawConfig) parse(resolvConf string) (*Config, []string) {
 	}
 	if m, err := strconv.ParseUint(r.CTMark, 0, 32); err != nil || bits.OnesCount64(m) != 1 {
 		bad("CTMARK", fmt.Errorf("%q must be a single bit, like 0x100000", r.CTMark))
-	} else if m > 0x40000000 {
-		bad("CTMARK", fmt.Errorf("%q leaves no bit above it for watched flows; use at most 0x40000000", r.CTMark))
+	} else if m > uint64(demotion.MaxCTMark) {
+		bad("CTMARK", fmt.Errorf("%q leaves too few bits above it (hubwarden owns the five above the demoted bit); use at most %#x", r.CTMark, demotion.MaxCTMark))
 	} else {
 		c.CTMark = uint32(m)
 	}
-	c.Backstop = boolean("BACKSTOP", r.Backstop)
 
 	c.Watch = boolean("WATCH", r.Watch)
 	c.FlowBudget = size("FLOW_BUDGET", r.FlowBudget)
@@ -351,27 +350,18 @@ func (r *rawConfig) parse(resolvConf string) (*Config, []string) {
 	if c.PodBudget != 0 && c.FlowBudget > c.PodBudget {
 		bad("FLOW_BUDGET", fmt.Errorf("%s must not exceed HUBWARDEN_POD_BUDGET (%s)", c.FlowBudget, c.PodBudget))
 	}
+	if c.FlowBudget != 0 && c.FlowBudget < demotion.MinFlowBudget {
+		bad("FLOW_BUDGET", fmt.Errorf("%s is below the minimum %s (the smallest tripwire tier, 1/64 of it, must be at least 1KiB)", c.FlowBudget, demotion.MinFlowBudget))
+	} else if c.CTMark != 0 && c.FlowBudget != 0 {
+		k, err := demotion.New(c.CTMark, c.FlowBudget)
+		if err != nil {
+			bad("CTMARK", err)
+		}
+		c.Contract = k
+	}
 	c.PromoteIdle = dur("PROMOTE_IDLE", r.PromoteIdle, 100*time.Millisecond)
 	c.DumpInterval = dur("DUMP_INTERVAL", r.DumpInterval, 10*time.Millisecond)
 	c.ProgressInterval = dur("PROGRESS_INTERVAL", r.ProgressInterval, time.Second)
-	if r.BackstopBudget == "" {
-		// hashlimit's burst is a 32-bit byte count: stay below 4 GiB.
-		c.BackstopBudget = min(4*c.FlowBudget, 4*units.GiB-units.MiB)
-	} else {
-		c.BackstopBudget = size("BACKSTOP_BUDGET", r.BackstopBudget)
-		if c.BackstopBudget < c.FlowBudget {
-			bad("BACKSTOP_BUDGET", fmt.Errorf("%s must be at least HUBWARDEN_FLOW_BUDGET (%s), or it pre-empts the watcher", c.BackstopBudget, c.FlowBudget))
-		}
-		if c.BackstopBudget >= 4*units.GiB {
-			bad("BACKSTOP_BUDGET", fmt.Errorf("%s must be below 4GiB (the kernel's hashlimit burst is a 32-bit byte count)", c.BackstopBudget))
-		}
-	}
-	if r.BackstopRate == "" {
-		c.BackstopRate = 4 * c.FlowRefill
-	} else {
-		c.BackstopRate = rate("BACKSTOP_RATE", r.BackstopRate)
-	}
-
 	var healthPort uint64
 	if _, p, err := net.SplitHostPort(r.HealthAddr); err != nil {
 		bad("HEALTH_ADDR", fmt.Errorf("%q is not host:port", r.HealthAddr))
@@ -512,7 +502,24 @@ func printUsage(w io.Writer) error {
 	return tw.Flush()
 }
 
-// watchedMark is the connection-mark bit by which the watcher takes a flow
-// over from the kernel tripwire: the bit above CTMARK (config checks there is
-// one).
-func (c *Config) watchedMark() uint32 { return c.CTMark << 1 }
+// deprecated are variables an earlier version read that no longer have an
+// effect: accepted (a values file that sets them keeps working) and named
+// in a warning at start.
+var deprecated = map[string]string{
+	envPrefix + "_BACKSTOP":        "the tripwire keeps every flow's budget in the kernel; there is no separate backstop",
+	envPrefix + "_BACKSTOP_BUDGET": "the tripwire keeps every flow's budget in the kernel; there is no separate backstop",
+	envPrefix + "_BACKSTOP_RATE":   "the tripwire keeps every flow's budget in the kernel; there is no separate backstop",
+}
+
+// deprecatedSet returns a warning for each deprecated variable set in environ.
+func deprecatedSet(environ []string) []string {
+	var out []string
+	for _, kv := range environ {
+		k, _, _ := strings.Cut(kv, "=")
+		if why, ok := deprecated[k]; ok {
+			out = append(out, k+" has no effect any more: "+why)
+		}
+	}
+	sort.Strings(out)
+	return out
+}

@@ -11,6 +11,7 @@ import (
 
 	"github.com/google/go-cmp/cmp"
 
+	"github.com/hubwarden/hubwarden/demotion"
 	"github.com/hubwarden/hubwarden/egress"
 	"github.com/hubwarden/hubwarden/guard"
 	"github.com/hubwarden/hubwarden/units"
@@ -42,6 +43,15 @@ func writeResolvConf(t *testing.T, content string) string {
 	return p
 }
 
+func mustContract(t *testing.T, mark uint32, budget units.Size) demotion.Contract {
+	t.Helper()
+	c, err := demotion.New(mark, budget)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return c
+}
+
 func TestLoadConfigDefaults(t *testing.T) {
 	cleanEnv(t, nil)
 	rc := writeResolvConf(t, "search default.svc.cluster.local\nnameserver 10.96.0.10\nnameserver fe80::1%eth0\noptions ndots:5\n")
@@ -65,9 +75,7 @@ func TestLoadConfigDefaults(t *testing.T) {
 		FastRate:         10_000_000_000 / 8,
 		SlowRate:         1_000_000 / 8,
 		CTMark:           0x100000,
-		Backstop:         true,
-		BackstopBudget:   256 * units.MiB,
-		BackstopRate:     units.Rate(4 * units.MiB),
+		Contract:         mustContract(t, 0x100000, 64*units.MiB),
 		Watch:            true,
 		FlowBudget:       64 * units.MiB,
 		FlowRefill:       units.Rate(units.MiB),
@@ -85,7 +93,8 @@ func TestLoadConfigDefaults(t *testing.T) {
 		DenyLogWindow:     10 * time.Second,
 		SelftestTarget:    netip.MustParseAddrPort("169.254.169.254:80"),
 	}
-	if diff := cmp.Diff(want, c, cmp.Comparer(func(a, b netip.Addr) bool { return a == b }), cmp.Comparer(func(a, b netip.AddrPort) bool { return a == b })); diff != "" {
+	if diff := cmp.Diff(want, c, cmp.Comparer(func(a, b netip.Addr) bool { return a == b }), cmp.Comparer(func(a, b netip.AddrPort) bool { return a == b }),
+		cmp.Comparer(func(a, b demotion.Contract) bool { return a == b })); diff != "" {
 		t.Errorf("defaults (-want +got):\n%s", diff)
 	}
 }
@@ -119,20 +128,20 @@ func TestLoadConfigValues(t *testing.T) {
 		check func(t *testing.T, c *Config)
 	}{
 		{
-			name: "backstop derived from the flow bucket",
-			env:  map[string]string{"HUBWARDEN_FLOW_BUDGET": "10MiB", "HUBWARDEN_FLOW_REFILL": "2MiB/s"},
+			name: "the contract follows CTMARK and FLOW_BUDGET",
+			env:  map[string]string{"HUBWARDEN_FLOW_BUDGET": "10MiB", "HUBWARDEN_CTMARK": "0x10"},
 			check: func(t *testing.T, c *Config) {
-				if c.BackstopBudget != 40*units.MiB || c.BackstopRate != units.Rate(8*units.MiB) {
-					t.Errorf("backstop = %s, %s; want 40MiB, 8MiB/s", c.BackstopBudget, c.BackstopRate)
+				if c.Contract != mustContract(t, 0x10, 10*units.MiB) || c.Contract.Budget() != 10<<20 || c.Contract.Owned() != 0x3f0 {
+					t.Errorf("contract %+v", c.Contract)
 				}
 			},
 		},
 		{
-			name: "explicit backstop",
-			env:  map[string]string{"HUBWARDEN_BACKSTOP_BUDGET": "1GiB", "HUBWARDEN_BACKSTOP_RATE": "8mbit"},
+			name: "the backstop variables are deprecated: accepted, warned about",
+			env:  map[string]string{"HUBWARDEN_BACKSTOP_BUDGET": "1GiB", "HUBWARDEN_BACKSTOP": "false"},
 			check: func(t *testing.T, c *Config) {
-				if c.BackstopBudget != units.GiB || c.BackstopRate != 1_000_000 {
-					t.Errorf("backstop = %d, %d; want 1GiB, 1MB/s", c.BackstopBudget, c.BackstopRate)
+				if len(c.Deprecated) != 2 || !strings.Contains(c.Deprecated[0], "HUBWARDEN_BACKSTOP has no effect") {
+					t.Errorf("deprecation warnings %q", c.Deprecated)
 				}
 			},
 		},
@@ -252,7 +261,6 @@ func TestLoadConfigErrors(t *testing.T) {
 				"HUBWARDEN_SLOW_RATE":        "20gbit",
 				"HUBWARDEN_FLOW_BUDGET":      "1GiB",
 				"HUBWARDEN_POD_BUDGET":       "512MiB",
-				"HUBWARDEN_BACKSTOP_BUDGET":  "1MiB",
 				"HUBWARDEN_HEALTH_ADDR":      "9280",
 				"HUBWARDEN_SELFTEST_TARGET":  "metadata:80",
 				"HUBWARDEN_TYPO":             "1",
@@ -273,16 +281,21 @@ func TestLoadConfigErrors(t *testing.T) {
 				`HUBWARDEN_CTMARK: "0x3" must be a single bit`,
 				`HUBWARDEN_SLOW_RATE:`,
 				`HUBWARDEN_FLOW_BUDGET: 1GiB must not exceed HUBWARDEN_POD_BUDGET (512MiB)`,
-				`HUBWARDEN_BACKSTOP_BUDGET: 1MiB must be at least HUBWARDEN_FLOW_BUDGET (1GiB)`,
 				`HUBWARDEN_HEALTH_ADDR: "9280" is not host:port`,
 				`HUBWARDEN_SELFTEST_TARGET: "metadata:80" is not IP:port`,
 			},
 		},
 		{
-			name:       "the top mark bit leaves none for watched flows",
-			env:        map[string]string{"HUBWARDEN_CTMARK": "0x80000000"},
+			name:       "a high mark bit leaves too few for the contract",
+			env:        map[string]string{"HUBWARDEN_CTMARK": "0x8000000"},
 			resolvConf: "nameserver 10.96.0.10\n",
-			want:       []string{`HUBWARDEN_CTMARK: "0x80000000" leaves no bit above it for watched flows; use at most 0x40000000`},
+			want:       []string{`HUBWARDEN_CTMARK: "0x8000000" leaves too few bits above it (hubwarden owns the five above the demoted bit); use at most 0x4000000`},
+		},
+		{
+			name:       "a flow budget below the smallest tier",
+			env:        map[string]string{"HUBWARDEN_FLOW_BUDGET": "32KiB"},
+			resolvConf: "nameserver 10.96.0.10\n",
+			want:       []string{`HUBWARDEN_FLOW_BUDGET: 32KiB is below the minimum 64KiB`},
 		},
 		{
 			name: "no resolvers anywhere",

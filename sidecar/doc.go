@@ -35,10 +35,7 @@
 //	HUBWARDEN_INTERFACE           -                   interface to shape; empty: the interface of the default route
 //	HUBWARDEN_FAST_RATE           10gbit              rate of the fast (default) class; effectively unlimited by default
 //	HUBWARDEN_SLOW_RATE           1mbit               rate shared by all demoted flows of the pod
-//	HUBWARDEN_CTMARK              0x100000            the connection-mark bit of demoted flows (exactly one bit, at most 0x40000000); hubwarden also owns the bit above it (watched flows) and leaves every other bit alone
-//	HUBWARDEN_BACKSTOP            true                kernel backstop: demote flows in the kernel, without the watcher, past BACKSTOP_BUDGET
-//	HUBWARDEN_BACKSTOP_BUDGET     -                   burst of the kernel backstop's per-flow token bucket; empty: 4 x FLOW_BUDGET
-//	HUBWARDEN_BACKSTOP_RATE       -                   refill of the kernel backstop's per-flow token bucket; empty: 4 x FLOW_REFILL
+//	HUBWARDEN_CTMARK              0x100000            the connection-mark bit of demoted flows (exactly one bit, at most 0x4000000); hubwarden also owns the five bits above it (attention and the tripwire tier) and leaves every other bit alone
 //	HUBWARDEN_WATCH               true                run the conntrack watcher (budgets, demotion, promotion, audit)
 //	HUBWARDEN_FLOW_BUDGET         64MiB               per-flow token bucket burst: bytes a flow may send fast before it is demoted
 //	HUBWARDEN_FLOW_REFILL         1MiB/s              per-flow token bucket refill

@@ -6,12 +6,15 @@ import (
 	"bytes"
 	"context"
 	"errors"
+	"os"
+	"path/filepath"
 	"strings"
 	"testing"
 	"time"
 
 	"github.com/rs/zerolog"
 
+	"github.com/hubwarden/hubwarden/demotion"
 	"github.com/hubwarden/hubwarden/internal/nstest"
 	"github.com/hubwarden/hubwarden/xtables"
 )
@@ -28,9 +31,10 @@ func (r noRecent) Run(ctx context.Context, stdin []byte, name string, args ...st
 	return r.Runner.Run(ctx, stdin, name, args...)
 }
 
-// TestIntegrationStartupWithoutRecent: on a kernel that refuses the pod
-// gate's rule, start-up applies everything else (the tripwire included),
-// says so, and runs without the gate; nothing of the refused plan stays.
+// TestIntegrationStartupWithoutRecent: on a kernel without an nftables
+// quota (the recorded choice says so) that also refuses the recent gate's
+// rule, start-up applies everything else (the tripwire included), says so,
+// and runs without a pod gate; nothing of the refused plan stays.
 func TestIntegrationStartupWithoutRecent(t *testing.T) {
 	nstest.SkipUnlessRoot(t, "iptables-nft-restore", "tc")
 	p := nstest.NewPair(t, 17)
@@ -40,6 +44,9 @@ func TestIntegrationStartupWithoutRecent(t *testing.T) {
 	t.Setenv("HUBWARDEN_SHAPE", "true")
 	cfg, err := loadConfig("/nonexistent")
 	if err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(filepath.Join(cfg.StateDir, gateFile), []byte("recent\n"), 0o644); err != nil {
 		t.Fatal(err)
 	}
 	old := newRunner
@@ -56,12 +63,15 @@ func TestIntegrationStartupWithoutRecent(t *testing.T) {
 	}); err != nil {
 		t.Fatalf("start-up failed instead of degrading: %v\n%s", err, log.String())
 	}
-	defer k.plan.shape.Close()
+	defer k.close()
 	mangle := p.Pod.MustRun("iptables-nft-save", "-t", "mangle")
-	if k.plan.shape.gated() || strings.Contains(mangle, "-m recent") || !strings.Contains(mangle, "--connbytes 67108864") {
-		t.Errorf("gated %v; mangle:\n%s", k.plan.shape.gated(), mangle)
+	if k.plan.shape.gate() != demotion.GateNone || strings.Contains(mangle, "-m recent") || !strings.Contains(mangle, "--connbytes 67108864") {
+		t.Errorf("gate %v; mangle:\n%s", k.plan.shape.gate(), mangle)
 	}
-	if !strings.Contains(log.String(), "refused the pod gate rule") {
+	if out, _ := p.Pod.Run("nft", "list", "table", "inet", demotion.NFTTable); strings.Contains(out, "quota") {
+		t.Errorf("a quota gate was applied although the recorded choice is the recent gate:\n%s", out)
+	}
+	if !strings.Contains(log.String(), "neither an nftables quota nor xt_recent") {
 		t.Errorf("no warning about the missing gate:\n%s", log.String())
 	}
 	// The next apply (the reconcile loop's) plans without the gate too.

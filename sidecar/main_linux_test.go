@@ -153,7 +153,7 @@ func TestIntegrationInitTwiceAndCheck(t *testing.T) {
 
 			// A hand-deleted rule: check names it and exits 1; init converges.
 			tool := "iptables-" + backend
-			ns.MustRun(tool, "-w", "-D", "HUBWARDEN-EGRESS", "1")
+			ns.MustRun(tool, "-w", "-D", "HUBWARDEN-EGRESS", "-o", "lo", "-m", "comment", "--comment", "hubwarden: loopback", "-j", "ACCEPT")
 			r = hw(t, ns, env, "check")
 			if r.code != 1 || !strings.Contains(r.stdout, `+ -A HUBWARDEN-EGRESS -o lo -m comment --comment "hubwarden: loopback" -j ACCEPT`) {
 				t.Errorf("check after a hand-deleted rule exited %d:\n%s%s", r.code, r.stdout, r.stderr)

@@ -6,17 +6,19 @@ import (
 
 	"github.com/rs/zerolog"
 
+	"github.com/hubwarden/hubwarden/demotion"
 	"github.com/hubwarden/hubwarden/tcshape"
 	"github.com/hubwarden/hubwarden/xtables"
 )
 
 // shaper is the tc side of the sidecar: the HTB tree on the pod's interface
-// (package tcshape) and the mangle rules that classify demoted flows into
-// its slow class (applied with the other iptables tables).
+// (package tcshape) and the demotion rules (package demotion): the mangle
+// rules (applied with the other iptables tables) and the pod's quota gate.
 type shaper struct {
-	cfg  tcshape.Config // with what was detected
-	spec tcshape.Spec
-	tc   *tcshape.TC
+	cfg   tcshape.Config // with what was detected
+	spec  tcshape.Spec
+	tc    *tcshape.TC
+	rules demotion.Rules
 	// detected is false when the leaf kind was not probed (plan).
 	detected bool
 }
@@ -35,20 +37,9 @@ func newShaper(cfg *Config, ipv6 bool, log zerolog.Logger, detect bool) (*shaper
 		return nil, err
 	}
 	scfg := tcshape.Config{
-		Interface:   cfg.Interface,
-		FastRate:    cfg.FastRate,
-		SlowRate:    cfg.SlowRate,
-		CTMark:      cfg.CTMark,
-		WatchedMark: cfg.watchedMark(),
-		// The tripwire and the gate need the watcher: only it gives a flow
-		// its budget back, and only it sets and clears the gate.
-		Tripwire:       cfg.Watch,
-		TripwireBudget: cfg.FlowBudget,
-		Gate:           cfg.Watch,
-		Backstop:       cfg.Backstop,
-		BackstopBudget: cfg.BackstopBudget,
-		BackstopRate:   cfg.BackstopRate,
-		IPv6:           ipv6,
+		Interface: cfg.Interface,
+		FastRate:  cfg.FastRate,
+		SlowRate:  cfg.SlowRate,
 	}
 	log = log.With().Str("component", "tcshape").Logger()
 	if detect {
@@ -65,7 +56,15 @@ func newShaper(cfg *Config, ipv6 bool, log zerolog.Logger, detect bool) (*shaper
 		k.Close()
 		return nil, err
 	}
-	return &shaper{cfg: scfg, spec: spec, tc: k, detected: detect}, nil
+	// The tripwire and the gate need the watcher: only it re-arms and
+	// promotes flows and refills the pod bucket. Which gate the kernel can
+	// hold is decided by setup (GateQuota until then).
+	gate := demotion.GateNone
+	if cfg.Watch {
+		gate = demotion.GateQuota
+	}
+	rules := demotion.Rules{Contract: cfg.Contract, Interface: scfg.Interface, IPv6: ipv6, Watch: cfg.Watch, Gate: gate}
+	return &shaper{cfg: scfg, spec: spec, tc: k, rules: rules, detected: detect}, nil
 }
 
 // tables returns the mangle tables; with shaping off, empty ones, which
@@ -78,15 +77,28 @@ func (s *shaper) tables(fams []xtables.Family) ([]xtables.Table, error) {
 		}
 		return out, nil
 	}
-	return tcshape.MangleTables(s.cfg)
+	return demotion.MangleTables(s.rules)
 }
 
-// gated says whether the plan has the pod gate rule.
-func (s *shaper) gated() bool { return s != nil && s.cfg.Gate }
+// gate returns how the plan holds the pod budget.
+func (s *shaper) gate() demotion.Gate {
+	if s == nil {
+		return demotion.GateNone
+	}
+	return s.rules.Gate
+}
 
-// setGate puts the pod gate rule in the plan or takes it out (the kernel
-// has no xt_recent).
-func (s *shaper) setGate(on bool) { s.cfg.Gate = on }
+// setGate plans the pod budget's gate g.
+func (s *shaper) setGate(g demotion.Gate) {
+	if s != nil && s.rules.Watch {
+		s.rules.Gate = g
+	}
+}
+
+// quotaGate returns the quota gate's plan (GateQuota).
+func (s *shaper) quotaGate() demotion.QuotaGate {
+	return demotion.QuotaGate{Interface: s.rules.Interface, Contract: s.rules.Contract}
+}
 
 // apply makes the qdisc tree equal to the plan.
 func (s *shaper) apply(ctx context.Context, log zerolog.Logger) error {
@@ -113,7 +125,14 @@ func (s *shaper) String() string {
 	if !s.detected {
 		leaves = "FIFO leaves shown; init uses fq where the kernel has it"
 	}
-	return fmt.Sprintf("# tc on %s (%s)\n%s", s.cfg.Interface, leaves, s.spec.String())
+	out := fmt.Sprintf("# tc on %s (%s)\n%s", s.cfg.Interface, leaves, s.spec.String())
+	switch s.rules.Gate {
+	case demotion.GateQuota:
+		out += "\n# the pod budget: nftables (the pod gate; recent gate if the kernel has no nftables quota)\n" + s.quotaGate().String()
+	case demotion.GateRecent:
+		out += "\n# the pod budget: the recent gate in the mangle table (the kernel has no nftables quota)\n"
+	}
+	return out
 }
 
 func (s *shaper) Close() error {

@@ -212,6 +212,33 @@ func (k *TC) Read(iface string) (State, error) {
 	return s, nil
 }
 
+// ClassBytes returns the bytes the HTB class has sent on iface (what left
+// the interface through it, after its queue's drops; frames, so each
+// packet's link-layer header included). The counter starts at zero when the
+// class is created.
+func (k *TC) ClassBytes(iface string, class Handle) (uint64, error) {
+	l, err := k.linkByName(iface)
+	if err != nil {
+		return 0, err
+	}
+	cs, err := k.tc.Class().Get(&tc.Msg{Family: unix.AF_UNSPEC, Ifindex: uint32(l.Index)})
+	if err != nil {
+		return 0, fmt.Errorf("dumping classes of %s: %w", iface, err)
+	}
+	for _, c := range cs {
+		if Handle(c.Handle) != class {
+			continue
+		}
+		// TCA_STATS (struct tc_stats): go-tc misdecodes the TCA_STATS2
+		// byte counter of classes.
+		if c.Stats != nil {
+			return c.Stats.Bytes, nil
+		}
+		return 0, fmt.Errorf("class %s of %s has no statistics", class, iface)
+	}
+	return 0, fmt.Errorf("class %s of %s: %w", class, iface, ErrNoClass)
+}
+
 // Do runs one op on the interface.
 func (k *TC) Do(iface string, op Op) error {
 	l, err := k.linkByName(iface)

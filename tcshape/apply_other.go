@@ -33,3 +33,6 @@ func (k *TC) Detect(cfg Config, log zerolog.Logger) (Config, error) { return cfg
 
 // EnableAccounting fails: conntrack needs Linux.
 func EnableAccounting() error { return errNotLinux }
+
+// ClassBytes fails: traffic control needs Linux.
+func (k *TC) ClassBytes(iface string, class Handle) (uint64, error) { return 0, errNotLinux }
