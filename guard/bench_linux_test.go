@@ -52,7 +52,7 @@ func pickDur(quick, full time.Duration) time.Duration {
 func TestMain(m *testing.M) {
 	if base := os.Getenv("GUARD_BENCH_SERVE"); base != "" {
 		cfg := Config{Mode: Enforce, ServerPort: 8888, GuardPort: DefaultGuardPort, BaseURL: base, MaxNotebook: DefaultMaxNotebook,
-			Terminals: true, User: "bench", ProgressInterval: time.Minute}
+			Terminals: true, ProgressInterval: time.Minute}
 		ctx, cancel := context.WithCancel(context.Background())
 		go func() {
 			io.Copy(io.Discard, os.Stdin) // the bench closes stdin to stop us

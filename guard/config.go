@@ -46,9 +46,9 @@ type Config struct {
 	Terminals   bool     // HUBWARDEN_GUARD_TERMINALS
 	ProxyAllow  []string // HUBWARDEN_GUARD_PROXY_ALLOW: prefixes under BaseURL, each ending in '/'
 	IPv6        bool     // also plan the ip6tables rules
-	// Audit attribution and rhythm (HUBWARDEN_USER, HUBWARDEN_SERVER,
-	// HUBWARDEN_PROGRESS_INTERVAL).
-	User, Server     string
+	// ProgressInterval is the rhythm of websocket progress lines
+	// (HUBWARDEN_PROGRESS_INTERVAL). The audit lines' user and server come
+	// from the logger the guard is given, as on every line of the sidecar.
 	ProgressInterval time.Duration
 }
 

@@ -25,6 +25,7 @@ import (
 	"github.com/rs/zerolog"
 	"golang.org/x/net/websocket"
 
+	"github.com/hubwarden/hubwarden/egress"
 	"github.com/hubwarden/hubwarden/internal/nstest"
 	"github.com/hubwarden/hubwarden/xtables"
 )
@@ -138,14 +139,17 @@ open(k + "/secret.csv", "w").write(csv)
 	}
 	b.x = xtables.New(xtables.NFT, xtables.ExecRunner{LockFile: filepath.Join(t.TempDir(), "xtables.lock")}, zerolog.New(zerolog.NewTestWriter(t)))
 	b.cfg = Config{Mode: mode, ServerPort: 8888, GuardPort: DefaultGuardPort, BaseURL: jupyterBase, MaxNotebook: 1 << 20,
-		Terminals: true, IPv6: true, User: "jane doe", ProgressInterval: time.Minute}
+		Terminals: true, IPv6: true, ProgressInterval: time.Minute}
 	b.applyRules(t, true)
 	return b
 }
 
-// applyRules applies the guard's plan in the pod (the filter part alone, or
-// with no filter chain when socketRule is false) and checks it reads back.
-func (b *jupyterBed) applyRules(t *testing.T, socketRule bool) {
+// applyRules applies the guard's plan in the pod (its filter part, or no
+// filter chain when socketRule is false) with egress's raw table (which
+// does not track loopback), the guard's raw part merged in front of it as
+// the composition must (or left out when guardRaw is false), and checks
+// that it reads back.
+func (b *jupyterBed) applyRules(t *testing.T, socketRule bool, guardRaw ...bool) {
 	t.Helper()
 	r, err := Plan(b.cfg)
 	if err != nil {
@@ -157,6 +161,17 @@ func (b *jupyterBed) applyRules(t *testing.T, socketRule bool) {
 			f = xtables.Table{Family: f.Family, Name: f.Name}
 		}
 		tables = append(tables, f)
+	}
+	raw, err := egress.RawTables(true)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for i := range raw {
+		if len(guardRaw) > 0 && !guardRaw[0] {
+			tables = append(tables, raw[i])
+			continue
+		}
+		tables = append(tables, MergeTables(r.Raw[i], raw[i]))
 	}
 	ctx := context.Background()
 	if err := b.Pod.Do(func() error { _, err := b.x.Apply(ctx, tables); return err }); err != nil {
@@ -172,7 +187,9 @@ func (b *jupyterBed) applyRules(t *testing.T, socketRule bool) {
 func (b *jupyterBed) startGuard(t *testing.T) {
 	t.Helper()
 	b.guardLog = &syncBuffer{}
-	g, err := New(b.cfg, zerolog.New(b.guardLog), NewMetrics(prometheus.NewRegistry()), Options{})
+	// The sidecar's logger carries the user and the server (newLogger).
+	logger := zerolog.New(b.guardLog).With().Str("user", "jane doe").Str("server", "").Logger()
+	g, err := New(b.cfg, logger, NewMetrics(prometheus.NewRegistry()), Options{})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -497,6 +514,16 @@ func TestIntegrationGuard(t *testing.T) {
 			t.Errorf("server log for probe %s: %q, want the address %s (%q)", probe, m, ip, log[max(i-100, 0):min(i+100, len(log))])
 		}
 	}
+	sawXFF := false
+	for range 200 { // the last line is written after the client has the answer
+		for _, a := range b.guardLog.audits(t) {
+			sawXFF = sawXFF || strings.Contains(fmt.Sprint(a["path"]), "probe=xff")
+		}
+		if sawXFF {
+			break
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
 	for _, a := range b.guardLog.audits(t) {
 		if a["peer"] != b.PeerIP4 && a["peer"] != b.PeerIP6 {
 			t.Errorf("audit peer %v: %v", a["peer"], a)
@@ -504,6 +531,9 @@ func TestIntegrationGuard(t *testing.T) {
 		if strings.Contains(fmt.Sprint(a["path"]), "probe=xff") && a["forwarded_for"] != "6.6.6.7" {
 			t.Errorf("audit of the X-Forwarded-For probe: %v", a)
 		}
+	}
+	if !sawXFF {
+		t.Error("no audit line for the X-Forwarded-For probe")
 	}
 
 	// A kernel, its websocket through the guard, and the audit line.
@@ -699,10 +729,20 @@ func TestIntegrationGuardFailClosed(t *testing.T) {
 	if st, _, _, err := b.guarded("GET", jupyterBase+"api/contents/plots.ipynb", nil, nil, false); err != nil || st != 200 {
 		t.Errorf("guard back: %d %v", st, err)
 	}
-	// The self-test probe passes with the rules and the guard.
+	// The self-test probe passes with the rules and the guard, also past
+	// egress's loopback notrack ...
 	if err := b.Pod.Do(func() error { return Probe(context.Background(), 8888) }); err != nil {
 		t.Errorf("probe with the guard: %v", err)
 	}
+	// ... but not when the guard's raw part is left out of the raw table:
+	// the untracked probe is not redirected, and the server answers it.
+	b.applyRules(t, true, false)
+	if err := b.Pod.Do(func() error { return Probe(context.Background(), 8888) }); err == nil {
+		t.Error("the probe passed with loopback untracked")
+	} else {
+		t.Logf("probe without the guard's raw chain: %v", err)
+	}
+	b.applyRules(t, true)
 	b.stop()
 	if _, err := b.Peer.DialRefused(b.PodIP4+":8888", 5*time.Second); err != nil {
 		t.Errorf("guard stopped: %v", err)
@@ -730,10 +770,16 @@ func TestIntegrationGuardAudit(t *testing.T) {
 			t.Errorf("%s: the server's answer did not come through: %.200s", tc.target, got)
 		}
 		var line map[string]any
-		for _, a := range b.guardLog.audits(t) {
-			if strings.HasSuffix(fmt.Sprint(a["path"]), tc.target) {
-				line = a
+		for range 200 { // the line is written after the client has the answer
+			for _, a := range b.guardLog.audits(t) {
+				if strings.HasSuffix(fmt.Sprint(a["path"]), tc.target) {
+					line = a
+				}
 			}
+			if line != nil {
+				break
+			}
+			time.Sleep(10 * time.Millisecond)
 		}
 		wantDecision := "allow"
 		if strings.HasPrefix(tc.rule, "deny") {

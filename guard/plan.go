@@ -29,6 +29,16 @@ const (
 	ChainProbe = "HUBWARDEN-GUARD-PROBE"
 )
 
+// ChainRaw (raw, hooked from OUTPUT ahead of every other hubwarden chain
+// there) keeps the probe's connection tracked: egress does not track
+// loopback traffic (raw OUTPUT "-o lo -j CT --notrack"), and an untracked
+// packet is never redirected. It accepts, so that the raw table ends for
+// them and conntrack sees them: the probe's packets (ProbeMark) and the
+// guard's packets from its port on loopback (the answers to the probe; no
+// other connection of the pod to the guard's port is tracked by it, since
+// its first packet, unmarked, was not).
+const ChainRaw = "HUBWARDEN-GUARD-RAW"
+
 // ProbeMark is the packet mark (SO_MARK) of the self-test's probe
 // connection. hubwarden marks no other packets (it uses connection marks).
 const ProbeMark = 0x4857
@@ -46,6 +56,11 @@ type Rules struct {
 	// table it applies (and apply that table even when egress is off).
 	// With Mode Off they hold no chains.
 	Filter []xtables.Table
+	// Raw are the guard's chain and hook in the raw table, which egress
+	// also plans: merge them into it with the guard's hook FIRST (before
+	// egress's loopback notrack), or the self-test probe cannot pass.
+	// With Mode Off they hold no chains.
+	Raw []xtables.Table
 }
 
 // Plan returns the guard's rules for a validated configuration. It is pure.
@@ -61,6 +76,7 @@ func Plan(cfg Config) (Rules, error) {
 	for _, f := range fams {
 		nat := xtables.Table{Family: f, Name: "nat"}
 		filter := xtables.Table{Family: f, Name: "filter"}
+		raw := xtables.Table{Family: f, Name: "raw"}
 		if cfg.Mode != Off {
 			server, guard := strconv.Itoa(int(cfg.ServerPort)), strconv.Itoa(int(cfg.GuardPort))
 			syn := []string{"-p", "tcp", "-m", "tcp", "--dport", guard, "--tcp-flags", "FIN,SYN,RST,ACK", "SYN"}
@@ -84,14 +100,39 @@ func Plan(cfg Config) (Rules, error) {
 				},
 			}}}
 			filter.Hooks = []xtables.Hook{{Base: "INPUT", Target: ChainSocket}}
+			raw.Chains = []xtables.Chain{{Name: ChainRaw, Rules: []xtables.Rule{
+				{
+					Args:    []string{"-o", "lo", "-p", "tcp", "-m", "mark", "--mark", fmt.Sprintf("%#x", ProbeMark), "-j", "ACCEPT"},
+					Comment: "guard: the self-test probe is tracked (so it can be redirected)",
+				},
+				{
+					Args:    []string{"-o", "lo", "-p", "tcp", "-m", "tcp", "--sport", guard, "-j", "ACCEPT"},
+					Comment: "guard: answers from the guard port on loopback are tracked (those to the probe come back through the redirect)",
+				},
+			}}}
+			raw.Hooks = []xtables.Hook{{Base: "OUTPUT", Target: ChainRaw}}
 		}
-		for _, t := range []xtables.Table{nat, filter} {
+		for _, t := range []xtables.Table{nat, filter, raw} {
 			if err := t.Validate(); err != nil {
 				return Rules{}, err
 			}
 		}
 		r.NAT = append(r.NAT, nat)
 		r.Filter = append(r.Filter, filter)
+		r.Raw = append(r.Raw, raw)
 	}
 	return r, nil
+}
+
+// MergeTables merges tables of one family and name (the guard's part and
+// egress's) into one: their chains, and their hooks in order, so that the
+// first table's hooks come first in their base chains. The composition
+// applies one table per family and name.
+func MergeTables(first xtables.Table, rest ...xtables.Table) xtables.Table {
+	m := xtables.Table{Family: first.Family, Name: first.Name}
+	for _, t := range append([]xtables.Table{first}, rest...) {
+		m.Chains = append(m.Chains, t.Chains...)
+		m.Hooks = append(m.Hooks, t.Hooks...)
+	}
+	return m
 }

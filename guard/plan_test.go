@@ -9,6 +9,7 @@ import (
 
 	"github.com/google/go-cmp/cmp"
 
+	"github.com/hubwarden/hubwarden/egress"
 	"github.com/hubwarden/hubwarden/xtables"
 )
 
@@ -22,6 +23,19 @@ func TestPlanGolden(t *testing.T) {
 	r, err := Plan(planConfig())
 	if err != nil {
 		t.Fatal(err)
+	}
+	for _, ts := range [][]xtables.Table{r.NAT, r.Filter, r.Raw} {
+		for _, tb := range ts {
+			for _, c := range tb.Chains {
+				for _, rule := range c.Rules {
+					// iptables-save escapes a quote, which xtables does not
+					// render: the kernel would never read back as planned.
+					if strings.ContainsAny(rule.Comment, `'"\`) {
+						t.Errorf("comment %q has a quote or backslash", rule.Comment)
+					}
+				}
+			}
+		}
 	}
 	if len(r.NAT) != 2 || len(r.Filter) != 2 || r.NAT[1].Family != xtables.IPv6 || r.Filter[1].Family != xtables.IPv6 {
 		t.Fatalf("families: %+v", r)
@@ -49,6 +63,16 @@ COMMIT
 		if diff := cmp.Diff(wantFilter, xtables.RenderWithHooks(r.Filter[i], r.Filter[i].Hooks, nil)); diff != "" {
 			t.Errorf("filter %s (-want +got):\n%s", r.Filter[i].Family, diff)
 		}
+		wantRaw := `*raw
+:HUBWARDEN-GUARD-RAW - [0:0]
+-A HUBWARDEN-GUARD-RAW -o lo -p tcp -m mark --mark 0x4857 -m comment --comment "hubwarden: guard: the self-test probe is tracked (so it can be redirected)" -j ACCEPT
+-A HUBWARDEN-GUARD-RAW -o lo -p tcp -m tcp --sport 9281 -m comment --comment "hubwarden: guard: answers from the guard port on loopback are tracked (those to the probe come back through the redirect)" -j ACCEPT
+-I OUTPUT 1 -m comment --comment "hubwarden: hook" -j HUBWARDEN-GUARD-RAW
+COMMIT
+`
+		if diff := cmp.Diff(wantRaw, xtables.RenderWithHooks(r.Raw[i], r.Raw[i].Hooks, nil)); diff != "" {
+			t.Errorf("raw %s (-want +got):\n%s", r.Raw[i].Family, diff)
+		}
 	}
 }
 
@@ -61,27 +85,39 @@ func TestPlanOff(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	want := Rules{NAT: []xtables.Table{{Family: xtables.IPv4, Name: "nat"}}, Filter: []xtables.Table{{Family: xtables.IPv4, Name: "filter"}}}
+	want := Rules{NAT: []xtables.Table{{Family: xtables.IPv4, Name: "nat"}}, Filter: []xtables.Table{{Family: xtables.IPv4, Name: "filter"}},
+		Raw: []xtables.Table{{Family: xtables.IPv4, Name: "raw"}}}
 	if diff := cmp.Diff(want, r); diff != "" {
 		t.Errorf("(-want +got):\n%s", diff)
 	}
 }
 
-// TestPlanMergesWithEgress: the filter part merged into a filter table with
-// another owned chain (as egress plans) validates: the seam the composition
-// uses.
+// TestPlanMergesWithEgress: the guard's filter and raw parts merged into
+// egress's tables (the seam the composition uses) validate, with the
+// guard's raw hook ahead of egress's loopback notrack.
 func TestPlanMergesWithEgress(t *testing.T) {
 	r, err := Plan(planConfig())
 	if err != nil {
 		t.Fatal(err)
 	}
-	egress := xtables.Table{Family: xtables.IPv4, Name: "filter",
+	filter := xtables.Table{Family: xtables.IPv4, Name: "filter",
 		Chains: []xtables.Chain{{Name: "HUBWARDEN-EGRESS", Rules: []xtables.Rule{{Args: []string{"-j", "ACCEPT"}, Comment: "x"}}}},
 		Hooks:  []xtables.Hook{{Base: "OUTPUT", Target: "HUBWARDEN-EGRESS"}}}
-	egress.Chains = append(egress.Chains, r.Filter[0].Chains...)
-	egress.Hooks = append(egress.Hooks, r.Filter[0].Hooks...)
-	if err := egress.Validate(); err != nil {
+	if err := MergeTables(filter, r.Filter[0]).Validate(); err != nil {
 		t.Fatal(err)
+	}
+	raw, err := egress.RawTables(true)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for i := range raw {
+		m := MergeTables(r.Raw[i], raw[i])
+		if err := m.Validate(); err != nil {
+			t.Fatal(err)
+		}
+		if m.Hooks[0].Target != ChainRaw || m.Hooks[0].Base != "OUTPUT" {
+			t.Errorf("raw hooks %v: the guard's must come first", m.Hooks)
+		}
 	}
 }
 

@@ -71,8 +71,6 @@ func (g *Guard) finish(x *exchange, cw *countingWriter) {
 // common adds the fields every audit line of a request has.
 func (g *Guard) common(ev *zerolog.Event, x *exchange, kind string) *zerolog.Event {
 	ev = ev.Str(FieldAudit, kind).
-		Str("user", g.cfg.User).
-		Str("server", g.cfg.Server).
 		Str(FieldMethod, x.req.Method).
 		Str(FieldPath, ScrubTarget(x.req.Target)).
 		Str(FieldFamily, string(x.d.Family))

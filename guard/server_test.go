@@ -101,6 +101,20 @@ func (s *syncBuffer) Write(p []byte) (int, error) {
 	return s.b.Write(p)
 }
 
+// waitAudits returns the audit lines once there are at least n: the guard
+// writes a request's line after the client has read its answer.
+func (s *syncBuffer) waitAudits(t *testing.T, n int) []map[string]any {
+	t.Helper()
+	for range 200 {
+		if a := s.audits(t); len(a) >= n {
+			return a
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	t.Fatalf("fewer than %d audit lines after 2 s: %v", n, s.audits(t))
+	return nil
+}
+
 // lines returns the log's JSON lines that have an "audit" field.
 func (s *syncBuffer) audits(t *testing.T) []map[string]any {
 	t.Helper()
@@ -152,7 +166,7 @@ func newBed(t *testing.T, h http.HandlerFunc, o bedOpts) *bed {
 	}
 	o.opts.Upstream = up.ln.Addr().String()
 	cfg := Config{Mode: o.mode, ServerPort: 8888, GuardPort: DefaultGuardPort, BaseURL: tableBase, MaxNotebook: o.maxNotebook,
-		Terminals: true, User: "jane doe", ProgressInterval: o.progress}
+		Terminals: true, ProgressInterval: o.progress}
 	b := &bed{up: up, log: &syncBuffer{}, reg: prometheus.NewRegistry()}
 	g, err := New(cfg, zerolog.New(b.log), NewMetrics(b.reg), o.opts)
 	if err != nil {
@@ -575,7 +589,7 @@ func TestServerForwardedFor(t *testing.T) {
 	if got[1].Header.Get("X-Forwarded-Proto") != "https" || got[1].Header.Get("X-Real-Ip") != "" {
 		t.Errorf("forwarding headers: %v", got[1].Header)
 	}
-	a := b.log.audits(t)
+	a := b.log.waitAudits(t, 2)
 	if len(a) != 2 || a[0]["peer"] != "127.0.0.1" || a[0]["forwarded_for"] != nil || a[1]["peer"] != "127.0.0.1" || a[1]["forwarded_for"] != "198.18.0.1" {
 		t.Errorf("audit: %v", a)
 	}
@@ -667,7 +681,7 @@ func TestServerContents(t *testing.T) {
 		t.Errorf("missing: %d %q", res.StatusCode, body(res))
 	}
 	rules := map[string]int{}
-	for _, a := range b.log.audits(t) {
+	for _, a := range b.log.waitAudits(t, 9) {
 		rules[a["rule"].(string)]++
 		if a["withheld"] == true && a["rule"] != "allow-contents-read" {
 			t.Errorf("withheld on %v", a)
@@ -805,7 +819,7 @@ func TestServerAuditMode(t *testing.T) {
 		for _, tg := range targets {
 			b.exchange(t, "GET "+tableBase+tg+" HTTP/1.1\r\nHost: pod\r\n\r\n", 1)
 		}
-		for _, a := range b.log.audits(t) {
+		for _, a := range b.log.waitAudits(t, len(targets)) {
 			decisions[mode] = append(decisions[mode], fmt.Sprint(a["decision"], " ", a["rule"], " ", a["enforced"]))
 		}
 		want := 1

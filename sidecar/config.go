@@ -411,7 +411,7 @@ func (c *Config) parseGuard(r *rawConfig, bad func(string, error), boolean func(
 	if g.ProxyAllow, err = guard.ParseProxyAllow(r.GuardProxyAllow); err != nil {
 		bad("GUARD_PROXY_ALLOW", err)
 	}
-	g.User, g.Server, g.ProgressInterval = c.User, c.Server, c.ProgressInterval
+	g.ProgressInterval = c.ProgressInterval
 	if g.BaseURL != "" && g.Mode != guard.Off && g.ProgressInterval > 0 && g.ServerPort != 0 && g.GuardPort != 0 && g.MaxNotebook > 0 {
 		// Everything parsed: the guard's own checks (a prefix that would
 		// open a route the guard knows, a base URL tornado would read as a
