@@ -121,11 +121,7 @@ func newBenchBed(t *testing.T) *benchBed {
 	if out, err := exec.Command("useradd", "-m", "-s", "/bin/sh", "-c", "hubwarden guard bench", b.user).CombinedOutput(); err != nil {
 		t.Fatalf("useradd: %v: %s", err, out)
 	}
-	t.Cleanup(func() {
-		_ = exec.Command("pkill", "-KILL", "-u", b.user).Run()
-		time.Sleep(100 * time.Millisecond)
-		_ = exec.Command("userdel", "-r", b.user).Run()
-	})
+	t.Cleanup(func() { removeUser(t, b.user) })
 	out, err := exec.Command("getent", "passwd", b.user).Output()
 	if err != nil {
 		t.Fatal(err)

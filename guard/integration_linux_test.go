@@ -63,13 +63,7 @@ func newJupyterBed(t *testing.T, subnet int, mode Mode) *jupyterBed {
 	if out, err := exec.Command("useradd", "-m", "-s", "/bin/sh", "-c", "hubwarden guard test", b.user).CombinedOutput(); err != nil {
 		t.Fatalf("useradd: %v: %s", err, out)
 	}
-	t.Cleanup(func() {
-		_ = exec.Command("pkill", "-KILL", "-u", b.user).Run()
-		time.Sleep(100 * time.Millisecond)
-		if out, err := exec.Command("userdel", "-r", b.user).CombinedOutput(); err != nil {
-			t.Errorf("userdel %s: %v: %s", b.user, err, out)
-		}
-	})
+	t.Cleanup(func() { removeUser(t, b.user) })
 	out, err := exec.Command("getent", "passwd", b.user).Output()
 	if err != nil {
 		t.Fatal(err)
@@ -142,6 +136,23 @@ open(k + "/secret.csv", "w").write(csv)
 		Terminals: true, IPv6: true, ProgressInterval: time.Minute}
 	b.applyRules(t, true)
 	return b
+}
+
+// removeUser kills the user's processes (kernels run in sessions of their
+// own, outside the server's process group) and deletes the user, retrying
+// while the killed processes are still exiting.
+func removeUser(t *testing.T, user string) {
+	t.Helper()
+	var out []byte
+	var err error
+	for range 50 {
+		_ = exec.Command("pkill", "-KILL", "-u", user).Run()
+		time.Sleep(100 * time.Millisecond)
+		if out, err = exec.Command("userdel", "-r", user).CombinedOutput(); err == nil {
+			return
+		}
+	}
+	t.Errorf("userdel %s: %v: %s", user, err, out)
 }
 
 // applyRules applies the guard's plan in the pod (its filter part, or no
@@ -411,6 +422,29 @@ func TestIntegrationGuard(t *testing.T) {
 	}
 	f.Close()
 	t.Logf("(%s) captured JupyterLab requests replayed: %d, %d of them refused", time.Since(phase).Round(time.Millisecond), replayed, refused)
+
+	// The connections the guard serves are the pod's inbound connections to
+	// port 8888, one conntrack entry each (so the marks, the tripwire and
+	// the watcher's accounting apply to the guard's answers as to the
+	// server's); the guard's loopback leg to the server is not tracked
+	// (egress's raw table), so nothing is counted twice.
+	if out, err := b.Pod.Run("conntrack", "-L", "-p", "tcp"); err != nil {
+		t.Logf("conntrack -L: %v (skipped)", err)
+	} else {
+		redirected, loopback := 0, 0
+		for _, l := range strings.Split(out, "\n") {
+			if strings.Contains(l, "dst="+b.PodIP4+" ") && strings.Contains(l, "dport=8888 ") && strings.Contains(l, "sport=9281 ") {
+				redirected++
+			}
+			if strings.Contains(l, "src=127.0.0.1") {
+				loopback++
+			}
+		}
+		if redirected == 0 || loopback != 0 {
+			t.Errorf("conntrack: %d redirected entries (want > 0), %d loopback entries (want 0):\n%s", redirected, loopback, out)
+		}
+		t.Logf("conntrack: %d redirected connections tracked, no loopback leg", redirected)
+	}
 
 	// Nothing denied reached the server.
 	for _, s := range []string{"files/data.csv", "view/data.csv", "nbconvert/html/plots.ipynb", "kernelspecs/mine/secret.csv", "kernelspecs/mine/kernel.json", "%66iles/data.csv"} {
