@@ -126,9 +126,11 @@ func New(cfg Config, logger zerolog.Logger, m *Metrics, opts Options) (*Guard, e
 			// Pass Accept-Encoding through as the client sent it, and the
 			// answer as the server sent it: never add gzip.
 			DisableCompression:     true,
+			// The answer is copied with the proxy's own buffers
+			// (copyBuffers), which bufio reads into directly: the
+			// connection's own buffers stay at Go's 4 KiB, which every
+			// idle kept-alive connection to the server holds.
 			MaxResponseHeaderBytes: 1 << 20,
-			ReadBufferSize:         64 << 10,
-			WriteBufferSize:        64 << 10,
 		},
 	}
 	return g, nil
