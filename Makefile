@@ -75,7 +75,7 @@ bench-smoke:
 	BENCH_QUICK=1 ./scripts/bench.sh
 
 # The HTTP guard's cost, with and without it side by side through the real
-# proxy (root, about 4 minutes; BENCH_QUICK=1 about 1 minute). BENCH_OUT
+# proxy (root, about 3 minutes; BENCH_QUICK=1 about 1 minute). BENCH_OUT
 # names a file for the table.
 bench-guard:
 	$(GO) test -tags bench -count=1 -timeout 20m -run '^TestBenchGuard$$' -v ./guard/
