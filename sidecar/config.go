@@ -22,6 +22,7 @@ import (
 	"github.com/hubwarden/hubwarden/demotion"
 	"github.com/hubwarden/hubwarden/egress"
 	"github.com/hubwarden/hubwarden/units"
+	"github.com/hubwarden/hubwarden/warden"
 )
 
 // envPrefix is the prefix of every variable hubwarden reads.
@@ -34,7 +35,7 @@ type rawConfig struct {
 	LogLevel        string `envconfig:"LOG_LEVEL" default:"info" desc:"log level: debug, info, warn or error"`
 	User            string `envconfig:"USER" default:"" desc:"user name written on every audit line (z2jh: {username})"`
 	Server          string `envconfig:"SERVER" default:"" desc:"server name written on every audit line (z2jh: {servername})"`
-	StateDir        string `envconfig:"STATE_DIR" default:"/run/hubwarden" desc:"directory that survives container restarts (an emptyDir): iptables backend choice, pod budget level"`
+	StateDir        string `envconfig:"STATE_DIR" default:"/run/hubwarden" desc:"directory that survives container restarts (an emptyDir): what start-up detected (iptables backend, pod gate, leaf qdiscs), pod budget level"`
 	IptablesBackend string `envconfig:"IPTABLES_BACKEND" default:"auto" desc:"iptables backend: auto (probe once, then remember in STATE_DIR), legacy or nft"`
 	IPv6            string `envconfig:"IPV6" default:"auto" desc:"apply IPv6 rules: auto (when the kernel has IPv6), true (fail if it cannot) or false"`
 	StartupTimeout  string `envconfig:"STARTUP_TIMEOUT" default:"30s" desc:"deadline for apply and self-test at start; a hang becomes a crash that Kubernetes restarts"`
@@ -70,49 +71,9 @@ type rawConfig struct {
 	SelftestTarget    string `envconfig:"SELFTEST_TARGET" default:"169.254.169.254:80" desc:"address the self-test connects to and must see refused (rejected locally, nothing leaves the pod)"`
 }
 
-// Config is the validated configuration: typed values only, no strings to parse.
-type Config struct {
-	Deprecated      []string // warnings for deprecated variables that are set
-	LogLevel        string
-	User, Server    string
-	StateDir        string
-	IptablesBackend string // "auto", "legacy" or "nft"
-	IPv6            string // "auto", "true" or "false"
-	StartupTimeout  time.Duration
-
-	Egress        bool
-	Allow         []egress.Entry
-	DNSServers    []netip.Addr
-	DNSRate       uint32
-	DNSBurst      uint32
-	HubAPI        []egress.Entry // the hub API's host and port, empty when unknown
-	Block         []netip.Prefix
-	NFLogGroup    uint16
-	ResolveMinTTL time.Duration
-
-	Shape     bool
-	Interface string
-	FastRate  units.Rate
-	SlowRate  units.Rate
-	CTMark    uint32
-	// Contract is the demotion contract (CTMARK and FLOW_BUDGET): the mark
-	// bits and the tripwire tiers, given to both the rules and the watcher.
-	Contract demotion.Contract
-
-	Watch            bool
-	FlowBudget       units.Size
-	FlowRefill       units.Rate
-	PodBudget        units.Size
-	PodRefill        units.Rate
-	PromoteIdle      time.Duration
-	DumpInterval     time.Duration
-	ProgressInterval time.Duration
-
-	HealthAddr        string
-	ReconcileInterval time.Duration
-	DenyLogWindow     time.Duration
-	SelftestTarget    netip.AddrPort
-}
+// Config is the validated configuration (warden.Config: the composition is
+// given it once).
+type Config = warden.Config
 
 // ConfigError lists every invalid or unknown variable.
 type ConfigError struct{ Problems []string }
