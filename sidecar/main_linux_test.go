@@ -373,6 +373,14 @@ func TestIntegrationCheckWritesNothing(t *testing.T) {
 		}
 		return b.String()
 	}
+	// The kernel's own changes first: IPv6 duplicate address detection
+	// finishes on the link-local address (and adds its route).
+	for i := 0; strings.TrimSpace(p.Pod.MustRun("ip", "-6", "addr", "show", "tentative")) != ""; i++ {
+		if i == 100 {
+			t.Fatalf("addresses still tentative after 10 s:\n%s", p.Pod.MustRun("ip", "-6", "addr", "show", "tentative"))
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
 	before := state()
 	for _, want := range []string{"qdisc htb 4857: dev eth0 root", "table inet hubwarden", "HUBWARDEN-EGRESS", "detected.json"} {
 		if !strings.Contains(before, want) {
