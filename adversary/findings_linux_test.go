@@ -21,6 +21,7 @@ import (
 	"github.com/hubwarden/hubwarden/health"
 	"github.com/hubwarden/hubwarden/internal/hwtest"
 	"github.com/hubwarden/hubwarden/internal/nstest"
+	"github.com/hubwarden/hubwarden/warden"
 )
 
 // Subnet indexes for nstest.NewPair: this package owns 80-99.
@@ -55,8 +56,9 @@ func TestIntegrationSpray(t *testing.T) {
 		n := ctCount(t, b.Pod)
 		sent, _ := strconv.Atoi(out)
 		t.Logf("without hubwarden: %d datagrams, %d conntrack entries", sent, n)
-		// Each datagram is a flow of its own, and all stay in the table.
-		if sent < 10000 || n < sent*9/10 {
+		// Each datagram is a flow of its own and stays in the table, until
+		// the table is full (nf_conntrack_max is shared by every namespace).
+		if sent < 10000 || n < min(sent*9/10, 50000) {
 			t.Errorf("%d datagrams made %d conntrack entries: the control does not reproduce the attack", sent, n)
 		}
 	})
@@ -284,7 +286,7 @@ func TestIntegrationSpoofedSource(t *testing.T) {
 			b := newBed(t, 84+i, true, map[string]string{"HUBWARDEN_RECONCILE_INTERVAL": "1h"})
 			if control {
 				for _, ipt := range []string{"iptables", "ip6tables"} {
-					backend := strings.TrimSpace(b.Pod.MustRun("cat", b.s.Env["HUBWARDEN_STATE_DIR"]+"/iptables-backend"))
+					backend := strings.TrimSpace(b.Pod.MustRun("cat", b.s.Env["HUBWARDEN_STATE_DIR"]+"/"+warden.BackendFile))
 					tool := ipt + "-" + backend
 					b.Pod.MustRun(tool, "-t", "raw", "-D", "OUTPUT", "-m", "comment", "--comment", "hubwarden: hook", "-j", "HUBWARDEN-RAW-OUT")
 					b.Pod.MustRun(tool, "-t", "raw", "-D", "PREROUTING", "-m", "comment", "--comment", "hubwarden: hook", "-j", "HUBWARDEN-RAW-IN")
@@ -384,7 +386,7 @@ func TestIntegrationForgedICMP(t *testing.T) {
 		t.Run(name, func(t *testing.T) {
 			b := newBed(t, 86+i, true, map[string]string{"HUBWARDEN_RECONCILE_INTERVAL": "1h"})
 			if control {
-				backend := strings.TrimSpace(b.Pod.MustRun("cat", b.s.Env["HUBWARDEN_STATE_DIR"]+"/iptables-backend"))
+				backend := strings.TrimSpace(b.Pod.MustRun("cat", b.s.Env["HUBWARDEN_STATE_DIR"]+"/"+warden.BackendFile))
 				b.Pod.MustRun("iptables-"+backend, "-I", "HUBWARDEN-EGRESS", "1", "-m", "conntrack", "--ctstate", "RELATED", "-j", "ACCEPT")
 			}
 			// The resolver counts the ICMP bytes it receives.
@@ -528,6 +530,10 @@ func TestIntegrationGateWrite(t *testing.T) {
 			e := env(t, p, nil)
 			if recent {
 				// The recorded choice of a kernel without nftables quotas.
+				if err := os.WriteFile(filepath.Join(e["HUBWARDEN_STATE_DIR"], warden.DetectedFile), []byte(`{"pod_gate":"recent"}`), 0o644); err != nil {
+					t.Fatal(err)
+				}
+				// Builds before the warden package kept the choice here.
 				if err := os.WriteFile(filepath.Join(e["HUBWARDEN_STATE_DIR"], "pod-gate"), []byte("recent\n"), 0o644); err != nil {
 					t.Fatal(err)
 				}
@@ -647,9 +653,12 @@ print(sent)
 // spent, every new flow is demoted (and so marked) from its first packet;
 // 100,000 of them (an allowed UDP port range, one datagram each) leave the
 // sidecar tracking at most MaxFlows, its RSS under the values file's
-// GOMEMLIMIT, and every flow demoted.
+// GOMEMLIMIT, and every flow demoted but what the pod refill lets through
+// (the refill is set to 100 B/s here: the quota gets the refill less what
+// the slow class sent, so a few datagrams may pass fast).
 func TestIntegrationMarkedFlood(t *testing.T) {
-	b := newBed(t, 98, true, map[string]string{"HUBWARDEN_POD_BUDGET": "1MiB", "HUBWARDEN_FLOW_BUDGET": "1MiB", "GOMEMLIMIT": "96MiB"})
+	const refill = 100 // bytes per second
+	b := newBed(t, 98, true, map[string]string{"HUBWARDEN_POD_BUDGET": "1MiB", "HUBWARDEN_FLOW_BUDGET": "1MiB", "HUBWARDEN_POD_REFILL": "100B/s", "GOMEMLIMIT": "96MiB"})
 	b.Pod.MustRun("sysctl", "-qw", "net.netfilter.nf_conntrack_max=262144")
 	// Spend the pod budget.
 	b.download(t, 2, 0, 2*time.Second)
@@ -690,6 +699,9 @@ func TestIntegrationMarkedFlood(t *testing.T) {
 	for _, l := range strings.Split(out, "\n") {
 		if strings.Contains(l, "dport=5") && !strings.Contains(l, "mark=") {
 			undemoted++
+			if undemoted <= 3 {
+				t.Logf("not demoted: %s", l)
+			}
 		}
 	}
 	t.Logf("%s datagrams, %d conntrack entries: the sidecar tracks %.0f, parked %.0f, in %v; RSS peak %.1f MiB; %d flows without a mark; alive %v",
@@ -703,7 +715,8 @@ func TestIntegrationMarkedFlood(t *testing.T) {
 	if tracked > ctwatch.DefaultMaxFlows {
 		t.Errorf("the sidecar tracks %.0f flows, over its maximum %d", tracked, ctwatch.DefaultMaxFlows)
 	}
-	if undemoted > 0 {
-		t.Errorf("%d flows of the flood are not demoted", undemoted)
+	// A flood datagram is 29 bytes on the wire (IPv4, UDP, one byte).
+	if allowed := int(refill*time.Since(start).Seconds())/29 + 1; undemoted > allowed {
+		t.Errorf("%d flows of the flood are not demoted; the refill allows %d", undemoted, allowed)
 	}
 }

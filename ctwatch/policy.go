@@ -183,49 +183,6 @@ func (p *Policy) Pod(now time.Time, level float64, closed bool) []Action {
 // Bytes sets the pod-level byte counters reported in Stats.
 func (p *Policy) Bytes(fast, slow uint64) { p.stats.FastBytes, p.stats.SlowBytes = fast, slow }
 
-// track returns the state of the flow c, creating it; nil for a flow that
-// never leaves the pod, and for a new flow when MaxFlows are tracked.
-func (p *Policy) track(now time.Time, c *conntrack.Flow) (f *flow, isNew bool) {
-	k := keyOf(c)
-	if f, ok := p.flows[k]; ok {
-		if f.id == c.ID || c.ID == 0 || f.id == 0 {
-			return f, false
-		}
-		// Same tuple, another entry: the old flow died unseen.
-		p.finish(now, f, true)
-	}
-	inbound := p.isLocal(c.Orig.Dst)
-	if inbound && p.isLocal(c.Orig.Src) {
-		return nil, false
-	}
-	if len(p.flows) >= p.cfg.MaxFlows {
-		return nil, false
-	}
-	f = &flow{key: k, id: c.ID, inbound: inbound, seen: now, active: now, quietFrom: now, start: now, progress: now, adopted: !p.started, rate: -1}
-	if !c.Start.IsZero() && c.Start.Before(now) {
-		f.start = c.Start
-	}
-	o, r := c.Orig, c.Reply
-	if inbound {
-		f.local = netip.AddrPortFrom(o.Dst, o.DstPort)
-		f.peer = netip.AddrPortFrom(o.Src, o.SrcPort)
-	} else {
-		f.local = netip.AddrPortFrom(o.Src, o.SrcPort)
-		f.peer = netip.AddrPortFrom(r.Src, r.SrcPort)
-	}
-	// What the kernel still allows it is all the watcher can vouch for: its
-	// tier's threshold less what it has sent since the flow's start or its
-	// counters' last reset (an earlier watcher run's), with no refill for
-	// the time before (a restart must not hand an ongoing download a new
-	// budget).
-	f.sent, f.recv = counters(inbound, c)
-	f.tier = p.c.Tier(c.Mark)
-	f.tokens = float64(p.c.Threshold(f.tier)) - float64(f.sent.Bytes)
-	f.progSent = f.sent.Bytes
-	p.flows[k] = f
-	return f, true
-}
-
 // charge takes the counters of c (read at now) into f: the bytes sent since
 // the last observation come out of the flow's bucket, which refills for the
 // time between.
@@ -469,154 +426,11 @@ func (p *Policy) Zeroed(now time.Time, c *conntrack.Flow) []Action {
 	return p.acts
 }
 
-// scheduleUp sets when to re-arm f unasked: once its bucket has refilled to
-// the next better tier (at most every PromoteIdle), else to check after
-// CheckAfter that it still exists.
-func (p *Policy) scheduleUp(now time.Time, f *flow) {
-	at := now.Add(p.cfg.CheckAfter)
-	if f.tier > 0 && p.flowRefill > 0 {
-		need := float64(p.c.Threshold(f.tier-1)) - f.tokens
-		at = minTime(at, now.Add(max(time.Duration(need/p.flowRefill*float64(time.Second)), p.cfg.PromoteIdle)))
-	}
-	p.setNext(f, at)
-}
-
-// setNext sets when f is due and keeps p.earliest a lower bound of every
-// flow's, so that Due and Next need not look at every flow every time.
-func (p *Policy) setNext(f *flow, at time.Time) {
-	f.next = at
-	if p.earliest.IsZero() || at.Before(p.earliest) {
-		p.earliest = at
-	}
-}
-
 func minTime(a, b time.Time) time.Time {
 	if a.Before(b) {
 		return a
 	}
 	return b
-}
-
-// RearmFailed reports that the watcher could not read or zero f (an error other
-// than the flow being gone): the next observation asks again.
-func (p *Policy) RearmFailed(k Key) {
-	if f, ok := p.flows[k]; ok {
-		f.rearming, f.promoting = false, false
-	}
-	delete(p.pending, k)
-	p.stats.Errors++
-}
-
-// Due appends to buf the tracked flows to re-arm unasked at now (a better
-// tier, or a check that they still exist). It looks at the flows only when
-// one may be due.
-func (p *Policy) Due(now time.Time, buf []Key) []Key {
-	if p.earliest.IsZero() || now.Before(p.earliest) {
-		return buf
-	}
-	var earliest time.Time
-	for _, f := range p.flows {
-		switch {
-		case f.next.IsZero() || f.rearming:
-		case !now.Before(f.next):
-			f.next = time.Time{}
-			f.rearming = true
-			buf = append(buf, f.key)
-		case earliest.IsZero() || f.next.Before(earliest):
-			earliest = f.next
-		}
-	}
-	p.earliest = earliest
-	return buf
-}
-
-// Next returns a time at or before the earliest a tracked flow is due
-// (zero: none).
-func (p *Policy) Next() time.Time { return p.earliest }
-
-// BeginWalk feeds the start of a dump: started is when it was asked for
-// (flows read on their own since keep their newer readings); full says it
-// is unfiltered (every flow of the table), so tracked flows missing from it
-// are gone.
-func (p *Policy) BeginWalk(started time.Time, full bool) {
-	p.gen++
-	p.full = full
-	p.walkStart = started
-	p.acts = p.acts[:0]
-}
-
-// EndWalk ends a dump read at now. After a full one, tracked flows it did
-// not show are finished. The returned actions are valid until the next
-// call.
-func (p *Policy) EndWalk(now time.Time) []Action {
-	p.acts = p.acts[:0]
-	p.stats.Walks++
-	p.stats.LastWalk = now
-	p.started = true
-	if p.full {
-		for _, f := range p.flows {
-			if f.walkGen != p.gen && !f.rearming && !f.seen.After(p.walkStart) {
-				p.finish(now, f, true)
-			}
-		}
-	}
-	for k, e := range p.ended {
-		if now.Sub(e.at) > endedFor {
-			delete(p.ended, k)
-		}
-	}
-	return p.acts
-}
-
-// Started says whether the first dump has been read.
-func (p *Policy) Started() bool { return p.started }
-
-// Destroyed feeds a DESTROY event (final counters) at now: the flow's final
-// record, whether the watcher tracked it or not.
-func (p *Policy) Destroyed(now time.Time, c *conntrack.Flow) []Action {
-	p.acts = p.acts[:0]
-	p.stats.Events++
-	if p.lateForEnded(c) {
-		return p.acts
-	}
-	k := keyOf(c)
-	if f, ok := p.flows[k]; ok && (f.id == c.ID || c.ID == 0 || f.id == 0) {
-		p.charge(now, f, c)
-		p.finish(now, f, false)
-		return p.acts
-	}
-	inbound := p.isLocal(c.Orig.Dst)
-	if inbound && p.isLocal(c.Orig.Src) {
-		return p.acts
-	}
-	r := Record{ID: c.ID, Proto: c.Orig.Proto, Inbound: inbound, End: now, Start: c.Start,
-		Tier: p.c.Tier(c.Mark), Untracked: true, PodTokens: int64(math.Round(p.pod)),
-		Demoted: c.Mark&p.c.Demoted() != 0, Adopted: false}
-	r.Sent, r.Recv = counters(inbound, c)
-	r.FastBytes = r.Sent.Bytes
-	if r.Demoted {
-		r.FastBytes, r.SlowBytes = 0, r.Sent.Bytes
-	}
-	o := c.Orig
-	if inbound {
-		r.Local, r.Peer = netip.AddrPortFrom(o.Dst, o.DstPort), netip.AddrPortFrom(o.Src, o.SrcPort)
-	} else {
-		r.Local, r.Peer = netip.AddrPortFrom(o.Src, o.SrcPort), netip.AddrPortFrom(c.Reply.Src, c.Reply.SrcPort)
-	}
-	p.stats.Finished++
-	p.acts = append(p.acts, Action{Kind: Finish, Key: k, Record: r})
-	return p.acts
-}
-
-// Gone finishes the flow k with its last seen counters (a read said it no
-// longer exists).
-func (p *Policy) Gone(now time.Time, k Key) []Action {
-	p.acts = p.acts[:0]
-	delete(p.pending, k)
-	if f, ok := p.flows[k]; ok {
-		p.finish(now, f, true)
-	}
-	return p.acts
 }
 
 // endedFor is how long the policy remembers a finished flow: longer than a
@@ -628,73 +442,20 @@ type endedFlow struct {
 	at time.Time
 }
 
-// lateForEnded says whether c is a flow already finished (its final record
-// written): a DESTROY event after a read that no longer found it.
-func (p *Policy) lateForEnded(c *conntrack.Flow) bool {
-	e, ok := p.ended[keyOf(c)]
-	return ok && e.id == c.ID && c.ID != 0
-}
-
-// finish writes f's final record and forgets it.
-func (p *Policy) finish(now time.Time, f *flow, unfinished bool) {
-	delete(p.flows, f.key)
-	p.ended[f.key] = endedFlow{id: f.id, at: now}
-	p.stats.Finished++
-	end := f.seen
-	if !unfinished {
-		end = now
-	}
-	p.acts = append(p.acts, Action{Kind: Finish, Key: f.key, Record: p.record(f, end)})
-	p.acts[len(p.acts)-1].Record.Unfinished = unfinished
-}
-
-// progressLine writes a progress line for f when ProgressInterval has
-// passed since the last and it has sent since.
-func (p *Policy) progressLine(now time.Time, f *flow) {
-	if now.Sub(f.progress) < p.cfg.ProgressInterval {
-		return
-	}
-	if s := f.totalSent().Bytes; s != f.progSent {
-		p.emit(Progress, f, now)
-		f.progSent = s
-	}
-	f.progress = now
-}
-
-func (p *Policy) emit(k Kind, f *flow, now time.Time) {
-	p.acts = append(p.acts, Action{Kind: k, Key: f.key, Record: p.record(f, now)})
-}
-
-func (p *Policy) record(f *flow, end time.Time) Record {
-	return Record{
-		ID:         f.id,
-		Proto:      f.key.Orig.Proto,
-		Local:      f.local,
-		Peer:       f.peer,
-		Inbound:    f.inbound,
-		Sent:       f.totalSent(),
-		Recv:       f.totalRecv(),
-		FastBytes:  f.fast,
-		SlowBytes:  f.slow,
-		Start:      f.start,
-		End:        end,
-		Demoted:    f.demoted,
-		Reason:     f.reason,
-		DemotedAt:  f.demotedAt,
-		Demotions:  f.demotions,
-		Promotions: f.promotions,
-		FlowTokens: int64(math.Round(f.tokens)),
-		PodTokens:  int64(math.Round(p.pod)),
-		Tier:       f.tier,
-		Adopted:    f.adopted,
-	}
-}
-
 // EventsLost counts a report that the kernel dropped events.
 func (p *Policy) EventsLost() { p.stats.EventsLost++ }
 
 // CountError counts a failed read or mark update for Stats.
 func (p *Policy) CountError() { p.stats.Errors++ }
+
+// LastRefill returns when the pod bucket was last kept.
+func (p *Policy) LastRefill() time.Time { return p.stats.LastRefill }
+
+// PodLevel returns the pod bucket's level in bytes (negative: in debt).
+func (p *Policy) PodLevel() float64 { return p.pod }
+
+// DumpTook notes how long the last dump took.
+func (p *Policy) DumpTook(d time.Duration) { p.stats.DumpLatency = d }
 
 // CountEvent counts a conntrack event taken.
 func (p *Policy) CountEvent() { p.stats.Events++ }

@@ -218,7 +218,7 @@ func (w *Watcher) Run(ctx context.Context, events <-chan conntrack.Event, errs <
 		case r := <-walkRes:
 			w.mu.Lock()
 			w.walking = false
-			w.policy.stats.DumpLatency = r.took
+			w.policy.DumpTook(r.took)
 			w.buf = r.flows
 			w.noteError(r.err)
 			if r.err == nil {
@@ -266,7 +266,7 @@ func (w *Watcher) Start(ctx context.Context) error {
 func (w *Watcher) step(ctx context.Context) {
 	now := w.now()
 	if !now.Before(w.nextTick) {
-		if late := now.Sub(w.nextTick); late > w.late || now.Sub(w.policy.stats.LastRefill) > 10*time.Second {
+		if late := now.Sub(w.nextTick); late > w.late || now.Sub(w.policy.LastRefill()) > 10*time.Second {
 			w.late = late
 		}
 		w.tick(ctx)
@@ -303,7 +303,7 @@ func (w *Watcher) walk(ctx context.Context, full bool) error {
 	dctx, cancel := context.WithTimeout(ctx, walkTimeout)
 	flows, err := w.dump(dctx, w.table, w.buf[:0], full)
 	cancel()
-	w.policy.stats.DumpLatency = time.Since(start)
+	w.policy.DumpTook(time.Since(start))
 	w.buf = flows
 	if err != nil {
 		return fmt.Errorf("dumping the conntrack table: %w", err)
@@ -549,7 +549,7 @@ func (w *Watcher) save() {
 
 func (w *Watcher) saveLocked(now time.Time) {
 	w.lastSave = now
-	level := w.policy.pod
+	level := w.policy.PodLevel()
 	err := SaveState(w.cfg.StateDir, State{PodTokens: level, SavedAt: now})
 	if err != nil {
 		w.policy.CountError()

@@ -125,7 +125,7 @@ func New(cfg Config, logger zerolog.Logger, m *Metrics, opts Options) (*Guard, e
 			IdleConnTimeout: 90 * time.Second,
 			// Pass Accept-Encoding through as the client sent it, and the
 			// answer as the server sent it: never add gzip.
-			DisableCompression:     true,
+			DisableCompression: true,
 			// The answer is copied with the proxy's own buffers
 			// (copyBuffers), which bufio reads into directly: the
 			// connection's own buffers stay at Go's 4 KiB, which every

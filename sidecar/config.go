@@ -23,6 +23,7 @@ import (
 	"github.com/hubwarden/hubwarden/egress"
 	"github.com/hubwarden/hubwarden/guard"
 	"github.com/hubwarden/hubwarden/units"
+	"github.com/hubwarden/hubwarden/warden"
 )
 
 // envPrefix is the prefix of every variable hubwarden reads.
@@ -35,7 +36,7 @@ type rawConfig struct {
 	LogLevel        string `envconfig:"LOG_LEVEL" default:"info" desc:"log level: debug, info, warn or error"`
 	User            string `envconfig:"USER" default:"" desc:"user name written on every audit line (z2jh: {username})"`
 	Server          string `envconfig:"SERVER" default:"" desc:"server name written on every audit line (z2jh: {servername})"`
-	StateDir        string `envconfig:"STATE_DIR" default:"/run/hubwarden" desc:"directory that survives container restarts (an emptyDir): iptables backend choice, pod budget level"`
+	StateDir        string `envconfig:"STATE_DIR" default:"/run/hubwarden" desc:"directory that survives container restarts (an emptyDir): what start-up detected (iptables backend, pod gate, leaf qdiscs), pod budget level"`
 	IptablesBackend string `envconfig:"IPTABLES_BACKEND" default:"auto" desc:"iptables backend: auto (probe once, then remember in STATE_DIR), legacy or nft"`
 	IPv6            string `envconfig:"IPV6" default:"auto" desc:"apply IPv6 rules: auto (when the kernel has IPv6), true (fail if it cannot) or false"`
 	StartupTimeout  string `envconfig:"STARTUP_TIMEOUT" default:"30s" desc:"deadline for apply and self-test at start; a hang becomes a crash that Kubernetes restarts"`
@@ -79,55 +80,9 @@ type rawConfig struct {
 	SelftestTarget    string `envconfig:"SELFTEST_TARGET" default:"169.254.169.254:80" desc:"address the self-test connects to and must see refused (rejected locally, nothing leaves the pod)"`
 }
 
-// Config is the validated configuration: typed values only, no strings to parse.
-type Config struct {
-	Deprecated      []string // warnings for deprecated variables that are set
-	LogLevel        string
-	User, Server    string
-	StateDir        string
-	IptablesBackend string // "auto", "legacy" or "nft"
-	IPv6            string // "auto", "true" or "false"
-	StartupTimeout  time.Duration
-
-	Egress        bool
-	Allow         []egress.Entry
-	DNSServers    []netip.Addr
-	DNSRate       uint32
-	DNSBurst      uint32
-	HubAPI        []egress.Entry // the hub API's host and port, empty when unknown
-	Block         []netip.Prefix
-	NFLogGroup    uint16
-	ResolveMinTTL time.Duration
-
-	Shape     bool
-	Interface string
-	FastRate  units.Rate
-	SlowRate  units.Rate
-	CTMark    uint32
-	// Contract is the demotion contract (CTMARK and FLOW_BUDGET): the mark
-	// bits and the tripwire tiers, given to both the rules and the watcher.
-	Contract demotion.Contract
-
-	Watch            bool
-	FlowBudget       units.Size
-	FlowRefill       units.Rate
-	PodBudget        units.Size
-	PodRefill        units.Rate
-	PromoteIdle      time.Duration
-	DumpInterval     time.Duration
-	ProgressInterval time.Duration
-
-	// Guard is the HTTP guard's configuration (issue 18). Its base URL is
-	// "" when neither HUBWARDEN_SERVER_BASE_URL nor HUBWARDEN_USER is set;
-	// guard.Config.Validate (which guard.Plan and guard.Run call) then
-	// refuses it unless Mode is off. IPv6 is the planner's to set.
-	Guard guard.Config
-
-	HealthAddr        string
-	ReconcileInterval time.Duration
-	DenyLogWindow     time.Duration
-	SelftestTarget    netip.AddrPort
-}
+// Config is the validated configuration (warden.Config: the composition is
+// given it once).
+type Config = warden.Config
 
 // ConfigError lists every invalid or unknown variable.
 type ConfigError struct{ Problems []string }
@@ -368,7 +323,7 @@ func (r *rawConfig) parse(resolvConf string) (*Config, []string) {
 	} else {
 		healthPort, _ = strconv.ParseUint(p, 10, 16)
 	}
-	c.parseGuard(r, bad, boolean, size, uint32Of, healthPort)
+	parseGuard(c, r, bad, boolean, size, uint32Of, healthPort)
 	c.ReconcileInterval = dur("RECONCILE_INTERVAL", r.ReconcileInterval, time.Second)
 	c.DenyLogWindow = dur("DENY_LOG_WINDOW", r.DenyLogWindow, 100*time.Millisecond)
 	if ap, err := netip.ParseAddrPort(r.SelftestTarget); err != nil {
@@ -380,7 +335,7 @@ func (r *rawConfig) parse(resolvConf string) (*Config, []string) {
 }
 
 // parseGuard parses the HTTP guard's variables into c.Guard.
-func (c *Config) parseGuard(r *rawConfig, bad func(string, error), boolean func(string, string) bool,
+func parseGuard(c *Config, r *rawConfig, bad func(string, error), boolean func(string, string) bool,
 	size func(string, string) units.Size, uint32Of func(string, string, uint64, uint64) uint32, healthPort uint64) {
 	g := &c.Guard
 	mode, err := guard.ParseMode(r.Guard)

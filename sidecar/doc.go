@@ -18,7 +18,7 @@
 //	HUBWARDEN_LOG_LEVEL           info                log level: debug, info, warn or error
 //	HUBWARDEN_USER                -                   user name written on every audit line (z2jh: {username})
 //	HUBWARDEN_SERVER              -                   server name written on every audit line (z2jh: {servername})
-//	HUBWARDEN_STATE_DIR           /run/hubwarden      directory that survives container restarts (an emptyDir): iptables backend choice, pod budget level
+//	HUBWARDEN_STATE_DIR           /run/hubwarden      directory that survives container restarts (an emptyDir): what start-up detected (iptables backend, pod gate, leaf qdiscs), pod budget level
 //	HUBWARDEN_IPTABLES_BACKEND    auto                iptables backend: auto (probe once, then remember in STATE_DIR), legacy or nft
 //	HUBWARDEN_IPV6                auto                apply IPv6 rules: auto (when the kernel has IPv6), true (fail if it cannot) or false
 //	HUBWARDEN_STARTUP_TIMEOUT     30s                 deadline for apply and self-test at start; a hang becomes a crash that Kubernetes restarts

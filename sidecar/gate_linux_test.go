@@ -16,6 +16,7 @@ import (
 
 	"github.com/hubwarden/hubwarden/demotion"
 	"github.com/hubwarden/hubwarden/internal/nstest"
+	"github.com/hubwarden/hubwarden/warden"
 	"github.com/hubwarden/hubwarden/xtables"
 )
 
@@ -46,27 +47,32 @@ func TestIntegrationStartupWithoutRecent(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if err := os.WriteFile(filepath.Join(cfg.StateDir, gateFile), []byte("recent\n"), 0o644); err != nil {
+	if err := os.WriteFile(filepath.Join(cfg.StateDir, warden.DetectedFile), []byte(`{"pod_gate":"recent"}`), 0o644); err != nil {
 		t.Fatal(err)
 	}
-	old := newRunner
-	newRunner = func(lockFile string) xtables.Runner { return noRecent{old(lockFile)} }
-	t.Cleanup(func() { newRunner = old })
+	old := kernel
+	kernel = func() warden.Kernel {
+		k := old()
+		run := k.Iptables
+		k.Iptables = func(lockFile string) xtables.Runner { return noRecent{run(lockFile)} }
+		return k
+	}
+	t.Cleanup(func() { kernel = old })
 
 	var log bytes.Buffer
-	var k *kernel
+	var w *warden.Warden
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
 	if err := p.Pod.Do(func() (err error) {
-		k, err = startup(ctx, cfg, zerolog.New(&log))
+		w, err = startup(ctx, cfg, zerolog.New(&log))
 		return err
 	}); err != nil {
 		t.Fatalf("start-up failed instead of degrading: %v\n%s", err, log.String())
 	}
-	defer k.close()
+	defer w.Close()
 	mangle := p.Pod.MustRun("iptables-nft-save", "-t", "mangle")
-	if k.plan.shape.gate() != demotion.GateNone || strings.Contains(mangle, "-m recent") || !strings.Contains(mangle, "--connbytes 67108864") {
-		t.Errorf("gate %v; mangle:\n%s", k.plan.shape.gate(), mangle)
+	if g := w.Plan().Env.Gate; g != demotion.GateNone || strings.Contains(mangle, "-m recent") || !strings.Contains(mangle, "--connbytes 67108864") {
+		t.Errorf("gate %v; mangle:\n%s", g, mangle)
 	}
 	if out, _ := p.Pod.Run("nft", "list", "table", "inet", demotion.NFTTable); strings.Contains(out, "quota") {
 		t.Errorf("a quota gate was applied although the recorded choice is the recent gate:\n%s", out)
@@ -75,7 +81,7 @@ func TestIntegrationStartupWithoutRecent(t *testing.T) {
 		t.Errorf("no warning about the missing gate:\n%s", log.String())
 	}
 	// The next apply (the reconcile loop's) plans without the gate too.
-	if err := p.Pod.Do(func() error { return k.apply(ctx) }); err != nil {
+	if err := p.Pod.Do(func() error { return w.Apply(ctx) }); err != nil {
 		t.Errorf("re-apply: %v", err)
 	}
 	for _, l := range strings.Split(log.String(), "\n") {

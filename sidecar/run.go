@@ -14,12 +14,10 @@ import (
 
 	"github.com/hubwarden/hubwarden/conntrack"
 	"github.com/hubwarden/hubwarden/ctwatch"
-	"github.com/hubwarden/hubwarden/demotion"
 	"github.com/hubwarden/hubwarden/health"
 	"github.com/hubwarden/hubwarden/nflog"
 	"github.com/hubwarden/hubwarden/selftest"
-	"github.com/hubwarden/hubwarden/tcshape"
-	"github.com/hubwarden/hubwarden/xtables"
+	"github.com/hubwarden/hubwarden/warden"
 )
 
 // Names of the loops /healthz watches.
@@ -78,7 +76,7 @@ func cmdRun(ctx context.Context, cfg *Config, log zerolog.Logger) error {
 	if err != nil {
 		return err
 	}
-	defer k.close()
+	defer k.Close()
 
 	res := runSelftest(ctx, cfg, k)
 	if ctx.Err() != nil {
@@ -124,8 +122,8 @@ func cmdRun(ctx context.Context, cfg *Config, log zerolog.Logger) error {
 		})
 	}
 	st.AddLoop(loopReconcile, 3*cfg.ReconcileInterval)
-	wg.Go(func() { k.reconcile(ctx, cfg.ReconcileInterval, st, m) })
-	wg.Go(func() { k.follow(ctx) })
+	wg.Go(func() { reconcile(ctx, k, cfg.ReconcileInterval, st, m, log) })
+	wg.Go(func() { k.Follow(ctx) })
 
 	<-ctx.Done()
 	// The rules stay: removing them on exit would open the pod while the
@@ -136,14 +134,14 @@ func cmdRun(ctx context.Context, cfg *Config, log zerolog.Logger) error {
 
 // runSelftest proves what start-up applied: accounting on, the HTB classes
 // and the chains as planned, and the blocked test address refused.
-func runSelftest(ctx context.Context, cfg *Config, k *kernel) selftest.Result {
+func runSelftest(ctx context.Context, cfg *Config, w *warden.Warden) selftest.Result {
 	// The same comparisons as the reconcile loop's drift, one check each.
 	p := selftest.Probes{
-		Chains: func(ctx context.Context) error { return driftErr(k.chainsDrift(ctx)) },
+		Chains: func(ctx context.Context) error { return driftErr(w.ChainsDrift(ctx)) },
 	}
 	if cfg.Shape {
 		p.ReadFile = os.ReadFile
-		p.HTBClasses = func(context.Context) error { return driftErr(k.plan.shape.check()) }
+		p.HTBClasses = func(context.Context) error { return driftErr(w.QdiscDrift()) }
 	}
 	if cfg.Egress {
 		p.Dial = (&net.Dialer{}).DialContext
@@ -153,9 +151,8 @@ func runSelftest(ctx context.Context, cfg *Config, k *kernel) selftest.Result {
 
 // startWatcher dials conntrack, starts listening before the first dump (so no
 // flow falls between them) and builds the watcher, with the pod bucket the
-// kernel holds (the quota gate) or, on kernels without one, a userspace one
-// with the recent gate.
-func startWatcher(ctx context.Context, cfg *Config, log zerolog.Logger, m *health.Metrics, k *kernel) (*ctwatch.Watcher, <-chan conntrack.Event, <-chan error, error) {
+// composition chose (the kernel's quota, or a userspace one).
+func startWatcher(ctx context.Context, cfg *Config, log zerolog.Logger, m *health.Metrics, wd *warden.Warden) (*ctwatch.Watcher, <-chan conntrack.Event, <-chan error, error) {
 	if err := conntrack.EnableAccounting(true); err != nil {
 		// The mangle table's connbytes rule turns accounting on anyway (the
 		// self-test checked it); timestamps are a nicety for the audit.
@@ -196,19 +193,8 @@ func startWatcher(ctx context.Context, cfg *Config, log zerolog.Logger, m *healt
 		LineRate:         cfg.FastRate,
 		StateDir:         cfg.StateDir,
 	}
-	opts := ctwatch.Options{Walker: walker}
-	sh := k.plan.shape
-	switch sh.gate() {
-	case demotion.GateQuota:
-		opts.Quota = k.nft
-		opts.SlowBytes = func() (uint64, error) { return sh.tc.ClassBytes(sh.cfg.Interface, tcshape.SlowClass) }
-	case demotion.GateRecent:
-		opts.Tx = ctwatch.TxBytes("/proc/net/dev")
-		opts.Gate = demotion.RecentGate{IPv6: k.plan.ipv6}
-	default:
-		opts.Tx = ctwatch.TxBytes("/proc/net/dev")
-		opts.Gate = noGate{}
-	}
+	opts := wd.WatcherOptions()
+	opts.Walker = walker
 	w := ctwatch.New(wcfg, c, log, opts)
 	m.SetWatcher(func() health.WatcherStats {
 		s := w.Stats()
@@ -237,12 +223,6 @@ func startWatcher(ctx context.Context, cfg *Config, log zerolog.Logger, m *healt
 	})
 	return w, events, errs, nil
 }
-
-// noGate is the gate of a kernel without any (neither an nftables quota nor
-// xt_recent): the watcher keeps the pod bucket for promotions only.
-type noGate struct{}
-
-func (noGate) Set(bool) error { return nil }
 
 // watcherStale is how long the watcher may go without keeping the pod
 // bucket before /healthz fails (it keeps it every 100 ms; a dump that
@@ -287,7 +267,7 @@ func beatWatcher(ctx context.Context, st *health.Status, w *ctwatch.Watcher, log
 
 // reconcile compares the kernel with the plan every interval and re-applies
 // when anything of hubwarden's drifted or vanished, loudly.
-func (k *kernel) reconcile(ctx context.Context, every time.Duration, st *health.Status, m *health.Metrics) {
+func reconcile(ctx context.Context, w *warden.Warden, every time.Duration, st *health.Status, m *health.Metrics, log zerolog.Logger) {
 	st.Beat(loopReconcile)
 	t := time.NewTicker(every)
 	defer t.Stop()
@@ -297,63 +277,22 @@ func (k *kernel) reconcile(ctx context.Context, every time.Duration, st *health.
 			return
 		case <-t.C:
 		}
-		drift, err := k.drift(ctx)
-		if err != nil {
-			st.Fail(loopReconcile, err)
-			k.log.Error().Err(err).Msg("reconcile: reading the kernel")
-			continue
-		}
-		if drift == "" {
-			st.Beat(loopReconcile)
-			continue
-		}
-		m.AddDrift()
-		k.log.Warn().Str("component", "reconcile").Str("drift", drift).Msg("hubwarden's kernel state drifted; re-applying")
 		start := time.Now()
-		err = k.apply(ctx)
-		m.ObserveApply(time.Since(start), err)
+		d, err := w.Reconcile(ctx)
+		if !d.Empty() {
+			m.AddDrift()
+			m.ObserveApply(time.Since(start), err)
+		}
 		if err != nil {
 			st.Fail(loopReconcile, err)
-			k.log.Error().Err(err).Msg("reconcile: re-applying")
+			log.Error().Err(err).Msg("reconcile")
 			continue
 		}
-		k.log.Info().Str("component", "reconcile").Dur("dur", time.Since(start)).Msg("re-applied")
+		if !d.Empty() {
+			log.Info().Str("component", "reconcile").Dur("dur", time.Since(start)).Msg("re-applied")
+		}
 		st.Beat(loopReconcile)
 	}
-}
-
-// drift returns a readable difference between the kernel and the plan, for
-// the iptables tables, the pod gate and the qdiscs; "" when they match.
-func (k *kernel) drift(ctx context.Context) (string, error) {
-	text, err := k.chainsDrift(ctx)
-	if err != nil {
-		return "", err
-	}
-	if k.nft != nil {
-		d, err := k.nft.Check(k.plan.shape.quotaGate())
-		if err != nil {
-			return "", err
-		}
-		text += d
-	}
-	tc, err := k.plan.shape.check()
-	if err != nil {
-		return "", err
-	}
-	if tc != "" {
-		text += "qdiscs: " + tc
-	}
-	return text, nil
-}
-
-// chainsDrift returns a readable difference between the kernel's iptables
-// chains and the current plan; "" when they match.
-func (k *kernel) chainsDrift(ctx context.Context) (string, error) {
-	d, err := k.ipt.Check(ctx, k.currentTables())
-	if err != nil {
-		return "", err
-	}
-	return driftText(d), nil
 }
 
 // driftErr turns a drift result into a check's error: the failure to read,
@@ -366,11 +305,4 @@ func driftErr(drift string, err error) error {
 		return errors.New(drift)
 	}
 	return nil
-}
-
-// currentTables returns the tables of the current plan (host names re-resolve).
-func (k *kernel) currentTables() []xtables.Table {
-	k.mu.Lock()
-	defer k.mu.Unlock()
-	return k.tables
 }

@@ -383,10 +383,24 @@ func (k *TC) deleteLink(index int) {
 	})
 }
 
-// Detect fills in what the plan needs from the kernel: the interface (the
-// default route's when cfg.Interface is empty), its MTU when cfg.MTU is 0,
-// the psched clock and the leaf kind. It logs which leaf was chosen.
+// Detect fills in what the plan needs from the kernel: Environment, and the
+// leaf kind (DetectLeaves, which creates and deletes a probe device). It
+// logs which leaf was chosen.
 func (k *TC) Detect(cfg Config, log zerolog.Logger) (Config, error) {
+	cfg, err := k.Environment(cfg)
+	if err != nil {
+		return cfg, err
+	}
+	kind, reason := k.DetectLeaves()
+	cfg.Leaves = kind
+	log.Info().Str("dev", cfg.Interface).Uint32("mtu", cfg.MTU).Str("leaf", string(kind)).Str("reason", reason).Msg("shaping environment detected")
+	return cfg, nil
+}
+
+// Environment fills in what the plan needs from the kernel and can be read
+// without changing anything: the interface (the default route's when
+// cfg.Interface is empty), its MTU when cfg.MTU is 0, and the psched clock.
+func (k *TC) Environment(cfg Config) (Config, error) {
 	if cfg.Interface == "" {
 		name, err := k.DefaultRouteInterface()
 		if err != nil {
@@ -404,9 +418,6 @@ func (k *TC) Detect(cfg Config, log zerolog.Logger) (Config, error) {
 	if cfg.Clock, err = ReadClock(); err != nil {
 		return cfg, err
 	}
-	kind, reason := k.DetectLeaves()
-	cfg.Leaves = kind
-	log.Info().Str("dev", cfg.Interface).Uint32("mtu", cfg.MTU).Str("leaf", string(kind)).Str("reason", reason).Msg("shaping environment detected")
 	return cfg, nil
 }
 
