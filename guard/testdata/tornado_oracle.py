@@ -25,9 +25,11 @@ The guard's tests (guard/oracle_test.go) compare its router with these
 answers; nothing here is used by hubwarden at run time.
 """
 
+import atexit
 import http.server
 import json
 import os
+import shutil
 import sys
 import tempfile
 import threading
@@ -59,6 +61,7 @@ def build(user, server):
     if server:
         prefix += url_escape_path(server) + "/"
     home = tempfile.mkdtemp(prefix="hw-oracle-")
+    atexit.register(shutil.rmtree, home, ignore_errors=True)
     port = fake_hub()
     os.environ.update(
         {

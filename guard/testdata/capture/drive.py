@@ -15,6 +15,7 @@ Uses only the standard library and python3-websocket (Debian).
 import json
 import os
 import re
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -182,6 +183,7 @@ def main():
     finally:
         chrome.kill()
         chrome.wait()
+        shutil.rmtree(profile, ignore_errors=True)
 
 
 SECRET = re.compile(r"(token|_xsrf)=[^&]*")
