@@ -1,6 +1,7 @@
 package main
 
 import (
+	"encoding/json"
 	"fmt"
 	"io"
 	"net/http"
@@ -73,6 +74,113 @@ func TestIntegrationRunGuards(t *testing.T) {
 				}
 				if !refused && (code != http.StatusOK || !reached) {
 					t.Errorf("%s: %d, reached the server %v; want the server's 200", tt.path, code, reached)
+				}
+			}
+		})
+	}
+}
+
+// TestIntegrationRunGuardShaped: what the guard sends to the proxy is the
+// pod's inbound connection to the server's port, shaped and audited as
+// before the guard: an allowed route that streams past FLOW_BUDGET is
+// demoted by the kernel's tripwire (by the bytes on that connection, so a
+// client gets at most the budget, the slow rate's share and what was in
+// flight), and the audit has one flow for it, on port 8888, and none for
+// the guard's loopback leg to the server. Control: with shaping off the same
+// download runs at the veth's speed.
+func TestIntegrationRunGuardShaped(t *testing.T) {
+	nstest.SkipUnlessRoot(t, "iptables-nft-restore", "tc", "nft")
+	const (
+		budget    = 4 << 20
+		slow      = 8e6 / 8 // HUBWARDEN_SLOW_RATE 8mbit in bytes/s
+		window    = 3 * time.Second
+		path      = "/user/jovyan/static/lab/big.js"
+		serveSize = 256 << 20
+	)
+	// What the client may read in the window when the connection is
+	// demoted at the budget: the budget, the slow rate for the window, the
+	// socket buffers and the slow leaf's queue between the tripwire and the
+	// client (generously 4 MiB: the bound is about the budget, not buffers).
+	bound := float64(budget) + slow*window.Seconds() + 4<<20
+	for i, shape := range []string{"true", "false"} {
+		t.Run("shape="+shape, func(t *testing.T) {
+			p := nstest.NewPair(t, 22+i)
+			chunk := make([]byte, 64<<10)
+			srv := &http.Server{Handler: http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+				if r.URL.Path != path {
+					http.NotFound(w, r)
+					return
+				}
+				w.Header().Set("Content-Type", "text/javascript")
+				for n := 0; n < serveSize; n += len(chunk) {
+					if _, err := w.Write(chunk); err != nil {
+						return
+					}
+				}
+			})}
+			ln := p.Pod.Listen("tcp", ":8888")
+			go srv.Serve(ln)
+			t.Cleanup(func() { srv.Close() })
+
+			s := hwtest.Start(t, p, hwtest.Env(t, p, map[string]string{
+				"HUBWARDEN_USER": "jovyan", "HUBWARDEN_GUARD": "enforce", "HUBWARDEN_SHAPE": shape, "HUBWARDEN_WATCH": shape,
+				"HUBWARDEN_FLOW_BUDGET": "4MiB", "HUBWARDEN_FLOW_REFILL": "1KiB/s",
+				"HUBWARDEN_POD_BUDGET": "1GiB", "HUBWARDEN_SLOW_RATE": "8mbit",
+			}))
+			c := hwtest.PeerHTTP(p.Peer, 30*time.Second)
+			r, err := c.Get("http://" + p.PodIP4 + ":8888" + path)
+			if err != nil {
+				t.Fatalf("GET %s: %v", path, err)
+			}
+			if r.StatusCode != http.StatusOK {
+				t.Fatalf("GET %s: %d, want the server's 200 through the guard", path, r.StatusCode)
+			}
+			got := 0
+			deadline := time.Now().Add(window)
+			buf := make([]byte, 256<<10)
+			for time.Now().Before(deadline) && got < serveSize {
+				n, err := r.Body.Read(buf)
+				got += n
+				if err != nil {
+					break
+				}
+			}
+			r.Body.Close()
+			t.Logf("shape=%s: the client read %.1f MiB in %v through the guard (bound when shaped %.1f MiB)", shape, float64(got)/(1<<20), window, bound/(1<<20))
+			if shape == "false" {
+				if float64(got) < 4*bound {
+					t.Fatalf("control: %.1f MiB without shaping, want over %.1f MiB: the download does not show what shaping stops", float64(got)/(1<<20), 4*bound/(1<<20))
+				}
+				return
+			}
+			if float64(got) > bound {
+				t.Errorf("%.1f MiB through the guard, bound %.1f MiB: the guard's bytes escaped the tripwire", float64(got)/(1<<20), bound/(1<<20))
+			}
+			// The flow's audit: a demotion of the inbound connection on the
+			// server's port, by the kernel's tripwire, and no flow of the
+			// guard's loopback leg.
+			var demoted bool
+			var lines []string
+			for try := 0; try < 100 && !demoted; try++ {
+				time.Sleep(100 * time.Millisecond)
+				lines = lines[:0]
+				for _, l := range strings.Split(s.Logs(), "\n") {
+					var m map[string]any
+					if json.Unmarshal([]byte(l), &m) != nil || m["component"] != "ctwatch" || m["audit"] == nil || m["local_port"] == nil {
+						continue
+					}
+					lines = append(lines, l)
+					if m["audit"] == "demote" && m["local_port"] == float64(8888) && m["peer_addr"] == p.PeerIP4 && m["reason"] == "flow_budget" {
+						demoted = true
+					}
+				}
+			}
+			if !demoted {
+				t.Errorf("no demote line (reason flow_budget) for the connection to port 8888; flow lines:\n%s", strings.Join(lines, "\n"))
+			}
+			for _, l := range lines {
+				if strings.Contains(l, `"127.0.0.1"`) || strings.Contains(l, `"::1"`) || strings.Contains(l, `"local_port":9281`) || strings.Contains(l, `"peer_port":8888`) {
+					t.Errorf("the guard's loopback leg is audited as a flow: %s", l)
 				}
 			}
 		})
