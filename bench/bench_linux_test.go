@@ -11,7 +11,6 @@ import (
 	"net"
 	"os"
 	"os/exec"
-	"path/filepath"
 	"runtime"
 	"strconv"
 	"strings"
@@ -21,6 +20,7 @@ import (
 	"time"
 
 	"github.com/hubwarden/hubwarden/conntrack"
+	"github.com/hubwarden/hubwarden/internal/hwtest"
 	"github.com/hubwarden/hubwarden/internal/nstest"
 )
 
@@ -63,9 +63,7 @@ func TestMain(m *testing.M) {
 		}
 	}
 	code := m.Run()
-	if binPath != "" && os.Getenv("BENCH_HUBWARDEN") == "" {
-		os.RemoveAll(filepath.Dir(binPath))
-	}
+	hwtest.Cleanup()
 	os.Exit(code)
 }
 

@@ -13,12 +13,12 @@ import (
 	"sort"
 	"strconv"
 	"strings"
-	"sync"
 	"sync/atomic"
 	"syscall"
 	"testing"
 	"time"
 
+	"github.com/hubwarden/hubwarden/internal/hwtest"
 	"github.com/hubwarden/hubwarden/internal/nstest"
 )
 
@@ -46,36 +46,18 @@ func pick[T any](q, full T) T {
 	return full
 }
 
-var (
-	buildOnce sync.Once
-	binPath   string
-	buildErr  error
-)
-
-// hubwardenBin builds the sidecar once per run (or takes BENCH_HUBWARDEN).
+// hubwardenBin is BENCH_HUBWARDEN, or the binary hwtest builds once per run
+// (the root tests' and the bench's one way to build it).
 func hubwardenBin(t *testing.T) string {
 	t.Helper()
-	buildOnce.Do(func() {
-		if p := os.Getenv("BENCH_HUBWARDEN"); p != "" {
-			binPath, buildErr = filepath.Abs(p)
-			return
-		}
-		dir, err := os.MkdirTemp("", "hwbench-")
+	if p := os.Getenv("BENCH_HUBWARDEN"); p != "" {
+		abs, err := filepath.Abs(p)
 		if err != nil {
-			buildErr = err
-			return
+			t.Fatal(err)
 		}
-		binPath = filepath.Join(dir, "hubwarden")
-		cmd := exec.Command("go", "build", "-trimpath", "-o", binPath, "github.com/hubwarden/hubwarden/sidecar")
-		cmd.Env = append(os.Environ(), "CGO_ENABLED=0")
-		if out, err := cmd.CombinedOutput(); err != nil {
-			buildErr = fmt.Errorf("building hubwarden: %w: %s", err, out)
-		}
-	})
-	if buildErr != nil {
-		t.Fatal(buildErr)
+		return abs
 	}
-	return binPath
+	return hwtest.Binary(t)
 }
 
 // Ports on the peer: hubwarden's allow-list opens 5000-5999 to it.
