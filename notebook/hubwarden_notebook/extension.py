@@ -6,6 +6,7 @@ from __future__ import annotations
 import sys
 from typing import Any
 
+from jupyter_core.paths import jupyter_config_path, jupyter_path
 from jupyter_server.utils import url_path_join
 from traitlets import Bool, Integer, List, Unicode
 from traitlets.config import LoggingConfigurable
@@ -35,6 +36,13 @@ class HubwardenNotebook(LoggingConfigurable):
         in every page config, whatever labconfig files say. The default is every
         plugin that offers download, open-in-browser-tab or export entries.""",
     )
+    protect_process = Bool(
+        True,
+        config=True,
+        help="""Make the server process non-dumpable when the extension links, so
+        that the user's own processes (same uid) can neither ptrace it nor write
+        its memory. Kernels and terminals are exec'd and not affected.""",
+    )
     lockdown_check = Bool(
         True,
         config=True,
@@ -54,7 +62,10 @@ class LockdownNotInEffect(SystemExit):
 def link(serverapp: Any) -> None:
     # As early as an extension can run: before configurables, kernels, the
     # HTTP server. Kernels and terminals are exec'd and dumpable again.
-    lockdown.set_not_dumpable()
+    # (Config files are loaded by now; the configurable is not built yet.)
+    section = serverapp.config.get("HubwardenNotebook", {})
+    if section.get("protect_process", True):
+        lockdown.set_not_dumpable()
 
 
 def load(serverapp: Any) -> None:
@@ -98,6 +109,9 @@ def load(serverapp: Any) -> None:
             "lockdown_check": cfg.lockdown_check,
             "lockdown_problems": problems,
             "dumpable": lockdown.dumpable(),
+            "config_file_paths": list(serverapp.config_file_paths),
+            "data_paths": jupyter_path(),
+            "frontend_config_paths": jupyter_config_path(),
             "python": sys.executable,
             "isolated": bool(sys.flags.isolated),
         }
