@@ -9,7 +9,10 @@
 // (refused or unreachable, fast, never connected); the Python environment
 // that runs the Jupyter server is not writable; the Jupyter config and data
 // paths the server reads, outside the user's home, are not writable;
-// hubwarden's /readyz answers 200.
+// hubwarden's /readyz answers 200; the notebook server runs the
+// hubwarden_notebook extension with the lockdown in effect (its
+// /api/hubwarden answer: notebooks-only contents, the start-up check on and
+// passed, the server isolated from user site-packages and not dumpable).
 //
 // Everything external (uid, capabilities, kernel probes, dialling, commands,
 // write tests, HTTP) is injectable through Env, so every check's pass and
@@ -59,7 +62,11 @@ type Options struct {
 	Python string
 	// Jupyter is the jupyter command; empty: "jupyter" on PATH.
 	Jupyter string
-	Env     *Env // nil: SystemEnv()
+	// NotebookURL is the single-user server's URL; empty:
+	// JUPYTERHUB_SERVICE_URL (0.0.0.0 read as 127.0.0.1). Its token is
+	// JUPYTERHUB_API_TOKEN, which the server's kernels and terminals have.
+	NotebookURL string
+	Env         *Env // nil: SystemEnv()
 }
 
 // KernelProbe is one attempt to change kernel network state.
@@ -82,7 +89,10 @@ type Env struct {
 	// TryWrite creates and removes a file in dir; nil error means writable.
 	TryWrite func(dir string) error
 	Get      func(ctx context.Context, url string) (status int, err error)
-	Home     string
+	// GetBody fetches url with an Authorization token header.
+	GetBody func(ctx context.Context, url, token string) (status int, body []byte, err error)
+	Getenv  func(key string) string
+	Home    string
 }
 
 // Status of a check.
@@ -173,6 +183,9 @@ func Checks(ctx context.Context, opts Options) []Result {
 	timed("jupyter-paths-readonly", func(ctx context.Context) (string, error) {
 		return jupyterReadonly(ctx, opts)
 	})
+	timed("notebook-extension", func(ctx context.Context) (string, error) {
+		return notebookExtension(ctx, opts)
+	})
 	timed("hubwarden-ready", func(ctx context.Context) (string, error) {
 		status, err := e.Get(ctx, opts.ReadyURL)
 		if err != nil {
@@ -184,6 +197,60 @@ func Checks(ctx context.Context, opts Options) []Result {
 		return opts.ReadyURL + " answered 200", nil
 	})
 	return out
+}
+
+// notebookStatus is the part of hubwarden_notebook's /api/hubwarden answer
+// that verify checks.
+type notebookStatus struct {
+	NotebooksOnly    bool     `json:"notebooks_only"`
+	LockdownCheck    bool     `json:"lockdown_check"`
+	LockdownProblems []string `json:"lockdown_problems"`
+	Dumpable         *bool    `json:"dumpable"`
+	Isolated         bool     `json:"isolated"`
+}
+
+func notebookExtension(ctx context.Context, o Options) (string, error) {
+	e := o.Env
+	base := o.NotebookURL
+	if base == "" {
+		base = strings.Replace(e.Getenv("JUPYTERHUB_SERVICE_URL"), "://0.0.0.0:", "://127.0.0.1:", 1)
+	}
+	if base == "" {
+		return "", errors.New("no JUPYTERHUB_SERVICE_URL: run verify in a terminal of the notebook server, or set -notebook-url")
+	}
+	url := strings.TrimSuffix(base, "/") + "/api/hubwarden"
+	status, body, err := e.GetBody(ctx, url, e.Getenv("JUPYTERHUB_API_TOKEN"))
+	if err != nil {
+		return "", fmt.Errorf("getting %s: %w", url, err)
+	}
+	if status == http.StatusNotFound {
+		return "", fmt.Errorf("%s answered 404: the server does not run the hubwarden_notebook extension", url)
+	}
+	if status != http.StatusOK {
+		return "", fmt.Errorf("%s answered %d, want 200", url, status)
+	}
+	var st notebookStatus
+	if err := json.Unmarshal(body, &st); err != nil {
+		return "", fmt.Errorf("parsing %s: %w", url, err)
+	}
+	var bad []string
+	if !st.NotebooksOnly {
+		bad = append(bad, "contents are not notebooks-only")
+	}
+	if !st.LockdownCheck {
+		bad = append(bad, "the start-up lockdown check is off (HubwardenNotebook.lockdown_check)")
+	}
+	bad = append(bad, st.LockdownProblems...)
+	if !st.Isolated {
+		bad = append(bad, "the server does not run with python -I (user site-packages and PYTHON* variables reach it)")
+	}
+	if st.Dumpable != nil && *st.Dumpable {
+		bad = append(bad, "the server process is dumpable (the user's processes can attach to it)")
+	}
+	if len(bad) > 0 {
+		return "", fmt.Errorf("%s: %s", url, strings.Join(bad, "; "))
+	}
+	return url + ": notebooks-only, lockdown checked, isolated, not dumpable", nil
 }
 
 func withDefaults(o Options) Options {
@@ -406,6 +473,23 @@ func SystemEnv() Env {
 		},
 		LookPath: exec.LookPath,
 		TryWrite: tryWrite,
+		GetBody: func(ctx context.Context, url, token string) (int, []byte, error) {
+			req, err := http.NewRequestWithContext(ctx, http.MethodGet, url, nil)
+			if err != nil {
+				return 0, nil, err
+			}
+			if token != "" {
+				req.Header.Set("Authorization", "token "+token)
+			}
+			resp, err := client.Do(req)
+			if err != nil {
+				return 0, nil, err
+			}
+			defer resp.Body.Close()
+			body, err := io.ReadAll(io.LimitReader(resp.Body, 1<<20))
+			return resp.StatusCode, body, err
+		},
+		Getenv: os.Getenv,
 		Get: func(ctx context.Context, url string) (int, error) {
 			req, err := http.NewRequestWithContext(ctx, http.MethodGet, url, nil)
 			if err != nil {

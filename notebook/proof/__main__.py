@@ -103,7 +103,7 @@ def offline_as_user(user: User, code: str) -> None:
                    capture_output=True, timeout=120, cwd=user.home)
 
 
-async def run_attempt(hub: LocalHub, user: User, a: Attempt, log) -> dict:
+async def run_attempt(hub: LocalHub, user: User, a: Attempt, log, browser=None) -> dict:
     t0 = time.monotonic()
     out = await hub.run_as_user(user, PRELUDE + a.apply) if a.apply else ""
     log(f"  {user.name} {a.id}: applied: {out.strip()[-200:]}")
@@ -113,6 +113,8 @@ async def run_attempt(hub: LocalHub, user: User, a: Attempt, log) -> dict:
         start_env = {k: v.replace("{user}", user.name).replace("~", user.home) for k, v in a.start_env.items()}
         started = await hub.start_server(user, start_env)
     broken = await observe(hub, user, a, started)
+    if browser and started and a.restart:
+        broken += await browser.check(user)
     # Undo, and leave a clean server for the next attempt.
     if started and a.undo:
         await hub.run_as_user(user, PRELUDE + a.undo)
@@ -180,11 +182,8 @@ async def main_async(args) -> int:
     selected = [a for a in ATTEMPTS if not args.only or a.id in args.only]
     for a in selected:
         log(f"proof: {a.id}")
-        res = await asyncio.gather(*(run_attempt(hub, u, a, log) for u in users.values()))
+        res = await asyncio.gather(*(run_attempt(hub, u, a, log, browser) for u in users.values()))
         results[a.id] = dict(zip(users, res))
-        if browser and a.restart:
-            # The real JupyterLab, after the restart that took the attempt in.
-            pass
     if browser:
         await browser.stop()
     # The table.
