@@ -40,7 +40,7 @@ PRELUDE = (
     "        f'setup(name={name!r}, version=\"99\", packages=find_packages(), include_package_data=True,'\n"
     "        ' package_data={\"\": [\"*\", \"*/*\", \"*/*/*\", \"*/*/*/*\"]})\\n')\n"
     "    r = subprocess.run([sys.executable, '-m', 'pip', 'install', '--user', '--no-deps', '--no-index',\n"
-    "        '--no-build-isolation', '--no-warn-script-location', '--quiet', d], capture_output=True, text=True)\n"
+    "        '--no-build-isolation', '--ignore-installed', '--no-warn-script-location', '--quiet', d], capture_output=True, text=True)\n"
     "    print('pip:', r.returncode, r.stderr[-300:])\n"
 )
 
