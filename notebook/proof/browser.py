@@ -62,7 +62,7 @@ class Browser:
         ctx = await self._context(user)
         page = await ctx.new_page()
         try:
-            await page.goto(f"{self.hub.url}/user/{user.name}/lab/tree/", timeout=90000)
+            await page.goto(f"{self.hub.url}/user/{user.name}/lab", timeout=90000)
             item = page.locator(".jp-DirListing-item", has_text="data.csv").first
             await item.wait_for(state="visible", timeout=90000)
             await item.click(button="right")
