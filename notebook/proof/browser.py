@@ -65,6 +65,14 @@ class Browser:
             await page.goto(f"{self.hub.url}/user/{user.name}/lab", timeout=90000)
             item = page.locator(".jp-DirListing-item", has_text="data.csv").first
             await item.wait_for(state="visible", timeout=90000)
+            # Start-up dialogs (e.g. a build or news prompt) would take the clicks.
+            for _ in range(5):
+                dialogs = page.locator(".jp-Dialog")
+                if not await dialogs.count():
+                    break
+                self.log(f"  browser {user.name}: dismissing dialog: {(await dialogs.first.inner_text())[:120]!r}")
+                await page.keyboard.press("Escape")
+                await page.wait_for_timeout(500)
             await item.click(button="right")
             context_menu = await self._menu_labels(page)
             await page.locator(".lm-MenuBar-itemLabel", has_text="File").first.click()
