@@ -73,7 +73,11 @@ def load(serverapp: Any) -> None:
     cfg = HubwardenNotebook(parent=serverapp)
     problems: list[str] = []
     if cfg.lockdown_check:
-        problems = lockdown.check(serverapp.config_file_paths)
+        # The walk of the environment, config and data paths for anything
+        # the user can write is done once: hubwarden_notebook.singleuser's
+        # preflight walked the same paths (the server's, without HOME) in
+        # this process before the server started.
+        problems = lockdown.check(serverapp.config_file_paths, walk=not lockdown.preflight_passed())
         if problems:
             for p in problems:
                 log.critical("hubwarden_notebook: lockdown not in effect: %s", p)
@@ -108,6 +112,9 @@ def load(serverapp: Any) -> None:
             "authorizer": type(web_app.settings.get("authorizer")).__name__,
             "lockdown_check": cfg.lockdown_check,
             "lockdown_problems": problems,
+            # Started by hubwarden_notebook.singleuser, whose check ran
+            # before the server read any config file.
+            "preflight": lockdown.preflight_passed(),
             "dumpable": lockdown.dumpable(),
             "config_file_paths": list(serverapp.config_file_paths),
             "data_paths": jupyter_path(),
