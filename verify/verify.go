@@ -12,7 +12,9 @@
 // hubwarden's /readyz answers 200; the notebook server runs the
 // hubwarden_notebook extension with the lockdown in effect (its
 // /api/hubwarden answer: notebooks-only contents, the start-up check on and
-// passed, the server isolated from user site-packages and not dumpable).
+// passed, also before the server read its config (started by
+// hubwarden_notebook.singleuser), the server isolated from user
+// site-packages and not dumpable).
 //
 // Everything external (uid, capabilities, kernel probes, dialling, commands,
 // write tests, HTTP) is injectable through Env, so every check's pass and
@@ -205,6 +207,7 @@ type notebookStatus struct {
 	NotebooksOnly    bool     `json:"notebooks_only"`
 	LockdownCheck    bool     `json:"lockdown_check"`
 	LockdownProblems []string `json:"lockdown_problems"`
+	Preflight        bool     `json:"preflight"`
 	Dumpable         *bool    `json:"dumpable"`
 	Isolated         bool     `json:"isolated"`
 }
@@ -241,6 +244,9 @@ func notebookExtension(ctx context.Context, o Options) (string, error) {
 		bad = append(bad, "the start-up lockdown check is off (HubwardenNotebook.lockdown_check)")
 	}
 	bad = append(bad, st.LockdownProblems...)
+	if !st.Preflight {
+		bad = append(bad, "the server was not started by python3 -I -m hubwarden_notebook.singleuser (no check ran before it read its config files, which can run code)")
+	}
 	if !st.Isolated {
 		bad = append(bad, "the server does not run with python -I (user site-packages and PYTHON* variables reach it)")
 	}
@@ -250,7 +256,7 @@ func notebookExtension(ctx context.Context, o Options) (string, error) {
 	if len(bad) > 0 {
 		return "", fmt.Errorf("%s: %s", url, strings.Join(bad, "; "))
 	}
-	return url + ": notebooks-only, lockdown checked, isolated, not dumpable", nil
+	return url + ": notebooks-only, lockdown checked before and after the config, isolated, not dumpable", nil
 }
 
 func withDefaults(o Options) Options {

@@ -84,7 +84,7 @@ func goodEnv() *Env {
 	}
 }
 
-const notebookOK = `{"notebooks_only": true, "lockdown_check": true, "lockdown_problems": [], "dumpable": false, "isolated": true}`
+const notebookOK = `{"notebooks_only": true, "lockdown_check": true, "lockdown_problems": [], "preflight": true, "dumpable": false, "isolated": true}`
 
 func notebookAnswer(status int, body string) func(*Env) {
 	return func(e *Env) {
@@ -103,9 +103,11 @@ func TestChecks(t *testing.T) {
 	}{
 		{"all pass", func(*Env) {}, nil},
 		{"no notebook extension", notebookAnswer(404, "Not Found"), map[string]string{"notebook-extension": "does not run the hubwarden_notebook extension"}},
-		{"notebook lockdown off", notebookAnswer(200, `{"notebooks_only": true, "lockdown_check": false, "lockdown_problems": [], "dumpable": true, "isolated": false}`),
+		{"notebook lockdown off", notebookAnswer(200, `{"notebooks_only": true, "lockdown_check": false, "lockdown_problems": [], "preflight": true, "dumpable": true, "isolated": false}`),
 			map[string]string{"notebook-extension": "lockdown check is off (HubwardenNotebook.lockdown_check); the server does not run with python -I"}},
-		{"notebook lockdown problems", notebookAnswer(200, `{"notebooks_only": false, "lockdown_check": true, "lockdown_problems": ["a server config path is in the home directory: /home/jovyan/.jupyter"], "dumpable": false, "isolated": true}`),
+		{"notebook started without the entry point", notebookAnswer(200, `{"notebooks_only": true, "lockdown_check": true, "lockdown_problems": [], "preflight": false, "dumpable": false, "isolated": true}`),
+			map[string]string{"notebook-extension": "not started by python3 -I -m hubwarden_notebook.singleuser"}},
+		{"notebook lockdown problems", notebookAnswer(200, `{"notebooks_only": false, "lockdown_check": true, "lockdown_problems": ["a server config path is in the home directory: /home/jovyan/.jupyter"], "preflight": true, "dumpable": false, "isolated": true}`),
 			map[string]string{"notebook-extension": "contents are not notebooks-only; a server config path is in the home directory"}},
 		{"not in a notebook server", func(e *Env) { e.Getenv = func(string) string { return "" } },
 			map[string]string{"notebook-extension": "no JUPYTERHUB_SERVICE_URL"}},
