@@ -1,16 +1,23 @@
 """The lockdown proof suite: python -m proof (as root, inside a network
 namespace of its own; scripts/notebook-proof.sh makes it and cleans up).
 
-Two users on one JupyterHub 5.5.0, each with a server from its own
-single-user environment: "locked" (the hardened image's way) and "open"
-(the same extension without the lockdown). For each attempt, on both at
-once: do it as the user from a kernel, stop and start the server through
-the hub's API with the user's token, then check that the lockdown still
-holds: the server runs the extension, contents are notebooks-only, JupyterLab's
-page config and (with --browser) the real JupyterLab have no download
-entries, no code of the user's ran in the server. Prints the table; exits
-non-zero unless every attempt held on the locked server and succeeded on the
-open one.
+One JupyterHub 5.5.0; for each attempt two new users, each with a server
+from its own single-user install: "locked" (the hardened image's way) and
+"open" (the same extension without the lockdown). For each attempt, on both
+at once: start the server, do the attempt as the user from a kernel, stop
+and start the server through the hub's API with the user's token (passing
+the variables the attempt passes), then check that the lockdown still
+holds: the server runs the extension, contents and /files/ are
+notebooks-only, JupyterLab's page config (and with --browser the real
+JupyterLab) has no download entries, no code of the user's ran in the
+server. Attempts run a few at a time (--parallel), each pair on its own
+users, so no attempt sees another's leftovers.
+
+Prints the table; exits 0 only when every attempt held (or made the locked
+server refuse to start, naming a lockdown problem) with the lockdown and
+succeeded without it, except where this machine cannot show the attempt
+succeed even without the lockdown, which the row says, with the reason
+measured here.
 """
 
 from __future__ import annotations
@@ -25,13 +32,15 @@ import shutil
 import subprocess
 import sys
 import time
+from dataclasses import dataclass, field
 
 from . import env
-from .attempts import ATTEMPTS, PRELUDE, Attempt
+from .attempts import ATTEMPTS, LAB_DIR_MARKER, MARKER, PRELUDE, Attempt, expand, remove_outside_home
 from .hub import LocalHub, User, http
 
 SECRET = "PR00F-SECRET-51c2"
 CSV = f"{SECRET},alice,4242\n"
+REFUSAL = "the server refuses to start: the lockdown is not in effect:"
 
 
 def make_user(name: str, home: str) -> User:
@@ -43,7 +52,9 @@ def make_user(name: str, home: str) -> User:
         f.write(CSV)
     nb = {"cells": [{"cell_type": "code", "execution_count": None, "id": "c1", "metadata": {},
                      "outputs": [], "source": "print(6 * 7)"}],
-          "metadata": {}, "nbformat": 4, "nbformat_minor": 5}
+          "metadata": {"kernelspec": {"name": "python3", "display_name": "Python 3 (ipykernel)",
+                                      "language": "python"}},
+          "nbformat": 4, "nbformat_minor": 5}
     with open(os.path.join(home, "nb.ipynb"), "w") as f:
         json.dump(nb, f)
     for p in ("data.csv", "nb.ipynb"):
@@ -51,18 +62,31 @@ def make_user(name: str, home: str) -> User:
     return User(name, home, pw.pw_uid, pw.pw_gid)
 
 
-async def observe(hub: LocalHub, user: User, attempt: Attempt | None, started: bool) -> list[str]:
-    """What is broken; [] means the lockdown held."""
-    if not started:
-        return []
+@dataclass
+class Outcome:
+    started: bool = False
+    broken: list[str] = field(default_factory=list)
+    ran_in_server: bool = False  # the payload recorded that it ran in the server process
+    refusal: str = ""  # the first problem the server named when it refused to start
+    applied: str = ""  # what the attempt printed in the kernel
+    seconds: float = 0.0
+    error: str = ""  # the harness failed (a server that did not start clean, a kernel that did not answer)
+
+
+async def observe(hub: LocalHub, user: User, attempt: Attempt | None) -> list[str]:
+    """What is broken in the running server; [] means the lockdown held."""
     base = hub.server_url(user)
+    probes = attempt.probes if attempt else ()
     broken = []
     st = await http("GET", base + "api/hubwarden", user.token)
     if st.code != 200:
         broken.append(f"extension not loaded (/api/hubwarden {st.code})")
-    r = await http("GET", base + "api/contents/data.csv?type=file", user.token)
+    r = await http("GET", base + "api/contents/data.csv?type=file&format=text", user.token)
     if SECRET.encode() in r.body:
         broken.append("data.csv served by the contents API")
+    r = await http("GET", base + "files/data.csv", user.token)
+    if SECRET.encode() in r.body:
+        broken.append("data.csv served by /files/")
     lab = await http("GET", base + "lab", user.token)
     m = re.search(rb'<script id="jupyter-config-data" type="application/json">(.*?)</script>', lab.body, re.S)
     if not m:
@@ -72,22 +96,19 @@ async def observe(hub: LocalHub, user: User, attempt: Attempt | None, started: b
         enabled = [p for p in env.DOWNLOAD_PLUGINS if p not in pc.get("disabledExtensions", [])]
         if enabled:
             broken.append(f"page config enables {len(enabled)} download plugins")
-        if attempt and attempt.probe == "labextension":
-            if any(e.get("name") == "hubwarden-proof-ext" for e in pc.get("federated_extensions", [])):
-                broken.append("the user's labextension is loaded into JupyterLab")
-    if attempt and attempt.probe == "labextension":
+        if any(e.get("name") == "hubwarden-proof-ext" for e in pc.get("federated_extensions", [])):
+            broken.append("the user's labextension is loaded into JupyterLab")
+    if LAB_DIR_MARKER.encode() in lab.body:
+        broken.append("JupyterLab's page comes from the user's application directory")
+    if "labextension" in probes:
         r = await http("GET", base + "lab/extensions/hubwarden-proof-ext/static/data.csv")  # no token
         if SECRET.encode() in r.body:
             broken.append("data.csv served without authentication from the labextension")
-    if attempt and attempt.probe == "kernelspec":
+    if "kernelspec" in probes:
         r = await http("GET", base + "kernelspecs/proofk/logo-64x64.png", user.token)
         if SECRET.encode() in r.body:
             broken.append("data.csv served as the kernelspec's logo")
-    out = await hub.run_as_user(user, "import os\np = os.path.expanduser('~/.proof-ran-in-server')\n"
-                                      "print(open(p).read().strip() if os.path.exists(p) else '')")
-    if out.strip():
-        broken.append("the user's code ran in the server")
-    if attempt and attempt.probe == "ptrace":
+    if "ptrace" in probes:
         out = await hub.run_as_user(user, "import os\ntry:\n    open('/proc/%d/mem' % os.getppid(), 'r+b').close()\n"
                                           "    print('OPENED')\nexcept OSError as e:\n    print('refused', e.errno)")
         if "OPENED" in out:
@@ -95,47 +116,107 @@ async def observe(hub: LocalHub, user: User, attempt: Attempt | None, started: b
     return broken
 
 
-def offline_as_user(user: User, code: str) -> None:
-    """Undo as the user when their server is down (refused to start)."""
-    subprocess.run(["runuser", "-u", user.name, "--", "/usr/bin/python3", "-c",
-                    PRELUDE.replace("import os, sys, site", "import os, sys, site") + code],
-                   env={"HOME": user.home, "PATH": "/usr/bin:/bin", "JUPYTERHUB_USER": user.name},
-                   capture_output=True, timeout=120, cwd=user.home)
+def refusal_in(log: str) -> str:
+    """The first problem a server named when it refused to start, from its log."""
+    i = log.rfind(REFUSAL)
+    if i < 0:
+        return ""
+    rest = log[i + len(REFUSAL):].strip().splitlines()
+    return rest[0].strip() if rest else "(no reason given)"
 
 
-async def run_attempt(hub: LocalHub, user: User, a: Attempt, log, browser=None) -> dict:
+def ran_in_server(user: User) -> bool:
+    return os.path.exists(os.path.join(user.home, MARKER))
+
+
+async def run_attempt(hub: LocalHub, user: User, a: Attempt | None, log, browser=None) -> Outcome:
     t0 = time.monotonic()
-    out = await hub.run_as_user(user, PRELUDE + a.apply) if a.apply else ""
-    log(f"  {user.name} {a.id}: applied: {out.strip()[-200:]}")
-    started = True
-    if a.restart:
+    o = Outcome()
+    if not await hub.start_server(user):
+        raise RuntimeError(f"{user.name}'s server did not start before the attempt; see {hub.logs}/{user.name}.log")
+    if a is None:
+        o.started = True
+    else:
+        if a.apply:
+            o.applied = (await hub.run_as_user(user, PRELUDE + a.apply)).strip()
+            log(f"  {user.name} {a.id}: applied: {o.applied[-300:]!r}")
+        o.started = True
+        if a.restart:
+            await hub.stop_server(user)
+            start_env = {k: expand(v, user.name, user.home) for k, v in a.start_env.items()}
+            o.started = await hub.start_server(user, start_env)
+    if o.started:
+        o.broken = await observe(hub, user, a)
+        if browser and (a is None or a.restart):
+            o.broken += await browser.check(user, first=a is None)
+    else:
+        o.refusal = refusal_in(hub.server_log(user))
+    o.ran_in_server = ran_in_server(user)
+    if o.started:
         await hub.stop_server(user)
-        start_env = {k: v.replace("{user}", user.name).replace("~", user.home) for k, v in a.start_env.items()}
-        started = await hub.start_server(user, start_env)
-    broken = await observe(hub, user, a, started)
-    if browser and started and a.restart:
-        broken += await browser.check(user)
-    # Undo, and leave a clean server for the next attempt.
-    if started and a.undo:
-        await hub.run_as_user(user, PRELUDE + a.undo)
-    elif a.undo:
-        offline_as_user(user, a.undo)
-    marker = os.path.join(user.home, ".proof-ran-in-server")
-    if os.path.exists(marker):
-        os.remove(marker)
-    if a.restart:
-        await hub.stop_server(user)
-        if not await hub.start_server(user):
-            raise RuntimeError(f"{user.name}'s server did not start again after {a.id}")
-    return {"started": started, "broken": broken, "seconds": round(time.monotonic() - t0, 1)}
+    o.seconds = round(time.monotonic() - t0, 1)
+    return o
 
 
-def verdict(res: dict) -> str:
-    if not res["started"]:
-        return "refused to start (fail closed)"
-    if not res["broken"]:
-        return "held"
-    return "SUBVERTED: " + "; ".join(res["broken"])
+@dataclass
+class Row:
+    id: str
+    title: str
+    locked: Outcome
+    open: Outcome
+    attempt: Attempt | None
+
+    def locked_verdict(self) -> tuple[str, bool]:
+        """The with-the-lockdown column and whether the row fails on it."""
+        o = self.locked
+        if o.error:
+            return f"ERROR (the proof could not do the attempt): {o.error}", True
+        ran = " (the user's code ran in the server process before any check could; see the limits below)" \
+            if o.ran_in_server else ""
+        if not o.started:
+            if o.refusal:
+                return f"refused to start (fail closed): {o.refusal}{ran}", False
+            return "did not start, naming no lockdown problem (see its log)", True
+        broken = o.broken + (["the user's code ran in the server"] if o.ran_in_server else [])
+        if broken:
+            return "SUBVERTED: " + "; ".join(broken), True
+        return "held", False
+
+    def open_verdict(self) -> tuple[str, bool]:
+        o = self.open
+        if o.error:
+            return f"ERROR (the proof could not do the attempt): {o.error}", True
+        broken = o.broken + (["the user's code ran in the server"] if o.ran_in_server else [])
+        if self.attempt is None:  # the baseline: the open install holds until subverted
+            return ("held", False) if o.started and not broken else ("BROKEN: " + "; ".join(broken), True)
+        if o.started and broken:
+            return "SUBVERTED: " + "; ".join(broken), False
+        if o.ran_in_server:
+            return "SUBVERTED: the user's code ran in the server", False
+        reason = self.attempt.cannot_show()
+        if reason:
+            return f"cannot be shown on this machine: {reason}", False
+        what = "held" if o.started else "did not start"
+        return f"{what} (the attempt did not succeed without the lockdown: the suite cannot tell the difference)", True
+
+
+def print_table(rows: list[Row]) -> int:
+    print("\n| attempt (as the user, then Stop and Start through the hub) | with the lockdown | without the lockdown |")
+    print("|---|---|---|")
+    failures = 0
+    for r in rows:
+        lv, lf = r.locked_verdict()
+        ov, of = r.open_verdict()
+        failures += lf + of
+        print(f"| {r.title} | {lv} | {ov} |")
+    limits = [r for r in rows if r.locked.ran_in_server and not r.locked.started]
+    if limits:
+        print("\nLimits (the server refused to start, but the user's code had run in its process first: a "
+              "variable the loader acts on before Python starts; no check inside the server can stop that, "
+              "the deployment must not let users set it):")
+        for r in limits:
+            print(f"- {r.title}")
+    return failures
 
 
 async def main_async(args) -> int:
@@ -143,67 +224,64 @@ async def main_async(args) -> int:
     src = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..")
     log = (lambda s: print(s, flush=True))
     tag = str(os.getpid())
-    users = {
-        "locked": make_user(f"hwnbl{tag}", os.path.join(run, "home-locked")),
-        "open": make_user(f"hwnbo{tag}", os.path.join(run, "home-open")),
-    }
-    args.cleanup_users.extend(u.name for u in users.values())
+    selected = [a for a in ATTEMPTS if (not args.only or a.id in args.only) and (not args.ci or a.ci)]
     t0 = time.monotonic()
-    installs = {
-        "locked": env.build(os.path.join(run, "env-locked"), src, True, None),
-        "open": env.build(os.path.join(run, "env-open"), src, False, (users["open"].uid, users["open"].gid)),
-    }
-    log(f"proof: environments built in {time.monotonic() - t0:.1f} s")
-    servers = {u.name: {"cmd": installs[k].cmd, "env": installs[k].env} for k, u in users.items()}
-    hub = LocalHub(run, servers, password=users["locked"].password)
+    # A pair of users for the baseline and for each attempt.
+    pairs: list[tuple[Attempt | None, User, User]] = []
+    os.makedirs(os.path.join(run, "home"), mode=0o755)
+    for i, a in enumerate([None, *selected]):
+        lk = make_user(f"hwnb{tag}l{i}", os.path.join(run, "home", f"l{i}"))
+        args.cleanup_users.append(lk.name)
+        op = make_user(f"hwnb{tag}o{i}", os.path.join(run, "home", f"o{i}"))
+        args.cleanup_users.append(op.name)
+        pairs.append((a, lk, op))
+    locked_env = env.build(os.path.join(run, "env-locked"), src, True)
+    template = env.build(os.path.join(run, "env-open"), src, False)
+    servers = {}
+    for _, lk, op in pairs:
+        servers[lk.name] = {"cmd": locked_env.cmd, "env": locked_env.env}
+        oe = env.clone(template, os.path.join(run, f"env-{op.name}"), (op.uid, op.gid))
+        servers[op.name] = {"cmd": oe.cmd, "env": oe.env}
+    log(f"proof: {len(pairs) * 2} users and their environments in {time.monotonic() - t0:.1f} s")
+    hub = LocalHub(run, servers, password=pairs[0][1].password)
     args.hub = hub
     await hub.start()
-    for u in users.values():
-        u.password = hub.password
-        u.token = await hub.user_token(u)
-    t1 = time.monotonic()
-    ok = await asyncio.gather(*(hub.start_server(u) for u in users.values()))
-    if not all(ok):
-        log(f"proof: a server did not start; see {hub.dir}/jupyterhub.log")
-        return 2
-    log(f"proof: both servers up in {time.monotonic() - t1:.1f} s")
-    results: dict[str, dict[str, dict]] = {}
-    base = await asyncio.gather(*(observe(hub, u, None, True) for u in users.values()))
-    results["baseline"] = {k: {"started": True, "broken": b, "seconds": 0} for k, b in zip(users, base)}
+    for _, lk, op in pairs:
+        for u in (lk, op):
+            u.password = hub.password
+            u.token = await hub.user_token(u)
     browser = None
-    if args.browser:
+    if args.browser != "none":
         from .browser import Browser
 
-        browser = Browser(hub, log)
+        browser = Browser(hub, log, args.artifacts)
         await browser.start()
-        b = await asyncio.gather(*(browser.check(u, first=True) for u in users.values()))
-        for k, found in zip(users, b):
-            results["baseline"][k]["broken"] += found
-    selected = [a for a in ATTEMPTS if not args.only or a.id in args.only]
-    for a in selected:
-        log(f"proof: {a.id}")
-        res = await asyncio.gather(*(run_attempt(hub, u, a, log, browser) for u in users.values()))
-        results[a.id] = dict(zip(users, res))
-    if browser:
-        await browser.stop()
-    # The table.
-    rows = [("baseline", "no attempt")] + [(a.id, a.title) for a in selected]
-    print("\n| attempt (as the user, then Stop and Start through the hub) | with the lockdown | without the lockdown |")
-    print("|---|---|---|")
-    failures = 0
-    for rid, title in rows:
-        lk, op = results[rid]["locked"], results[rid]["open"]
-        print(f"| {title} | {verdict(lk)} | {verdict(op)} |")
-        if rid == "baseline":
-            failures += bool(lk["broken"]) + bool(op["broken"])
-            continue
-        if lk["broken"]:
-            failures += 1
-        if not op["broken"]:
-            failures += 1
-            print(f"proof: {rid}: the attempt did not succeed without the lockdown: the suite cannot tell the difference")
+    sem = asyncio.Semaphore(args.parallel)
+
+    async def run_pair(a: Attempt | None, lk: User, op: User) -> Row:
+        async with sem:
+            name = a.id if a else "baseline"
+            log(f"proof: {name}")
+            b = browser if (a is None or args.browser == "all" or (a.browser and args.browser == "some")) else None
+            outcomes = await asyncio.gather(run_attempt(hub, lk, a, log, b), run_attempt(hub, op, a, log, b),
+                                            return_exceptions=True)
+            lo, oo = (o if isinstance(o, Outcome) else Outcome(error=f"{type(o).__name__}: {o}")
+                      for o in outcomes)
+            log(f"proof: {name} done ({lo.seconds} s, {oo.seconds} s)")
+            return Row(name, a.title if a else "no attempt", lo, oo, a)
+
+    try:
+        # The baseline first: both installs must hold before anything is tried.
+        rows = [await run_pair(*pairs[0])]
+        rows += await asyncio.gather(*(run_pair(*p) for p in pairs[1:]))
+    finally:
+        if browser:
+            await browser.stop()
+    failures = print_table(rows)
     with open(os.path.join(run, "results.json"), "w") as f:
-        json.dump(results, f, indent=1)
+        json.dump({r.id: {"locked": r.locked.__dict__, "open": r.open.__dict__} for r in rows}, f, indent=1)
+    if args.artifacts:
+        shutil.copy(os.path.join(run, "results.json"), args.artifacts)
     print(f"\nproof: {len(selected)} attempts, {failures} failures, {time.monotonic() - t0:.0f} s")
     return 1 if failures else 0
 
@@ -228,9 +306,16 @@ def kill_user_processes(uid: int) -> None:
 def main() -> int:
     p = argparse.ArgumentParser(prog="python -m proof")
     p.add_argument("--run-dir", required=True)
-    p.add_argument("--browser", action="store_true", help="also check the real JupyterLab in Chromium")
+    p.add_argument("--browser", choices=["none", "some", "all"], default="none",
+                   help="check the real JupyterLab in Chromium: for the baseline and the attempts marked "
+                        "for it (some), or after every attempt (all)")
+    p.add_argument("--ci", action="store_true", help="only the attempts marked for CI")
     p.add_argument("--only", nargs="*", help="attempt ids")
+    p.add_argument("--parallel", type=int, default=3, help="attempts run at once (each: two servers)")
+    p.add_argument("--artifacts", help="directory for screenshots and results.json")
     args = p.parse_args()
+    if args.artifacts:
+        os.makedirs(args.artifacts, exist_ok=True)
     args.cleanup_users = []
     args.hub = None
     try:
@@ -239,8 +324,13 @@ def main() -> int:
         if args.hub:
             args.hub.stop()
         for name in args.cleanup_users:
-            kill_user_processes(pwd.getpwnam(name).pw_uid)
+            try:
+                uid = pwd.getpwnam(name).pw_uid
+            except KeyError:
+                continue
+            kill_user_processes(uid)
             subprocess.run(["userdel", "--force", name], capture_output=True)
+            remove_outside_home(name)
         if os.environ.get("HUBWARDEN_PROOF_KEEP") != "1":
             shutil.rmtree(args.run_dir, ignore_errors=True)
 

@@ -66,10 +66,11 @@ async def http(method: str, url: str, token: str | None = None, body=None, timeo
 
 
 HUB_CONFIG = '''
-import json, os
+import json, os, subprocess
 from jupyterhub.spawner import LocalProcessSpawner
 
 SERVERS = json.loads({servers!r})
+LOGS = {logs!r}
 
 class ProofSpawner(LocalProcessSpawner):
     """Each user's install: its command and environment. Variables the user
@@ -87,8 +88,14 @@ class ProofSpawner(LocalProcessSpawner):
         return SERVERS[self.user.name]["cmd"]
 
     async def start(self):
+        # Each server's output in a log of its own (what it said when it
+        # refused to start).
         self.cmd = SERVERS[self.user.name]["cmd"]
-        return await super().start()
+        with open(os.path.join(LOGS, self.user.name + ".log"), "ab") as log:
+            log.write(b"\\n--- start\\n")
+            log.flush()
+            self.popen_kwargs = {{"stdout": log, "stderr": subprocess.STDOUT}}
+            return await super().start()
 
 c.JupyterHub.spawner_class = ProofSpawner
 c.JupyterHub.ip = "127.0.0.1"
@@ -109,7 +116,9 @@ c.JupyterHub.load_roles = [{{"name": "proof", "scopes": ["admin:users", "admin:s
 c.Spawner.default_url = "/lab"
 c.Spawner.start_timeout = 120
 c.Spawner.http_timeout = 120
-c.Spawner.poll_interval = 5
+c.Spawner.poll_interval = 2
+c.JupyterHub.concurrent_spawn_limit = 0
+c.JupyterHub.active_server_limit = 0
 c.JupyterHub.cleanup_servers = True
 '''
 
@@ -119,12 +128,14 @@ class LocalHub:
 
     def __init__(self, run_dir: str, servers: dict[str, dict], password: str):
         self.dir = os.path.join(run_dir, "hub")
+        self.logs = os.path.join(run_dir, "server-logs")
         os.makedirs(self.dir, exist_ok=True)
+        os.makedirs(self.logs, exist_ok=True)
         self.port, self.hub_port, self.api_port = 18000, 18081, 18001
         self.url = f"http://127.0.0.1:{self.port}"
         self.service_token = secrets.token_hex(24)
         self.password = password
-        cfg = HUB_CONFIG.format(servers=json.dumps(servers), port=self.port, hub_port=self.hub_port,
+        cfg = HUB_CONFIG.format(servers=json.dumps(servers), logs=self.logs, port=self.port, hub_port=self.hub_port,
                                 api_port=self.api_port, chp=CHP, proxy_token=secrets.token_hex(24),
                                 dir=self.dir, password=password, service_token=self.service_token)
         self.config = os.path.join(self.dir, "jupyterhub_config.py")
@@ -182,9 +193,17 @@ class LocalHub:
             return False
         try:
             return await self._wait(user, lambda m: (m.get("servers", {}).get("", {}).get("ready")
-                                                     or not m.get("servers")), 150, "start")
+                                                     or not m.get("servers")), 240, "start")
         except TimeoutError:
             return False
+
+    def server_log(self, user: User) -> str:
+        """What the user's server printed (all its starts)."""
+        try:
+            with open(os.path.join(self.logs, user.name + ".log"), errors="replace") as f:
+                return f.read()
+        except OSError:
+            return ""
 
     async def _wait(self, user: User, done, timeout: float, what: str) -> bool:
         deadline = time.monotonic() + timeout
@@ -194,13 +213,13 @@ class LocalHub:
                 m = r.json()
                 if done(m):
                     return bool(m.get("servers", {}).get("", {}).get("ready"))
-            await asyncio.sleep(0.5)
+            await asyncio.sleep(1)
         raise TimeoutError(f"{user.name}: server {what} took over {timeout} s")
 
     def server_url(self, user: User) -> str:
         return f"{self.url}/user/{user.name}/"
 
-    async def run_as_user(self, user: User, code: str, timeout: float = 120) -> str:
+    async def run_as_user(self, user: User, code: str, timeout: float = 240) -> str:
         """Run Python code in a new kernel of the user's running server (as a
         user does from a notebook); returns its stdout and stderr."""
         base = self.server_url(user)
@@ -210,30 +229,64 @@ class LocalHub:
         kid = r.json()["id"]
         ws_url = base.replace("http://", "ws://") + f"api/kernels/{kid}/channels"
         conn = await websocket_connect(HTTPRequest(ws_url, headers={"Authorization": f"token {user.token}"}))
-        msg_id = uuid.uuid4().hex
-        conn.write_message(json.dumps({
-            "header": {"msg_id": msg_id, "username": user.name, "session": uuid.uuid4().hex,
-                       "msg_type": "execute_request", "version": "5.3", "date": ""},
-            "parent_header": {}, "metadata": {}, "channel": "shell", "buffers": [],
-            "content": {"code": code, "silent": False, "store_history": False,
-                        "user_expressions": {}, "allow_stdin": False, "stop_on_error": True},
-        }))
+        session = uuid.uuid4().hex
+
+        def send(msg_type: str, content: dict) -> str:
+            msg_id = uuid.uuid4().hex
+            conn.write_message(json.dumps({
+                "header": {"msg_id": msg_id, "username": user.name, "session": session,
+                           "msg_type": msg_type, "version": "5.3", "date": ""},
+                "parent_header": {}, "metadata": {}, "channel": "shell", "buffers": [], "content": content,
+            }))
+            return msg_id
+
+        async def replies(msg_id: str, wait: float):
+            """The messages answering msg_id, until wait seconds pass without one."""
+            while True:
+                try:
+                    raw = await asyncio.wait_for(conn.read_message(), wait)
+                except TimeoutError:
+                    return
+                if raw is None:
+                    raise RuntimeError(f"{user.name}'s kernel websocket closed")
+                m = json.loads(raw)
+                if m.get("parent_header", {}).get("msg_id") == msg_id:
+                    yield m
+
         out = []
         try:
             async with asyncio.timeout(timeout):
-                while True:
-                    raw = await conn.read_message()
-                    if raw is None:
-                        raise RuntimeError("kernel websocket closed")
-                    m = json.loads(raw)
-                    if m.get("parent_header", {}).get("msg_id") != msg_id:
-                        continue
+                # kernel_info first, as JupyterLab does: a request sent before
+                # the kernel's channels are connected goes unanswered; ask
+                # again, a bounded number of times.
+                ready = False
+                for _ in range(20):
+                    info = send("kernel_info_request", {})
+                    async for m in replies(info, 10):
+                        if m.get("msg_type") == "kernel_info_reply":
+                            ready = True
+                            break
+                    if ready:
+                        break
+                if not ready:
+                    raise RuntimeError(f"{user.name}'s kernel never answered kernel_info")
+                run = send("execute_request", {"code": code, "silent": False, "store_history": False,
+                                               "user_expressions": {}, "allow_stdin": False,
+                                               "stop_on_error": True})
+                # Done when the reply (shell) has come and the kernel is idle
+                # again (iopub): output may arrive after the reply.
+                replied = idle = False
+                async for m in replies(run, timeout):
                     t = m.get("msg_type")
                     if t == "stream":
                         out.append(m["content"]["text"])
                     elif t == "error":
                         out.append("\n".join(m["content"]["traceback"]))
                     elif t == "execute_reply":
+                        replied = True
+                    elif t == "status" and m["content"].get("execution_state") == "idle":
+                        idle = True
+                    if replied and idle:
                         break
         finally:
             conn.close()
