@@ -1,13 +1,21 @@
 #!/usr/bin/env bash
 # The lockdown proof suite (notebook/proof): as root, in a network namespace
-# of its own (loopback only), JupyterHub 5.5.0 spawns two unprivileged users'
-# servers, one locked, one without the lockdown, and every known way to
-# subvert the server is tried on both. Removes the namespace, the users and
-# the files it made. Arguments go to `python -m proof` (e.g. --browser).
+# of its own (loopback only), JupyterHub 5.5.0 spawns unprivileged users'
+# servers, for each attempt one from the locked install and one without the
+# lockdown, and tries every known way to subvert the server on both.
+# Removes the namespace, the users and the files it made. Arguments go to
+# `python -m proof`: --browser none|some|all, --ci (the CI subset),
+# --only <ids>, --parallel N, --artifacts DIR (screenshots, results.json).
+# The Python environments come from $HUBWARDEN_VENV_ROOT (scripts/python-env.sh;
+# default /opt/hubwarden/venv).
 set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
-py=${HUBWARDEN_TEST_PYTHON:-/opt/hubwarden/venv/test/bin/python}
+venvs=${HUBWARDEN_VENV_ROOT:-/opt/hubwarden/venv}
+py=${HUBWARDEN_TEST_PYTHON:-$venvs/test/bin/python}
+export HUBWARDEN_HUB_VENV=${HUBWARDEN_HUB_VENV:-$venvs/hub}
+export HUBWARDEN_SINGLEUSER_VENV=${HUBWARDEN_SINGLEUSER_VENV:-$venvs/singleuser}
 [ "$(id -u)" = 0 ] || { echo "notebook-proof: needs root (users, a network namespace)" >&2; exit 1; }
+[ -x "$py" ] || { echo "notebook-proof: no $py (run make setup)" >&2; exit 1; }
 # configurable-http-proxy 5.2.0 (the version z2jh ships), from npm into the
 # same cache the e2e bed uses.
 if [ -z "${HUBWARDEN_CHP:-}" ]; then

@@ -5,7 +5,8 @@
 # so the root-owned environment stays as its lock says. Arguments go to pytest.
 set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
-py=${HUBWARDEN_TEST_PYTHON:-/opt/hubwarden/venv/test/bin/python}
+venvs=${HUBWARDEN_VENV_ROOT:-/opt/hubwarden/venv}
+py=${HUBWARDEN_TEST_PYTHON:-$venvs/test/bin/python}
 [ -x "$py" ] || { echo "notebook-test: no $py (run make setup)" >&2; exit 1; }
 tmp=$(mktemp -d /tmp/hubwarden-nbtest.XXXXXX)
 trap 'rm -rf "$tmp"' EXIT
