@@ -100,14 +100,21 @@ async def test_notebook_runs(files, ask, jp_ws_fetch):
     msg["channel"] = "shell"
     ws.write_message(json.dumps(msg, default=str))
     out = ""
+    replied = idle = False
+    # Done when the reply (shell) has come and the kernel is idle again
+    # (iopub): the output may arrive after the reply.
     async with asyncio.timeout(60):
-        while True:
+        while not (replied and idle):
             reply = json.loads(await ws.read_message())
+            if reply.get("parent_header", {}).get("msg_id") != msg["header"]["msg_id"]:
+                continue
             if reply.get("msg_type") == "stream":
                 out += reply["content"]["text"]
-            if reply.get("msg_type") == "execute_reply":
+            elif reply.get("msg_type") == "execute_reply":
                 assert reply["content"]["status"] == "ok"
-                break
+                replied = True
+            elif reply.get("msg_type") == "status" and reply["content"]["execution_state"] == "idle":
+                idle = True
     ws.close()
     assert out.strip() == "42"
     await ask(f"api/sessions/{a.json['id']}", method="DELETE")
