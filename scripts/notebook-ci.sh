@@ -12,7 +12,6 @@ root=$(cd "$(dirname "$0")/.." && pwd)
 logs=$(mktemp -d /tmp/hubwarden-nbci.XXXXXX)
 trap 'rm -rf "$logs"' EXIT
 proof_args=(--ci --browser some --parallel 3)
-[ -z "${HUBWARDEN_NOTEBOOK_ARTIFACTS:-}" ] || proof_args+=(--artifacts "$HUBWARDEN_NOTEBOOK_ARTIFACTS")
 
 timed() { # name command...: runs it, logging its output, status and duration
 	local name=$1 start

@@ -7,7 +7,8 @@
 # `python -m proof`: --browser none|some|all, --ci (the CI subset),
 # --only <ids>, --parallel N, --artifacts DIR (screenshots, results.json).
 # The Python environments come from $HUBWARDEN_VENV_ROOT (scripts/python-env.sh;
-# default /opt/hubwarden/venv).
+# default /opt/hubwarden/venv). HUBWARDEN_NOTEBOOK_ARTIFACTS=DIR keeps the
+# screenshots and results.json.
 set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
 venvs=${HUBWARDEN_VENV_ROOT:-/opt/hubwarden/venv}
@@ -34,5 +35,17 @@ cleanup() {
 trap cleanup EXIT
 ip netns add "$ns"
 ip -n "$ns" link set lo up
+args=("$@")
+[ -z "${HUBWARDEN_NOTEBOOK_ARTIFACTS:-}" ] || args+=(--artifacts "$HUBWARDEN_NOTEBOOK_ARTIFACTS")
 cd "$root/notebook"
-ip netns exec "$ns" env PYTHONDONTWRITEBYTECODE=1 "$py" -m proof --run-dir "$run" "$@"
+# On SIGTERM or SIGINT the proof removes its users and processes itself;
+# wait for it before the namespace goes.
+child=
+stop() {
+	[ -z "$child" ] || { kill -TERM "$child" 2>/dev/null || true; wait "$child" || true; }
+	exit 143
+}
+trap stop TERM INT
+ip netns exec "$ns" env PYTHONDONTWRITEBYTECODE=1 "$py" -m proof --run-dir "$run" "${args[@]}" &
+child=$!
+wait "$child"

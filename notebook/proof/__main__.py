@@ -29,6 +29,7 @@ import os
 import pwd
 import re
 import shutil
+import signal
 import subprocess
 import sys
 import time
@@ -318,6 +319,13 @@ def main() -> int:
         os.makedirs(args.artifacts, exist_ok=True)
     args.cleanup_users = []
     args.hub = None
+    # SIGTERM (a CI timeout, make interrupted) still removes the users,
+    # processes and files made so far: the finally below runs.
+    def terminate(signum, frame):
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)  # once: the cleanup must not be cut short
+        sys.exit(128 + signum)
+
+    signal.signal(signal.SIGTERM, terminate)
     try:
         return asyncio.run(main_async(args))
     finally:

@@ -91,9 +91,9 @@ class Browser:
 
     async def _dismiss_news(self, page) -> None:
         """JupyterLab's "official Jupyter news?" notification: No (it covers the page's corner)."""
-        toast = page.locator(".jp-Notification-Toast", has_text="Jupyter news")
+        toast = page.locator(".Toastify__toast", has_text="Jupyter news")
         if await toast.count():
-            await toast.first.get_by_role("button", name="No").click()
+            await toast.first.get_by_role("button", name="No", exact=True).click()
 
     async def _menu_labels(self, page, shot: str | None = None) -> list[str]:
         menu = page.locator(".lm-Menu").last
@@ -120,6 +120,7 @@ class Browser:
             csv = page.locator(".jp-DirListing-item", has_text="data.csv").first
             await csv.wait_for(state="visible", timeout=90000)
             await self._dismiss_dialogs(page, user)
+            await self._dismiss_news(page)
             step = "the context menu of data.csv"
             await csv.click(button="right")
             seen = {"data.csv context menu": await self._menu_labels(page, f"{tag}-context-menu")}
