@@ -5,7 +5,7 @@
 # the browser for the baseline and its control), at the same time. Each
 # one's output is printed when both are done, with its duration; the exit
 # status is non-zero when either failed. The full proof is
-# `make notebook-proof`. HUBWARDEN_NOTEBOOK_ARTIFACTS=DIR keeps the proof's
+# `make notebook-proof`. HWNB_ARTIFACTS=DIR keeps the proof's
 # screenshots and results.json.
 set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)

@@ -7,22 +7,22 @@
 # `python -m proof`: --browser none|some|all, --ci (the CI subset),
 # --only <ids>, --parallel N, --artifacts DIR (screenshots, results.json).
 # The Python environments come from $HUBWARDEN_VENV_ROOT (scripts/python-env.sh;
-# default /opt/hubwarden/venv). HUBWARDEN_NOTEBOOK_ARTIFACTS=DIR keeps the
+# default /opt/hubwarden/venv). HWNB_ARTIFACTS=DIR keeps the
 # screenshots and results.json.
 set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
 venvs=${HUBWARDEN_VENV_ROOT:-/opt/hubwarden/venv}
-py=${HUBWARDEN_TEST_PYTHON:-$venvs/test/bin/python}
-export HUBWARDEN_HUB_VENV=${HUBWARDEN_HUB_VENV:-$venvs/hub}
-export HUBWARDEN_SINGLEUSER_VENV=${HUBWARDEN_SINGLEUSER_VENV:-$venvs/singleuser}
+py=${HWNB_TEST_PYTHON:-$venvs/test/bin/python}
+export HWNB_HUB_VENV=${HWNB_HUB_VENV:-$venvs/hub}
+export HWNB_SINGLEUSER_VENV=${HWNB_SINGLEUSER_VENV:-$venvs/singleuser}
 [ "$(id -u)" = 0 ] || { echo "notebook-proof: needs root (users, a network namespace)" >&2; exit 1; }
 [ -x "$py" ] || { echo "notebook-proof: no $py (run make setup)" >&2; exit 1; }
 # configurable-http-proxy 5.2.0 (the version z2jh ships), from npm into the
 # same cache the e2e bed uses.
-if [ -z "${HUBWARDEN_CHP:-}" ]; then
+if [ -z "${HWNB_CHP:-}" ]; then
 	chp_prefix=$root/e2e/netns/work/cache/chp-5.2.0
-	export HUBWARDEN_CHP=$chp_prefix/node_modules/.bin/configurable-http-proxy
-	[ -x "$HUBWARDEN_CHP" ] || npm install --silent --no-audit --no-fund --prefix "$chp_prefix" configurable-http-proxy@5.2.0 >/dev/null
+	export HWNB_CHP=$chp_prefix/node_modules/.bin/configurable-http-proxy
+	[ -x "$HWNB_CHP" ] || npm install --silent --no-audit --no-fund --prefix "$chp_prefix" configurable-http-proxy@5.2.0 >/dev/null
 fi
 ns=hwnbproof$$
 run=/tmp/hubwarden-nbproof-$$
@@ -30,13 +30,13 @@ mkdir -m 0755 "$run"
 cleanup() {
 	ip netns pids "$ns" 2>/dev/null | xargs -r kill -9 2>/dev/null || true
 	ip netns del "$ns" 2>/dev/null || true
-	[ "${HUBWARDEN_PROOF_KEEP:-0}" = 1 ] || rm -rf "$run"
+	[ "${HWNB_PROOF_KEEP:-0}" = 1 ] || rm -rf "$run"
 }
 trap cleanup EXIT
 ip netns add "$ns"
 ip -n "$ns" link set lo up
 args=("$@")
-[ -z "${HUBWARDEN_NOTEBOOK_ARTIFACTS:-}" ] || args+=(--artifacts "$HUBWARDEN_NOTEBOOK_ARTIFACTS")
+[ -z "${HWNB_ARTIFACTS:-}" ] || args+=(--artifacts "$HWNB_ARTIFACTS")
 cd "$root/notebook"
 # On SIGTERM or SIGINT the proof removes its users and processes itself;
 # wait for it before the namespace goes.

@@ -6,7 +6,7 @@
 set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
 venvs=${HUBWARDEN_VENV_ROOT:-/opt/hubwarden/venv}
-py=${HUBWARDEN_TEST_PYTHON:-$venvs/test/bin/python}
+py=${HWNB_TEST_PYTHON:-$venvs/test/bin/python}
 [ -x "$py" ] || { echo "notebook-test: no $py (run make setup)" >&2; exit 1; }
 tmp=$(mktemp -d /tmp/hubwarden-nbtest.XXXXXX)
 trap 'rm -rf "$tmp"' EXIT
@@ -17,4 +17,4 @@ rm -rf "$tmp/src/build" "$tmp/src"/*.egg-info
   --no-build-isolation --target "$tmp/site" "$tmp/src" >/dev/null
 cd "$root/notebook"
 PYTHONPATH="$tmp/site:$root/notebook" PYTHONDONTWRITEBYTECODE=1 \
-  HUBWARDEN_NOTEBOOK_SITE="$tmp/site" "$py" -m pytest -p no:cacheprovider "$@"
+  "$py" -m pytest -p no:cacheprovider "$@"

@@ -339,7 +339,7 @@ def main() -> int:
             kill_user_processes(uid)
             subprocess.run(["userdel", "--force", name], capture_output=True)
             remove_outside_home(name)
-        if os.environ.get("HUBWARDEN_PROOF_KEEP") != "1":
+        if os.environ.get("HWNB_PROOF_KEEP") != "1":
             shutil.rmtree(args.run_dir, ignore_errors=True)
 
 

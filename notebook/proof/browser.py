@@ -20,7 +20,7 @@ from __future__ import annotations
 import os
 import re
 
-CHROMIUM = os.environ.get("HUBWARDEN_CHROMIUM", "/usr/bin/chromium")
+CHROMIUM = os.environ.get("HWNB_CHROMIUM", "/usr/bin/chromium")
 ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
         "--disable-background-networking", "--disable-component-update", "--disable-sync"]
 FORBIDDEN = re.compile(r"Download|Open in New Browser Tab|Export", re.I)

@@ -30,7 +30,7 @@ import subprocess
 import sys
 from dataclasses import dataclass
 
-BASE = os.environ.get("HUBWARDEN_SINGLEUSER_VENV", "/opt/hubwarden/venv/singleuser")
+BASE = os.environ.get("HWNB_SINGLEUSER_VENV", "/opt/hubwarden/venv/singleuser")
 PYVER = f"python{sys.version_info.major}.{sys.version_info.minor}"
 SYSTEM_PYTHON = f"/usr/bin/{PYVER}"
 SYSTEM_STDLIB = f"/usr/lib/{PYVER}"

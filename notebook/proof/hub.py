@@ -24,8 +24,8 @@ from dataclasses import dataclass, field
 from tornado.httpclient import AsyncHTTPClient, HTTPClientError, HTTPRequest
 from tornado.websocket import websocket_connect
 
-HUB_VENV = os.environ.get("HUBWARDEN_HUB_VENV", "/opt/hubwarden/venv/hub")
-CHP = os.environ.get("HUBWARDEN_CHP", "/usr/bin/configurable-http-proxy")
+HUB_VENV = os.environ.get("HWNB_HUB_VENV", "/opt/hubwarden/venv/hub")
+CHP = os.environ.get("HWNB_CHP", "/usr/bin/configurable-http-proxy")
 
 
 @dataclass
