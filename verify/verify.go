@@ -14,7 +14,10 @@
 // /api/hubwarden answer: notebooks-only contents, the start-up check on and
 // passed, also before the server read its config (started by
 // hubwarden_notebook.singleuser), the server isolated from user
-// site-packages and not dumpable).
+// site-packages and not dumpable). The last is skipped (SKIP, not a
+// failure) in a pod whose server's Python does not have hubwarden_notebook
+// installed: the extension is optional beside the sidecar. Installed but
+// not running fails: that is what a config the user slipped in does.
 //
 // Everything external (uid, capabilities, kernel probes, dialling, commands,
 // write tests, HTTP) is injectable through Env, so every check's pass and
@@ -104,6 +107,8 @@ type Status string
 const (
 	Pass Status = "PASS"
 	Fail Status = "FAIL"
+	// Skip: the check does not apply to this pod; not a failure.
+	Skip Status = "SKIP"
 )
 
 // Result is one check's outcome.
@@ -117,23 +122,25 @@ type Result struct {
 // reports whether all passed.
 func Run(ctx context.Context, opts Options, w io.Writer) bool {
 	results := Checks(ctx, opts)
-	ok := true
+	failed, skipped := 0, 0
 	for _, r := range results {
 		fmt.Fprintf(w, "%s %s: %s\n", r.Status, r.Name, r.Detail)
-		ok = ok && r.Status == Pass
-	}
-	failed := 0
-	for _, r := range results {
-		if r.Status != Pass {
+		switch r.Status {
+		case Fail:
 			failed++
+		case Skip:
+			skipped++
 		}
 	}
-	if ok {
-		fmt.Fprintf(w, "verify: all %d checks passed\n", len(results))
-	} else {
+	switch {
+	case failed > 0:
 		fmt.Fprintf(w, "verify: %d of %d checks failed\n", failed, len(results))
+	case skipped > 0:
+		fmt.Fprintf(w, "verify: all %d checks that apply passed (%d skipped)\n", len(results)-skipped, skipped)
+	default:
+		fmt.Fprintf(w, "verify: all %d checks passed\n", len(results))
 	}
-	return ok
+	return failed == 0
 }
 
 // Checks runs every check and returns their results in a fixed order.
@@ -185,9 +192,16 @@ func Checks(ctx context.Context, opts Options) []Result {
 	timed("jupyter-paths-readonly", func(ctx context.Context) (string, error) {
 		return jupyterReadonly(ctx, opts)
 	})
-	timed("notebook-extension", func(ctx context.Context) (string, error) {
-		return notebookExtension(ctx, opts)
-	})
+	{
+		cctx, cancel := context.WithTimeout(ctx, opts.Timeout)
+		detail, err := notebookExtension(cctx, opts)
+		cancel()
+		if errors.Is(err, errNotInstalled) {
+			out = append(out, Result{Name: "notebook-extension", Status: Skip, Detail: detail})
+		} else {
+			add("notebook-extension", detail, err)
+		}
+	}
 	timed("hubwarden-ready", func(ctx context.Context) (string, error) {
 		status, err := e.Get(ctx, opts.ReadyURL)
 		if err != nil {
@@ -227,7 +241,7 @@ func notebookExtension(ctx context.Context, o Options) (string, error) {
 		return "", fmt.Errorf("getting %s: %w", url, err)
 	}
 	if status == http.StatusNotFound {
-		return "", fmt.Errorf("%s answered 404: the server does not run the hubwarden_notebook extension", url)
+		return notebookAbsent(ctx, o, url)
 	}
 	if status != http.StatusOK {
 		return "", fmt.Errorf("%s answered %d, want 200", url, status)
@@ -257,6 +271,35 @@ func notebookExtension(ctx context.Context, o Options) (string, error) {
 		return "", fmt.Errorf("%s: %s", url, strings.Join(bad, "; "))
 	}
 	return url + ": notebooks-only, lockdown checked before and after the config, isolated, not dumpable", nil
+}
+
+// errNotInstalled: hubwarden_notebook is not installed for the server, so
+// the notebook-extension check does not apply.
+var errNotInstalled = errors.New("hubwarden_notebook is not installed")
+
+// installedScript prints whether the server's Python (isolated, as the
+// server runs) can import hubwarden_notebook.
+const installedScript = `import importlib.util; print("installed" if importlib.util.find_spec("hubwarden_notebook") else "absent")`
+
+// notebookAbsent decides a 404 from /api/hubwarden: a skip when the
+// server's Python does not have the extension, a failure when it does (the
+// extension is installed but the server does not run it).
+func notebookAbsent(ctx context.Context, o Options, url string) (string, error) {
+	py, err := python(ctx, o)
+	if err != nil {
+		return "", fmt.Errorf("%s answered 404 and the server's Python was not found to tell whether hubwarden_notebook is installed: %w", url, err)
+	}
+	out, err := o.Env.Output(ctx, py, "-I", "-c", installedScript)
+	if err != nil {
+		return "", fmt.Errorf("%s answered 404; asking %s whether hubwarden_notebook is installed: %w", url, py, err)
+	}
+	switch strings.TrimSpace(string(out)) {
+	case "absent":
+		return fmt.Sprintf("hubwarden_notebook is not installed for %s: the notebook side's protections are not in this pod (docs/notebook.md)", py), errNotInstalled
+	case "installed":
+		return "", fmt.Errorf("%s answered 404: hubwarden_notebook is installed for %s but the server does not run it (a config that turns it off, or a server not started with python3 -I -m hubwarden_notebook.singleuser)", url, py)
+	}
+	return "", fmt.Errorf("%s answered 404; %s printed %q asked whether hubwarden_notebook is installed", url, py, out)
 }
 
 func withDefaults(o Options) Options {

@@ -43,6 +43,8 @@ func goodEnv() *Env {
 			switch {
 			case name == "/opt/conda/bin/python3.11" && strings.Join(args, " ") == "-m jupyter --paths --json":
 				return nil, errors.New("exit status 1: No module named jupyter")
+			case name == "/opt/conda/bin/python3.11" && strings.Join(args, " ") == "-I -c "+installedScript:
+				return []byte("installed\n"), nil
 			case name == "/opt/conda/bin/python3.11":
 				return []byte("/opt/conda\n/opt/conda/bin\n/opt/conda/lib/python3.11/site-packages\n/opt/conda/lib/python3.11/site-packages\n/opt/conda/lib/python3.11\n"), nil
 			case name == "/opt/conda/bin/jupyter" && strings.Join(args, " ") == "--paths --json":
@@ -102,7 +104,8 @@ func TestChecks(t *testing.T) {
 		fail   map[string]string // check name -> substring of its detail
 	}{
 		{"all pass", func(*Env) {}, nil},
-		{"no notebook extension", notebookAnswer(404, "Not Found"), map[string]string{"notebook-extension": "does not run the hubwarden_notebook extension"}},
+		{"notebook extension installed, not running", notebookAnswer(404, "Not Found"),
+			map[string]string{"notebook-extension": "hubwarden_notebook is installed for /opt/conda/bin/python3.11 but the server does not run it"}},
 		{"notebook lockdown off", notebookAnswer(200, `{"notebooks_only": true, "lockdown_check": false, "lockdown_problems": [], "preflight": true, "dumpable": true, "isolated": false}`),
 			map[string]string{"notebook-extension": "lockdown check is off (HubwardenNotebook.lockdown_check); the server does not run with python -I"}},
 		{"notebook started without the entry point", notebookAnswer(200, `{"notebooks_only": true, "lockdown_check": true, "lockdown_problems": [], "preflight": false, "dumpable": false, "isolated": true}`),
@@ -209,6 +212,11 @@ func TestChecks(t *testing.T) {
 			e := goodEnv()
 			tt.mutate(e)
 			res := Checks(context.Background(), Options{Env: e, Timeout: 100_000_000})
+			for _, r := range res {
+				if r.Status == Skip {
+					t.Errorf("%s: skipped (%s)", r.Name, r.Detail)
+				}
+			}
 			var names []string
 			for _, r := range res {
 				names = append(names, r.Name)
@@ -224,6 +232,32 @@ func TestChecks(t *testing.T) {
 				t.Errorf("check names (-want +got):\n%s", diff)
 			}
 		})
+	}
+}
+
+// A pod whose server's Python lacks hubwarden_notebook (the sidecar alone):
+// the notebook-extension check is skipped and verify passes.
+func TestNotebookExtensionNotInstalled(t *testing.T) {
+	e := goodEnv()
+	notebookAnswer(404, "Not Found")(e)
+	out := e.Output
+	e.Output = func(ctx context.Context, name string, args ...string) ([]byte, error) {
+		if strings.Join(args, " ") == "-I -c "+installedScript {
+			return []byte("absent\n"), nil
+		}
+		return out(ctx, name, args...)
+	}
+	var b strings.Builder
+	if !Run(context.Background(), Options{Env: e}, &b) {
+		t.Fatalf("Run failed:\n%s", b.String())
+	}
+	for _, want := range []string{
+		"SKIP notebook-extension: hubwarden_notebook is not installed for /opt/conda/bin/python3.11",
+		"verify: all 10 checks that apply passed (1 skipped)\n",
+	} {
+		if !strings.Contains(b.String(), want) {
+			t.Errorf("output lacks %q:\n%s", want, b.String())
+		}
 	}
 }
 
