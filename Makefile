@@ -14,7 +14,7 @@ GOLANGCI_LINT         = $(CURDIR)/bin/golangci-lint-$(GOLANGCI_LINT_VERSION)
 # The modules golangci-lint checks: the main one and the e2e ones.
 LINT_MODULES          := . e2e e2e/deploytest
 
-.PHONY: all build setup test integration e2e-netns e2e-kind ci demo bench lint tools fuzz clean deploy-check bench-smoke bench-guard
+.PHONY: all build setup test integration e2e-netns e2e-kind ci demo bench lint tools fuzz clean deploy-check bench-smoke bench-guard notebook-test notebook-proof notebook-ci
 
 all: build
 
@@ -55,6 +55,21 @@ deploy-check:
 	./images/build-check.sh
 	cd e2e/deploytest && $(GO) vet ./... && $(GO) test -count=1 ./...
 
+# The notebook side (notebook/): the extension's pytest suite against
+# jupyter-server 2.19.0, and the lockdown proof suite (root: JupyterHub 5.5.0
+# in its own network namespace, unprivileged users, Chromium). notebook-proof
+# tries every attempt and checks JupyterLab in the browser after each (about
+# ten minutes); notebook-ci runs pytest and the proof's CI subset at once
+# (about five).
+notebook-test:
+	./scripts/notebook-test.sh -q
+
+notebook-proof:
+	./scripts/notebook-proof.sh --browser all
+
+notebook-ci:
+	./scripts/notebook-ci.sh
+
 # The proof on real JupyterHub parts in network namespaces (root).
 e2e-netns:
 	cd e2e && $(GO) vet -tags e2e ./... && HWE2E_STRICT=1 $(GO) test -tags e2e -count=1 -p 1 -timeout 25m -v -run '^TestE2E' ./netns/
@@ -84,6 +99,7 @@ ci: setup lint deploy-check
 	$(GO) test -count=1 -p 1 $(PKGS)
 	$(GO) test -count=1 -run '^$$' -bench . -benchtime=1x $(PKGS)
 	cd e2e && $(GO) vet ./... && $(GO) test -count=1 ./...
+	$(MAKE) notebook-ci
 	$(MAKE) e2e-netns
 	$(MAKE) bench-smoke
 

@@ -6,6 +6,9 @@ set -euo pipefail
 need=(iptables nftables conntrack iperf3 curl iproute2 tcpdump iputils-ping procps util-linux python3-venv)
 if [ "${HUBWARDEN_SETUP_E2E:-1}" = 1 ]; then
   need+=(jupyterhub python3-websocket dnsmasq-base bind9-dnsutils python3-yaml)
+  # The notebook side's browser test drives Debian's Chromium with Playwright
+  # (requirements/test.txt); Playwright never downloads a browser of its own.
+  need+=(chromium)
   command -v npm >/dev/null || need+=(nodejs npm)
 fi
 missing=()

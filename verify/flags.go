@@ -32,6 +32,7 @@ non-zero if any check fails.
 	fs.DurationVar(&o.Timeout, "timeout", DefaultTimeout, "time limit of each check; a blocked address must be refused within it")
 	fs.StringVar(&o.Python, "python", "", "interpreter that runs the Jupyter server (default: jupyter's shebang, else python3 on PATH)")
 	fs.StringVar(&o.Jupyter, "jupyter", "", `jupyter command (default: "jupyter" on PATH)`)
+	fs.StringVar(&o.NotebookURL, "notebook-url", "", "the notebook server's URL (default: JUPYTERHUB_SERVICE_URL)")
 	if err := fs.Parse(args); err != nil {
 		return o, err
 	}

@@ -9,7 +9,15 @@
 // (refused or unreachable, fast, never connected); the Python environment
 // that runs the Jupyter server is not writable; the Jupyter config and data
 // paths the server reads, outside the user's home, are not writable;
-// hubwarden's /readyz answers 200.
+// hubwarden's /readyz answers 200; the notebook server runs the
+// hubwarden_notebook extension with the lockdown in effect (its
+// /api/hubwarden answer: notebooks-only contents, the start-up check on and
+// passed, also before the server read its config (started by
+// hubwarden_notebook.singleuser), the server isolated from user
+// site-packages and not dumpable). The last is skipped (SKIP, not a
+// failure) in a pod whose server's Python does not have hubwarden_notebook
+// installed: the extension is optional beside the sidecar. Installed but
+// not running fails: that is what a config the user slipped in does.
 //
 // Everything external (uid, capabilities, kernel probes, dialling, commands,
 // write tests, HTTP) is injectable through Env, so every check's pass and
@@ -59,7 +67,11 @@ type Options struct {
 	Python string
 	// Jupyter is the jupyter command; empty: "jupyter" on PATH.
 	Jupyter string
-	Env     *Env // nil: SystemEnv()
+	// NotebookURL is the single-user server's URL; empty:
+	// JUPYTERHUB_SERVICE_URL (0.0.0.0 read as 127.0.0.1). Its token is
+	// JUPYTERHUB_API_TOKEN, which the server's kernels and terminals have.
+	NotebookURL string
+	Env         *Env // nil: SystemEnv()
 }
 
 // KernelProbe is one attempt to change kernel network state.
@@ -82,7 +94,10 @@ type Env struct {
 	// TryWrite creates and removes a file in dir; nil error means writable.
 	TryWrite func(dir string) error
 	Get      func(ctx context.Context, url string) (status int, err error)
-	Home     string
+	// GetBody fetches url with an Authorization token header.
+	GetBody func(ctx context.Context, url, token string) (status int, body []byte, err error)
+	Getenv  func(key string) string
+	Home    string
 }
 
 // Status of a check.
@@ -92,6 +107,8 @@ type Status string
 const (
 	Pass Status = "PASS"
 	Fail Status = "FAIL"
+	// Skip: the check does not apply to this pod; not a failure.
+	Skip Status = "SKIP"
 )
 
 // Result is one check's outcome.
@@ -105,23 +122,25 @@ type Result struct {
 // reports whether all passed.
 func Run(ctx context.Context, opts Options, w io.Writer) bool {
 	results := Checks(ctx, opts)
-	ok := true
+	failed, skipped := 0, 0
 	for _, r := range results {
 		fmt.Fprintf(w, "%s %s: %s\n", r.Status, r.Name, r.Detail)
-		ok = ok && r.Status == Pass
-	}
-	failed := 0
-	for _, r := range results {
-		if r.Status != Pass {
+		switch r.Status {
+		case Fail:
 			failed++
+		case Skip:
+			skipped++
 		}
 	}
-	if ok {
-		fmt.Fprintf(w, "verify: all %d checks passed\n", len(results))
-	} else {
+	switch {
+	case failed > 0:
 		fmt.Fprintf(w, "verify: %d of %d checks failed\n", failed, len(results))
+	case skipped > 0:
+		fmt.Fprintf(w, "verify: all %d checks that apply passed (%d skipped)\n", len(results)-skipped, skipped)
+	default:
+		fmt.Fprintf(w, "verify: all %d checks passed\n", len(results))
 	}
-	return ok
+	return failed == 0
 }
 
 // Checks runs every check and returns their results in a fixed order.
@@ -173,6 +192,16 @@ func Checks(ctx context.Context, opts Options) []Result {
 	timed("jupyter-paths-readonly", func(ctx context.Context) (string, error) {
 		return jupyterReadonly(ctx, opts)
 	})
+	{
+		cctx, cancel := context.WithTimeout(ctx, opts.Timeout)
+		detail, err := notebookExtension(cctx, opts)
+		cancel()
+		if errors.Is(err, errNotInstalled) {
+			out = append(out, Result{Name: "notebook-extension", Status: Skip, Detail: detail})
+		} else {
+			add("notebook-extension", detail, err)
+		}
+	}
 	timed("hubwarden-ready", func(ctx context.Context) (string, error) {
 		status, err := e.Get(ctx, opts.ReadyURL)
 		if err != nil {
@@ -184,6 +213,93 @@ func Checks(ctx context.Context, opts Options) []Result {
 		return opts.ReadyURL + " answered 200", nil
 	})
 	return out
+}
+
+// notebookStatus is the part of hubwarden_notebook's /api/hubwarden answer
+// that verify checks.
+type notebookStatus struct {
+	NotebooksOnly    bool     `json:"notebooks_only"`
+	LockdownCheck    bool     `json:"lockdown_check"`
+	LockdownProblems []string `json:"lockdown_problems"`
+	Preflight        bool     `json:"preflight"`
+	Dumpable         *bool    `json:"dumpable"`
+	Isolated         bool     `json:"isolated"`
+}
+
+func notebookExtension(ctx context.Context, o Options) (string, error) {
+	e := o.Env
+	base := o.NotebookURL
+	if base == "" {
+		base = strings.Replace(e.Getenv("JUPYTERHUB_SERVICE_URL"), "://0.0.0.0:", "://127.0.0.1:", 1)
+	}
+	if base == "" {
+		return "", errors.New("no JUPYTERHUB_SERVICE_URL: run verify in a terminal of the notebook server, or set -notebook-url")
+	}
+	url := strings.TrimSuffix(base, "/") + "/api/hubwarden"
+	status, body, err := e.GetBody(ctx, url, e.Getenv("JUPYTERHUB_API_TOKEN"))
+	if err != nil {
+		return "", fmt.Errorf("getting %s: %w", url, err)
+	}
+	if status == http.StatusNotFound {
+		return notebookAbsent(ctx, o, url)
+	}
+	if status != http.StatusOK {
+		return "", fmt.Errorf("%s answered %d, want 200", url, status)
+	}
+	var st notebookStatus
+	if err := json.Unmarshal(body, &st); err != nil {
+		return "", fmt.Errorf("parsing %s: %w", url, err)
+	}
+	var bad []string
+	if !st.NotebooksOnly {
+		bad = append(bad, "contents are not notebooks-only")
+	}
+	if !st.LockdownCheck {
+		bad = append(bad, "the start-up lockdown check is off (HubwardenNotebook.lockdown_check)")
+	}
+	bad = append(bad, st.LockdownProblems...)
+	if !st.Preflight {
+		bad = append(bad, "the server was not started by python3 -I -m hubwarden_notebook.singleuser (no check ran before it read its config files, which can run code)")
+	}
+	if !st.Isolated {
+		bad = append(bad, "the server does not run with python -I (user site-packages and PYTHON* variables reach it)")
+	}
+	if st.Dumpable != nil && *st.Dumpable {
+		bad = append(bad, "the server process is dumpable (the user's processes can attach to it)")
+	}
+	if len(bad) > 0 {
+		return "", fmt.Errorf("%s: %s", url, strings.Join(bad, "; "))
+	}
+	return url + ": notebooks-only, lockdown checked before and after the config, isolated, not dumpable", nil
+}
+
+// errNotInstalled: hubwarden_notebook is not installed for the server, so
+// the notebook-extension check does not apply.
+var errNotInstalled = errors.New("hubwarden_notebook is not installed")
+
+// installedScript prints whether the server's Python (isolated, as the
+// server runs) can import hubwarden_notebook.
+const installedScript = `import importlib.util; print("installed" if importlib.util.find_spec("hubwarden_notebook") else "absent")`
+
+// notebookAbsent decides a 404 from /api/hubwarden: a skip when the
+// server's Python does not have the extension, a failure when it does (the
+// extension is installed but the server does not run it).
+func notebookAbsent(ctx context.Context, o Options, url string) (string, error) {
+	py, err := python(ctx, o)
+	if err != nil {
+		return "", fmt.Errorf("%s answered 404 and the server's Python was not found to tell whether hubwarden_notebook is installed: %w", url, err)
+	}
+	out, err := o.Env.Output(ctx, py, "-I", "-c", installedScript)
+	if err != nil {
+		return "", fmt.Errorf("%s answered 404; asking %s whether hubwarden_notebook is installed: %w", url, py, err)
+	}
+	switch strings.TrimSpace(string(out)) {
+	case "absent":
+		return fmt.Sprintf("hubwarden_notebook is not installed for %s: the notebook side's protections are not in this pod (docs/notebook.md)", py), errNotInstalled
+	case "installed":
+		return "", fmt.Errorf("%s answered 404: hubwarden_notebook is installed for %s but the server does not run it (a config that turns it off, or a server not started with python3 -I -m hubwarden_notebook.singleuser)", url, py)
+	}
+	return "", fmt.Errorf("%s answered 404; %s printed %q asked whether hubwarden_notebook is installed", url, py, out)
 }
 
 func withDefaults(o Options) Options {
@@ -406,6 +522,23 @@ func SystemEnv() Env {
 		},
 		LookPath: exec.LookPath,
 		TryWrite: tryWrite,
+		GetBody: func(ctx context.Context, url, token string) (int, []byte, error) {
+			req, err := http.NewRequestWithContext(ctx, http.MethodGet, url, nil)
+			if err != nil {
+				return 0, nil, err
+			}
+			if token != "" {
+				req.Header.Set("Authorization", "token "+token)
+			}
+			resp, err := client.Do(req)
+			if err != nil {
+				return 0, nil, err
+			}
+			defer resp.Body.Close()
+			body, err := io.ReadAll(io.LimitReader(resp.Body, 1<<20))
+			return resp.StatusCode, body, err
+		},
+		Getenv: os.Getenv,
 		Get: func(ctx context.Context, url string) (int, error) {
 			req, err := http.NewRequestWithContext(ctx, http.MethodGet, url, nil)
 			if err != nil {

@@ -5,6 +5,7 @@ package verify
 import (
 	"context"
 	"errors"
+	"io"
 	"net"
 	"net/http"
 	"os"
@@ -103,6 +104,14 @@ func TestIntegrationVerify(t *testing.T) {
 	st.SetSelftest([]health.Check{{Name: "x", Passed: true}})
 	mux := http.NewServeMux()
 	health.Register(mux, st, nil)
+	// The notebook server's /api/hubwarden, as the extension answers it.
+	mux.HandleFunc("GET /user/x/api/hubwarden", func(w http.ResponseWriter, r *http.Request) {
+		if r.Header.Get("Authorization") != "token tok" {
+			http.Error(w, "forbidden", http.StatusForbidden)
+			return
+		}
+		_, _ = io.WriteString(w, notebookOK)
+	})
 	srv := health.NewServer("127.0.0.1:0", mux)
 	ln := p.Pod.Listen("tcp", "127.0.0.1:0")
 	go func() { _ = srv.Serve(ln) }()
@@ -127,6 +136,7 @@ func TestIntegrationVerify(t *testing.T) {
 			"HWTEST_METADATA=" + p.PeerIP4 + ":80,[" + p.PeerIP6 + "]:80",
 			"HWTEST_READY=http://" + ln.Addr().String() + "/readyz",
 			"HWTEST_JUPYTER=" + jupyter,
+			"JUPYTERHUB_SERVICE_URL=http://" + ln.Addr().String() + "/user/x/", "JUPYTERHUB_API_TOKEN=tok",
 		}
 		out, err := c.CombinedOutput()
 		if err != nil {
@@ -140,7 +150,7 @@ func TestIntegrationVerify(t *testing.T) {
 
 	out, ok := run(true)
 	t.Logf("as nobody, rules in place:\n%s", out)
-	if !ok || !strings.Contains(out, "verify: all 10 checks passed") {
+	if !ok || !strings.Contains(out, "verify: all 11 checks passed") {
 		t.Fatalf("verify as nobody failed:\n%s", out)
 	}
 

@@ -43,6 +43,8 @@ func goodEnv() *Env {
 			switch {
 			case name == "/opt/conda/bin/python3.11" && strings.Join(args, " ") == "-m jupyter --paths --json":
 				return nil, errors.New("exit status 1: No module named jupyter")
+			case name == "/opt/conda/bin/python3.11" && strings.Join(args, " ") == "-I -c "+installedScript:
+				return []byte("installed\n"), nil
 			case name == "/opt/conda/bin/python3.11":
 				return []byte("/opt/conda\n/opt/conda/bin\n/opt/conda/lib/python3.11/site-packages\n/opt/conda/lib/python3.11/site-packages\n/opt/conda/lib/python3.11\n"), nil
 			case name == "/opt/conda/bin/jupyter" && strings.Join(args, " ") == "--paths --json":
@@ -70,13 +72,30 @@ func goodEnv() *Env {
 			}
 			return &fs.PathError{Op: "open", Path: dir, Err: fs.ErrPermission}
 		},
-		Get:  func(ctx context.Context, url string) (int, error) { return 200, nil },
+		Get: func(ctx context.Context, url string) (int, error) { return 200, nil },
+		GetBody: func(ctx context.Context, url, token string) (int, []byte, error) {
+			if url != "http://127.0.0.1:8888/user/jovyan/api/hubwarden" || token != "tok" {
+				return 0, nil, fmt.Errorf("unexpected request %s %q", url, token)
+			}
+			return 200, []byte(notebookOK), nil
+		},
+		Getenv: func(k string) string {
+			return map[string]string{"JUPYTERHUB_SERVICE_URL": "http://0.0.0.0:8888/user/jovyan/", "JUPYTERHUB_API_TOKEN": "tok"}[k]
+		},
 		Home: "/home/jovyan",
 	}
 }
 
+const notebookOK = `{"notebooks_only": true, "lockdown_check": true, "lockdown_problems": [], "preflight": true, "dumpable": false, "isolated": true}`
+
+func notebookAnswer(status int, body string) func(*Env) {
+	return func(e *Env) {
+		e.GetBody = func(context.Context, string, string) (int, []byte, error) { return status, []byte(body), nil }
+	}
+}
+
 var allChecks = []string{"not-root", "no-cap-net-admin", "tc-change-denied", "netfilter-change-denied", "egress-blocked",
-	"metadata-blocked 169.254.169.254:80", "metadata-blocked [fd00:ec2::254]:80", "python-env-readonly", "jupyter-paths-readonly", "hubwarden-ready"}
+	"metadata-blocked 169.254.169.254:80", "metadata-blocked [fd00:ec2::254]:80", "python-env-readonly", "jupyter-paths-readonly", "notebook-extension", "hubwarden-ready"}
 
 func TestChecks(t *testing.T) {
 	tests := []struct {
@@ -85,6 +104,16 @@ func TestChecks(t *testing.T) {
 		fail   map[string]string // check name -> substring of its detail
 	}{
 		{"all pass", func(*Env) {}, nil},
+		{"notebook extension installed, not running", notebookAnswer(404, "Not Found"),
+			map[string]string{"notebook-extension": "hubwarden_notebook is installed for /opt/conda/bin/python3.11 but the server does not run it"}},
+		{"notebook lockdown off", notebookAnswer(200, `{"notebooks_only": true, "lockdown_check": false, "lockdown_problems": [], "preflight": true, "dumpable": true, "isolated": false}`),
+			map[string]string{"notebook-extension": "lockdown check is off (HubwardenNotebook.lockdown_check); the server does not run with python -I"}},
+		{"notebook started without the entry point", notebookAnswer(200, `{"notebooks_only": true, "lockdown_check": true, "lockdown_problems": [], "preflight": false, "dumpable": false, "isolated": true}`),
+			map[string]string{"notebook-extension": "not started by python3 -I -m hubwarden_notebook.singleuser"}},
+		{"notebook lockdown problems", notebookAnswer(200, `{"notebooks_only": false, "lockdown_check": true, "lockdown_problems": ["a server config path is in the home directory: /home/jovyan/.jupyter"], "preflight": true, "dumpable": false, "isolated": true}`),
+			map[string]string{"notebook-extension": "contents are not notebooks-only; a server config path is in the home directory"}},
+		{"not in a notebook server", func(e *Env) { e.Getenv = func(string) string { return "" } },
+			map[string]string{"notebook-extension": "no JUPYTERHUB_SERVICE_URL"}},
 		{"root", func(e *Env) { e.Geteuid = func() int { return 0 } }, map[string]string{"not-root": "running as root"}},
 		{"net admin", func(e *Env) {
 			rf := e.ReadFile
@@ -183,6 +212,11 @@ func TestChecks(t *testing.T) {
 			e := goodEnv()
 			tt.mutate(e)
 			res := Checks(context.Background(), Options{Env: e, Timeout: 100_000_000})
+			for _, r := range res {
+				if r.Status == Skip {
+					t.Errorf("%s: skipped (%s)", r.Name, r.Detail)
+				}
+			}
 			var names []string
 			for _, r := range res {
 				names = append(names, r.Name)
@@ -201,6 +235,32 @@ func TestChecks(t *testing.T) {
 	}
 }
 
+// A pod whose server's Python lacks hubwarden_notebook (the sidecar alone):
+// the notebook-extension check is skipped and verify passes.
+func TestNotebookExtensionNotInstalled(t *testing.T) {
+	e := goodEnv()
+	notebookAnswer(404, "Not Found")(e)
+	out := e.Output
+	e.Output = func(ctx context.Context, name string, args ...string) ([]byte, error) {
+		if strings.Join(args, " ") == "-I -c "+installedScript {
+			return []byte("absent\n"), nil
+		}
+		return out(ctx, name, args...)
+	}
+	var b strings.Builder
+	if !Run(context.Background(), Options{Env: e}, &b) {
+		t.Fatalf("Run failed:\n%s", b.String())
+	}
+	for _, want := range []string{
+		"SKIP notebook-extension: hubwarden_notebook is not installed for /opt/conda/bin/python3.11",
+		"verify: all 10 checks that apply passed (1 skipped)\n",
+	} {
+		if !strings.Contains(b.String(), want) {
+			t.Errorf("output lacks %q:\n%s", want, b.String())
+		}
+	}
+}
+
 func TestRunOutput(t *testing.T) {
 	var b strings.Builder
 	if !Run(context.Background(), Options{Env: goodEnv()}, &b) {
@@ -211,7 +271,7 @@ func TestRunOutput(t *testing.T) {
 		"PASS not-root: uid 1000\n",
 		"PASS python-env-readonly: /opt/conda/bin/python3.11: /opt/conda, /opt/conda/bin, /opt/conda/lib/python3.11/site-packages, /opt/conda/lib/python3.11 not writable\n",
 		"PASS jupyter-paths-readonly: 6 paths outside /home/jovyan not writable\n",
-		"verify: all 10 checks passed\n",
+		"verify: all 11 checks passed\n",
 	} {
 		if !strings.Contains(out, want) {
 			t.Errorf("output lacks %q:\n%s", want, out)
@@ -221,7 +281,7 @@ func TestRunOutput(t *testing.T) {
 	e.Geteuid = func() int { return 0 }
 	b.Reset()
 	if Run(context.Background(), Options{Env: e}, &b) || !strings.Contains(b.String(), "FAIL not-root: running as root") ||
-		!strings.Contains(b.String(), "verify: 1 of 10 checks failed") {
+		!strings.Contains(b.String(), "verify: 1 of 11 checks failed") {
 		t.Errorf("Run as root:\n%s", b.String())
 	}
 }

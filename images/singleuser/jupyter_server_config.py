@@ -20,7 +20,8 @@ def _lockdown_problems():
         )
     if site.ENABLE_USER_SITE:
         problems.append(
-            "the user site-packages is on sys.path (set PYTHONNOUSERSITE=1): "
+            "the user site-packages is on sys.path (start the server with "
+            "python3 -I -m hubwarden_notebook.singleuser): "
             "user-installed modules could shadow the server's"
         )
     # Every config dir (server config, labconfig/page_config.json) must be
