@@ -45,7 +45,9 @@ func TestIntegrationApply(t *testing.T) {
 	p := nstest.NewPair(t, 30)
 	p.Pod.MustRun("tc", "qdisc", "add", "dev", "eth0", "clsact") // someone else's: must survive
 	log := zerolog.New(zerolog.NewTestWriter(t))
-	k, cfg := openPod(t, p, Config{FastRate: mustRate(t, "10gbit"), SlowRate: mustRate(t, "8mbit")})
+	// FAST_RATE's default, 1 tbit: rates of 2^32 B/s and more travel in
+	// the 64-bit attributes, and must read back as planned.
+	k, cfg := openPod(t, p, Config{FastRate: mustRate(t, "1tbit"), SlowRate: mustRate(t, "8mbit")})
 	if cfg.Interface != "eth0" {
 		t.Fatalf("default route interface = %q, want eth0", cfg.Interface)
 	}
@@ -105,8 +107,9 @@ func TestIntegrationApply(t *testing.T) {
 	if diff, err := Check(k, spec2); err != nil || diff != "" {
 		t.Fatalf("check after change: %v\n%s", err, diff)
 	}
-	// A new fast rate changes the inner parent class too; HTB keeps an inner
-	// class's quantum, and the check must still come out clean.
+	// A new fast rate changes the inner parent class too (here from 64-bit
+	// to 32-bit rates); HTB keeps an inner class's quantum, and the check
+	// must still come out clean.
 	cfg.FastRate = mustRate(t, "5gbit")
 	spec2, err = Plan(cfg)
 	if err != nil {

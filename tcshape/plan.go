@@ -68,9 +68,14 @@ const (
 	fastBurstTime  = 0.002 // seconds of FastRate a fast class may burst
 	slowBurstTime  = 0.010 // seconds of SlowRate the slow class may burst
 	fastLimitTime  = 0.020 // seconds of FastRate the fast leaf fifo holds
-	slowLimitTime  = 0.100 // seconds of SlowRate the slow leaf fifo holds
-	minRate        = 1000  // bytes/s (8 kbit): below, HTB buffers overflow u32 ticks
-	defaultMTU     = 1500
+	// fastLimitMax caps the fast leaf fifo at 20 ms of 10 Gbit/s: a queue
+	// only forms there where the interface is slower than FastRate (the
+	// default, 1 tbit, is above any), and 20 ms of a faster rate would only
+	// be latency (2.5 GB at 1 tbit).
+	fastLimitMax  = 25_000_000
+	slowLimitTime = 0.100 // seconds of SlowRate the slow leaf fifo holds
+	minRate       = 1000  // bytes/s (8 kbit): below, HTB buffers overflow u32 ticks
+	defaultMTU    = 1500
 )
 
 // LeafKind is the kind of leaf qdisc the kernel offers, detected by apply
@@ -243,7 +248,7 @@ func Plan(cfg Config) (Spec, error) {
 	// Fifo limits are in bytes: veth carries 64 KB GSO packets, so a packet
 	// limit would mean seconds of backlog at the slow rate.
 	slowLimit := clampU32(max(uint64(float64(slow)*slowLimitTime), 2*gsoMax))
-	fastLeaf := Leaf{Handle: FastLeafHandle, Parent: FastClass, Kind: "bfifo", Limit: clampU32(max(uint64(float64(fast)*fastLimitTime), 10*gsoMax))}
+	fastLeaf := Leaf{Handle: FastLeafHandle, Parent: FastClass, Kind: "bfifo", Limit: uint32(max(min(uint64(float64(fast)*fastLimitTime), fastLimitMax), 10*gsoMax))}
 	if cfg.Leaves == LeafFQ {
 		fastLeaf = Leaf{Handle: FastLeafHandle, Parent: FastClass, Kind: "fq", Limit: 10000} // fq's default packet limit
 	}

@@ -36,6 +36,18 @@ func TestPlanGolden(t *testing.T) {
 		tc   string
 	}{
 		{
+			name: "the defaults: 1tbit/1mbit fifo",
+			cfg:  Config{Interface: "eth0", FastRate: rate(t, "1tbit"), SlowRate: rate(t, "1mbit"), Leaves: LeafFIFO},
+			tc: `dev eth0
+qdisc htb 4857: root default 4857:10 r2q 10
+class htb 4857:1 parent 4857: rate 1tbit ceil 1tbit burst 250000000b cburst 250000000b buffer 31250 cbuffer 31250 quantum 200000 prio 0 # all
+class htb 4857:10 parent 4857:1 rate 999999mbit ceil 1tbit burst 250000000b cburst 250000000b buffer 31251 cbuffer 31250 quantum 200000 prio 1 # fast
+class htb 4857:20 parent 4857:1 rate 1mbit ceil 1mbit burst 3028b cburst 3028b buffer 378500 cbuffer 378500 quantum 12500 prio 0 # slow
+qdisc bfifo 4858: parent 4857:10 limit 25000000b
+qdisc bfifo 4859: parent 4857:20 limit 131072b
+`,
+		},
+		{
 			name: "10gbit/1mbit fifo",
 			cfg:  Config{Interface: "eth0", FastRate: rate(t, "10gbit"), SlowRate: rate(t, "1mbit"), Leaves: LeafFIFO},
 			tc: `dev eth0
