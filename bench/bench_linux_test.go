@@ -5,6 +5,7 @@ package bench
 import (
 	"bufio"
 	"context"
+	"errors"
 	"fmt"
 	"io"
 	"math"
@@ -150,7 +151,7 @@ const methodNotes = `## How each row is measured
 
 Repetitions (full mode; BENCH_QUICK=1 runs each once): 7: three 15 s
 windows per flow count; 6: 3 (after one dropped warm-up); 8: 5; 4: 3 per
-budget and setup; 1: 3 alternating; 5: 3 per regime, each in a fresh pair;
+budget and setup; 1: 9 rounds of 2 s, the order rotating; 5: 3 per regime, each in a fresh pair;
 3: 2 per setup and bypass, each in a fresh pair; 2: 60 requests per setup.
 
 Every row runs in fresh network namespaces (internal/nstest pairs: a "pod"
@@ -183,8 +184,15 @@ between the two namespaces.
   WATCH=false, and a poller in the bench that dumps conntrack every 1 s and
   sets the mark on flows past the budget. BENCH_BEFORE=<binary> adds the
   watched flow measured with an earlier build.
-- 1: iperf3 (3 s, pod → peer) through hubwarden's HTB and rules (budgets
-  too large to demote) vs a pair with no qdisc, alternating. Through the
+- 1: iperf3 (2 s, pod → peer) through hubwarden's HTB and rules (budgets
+  too large to demote, default FAST_RATE), through the same with
+  FAST_RATE=10gbit (the default before issue 20), and in a pair with no
+  qdisc, one after another with the order rotating each round (one flow on
+  this shared machine swings by ±30 % from second to second, and load only
+  ever slows it: the figure is each setup's best round, the ratio theirs;
+  the median of the per-round ratios is shown too); and the default and the bare
+  pair at the same time (6 rounds), whose ratio is the cost per byte,
+  insensitive to the machine's load. Through the
   proxy: e2e's TestE2EBenchProxy (the JupyterHub bed of docs/e2e.md), a
   128 MiB /files/ download through the hub's CHP from the bare pod and from
   the warden pod (hubwarden run, budgets too large to demote), alternating,
@@ -654,58 +662,112 @@ func benchOvershoot(t *testing.T) {
 // ---- row 1: fast path -------------------------------------------------
 
 func iperf(t *testing.T, p *nstest.Pair, secs int) float64 {
-	out, err := p.Pod.Run("iperf3", "-J", "-c", p.PeerIP4, "-p", fmt.Sprint(portIperf), "-t", fmt.Sprint(secs))
+	bps, err := iperfRun(p, secs)
 	if err != nil {
 		t.Fatal(err)
 	}
+	return bps
+}
+
+// iperfRun runs one iperf3 flow pod → peer and returns its bits per second.
+func iperfRun(p *nstest.Pair, secs int) (float64, error) {
+	out, err := p.Pod.Run("iperf3", "-J", "-c", p.PeerIP4, "-p", fmt.Sprint(portIperf), "-t", fmt.Sprint(secs))
+	if err != nil {
+		return 0, err
+	}
 	i := strings.Index(out, `"sum_received"`)
+	if i < 0 {
+		return 0, fmt.Errorf("iperf3 printed no sum_received: %s", out)
+	}
 	j := strings.Index(out[i:], `"bits_per_second":`)
 	var bps float64
 	fmt.Sscanf(strings.TrimLeft(out[i+j+len(`"bits_per_second":`):], " \t"), "%g", &bps)
-	return bps
+	return bps, nil
+}
+
+// iperfTogether runs one iperf3 flow in each pair at the same time.
+func iperfTogether(t *testing.T, p1, p2 *nstest.Pair, secs int) (float64, float64) {
+	var x float64
+	var err1 error
+	done := make(chan struct{})
+	go func() { defer close(done); x, err1 = iperfRun(p1, secs) }()
+	y, err2 := iperfRun(p2, secs)
+	<-done
+	if err := errors.Join(err1, err2); err != nil {
+		t.Fatal(err)
+	}
+	return x, y
 }
 
 func benchFastPath(t *testing.T) {
 	hw := nstest.NewPair(t, 76)
 	bare := nstest.NewPair(t, 77)
-	hw100 := nstest.NewPair(t, 79)
-	for _, p := range []*nstest.Pair{hw, bare, hw100} {
+	hw10 := nstest.NewPair(t, 79)
+	for _, p := range []*nstest.Pair{hw, bare, hw10} {
 		p.Peer.Start("iperf3", "-s", "-B", p.PeerIP4, "-p", fmt.Sprint(portIperf))
 	}
 	big := map[string]string{"HUBWARDEN_FLOW_BUDGET": "1TiB", "HUBWARDEN_POD_BUDGET": "1TiB"}
 	startSidecar(t, hw, podEnv(t, hw, big))
-	big["HUBWARDEN_FAST_RATE"] = "100gbit"
-	startSidecar(t, hw100, podEnv(t, hw100, big))
+	big["HUBWARDEN_FAST_RATE"] = "10gbit" // the default before issue 20
+	startSidecar(t, hw10, podEnv(t, hw10, big))
 	time.Sleep(300 * time.Millisecond)
-	secs := pick(1, 3)
-	var a, b, c, ratios, ratios100 []float64
-	for r := 0; r < reps(); r++ {
-		var x, y, z float64
-		if r%2 == 0 {
-			x, y, z = iperf(t, hw, secs), iperf(t, bare, secs), iperf(t, hw100, secs)
-		} else {
-			z, y, x = iperf(t, hw100, secs), iperf(t, bare, secs), iperf(t, hw, secs)
+	// One flow on a shared 2-CPU machine swings by ±30 % from one second
+	// to the next: many short rounds, the order rotating, and the median
+	// of the per-round ratios.
+	secs := pick(1, 2)
+	var a, b, c, ratios, ratios10 []float64
+	for r := 0; r < pick(1, 3*reps()); r++ {
+		got := map[*nstest.Pair]float64{}
+		order := []*nstest.Pair{hw, bare, hw10}
+		for k := range order {
+			p := order[(k+r)%len(order)]
+			got[p] = iperf(t, p, secs)
 		}
+		x, y, z := got[hw], got[bare], got[hw10]
 		a, b, c = append(a, x), append(b, y), append(c, z)
-		ratios, ratios100 = append(ratios, x/y), append(ratios100, z/y)
+		ratios, ratios10 = append(ratios, x/y), append(ratios10, z/y)
 	}
-	rt := median(ratios)
+	// The same two pairs at the same time: both flows share the machine's
+	// CPUs, so the ratio is what hubwarden costs per byte, whatever else
+	// the machine does in that second (a cross-check of the figure above,
+	// which a shared machine's load swings).
+	var together []float64
+	for r := 0; r < pick(1, 2*reps()); r++ {
+		x, y := iperfTogether(t, hw, bare, secs)
+		together = append(together, x/y)
+	}
+	// The machine's load only ever slows a flow down: the best round of
+	// each setup is the closest to what it can do, and their ratio is the
+	// figure judged; the median of the per-round ratios is shown beside it.
+	best := func(v []float64) float64 { return percentile(v, 1) }
+	rt := best(a) / best(b)
 	met := "met"
 	if rt < 0.95 {
-		met = "NOT met (raw veth; see note)"
+		met = "NOT met"
 	}
-	addRow(row{"1", "fast-path throughput, raw veth (iperf3 pod → peer, one flow)",
-		fmt.Sprintf("hubwarden (default FAST_RATE 10gbit) %.2f Gbit/s; hubwarden FAST_RATE=100gbit %.2f Gbit/s; no qdisc %.2f Gbit/s", median(a)/1e9, median(c)/1e9, median(b)/1e9),
-		fmt.Sprintf("%.2f× (FAST_RATE=100gbit: %.2f×)", rt, median(ratios100)), "≥ 0.95× through the proxy (this is raw veth): " + met})
+	t.Logf("rounds: hubwarden %v, no qdisc %v, 10gbit %v (bit/s); at the same time: %v", a, b, c, together)
+	addRow(row{"1", fmt.Sprintf("fast-path throughput, raw veth (iperf3 pod → peer, one flow, best of %d rounds of %d s)", len(a), secs),
+		fmt.Sprintf("hubwarden (default FAST_RATE 1tbit) %.2f Gbit/s; hubwarden FAST_RATE=10gbit (the default before) %.2f Gbit/s; no qdisc %.2f Gbit/s", best(a)/1e9, best(c)/1e9, best(b)/1e9),
+		fmt.Sprintf("%.2f× (FAST_RATE=10gbit: %.2f×); median of the per-round ratios %.2f× (10gbit: %.2f×); both flows at the same time, sharing the CPUs: %.2f×", rt, best(c)/best(b), median(ratios), median(ratios10), median(together)),
+		"≥ 0.95× on the raw veth: " + met})
 	// Through the real proxy: scripts/bench.sh runs e2e's TestE2EBenchProxy
-	// first and passes its row in BENCH_PROXY_ROW.
+	// first and passes its row in BENCH_PROXY_ROW; issue 20's target for
+	// it is 0.98×, judged here from the row's ratio.
 	if b, err := os.ReadFile(os.Getenv("BENCH_PROXY_ROW")); err == nil {
 		if f := strings.Split(strings.Trim(strings.TrimSpace(string(b)), "|"), " | "); len(f) == 5 {
-			addRow(row{strings.TrimSpace(f[0]), f[1], f[2], f[3], strings.TrimSpace(f[4])})
+			target := strings.TrimSpace(f[4])
+			var x float64
+			if _, err := fmt.Sscanf(strings.TrimSpace(f[3]), "%g×", &x); err == nil {
+				target = "≥ 0.98×: met"
+				if x < 0.98 {
+					target = "≥ 0.98×: NOT met"
+				}
+			}
+			addRow(row{strings.TrimSpace(f[0]), f[1], f[2], f[3], target})
 			return
 		}
 	}
-	addRow(row{"1", "fast-path throughput through the real proxy", "not measured: the e2e bed was unavailable (see the e2e step of scripts/bench.sh)", "—", "≥ 0.95×"})
+	addRow(row{"1", "fast-path throughput through the real proxy", "not measured: the e2e bed was unavailable (see the e2e step of scripts/bench.sh)", "—", "≥ 0.98×"})
 }
 
 // ---- rows 5, 3, 2: the bed's hubwarden figures -----------------------
