@@ -59,8 +59,8 @@ func TestIntegrationApply(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if len(ops) != 6 {
-		t.Errorf("first apply ran %d ops, want 6: %v", len(ops), ops)
+	if len(ops) != 9 {
+		t.Errorf("first apply ran %d ops, want 9: %v", len(ops), ops)
 	}
 	if diff, err := Check(k, spec); err != nil || diff != "" {
 		t.Fatalf("check after apply: %v\n%s", err, diff)
@@ -87,7 +87,8 @@ func TestIntegrationApply(t *testing.T) {
 	t.Log(p.Pod.MustRun("tc", "-d", "class", "show", "dev", "eth0"))
 	t.Log(p.Pod.MustRun("tc", "qdisc", "show", "dev", "eth0"))
 
-	// A new slow rate changes classes and the slow leaf's limit in place.
+	// A new slow rate changes classes (the fast one's guaranteed rate, the
+	// slow class and its leaves) and the slow leaves' limits in place.
 	cfg.SlowRate = mustRate(t, "40mbit")
 	spec2, err := Plan(cfg)
 	if err != nil {
@@ -101,7 +102,7 @@ func TestIntegrationApply(t *testing.T) {
 	for _, o := range ops {
 		kinds = append(kinds, o.Kind)
 	}
-	if d := cmp.Diff([]OpKind{OpChangeClass, OpChangeClass, OpChangeLeaf}, kinds); d != "" {
+	if d := cmp.Diff([]OpKind{OpChangeClass, OpChangeClass, OpChangeClass, OpChangeClass, OpChangeLeaf, OpChangeLeaf}, kinds); d != "" {
 		t.Errorf("re-apply with a new slow rate (-want +got):\n%s", d)
 	}
 	if diff, err := Check(k, spec2); err != nil || diff != "" {
