@@ -21,6 +21,7 @@ import (
 	"github.com/hubwarden/hubwarden/health"
 	"github.com/hubwarden/hubwarden/internal/hwtest"
 	"github.com/hubwarden/hubwarden/internal/nstest"
+	"github.com/hubwarden/hubwarden/tcshape"
 	"github.com/hubwarden/hubwarden/warden"
 )
 
@@ -573,12 +574,12 @@ func TestIntegrationSlowCharged(t *testing.T) {
 	}
 	time.Sleep(6 * time.Second) // spend the budgets; the flows are slow now
 	level0 := b.s.Metric("hubwarden_pod_bucket_bytes")
-	slow0, _ := b.Pod.ClassSent("eth0", "4857:20")
+	slow0, _ := b.Pod.ClassSent("eth0", tcshape.SlowClass.String())
 	ct0 := slowFlowBytes(t, b.Pod)
 	t0 := time.Now()
 	time.Sleep(20 * time.Second)
 	level1 := b.s.Metric("hubwarden_pod_bucket_bytes")
-	slow1, _ := b.Pod.ClassSent("eth0", "4857:20")
+	slow1, _ := b.Pod.ClassSent("eth0", tcshape.SlowClass.String())
 	ct1 := slowFlowBytes(t, b.Pod)
 	el := time.Since(t0).Seconds()
 	for _, bk := range bks {
@@ -719,4 +720,100 @@ func TestIntegrationMarkedFlood(t *testing.T) {
 	if allowed := int(refill*time.Since(start).Seconds())/29 + 1; undemoted > allowed {
 		t.Errorf("%d flows of the flood are not demoted; the refill allows %d", undemoted, allowed)
 	}
+}
+
+// TestIntegrationInteractiveFlood: the slow class's interactive leaf serves
+// first the demoted flows that send little (under an eighth of the slow
+// rate each, per window); a user who spreads a download over many such
+// flows gets them all that priority. With the pod budget spent, 64 flows
+// each paced under the allowance are all served by the interactive leaf,
+// and still what leaves the pod is the slow rate and the pod refill, plus
+// the interactive leaf's burst: the split moves bytes between the slow
+// leaves, never past the slow class. Control: the same flows without
+// hubwarden.
+func TestIntegrationInteractiveFlood(t *testing.T) {
+	const (
+		flows = 64
+		pace  = 100 << 10 // bytes/s per flow, under the 122 KiB/s allowance at 8 mbit
+		d     = 6 * time.Second
+	)
+	start := func(b *bed) []*nstest.Bulk {
+		addr := net.JoinHostPort(b.PodIP4, fmt.Sprint(serverPort))
+		var bks []*nstest.Bulk
+		for range flows {
+			bks = append(bks, b.Peer.StartBulk(addr, pace))
+		}
+		t.Cleanup(func() {
+			for _, bk := range bks {
+				bk.Close()
+			}
+		})
+		return bks
+	}
+	received := func(bks []*nstest.Bulk, from, to time.Time) int64 {
+		var n int64
+		for _, bk := range bks {
+			n += bk.At(to) - bk.At(from)
+		}
+		return n
+	}
+	t.Run("control: without hubwarden", func(t *testing.T) {
+		b := newBed(t, 97, false, nil)
+		bks := start(b)
+		time.Sleep(time.Second)
+		from := time.Now()
+		time.Sleep(d)
+		got := received(bks, from, time.Now())
+		t.Logf("without hubwarden: %d flows paced at %d KiB/s moved %s in %s", flows, pace>>10, mib(got), d)
+		if got < 4*int64((podRefill+slowRate)*d.Seconds()) {
+			t.Errorf("the control moved only %s", mib(got))
+		}
+	})
+	t.Run("hubwarden", func(t *testing.T) {
+		b := newBed(t, 99, true, nil)
+		t0 := time.Now()
+		bks := start(b)
+		// Spend the pod budget (32 MiB at up to 6.4 MiB/s): then the gate
+		// demotes every flow that sends.
+		deadline := time.Now().Add(30 * time.Second)
+		for b.s.Metric("hubwarden_pod_gate_sets_total") < 1 && time.Now().Before(deadline) {
+			time.Sleep(100 * time.Millisecond)
+		}
+		time.Sleep(2 * time.Second)
+		// The counters are read by tc; the time the reads may span is from
+		// before the first to after the last.
+		before := time.Now()
+		slow0, _ := b.Pod.ClassSent("eth0", tcshape.SlowClass.String())
+		inter0, _ := b.Pod.ClassSent("eth0", tcshape.InteractiveClass.String())
+		from := time.Now()
+		time.Sleep(d)
+		to := time.Now()
+		inter1, _ := b.Pod.ClassSent("eth0", tcshape.InteractiveClass.String())
+		slow1, _ := b.Pod.ClassSent("eth0", tcshape.SlowClass.String())
+		span := time.Since(before).Seconds()
+		got := received(bks, from, to)
+		all := received(bks, t0, to)
+		el := to.Sub(from).Seconds()
+		slow, inter := int64(slow1-slow0), int64(inter1-inter0)
+		// What the slow class may send in that span: its rate, the
+		// interactive leaf's burst, the bulk leaf's and its own (two frames
+		// each), and the one packet HTB lets a class send into debt (a
+		// 64 KiB GSO packet).
+		slowBound := int64(slowRate*span) + tcshape.InteractiveBurst + 4*1514 + 64<<10
+		window := int64((podRefill+slowRate)*el) + tcshape.InteractiveBurst + 1<<20
+		t.Logf("with hubwarden, the pod budget spent: %d flows moved %s in %.2f s (bound %s); the slow class sent %d bytes in at most %.2f s (bound %d), %d of them from the interactive leaf; %s in all since the start (bound %s)",
+			flows, mib(got), el, mib(window), slow, span, slowBound, inter, mib(all), mib(bound(to.Sub(t0))))
+		if slow > slowBound {
+			t.Errorf("the slow class sent %d bytes in %.2f s, over its bound %d", slow, span, slowBound)
+		}
+		if got > window {
+			t.Errorf("%s left the pod in %.1f s, over the bound %s", mib(got), el, mib(window))
+		}
+		if all > bound(to.Sub(t0)) {
+			t.Errorf("%s left the pod in all, over the bound %s", mib(all), mib(bound(to.Sub(t0))))
+		}
+		if inter < slow/2 {
+			t.Errorf("the interactive leaf sent %s of the slow class's %s: the flows did not get the priority the attack is after", mib(inter), mib(slow))
+		}
+	})
 }
