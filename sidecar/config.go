@@ -21,6 +21,7 @@ import (
 
 	"github.com/hubwarden/hubwarden/demotion"
 	"github.com/hubwarden/hubwarden/egress"
+	"github.com/hubwarden/hubwarden/guard"
 	"github.com/hubwarden/hubwarden/units"
 	"github.com/hubwarden/hubwarden/warden"
 )
@@ -64,6 +65,14 @@ type rawConfig struct {
 	PromoteIdle      string `envconfig:"PROMOTE_IDLE" default:"2s" desc:"a demoted flow idle this long is promoted back to the fast class, if the pod bucket allows"`
 	DumpInterval     string `envconfig:"DUMP_INTERVAL" default:"1s" desc:"longest interval between conntrack dumps (reads are scheduled sooner for flows near their budget)"`
 	ProgressInterval string `envconfig:"PROGRESS_INTERVAL" default:"60s" desc:"interval of audit progress lines for long-lived flows"`
+
+	Guard            string `envconfig:"GUARD" default:"enforce" desc:"HTTP guard in front of the notebook server: enforce (serve notebooks only, refuse download routes), audit (decide and log every request, refuse nothing) or off (no redirect)"`
+	ServerPort       string `envconfig:"SERVER_PORT" default:"8888" desc:"the notebook server's port (z2jh's notebook-port); inbound connections to it are redirected to the guard"`
+	GuardPort        string `envconfig:"GUARD_PORT" default:"9281" desc:"port the guard listens on; only its own (transparent) socket may take connections there"`
+	ServerBaseURL    string `envconfig:"SERVER_BASE_URL" default:"" desc:"the server's base URL as JupyterHub builds it, unescaped (z2jh: /user/{unescaped_username}/{unescaped_servername}); the guard escapes it as JupyterHub does and refuses every request outside it; empty: /user/USER/SERVER/ from HUBWARDEN_USER and HUBWARDEN_SERVER"`
+	GuardMaxNotebook string `envconfig:"GUARD_MAX_NOTEBOOK" default:"32MiB" desc:"largest notebook (and directory listing) the guard passes, as the server's JSON model"`
+	GuardTerminals   string `envconfig:"GUARD_TERMINALS" default:"true" desc:"allow terminals (false refuses the terminal pages, API and websockets)"`
+	GuardProxyAllow  string `envconfig:"GUARD_PROXY_ALLOW" default:"" desc:"path prefixes under the base URL the guard passes unchecked, comma separated (jupyter-server-proxy services like proxy/8050/ or rstudio/, other extensions); none by default"`
 
 	HealthAddr        string `envconfig:"HEALTH_ADDR" default:":9280" desc:"address of the read-only HTTP server: /healthz, /readyz, /metrics"`
 	ReconcileInterval string `envconfig:"RECONCILE_INTERVAL" default:"10s" desc:"interval of the drift check that re-applies hubwarden's rules and qdiscs"`
@@ -308,9 +317,13 @@ func (r *rawConfig) parse(resolvConf string) (*Config, []string) {
 	c.PromoteIdle = dur("PROMOTE_IDLE", r.PromoteIdle, 100*time.Millisecond)
 	c.DumpInterval = dur("DUMP_INTERVAL", r.DumpInterval, 10*time.Millisecond)
 	c.ProgressInterval = dur("PROGRESS_INTERVAL", r.ProgressInterval, time.Second)
-	if _, _, err := net.SplitHostPort(r.HealthAddr); err != nil {
+	var healthPort uint64
+	if _, p, err := net.SplitHostPort(r.HealthAddr); err != nil {
 		bad("HEALTH_ADDR", fmt.Errorf("%q is not host:port", r.HealthAddr))
+	} else {
+		healthPort, _ = strconv.ParseUint(p, 10, 16)
 	}
+	parseGuard(c, r, bad, boolean, size, uint32Of, healthPort)
 	c.ReconcileInterval = dur("RECONCILE_INTERVAL", r.ReconcileInterval, time.Second)
 	c.DenyLogWindow = dur("DENY_LOG_WINDOW", r.DenyLogWindow, 100*time.Millisecond)
 	if ap, err := netip.ParseAddrPort(r.SelftestTarget); err != nil {
@@ -319,6 +332,60 @@ func (r *rawConfig) parse(resolvConf string) (*Config, []string) {
 		c.SelftestTarget = ap
 	}
 	return c, problems
+}
+
+// parseGuard parses the HTTP guard's variables into c.Guard.
+func parseGuard(c *Config, r *rawConfig, bad func(string, error), boolean func(string, string) bool,
+	size func(string, string) units.Size, uint32Of func(string, string, uint64, uint64) uint32, healthPort uint64) {
+	g := &c.Guard
+	mode, err := guard.ParseMode(r.Guard)
+	if err != nil {
+		bad("GUARD", err)
+	}
+	g.Mode = mode
+	g.ServerPort = uint16(uint32Of("SERVER_PORT", r.ServerPort, 1, 65535))
+	g.GuardPort = uint16(uint32Of("GUARD_PORT", r.GuardPort, 1, 65535))
+	if g.GuardPort != 0 && g.GuardPort == g.ServerPort {
+		bad("GUARD_PORT", fmt.Errorf("%d must differ from HUBWARDEN_SERVER_PORT", g.GuardPort))
+	}
+	if g.GuardPort != 0 && uint64(g.GuardPort) == healthPort {
+		bad("GUARD_PORT", fmt.Errorf("%d is HUBWARDEN_HEALTH_ADDR's port", g.GuardPort))
+	}
+	switch {
+	case r.ServerBaseURL != "":
+		if g.BaseURL, err = guard.EscapeBaseURL(r.ServerBaseURL); err != nil {
+			bad("SERVER_BASE_URL", err)
+		}
+	case c.User != "":
+		if g.BaseURL, err = guard.DeriveBaseURL(c.User, c.Server); err != nil {
+			bad("SERVER_BASE_URL", fmt.Errorf("empty, and deriving it from HUBWARDEN_USER and HUBWARDEN_SERVER: %w", err))
+		}
+	case g.Mode != guard.Off && mode != "":
+		// Refused here, before anything is detected or applied: the guard
+		// cannot route without the server's base URL.
+		bad("SERVER_BASE_URL", errors.New("empty, and HUBWARDEN_USER is not set to derive it from: set one of them, or HUBWARDEN_GUARD=off"))
+	}
+	g.MaxNotebook = int64(size("GUARD_MAX_NOTEBOOK", r.GuardMaxNotebook))
+	g.Terminals = boolean("GUARD_TERMINALS", r.GuardTerminals)
+	if g.ProxyAllow, err = guard.ParseProxyAllow(r.GuardProxyAllow); err != nil {
+		bad("GUARD_PROXY_ALLOW", err)
+	}
+	g.ProgressInterval = c.ProgressInterval
+	if g.BaseURL != "" && g.Mode != guard.Off && g.ProgressInterval > 0 && g.ServerPort != 0 && g.GuardPort != 0 && g.MaxNotebook > 0 {
+		// Everything parsed: the guard's own checks (a prefix that would
+		// open a route the guard knows, a base URL tornado would read as a
+		// pattern).
+		if err := g.Validate(); err != nil {
+			for _, e := range strings.Split(err.Error(), "\n") {
+				name, msg, _ := strings.Cut(e, " ")
+				if after, ok := strings.CutPrefix(strings.TrimSuffix(name, ":"), envPrefix+"_"); ok {
+					bad(after, errors.New(msg))
+				} else {
+					bad("GUARD", errors.New(e))
+				}
+			}
+		}
+	}
 }
 
 // hubEntry turns the hub API URL into an allow entry for its host and port.

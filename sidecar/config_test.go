@@ -13,11 +13,13 @@ import (
 
 	"github.com/hubwarden/hubwarden/demotion"
 	"github.com/hubwarden/hubwarden/egress"
+	"github.com/hubwarden/hubwarden/guard"
 	"github.com/hubwarden/hubwarden/units"
 )
 
 // cleanEnv clears every HUBWARDEN_* variable (and JUPYTERHUB_API_URL) for
-// the test, then sets env.
+// the test, then sets HUBWARDEN_USER (as KubeSpawner does; the guard needs
+// the server's base URL, which it derives from it) and env.
 func cleanEnv(t *testing.T, env map[string]string) {
 	t.Helper()
 	for _, kv := range os.Environ() {
@@ -28,6 +30,7 @@ func cleanEnv(t *testing.T, env map[string]string) {
 		}
 	}
 	t.Setenv("JUPYTERHUB_API_URL", "")
+	t.Setenv(envPrefix+"_USER", "jovyan")
 	for k, v := range env {
 		t.Setenv(k, v)
 	}
@@ -59,30 +62,35 @@ func TestLoadConfigDefaults(t *testing.T) {
 		t.Fatalf("loadConfig: %v", err)
 	}
 	want := &Config{
-		LogLevel:          "info",
-		StateDir:          "/run/hubwarden",
-		IptablesBackend:   "auto",
-		IPv6:              "auto",
-		StartupTimeout:    30 * time.Second,
-		Egress:            true,
-		DNSServers:        []netip.Addr{netip.MustParseAddr("10.96.0.10"), netip.MustParseAddr("fe80::1")},
-		DNSRate:           20,
-		DNSBurst:          100,
-		NFLogGroup:        1987,
-		ResolveMinTTL:     30 * time.Second,
-		Shape:             true,
-		FastRate:          1_000_000_000_000 / 8,
-		SlowRate:          1_000_000 / 8,
-		CTMark:            0x100000,
-		Contract:          mustContract(t, 0x100000, 64*units.MiB),
-		Watch:             true,
-		FlowBudget:        64 * units.MiB,
-		FlowRefill:        units.Rate(units.MiB),
-		PodBudget:         256 * units.MiB,
-		PodRefill:         units.Rate(256 * units.KiB),
-		PromoteIdle:       2 * time.Second,
-		DumpInterval:      time.Second,
-		ProgressInterval:  time.Minute,
+		LogLevel:         "info",
+		User:             "jovyan",
+		StateDir:         "/run/hubwarden",
+		IptablesBackend:  "auto",
+		IPv6:             "auto",
+		StartupTimeout:   30 * time.Second,
+		Egress:           true,
+		DNSServers:       []netip.Addr{netip.MustParseAddr("10.96.0.10"), netip.MustParseAddr("fe80::1")},
+		DNSRate:          20,
+		DNSBurst:         100,
+		NFLogGroup:       1987,
+		ResolveMinTTL:    30 * time.Second,
+		Shape:            true,
+		FastRate:         1_000_000_000_000 / 8,
+		SlowRate:         1_000_000 / 8,
+		CTMark:           0x100000,
+		Contract:         mustContract(t, 0x100000, 64*units.MiB),
+		Watch:            true,
+		FlowBudget:       64 * units.MiB,
+		FlowRefill:       units.Rate(units.MiB),
+		PodBudget:        256 * units.MiB,
+		PodRefill:        units.Rate(256 * units.KiB),
+		PromoteIdle:      2 * time.Second,
+		DumpInterval:     time.Second,
+		ProgressInterval: time.Minute,
+		// No HUBWARDEN_USER and no HUBWARDEN_SERVER_BASE_URL: no base URL,
+		// which guard.Config.Validate refuses when the guard runs.
+		Guard: guard.Config{Mode: guard.Enforce, ServerPort: 8888, GuardPort: 9281, BaseURL: "/user/jovyan/", MaxNotebook: 32 << 20,
+			Terminals: true, ProgressInterval: time.Minute},
 		HealthAddr:        ":9280",
 		ReconcileInterval: 10 * time.Second,
 		DenyLogWindow:     10 * time.Second,
@@ -98,14 +106,16 @@ func TestLoadConfigDefaults(t *testing.T) {
 // SHAPE... when the HUBWARDEN_ variable is unset; hubwarden must not.
 func TestLoadConfigIgnoresUnprefixed(t *testing.T) {
 	cleanEnv(t, map[string]string{
-		"HUBWARDEN_DNS_SERVERS": "198.18.0.53",
-		"USER":                  "jovyan",
-		"ALLOW":                 "0.0.0.0/0",
-		"SHAPE":                 "false",
-		"EGRESS":                "false",
-		"INTERFACE":             "lo",
-		"LOG_LEVEL":             "verbose",
-		"BLOCK":                 "not-a-cidr",
+		"HUBWARDEN_DNS_SERVERS":     "198.18.0.53",
+		"HUBWARDEN_USER":            "",
+		"HUBWARDEN_SERVER_BASE_URL": "/user/alice/",
+		"USER":                      "jovyan",
+		"ALLOW":                     "0.0.0.0/0",
+		"SHAPE":                     "false",
+		"EGRESS":                    "false",
+		"INTERFACE":                 "lo",
+		"LOG_LEVEL":                 "verbose",
+		"BLOCK":                     "not-a-cidr",
 	})
 	c, err := loadConfig("/nonexistent")
 	if err != nil {
@@ -177,6 +187,30 @@ func TestLoadConfigValues(t *testing.T) {
 				}
 				if len(c.DNSServers) != 2 || len(c.Block) != 2 || c.Block[0].String() != "198.18.9.9/32" || c.LogLevel != "debug" {
 					t.Errorf("DNSServers %v, Block %v, LogLevel %q", c.DNSServers, c.Block, c.LogLevel)
+				}
+			},
+		},
+		{
+			name: "guard: base URL derived from the user and server names, escaped as JupyterHub does",
+			env:  map[string]string{"HUBWARDEN_USER": "jane doe@example.org", "HUBWARDEN_SERVER": "gpu 1"},
+			check: func(t *testing.T, c *Config) {
+				if c.Guard.BaseURL != "/user/jane%20doe@example.org/gpu%201/" || c.Guard.Validate() != nil {
+					t.Errorf("guard %+v (%v)", c.Guard, c.Guard.Validate())
+				}
+			},
+		},
+		{
+			name: "guard: explicit base URL (KubeSpawner expands the unescaped names), audit mode, terminals off, proxy prefixes",
+			env: map[string]string{
+				"HUBWARDEN_SERVER_BASE_URL": "/jhub/user/50% off/", "HUBWARDEN_GUARD": "audit", "HUBWARDEN_GUARD_TERMINALS": "false",
+				"HUBWARDEN_GUARD_PROXY_ALLOW": "proxy/8050, rstudio/", "HUBWARDEN_GUARD_MAX_NOTEBOOK": "8MiB",
+				"HUBWARDEN_SERVER_PORT": "8000", "HUBWARDEN_GUARD_PORT": "8001",
+			},
+			check: func(t *testing.T, c *Config) {
+				want := guard.Config{Mode: guard.Audit, ServerPort: 8000, GuardPort: 8001, BaseURL: "/jhub/user/50%25%20off/",
+					MaxNotebook: 8 << 20, Terminals: false, ProxyAllow: []string{"proxy/8050/", "rstudio/"}, ProgressInterval: time.Minute}
+				if diff := cmp.Diff(want, c.Guard); diff != "" {
+					t.Errorf("guard (-want +got):\n%s", diff)
 				}
 			},
 		},
@@ -284,6 +318,21 @@ func TestLoadConfigErrors(t *testing.T) {
 			want:       []string{`HUBWARDEN_HUB_API_URL (from JUPYTERHUB_API_URL): "hub:8081" is not an http(s) URL`},
 		},
 		{
+			name: "guard variables, each named",
+			env: map[string]string{
+				"HUBWARDEN_DNS_SERVERS": "198.18.0.53", "HUBWARDEN_GUARD": "block", "HUBWARDEN_SERVER_PORT": "0",
+				"HUBWARDEN_GUARD_PORT": "9280", "HUBWARDEN_SERVER_BASE_URL": "user/x", "HUBWARDEN_GUARD_MAX_NOTEBOOK": "32M",
+				"HUBWARDEN_GUARD_TERMINALS": "no", "HUBWARDEN_GUARD_PROXY_ALLOW": "a/../b",
+			},
+			want: []string{"HUBWARDEN_GUARD: \"block\" is not one of enforce, audit, off", "HUBWARDEN_SERVER_PORT:", "HUBWARDEN_GUARD_PORT: 9280 is HUBWARDEN_HEALTH_ADDR's port",
+				"HUBWARDEN_SERVER_BASE_URL:", "HUBWARDEN_GUARD_MAX_NOTEBOOK:", "HUBWARDEN_GUARD_TERMINALS:", "HUBWARDEN_GUARD_PROXY_ALLOW:"},
+		},
+		{
+			name: "guard: a proxy prefix on a route the guard knows",
+			env:  map[string]string{"HUBWARDEN_DNS_SERVERS": "198.18.0.53", "HUBWARDEN_USER": "jane", "HUBWARDEN_GUARD_PROXY_ALLOW": "files/", "HUBWARDEN_GUARD_PORT": "8888"},
+			want: []string{"HUBWARDEN_GUARD_PROXY_ALLOW:", "would allow files", "HUBWARDEN_GUARD_PORT: 8888 must differ from HUBWARDEN_SERVER_PORT"},
+		},
+		{
 			name:       "zero sizes and rates",
 			env:        map[string]string{"HUBWARDEN_FLOW_BUDGET": "0", "HUBWARDEN_PROMOTE_IDLE": "1ms", "HUBWARDEN_POD_REFILL": "fast"},
 			resolvConf: "nameserver 10.96.0.10\n",
@@ -370,5 +419,22 @@ func TestPackageDocListsEveryVariable(t *testing.T) {
 		if !strings.Contains(string(src), "//\t"+line+"\n") {
 			t.Errorf("doc.go lacks, or has an outdated, line:\n%s", line)
 		}
+	}
+}
+
+// TestLoadConfigGuardNeedsBaseURL: the guard cannot route without the
+// server's base URL; without it (and without HUBWARDEN_USER to derive it
+// from) the configuration is refused before anything is detected or
+// applied, by name, unless the guard is off.
+func TestLoadConfigGuardNeedsBaseURL(t *testing.T) {
+	cleanEnv(t, map[string]string{"HUBWARDEN_DNS_SERVERS": "198.18.0.53", "HUBWARDEN_USER": ""})
+	_, err := loadConfig("/nonexistent")
+	var ce *ConfigError
+	if !errors.As(err, &ce) || len(ce.Problems) != 1 || !strings.HasPrefix(ce.Problems[0], "HUBWARDEN_SERVER_BASE_URL: empty") {
+		t.Errorf("loadConfig = %v, want one problem naming HUBWARDEN_SERVER_BASE_URL", err)
+	}
+	t.Setenv("HUBWARDEN_GUARD", "off")
+	if _, err := loadConfig("/nonexistent"); err != nil {
+		t.Errorf("with the guard off: %v", err)
 	}
 }

@@ -44,6 +44,13 @@
 //	HUBWARDEN_PROMOTE_IDLE        2s                  a demoted flow idle this long is promoted back to the fast class, if the pod bucket allows
 //	HUBWARDEN_DUMP_INTERVAL       1s                  longest interval between conntrack dumps (reads are scheduled sooner for flows near their budget)
 //	HUBWARDEN_PROGRESS_INTERVAL   60s                 interval of audit progress lines for long-lived flows
+//	HUBWARDEN_GUARD               enforce             HTTP guard in front of the notebook server: enforce (serve notebooks only, refuse download routes), audit (decide and log every request, refuse nothing) or off (no redirect)
+//	HUBWARDEN_SERVER_PORT         8888                the notebook server's port (z2jh's notebook-port); inbound connections to it are redirected to the guard
+//	HUBWARDEN_GUARD_PORT          9281                port the guard listens on; only its own (transparent) socket may take connections there
+//	HUBWARDEN_SERVER_BASE_URL     -                   the server's base URL as JupyterHub builds it, unescaped (z2jh: /user/{unescaped_username}/{unescaped_servername}); the guard escapes it as JupyterHub does and refuses every request outside it; empty: /user/USER/SERVER/ from HUBWARDEN_USER and HUBWARDEN_SERVER
+//	HUBWARDEN_GUARD_MAX_NOTEBOOK  32MiB               largest notebook (and directory listing) the guard passes, as the server's JSON model
+//	HUBWARDEN_GUARD_TERMINALS     true                allow terminals (false refuses the terminal pages, API and websockets)
+//	HUBWARDEN_GUARD_PROXY_ALLOW   -                   path prefixes under the base URL the guard passes unchecked, comma separated (jupyter-server-proxy services like proxy/8050/ or rstudio/, other extensions); none by default
 //	HUBWARDEN_HEALTH_ADDR         :9280               address of the read-only HTTP server: /healthz, /readyz, /metrics
 //	HUBWARDEN_RECONCILE_INTERVAL  10s                 interval of the drift check that re-applies hubwarden's rules and qdiscs
 //	HUBWARDEN_DENY_LOG_WINDOW     10s                 window over which denied packets are aggregated into one log line per destination

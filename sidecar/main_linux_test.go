@@ -89,6 +89,7 @@ func saveAll(t *testing.T, ns *nstest.NS) string {
 func baseEnv(t *testing.T, backend string) map[string]string {
 	return map[string]string{
 		"HUBWARDEN_STATE_DIR":        t.TempDir(),
+		"HUBWARDEN_USER":             "jovyan",
 		"HUBWARDEN_IPTABLES_BACKEND": backend,
 		"HUBWARDEN_DNS_SERVERS":      "198.18.10.53",
 		"HUBWARDEN_ALLOW":            "198.18.10.0/24,tcp://[2001:2:0:a::/64]:443",
@@ -372,6 +373,14 @@ func TestIntegrationCheckWritesNothing(t *testing.T) {
 			fmt.Fprintf(&b, "%s: %s\n", e.Name(), data)
 		}
 		return b.String()
+	}
+	// The kernel's own changes first: IPv6 duplicate address detection
+	// finishes on the link-local address (and adds its route).
+	for i := 0; strings.TrimSpace(p.Pod.MustRun("ip", "-6", "addr", "show", "tentative")) != ""; i++ {
+		if i == 100 {
+			t.Fatalf("addresses still tentative after 10 s:\n%s", p.Pod.MustRun("ip", "-6", "addr", "show", "tentative"))
+		}
+		time.Sleep(100 * time.Millisecond)
 	}
 	before := state()
 	for _, want := range []string{"qdisc htb 4857: dev eth0 root", "table inet hubwarden", "HUBWARDEN-EGRESS", "detected.json"} {

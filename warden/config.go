@@ -9,6 +9,7 @@ import (
 
 	"github.com/hubwarden/hubwarden/demotion"
 	"github.com/hubwarden/hubwarden/egress"
+	"github.com/hubwarden/hubwarden/guard"
 	"github.com/hubwarden/hubwarden/units"
 )
 
@@ -51,6 +52,11 @@ type Config struct {
 	PromoteIdle      time.Duration
 	DumpInterval     time.Duration
 	ProgressInterval time.Duration
+
+	// Guard is the HTTP guard's configuration (the sidecar parses its
+	// variables and refuses an enforcing or auditing guard without a base
+	// URL). IPv6 is the plan's to set (Env.IPv6).
+	Guard guard.Config
 
 	HealthAddr        string
 	ReconcileInterval time.Duration

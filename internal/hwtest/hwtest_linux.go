@@ -77,8 +77,10 @@ func Cleanup() {
 
 // Env is hubwarden's configuration in a pair: the peer is the resolver and
 // is allowed on TCP and UDP 5000-5999; shaping and the watcher on; the
-// health server on :9280, probed from the peer like a kubelet; overrides
-// win ("" removes a variable).
+// health server on :9280, probed from the peer like a kubelet; the HTTP
+// guard off (these beds measure the network path with a plain TCP server on
+// the pod's port 8888, which an enforcing guard would refuse: a test of the
+// guard turns it on); overrides win ("" removes a variable).
 func Env(tb testing.TB, p *nstest.Pair, over map[string]string) map[string]string {
 	env := map[string]string{
 		"PATH":                       "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
@@ -93,6 +95,7 @@ func Env(tb testing.TB, p *nstest.Pair, over map[string]string) map[string]strin
 		"HUBWARDEN_SHAPE":            "true",
 		"HUBWARDEN_WATCH":            "true",
 		"HUBWARDEN_IPTABLES_BACKEND": "auto",
+		"HUBWARDEN_GUARD":            "off",
 	}
 	for k, v := range over {
 		if v == "" {
