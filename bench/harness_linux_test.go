@@ -101,6 +101,7 @@ func podEnv(t *testing.T, p *nstest.Pair, over map[string]string) []string {
 		"HUBWARDEN_SHAPE":            "true",
 		"HUBWARDEN_WATCH":            "true",
 		"HUBWARDEN_IPTABLES_BACKEND": "auto",
+		"HUBWARDEN_GUARD":            "off", // as internal/hwtest: the rows measure shaping and the watch
 	}
 	for k, v := range over {
 		env[k] = v
