@@ -18,6 +18,7 @@ import (
 	"time"
 
 	"github.com/hubwarden/hubwarden/ctwatch"
+	"github.com/hubwarden/hubwarden/demotion"
 	"github.com/hubwarden/hubwarden/health"
 	"github.com/hubwarden/hubwarden/internal/hwtest"
 	"github.com/hubwarden/hubwarden/internal/nstest"
@@ -814,6 +815,87 @@ func TestIntegrationInteractiveFlood(t *testing.T) {
 		}
 		if inter < slow/2 {
 			t.Errorf("the interactive leaf sent %s of the slow class's %s: the flows did not get the priority the attack is after", mib(inter), mib(slow))
+		}
+	})
+}
+
+// TestIntegrationBurstPause: one flow that alternates bursts and pauses, to
+// stay in the slow class's interactive leaf while it moves bulk. Each burst
+// is the allowance's burst (demotion.InteractiveLimit: 122 KiB at 8 mbit,
+// the most hashlimit lets a flow put in the interactive leaf in one
+// window, and more than the leaf's own 64 KiB burst), each pause 50 ms
+// (the leaves' token buckets refill part of their bursts). With a small
+// pod budget the flow is demoted within the first second, and what leaves
+// the pod over the whole run stays within the documented long-run bound:
+// the pod budget, the refill and SLOW_RATE over the run, and the slow
+// class's constant (docs/shaping.md, "The long-run bound": the interactive
+// leaf's 64 KiB burst, the slow class's and the bulk leaf's bursts of
+// max(10 ms of SLOW_RATE, two frames), and the one 64 KiB packet HTB lets
+// a leaf send into debt). Control: the same flow without hubwarden moves
+// more than that bound.
+func TestIntegrationBurstPause(t *testing.T) {
+	const (
+		d     = 12 * time.Second
+		pause = 50 * time.Millisecond
+		pod   = 1 << 20 // POD_BUDGET = FLOW_BUDGET
+	)
+	_, burstKiB, ok := demotion.InteractiveLimit(slowRate)
+	if !ok {
+		t.Fatalf("no interactive allowance at %d B/s", slowRate)
+	}
+	burst := burstKiB << 10
+	over := map[string]string{"HUBWARDEN_POD_BUDGET": "1MiB", "HUBWARDEN_FLOW_BUDGET": "1MiB"}
+	constant := int64(tcshape.InteractiveBurst + 2*max(slowRate/100, 2*1514) + 64<<10)
+	limit := func(el float64) int64 { return pod + int64((podRefill+slowRate)*el) + constant }
+	// run alternates bursts and pauses on one connection to the pod's
+	// server for d and returns the bytes received and the seconds from
+	// before the connection to the last byte.
+	run := func(b *bed) (int64, float64) {
+		t0 := time.Now()
+		c, err := b.Peer.DialTimeout("tcp", net.JoinHostPort(b.PodIP4, fmt.Sprint(serverPort)), 2*time.Second)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer c.Close()
+		deadline := t0.Add(d)
+		c.SetDeadline(deadline)
+		s := senderOn(c)
+		var got uint64
+		for time.Now().Before(deadline) {
+			k, err := s.fetch(burst)
+			got += k
+			if err != nil {
+				break
+			}
+			time.Sleep(pause)
+		}
+		return int64(got), time.Since(t0).Seconds()
+	}
+	t.Run("control: without hubwarden", func(t *testing.T) {
+		b := newBed(t, 85, false, nil)
+		got, el := run(b)
+		t.Logf("without hubwarden: one flow, bursts of %d KiB every %s, moved %s in %.2f s (%.0f B/s); hubwarden's bound for that time %s",
+			burstKiB, pause, mib(got), el, float64(got)/el, mib(limit(el)))
+		if got <= limit(el) {
+			t.Errorf("the control moved %s, not more than the bound %s: the test would prove nothing", mib(got), mib(limit(el)))
+		}
+	})
+	t.Run("hubwarden", func(t *testing.T) {
+		b := newBed(t, 87, true, over)
+		slow0, _ := b.Pod.ClassSent("eth0", tcshape.SlowClass.String())
+		inter0, _ := b.Pod.ClassSent("eth0", tcshape.InteractiveClass.String())
+		got, el := run(b)
+		slow1, _ := b.Pod.ClassSent("eth0", tcshape.SlowClass.String())
+		inter1, _ := b.Pod.ClassSent("eth0", tcshape.InteractiveClass.String())
+		slow, inter := int64(slow1-slow0), int64(inter1-inter0)
+		t.Logf("with hubwarden (POD_BUDGET = FLOW_BUDGET = 1 MiB, refill %d B/s, SLOW_RATE %d B/s): one flow, bursts of %d KiB with %s pauses, moved %d bytes (%s) in %.2f s, %.0f B/s; bound %d (%s: 1 MiB + %.0f B/s × %.2f s + %d), %.1f%% of it; the slow class sent %d bytes, %d of them from the interactive leaf (%.0f%%); demotions %.0f",
+			podRefill, slowRate, burstKiB, pause, got, mib(got), el, float64(got)/el, limit(el), mib(limit(el)), float64(podRefill+slowRate), el, constant,
+			100*float64(got)/float64(limit(el)), slow, inter, 100*float64(inter)/float64(max(slow, 1)), b.s.Metric("hubwarden_demotions_total"))
+		if got > limit(el) {
+			t.Errorf("%s left the pod in %.2f s, over the long-run bound %s", mib(got), el, mib(limit(el)))
+		}
+		if slow < int64(got)/2 {
+			t.Errorf("the slow class sent %s of the %s moved: the flow was not throttled, the bound held for another reason", mib(slow), mib(got))
 		}
 	})
 }
