@@ -18,9 +18,11 @@ import (
 	"time"
 
 	"github.com/hubwarden/hubwarden/ctwatch"
+	"github.com/hubwarden/hubwarden/demotion"
 	"github.com/hubwarden/hubwarden/health"
 	"github.com/hubwarden/hubwarden/internal/hwtest"
 	"github.com/hubwarden/hubwarden/internal/nstest"
+	"github.com/hubwarden/hubwarden/tcshape"
 	"github.com/hubwarden/hubwarden/warden"
 )
 
@@ -573,12 +575,12 @@ func TestIntegrationSlowCharged(t *testing.T) {
 	}
 	time.Sleep(6 * time.Second) // spend the budgets; the flows are slow now
 	level0 := b.s.Metric("hubwarden_pod_bucket_bytes")
-	slow0, _ := b.Pod.ClassSent("eth0", "4857:20")
+	slow0, _ := b.Pod.ClassSent("eth0", tcshape.SlowClass.String())
 	ct0 := slowFlowBytes(t, b.Pod)
 	t0 := time.Now()
 	time.Sleep(20 * time.Second)
 	level1 := b.s.Metric("hubwarden_pod_bucket_bytes")
-	slow1, _ := b.Pod.ClassSent("eth0", "4857:20")
+	slow1, _ := b.Pod.ClassSent("eth0", tcshape.SlowClass.String())
 	ct1 := slowFlowBytes(t, b.Pod)
 	el := time.Since(t0).Seconds()
 	for _, bk := range bks {
@@ -719,4 +721,181 @@ func TestIntegrationMarkedFlood(t *testing.T) {
 	if allowed := int(refill*time.Since(start).Seconds())/29 + 1; undemoted > allowed {
 		t.Errorf("%d flows of the flood are not demoted; the refill allows %d", undemoted, allowed)
 	}
+}
+
+// TestIntegrationInteractiveFlood: the slow class's interactive leaf serves
+// first the demoted flows that send little (under an eighth of the slow
+// rate each, per window); a user who spreads a download over many such
+// flows gets them all that priority. With the pod budget spent, 64 flows
+// each paced under the allowance are all served by the interactive leaf,
+// and still what leaves the pod is the slow rate and the pod refill, plus
+// the interactive leaf's burst: the split moves bytes between the slow
+// leaves, never past the slow class. Control: the same flows without
+// hubwarden.
+func TestIntegrationInteractiveFlood(t *testing.T) {
+	const (
+		flows = 64
+		pace  = 100 << 10 // bytes/s per flow, under the 122 KiB/s allowance at 8 mbit
+		d     = 6 * time.Second
+	)
+	start := func(b *bed) []*nstest.Bulk {
+		addr := net.JoinHostPort(b.PodIP4, fmt.Sprint(serverPort))
+		var bks []*nstest.Bulk
+		for range flows {
+			bks = append(bks, b.Peer.StartBulk(addr, pace))
+		}
+		t.Cleanup(func() {
+			for _, bk := range bks {
+				bk.Close()
+			}
+		})
+		return bks
+	}
+	received := func(bks []*nstest.Bulk, from, to time.Time) int64 {
+		var n int64
+		for _, bk := range bks {
+			n += bk.At(to) - bk.At(from)
+		}
+		return n
+	}
+	t.Run("control: without hubwarden", func(t *testing.T) {
+		b := newBed(t, 97, false, nil)
+		bks := start(b)
+		time.Sleep(time.Second)
+		from := time.Now()
+		time.Sleep(d)
+		got := received(bks, from, time.Now())
+		t.Logf("without hubwarden: %d flows paced at %d KiB/s moved %s in %s", flows, pace>>10, mib(got), d)
+		if got < 4*int64((podRefill+slowRate)*d.Seconds()) {
+			t.Errorf("the control moved only %s", mib(got))
+		}
+	})
+	t.Run("hubwarden", func(t *testing.T) {
+		b := newBed(t, 99, true, nil)
+		t0 := time.Now()
+		bks := start(b)
+		// Spend the pod budget (32 MiB at up to 6.4 MiB/s): then the gate
+		// demotes every flow that sends.
+		deadline := time.Now().Add(30 * time.Second)
+		for b.s.Metric("hubwarden_pod_gate_sets_total") < 1 && time.Now().Before(deadline) {
+			time.Sleep(100 * time.Millisecond)
+		}
+		time.Sleep(2 * time.Second)
+		// The counters are read by tc; the time the reads may span is from
+		// before the first to after the last.
+		before := time.Now()
+		slow0, _ := b.Pod.ClassSent("eth0", tcshape.SlowClass.String())
+		inter0, _ := b.Pod.ClassSent("eth0", tcshape.InteractiveClass.String())
+		from := time.Now()
+		time.Sleep(d)
+		to := time.Now()
+		inter1, _ := b.Pod.ClassSent("eth0", tcshape.InteractiveClass.String())
+		slow1, _ := b.Pod.ClassSent("eth0", tcshape.SlowClass.String())
+		span := time.Since(before).Seconds()
+		got := received(bks, from, to)
+		all := received(bks, t0, to)
+		el := to.Sub(from).Seconds()
+		slow, inter := int64(slow1-slow0), int64(inter1-inter0)
+		// What the slow class may send in that span: its rate, the
+		// interactive leaf's burst, the bulk leaf's and its own (two frames
+		// each), and the one packet HTB lets a class send into debt (a
+		// 64 KiB GSO packet).
+		slowBound := int64(slowRate*span) + tcshape.InteractiveBurst + 4*1514 + 64<<10
+		window := int64((podRefill+slowRate)*el) + tcshape.InteractiveBurst + 1<<20
+		t.Logf("with hubwarden, the pod budget spent: %d flows moved %s in %.2f s (bound %s); the slow class sent %d bytes in at most %.2f s (bound %d), %d of them from the interactive leaf; %s in all since the start (bound %s)",
+			flows, mib(got), el, mib(window), slow, span, slowBound, inter, mib(all), mib(bound(to.Sub(t0))))
+		if slow > slowBound {
+			t.Errorf("the slow class sent %d bytes in %.2f s, over its bound %d", slow, span, slowBound)
+		}
+		if got > window {
+			t.Errorf("%s left the pod in %.1f s, over the bound %s", mib(got), el, mib(window))
+		}
+		if all > bound(to.Sub(t0)) {
+			t.Errorf("%s left the pod in all, over the bound %s", mib(all), mib(bound(to.Sub(t0))))
+		}
+		if inter < slow/2 {
+			t.Errorf("the interactive leaf sent %s of the slow class's %s: the flows did not get the priority the attack is after", mib(inter), mib(slow))
+		}
+	})
+}
+
+// TestIntegrationBurstPause: one flow that alternates bursts and pauses, to
+// stay in the slow class's interactive leaf while it moves bulk. Each burst
+// is the allowance's burst (demotion.InteractiveLimit: 122 KiB at 8 mbit,
+// the most hashlimit lets a flow put in the interactive leaf in one
+// window, and more than the leaf's own 64 KiB burst), each pause 50 ms
+// (the leaves' token buckets refill part of their bursts). With a small
+// pod budget the flow is demoted within the first second, and what leaves
+// the pod over the whole run stays within the documented long-run bound:
+// the pod budget, the refill and SLOW_RATE over the run, and the slow
+// class's constant (docs/shaping.md, "The long-run bound": the interactive
+// leaf's 64 KiB burst, the slow class's and the bulk leaf's bursts of
+// max(10 ms of SLOW_RATE, two frames), and the one 64 KiB packet HTB lets
+// a leaf send into debt). Control: the same flow without hubwarden moves
+// more than that bound.
+func TestIntegrationBurstPause(t *testing.T) {
+	const (
+		d     = 12 * time.Second
+		pause = 50 * time.Millisecond
+		pod   = 1 << 20 // POD_BUDGET = FLOW_BUDGET
+	)
+	_, burstKiB, ok := demotion.InteractiveLimit(slowRate)
+	if !ok {
+		t.Fatalf("no interactive allowance at %d B/s", slowRate)
+	}
+	burst := burstKiB << 10
+	over := map[string]string{"HUBWARDEN_POD_BUDGET": "1MiB", "HUBWARDEN_FLOW_BUDGET": "1MiB"}
+	constant := int64(tcshape.InteractiveBurst + 2*max(slowRate/100, 2*1514) + 64<<10)
+	limit := func(el float64) int64 { return pod + int64((podRefill+slowRate)*el) + constant }
+	// run alternates bursts and pauses on one connection to the pod's
+	// server for d and returns the bytes received and the seconds from
+	// before the connection to the last byte.
+	run := func(b *bed) (int64, float64) {
+		t0 := time.Now()
+		c, err := b.Peer.DialTimeout("tcp", net.JoinHostPort(b.PodIP4, fmt.Sprint(serverPort)), 2*time.Second)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer c.Close()
+		deadline := t0.Add(d)
+		c.SetDeadline(deadline)
+		s := senderOn(c)
+		var got uint64
+		for time.Now().Before(deadline) {
+			k, err := s.fetch(burst)
+			got += k
+			if err != nil {
+				break
+			}
+			time.Sleep(pause)
+		}
+		return int64(got), time.Since(t0).Seconds()
+	}
+	t.Run("control: without hubwarden", func(t *testing.T) {
+		b := newBed(t, 85, false, nil)
+		got, el := run(b)
+		t.Logf("without hubwarden: one flow, bursts of %d KiB every %s, moved %s in %.2f s (%.0f B/s); hubwarden's bound for that time %s",
+			burstKiB, pause, mib(got), el, float64(got)/el, mib(limit(el)))
+		if got <= limit(el) {
+			t.Errorf("the control moved %s, not more than the bound %s: the test would prove nothing", mib(got), mib(limit(el)))
+		}
+	})
+	t.Run("hubwarden", func(t *testing.T) {
+		b := newBed(t, 87, true, over)
+		slow0, _ := b.Pod.ClassSent("eth0", tcshape.SlowClass.String())
+		inter0, _ := b.Pod.ClassSent("eth0", tcshape.InteractiveClass.String())
+		got, el := run(b)
+		slow1, _ := b.Pod.ClassSent("eth0", tcshape.SlowClass.String())
+		inter1, _ := b.Pod.ClassSent("eth0", tcshape.InteractiveClass.String())
+		slow, inter := int64(slow1-slow0), int64(inter1-inter0)
+		t.Logf("with hubwarden (POD_BUDGET = FLOW_BUDGET = 1 MiB, refill %d B/s, SLOW_RATE %d B/s): one flow, bursts of %d KiB with %s pauses, moved %d bytes (%s) in %.2f s, %.0f B/s; bound %d (%s: 1 MiB + %.0f B/s × %.2f s + %d), %.1f%% of it; the slow class sent %d bytes, %d of them from the interactive leaf (%.0f%%); demotions %.0f",
+			podRefill, slowRate, burstKiB, pause, got, mib(got), el, float64(got)/el, limit(el), mib(limit(el)), float64(podRefill+slowRate), el, constant,
+			100*float64(got)/float64(limit(el)), slow, inter, 100*float64(inter)/float64(max(slow, 1)), b.s.Metric("hubwarden_demotions_total"))
+		if got > limit(el) {
+			t.Errorf("%s left the pod in %.2f s, over the long-run bound %s", mib(got), el, mib(limit(el)))
+		}
+		if slow < int64(got)/2 {
+			t.Errorf("the slow class sent %s of the %s moved: the flow was not throttled, the bound held for another reason", mib(slow), mib(got))
+		}
+	})
 }

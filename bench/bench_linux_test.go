@@ -5,8 +5,10 @@ package bench
 import (
 	"bufio"
 	"context"
+	"errors"
 	"fmt"
 	"io"
+	"maps"
 	"math"
 	"net"
 	"os"
@@ -20,8 +22,11 @@ import (
 	"time"
 
 	"github.com/hubwarden/hubwarden/conntrack"
+	"github.com/hubwarden/hubwarden/demotion"
 	"github.com/hubwarden/hubwarden/internal/hwtest"
 	"github.com/hubwarden/hubwarden/internal/nstest"
+	"github.com/hubwarden/hubwarden/tcshape"
+	"github.com/hubwarden/hubwarden/warden"
 )
 
 // row is one line of BENCHMARKS.md.
@@ -148,7 +153,7 @@ const methodNotes = `## How each row is measured
 
 Repetitions (full mode; BENCH_QUICK=1 runs each once): 7: three 15 s
 windows per flow count; 6: 3 (after one dropped warm-up); 8: 5; 4: 3 per
-budget and setup; 1: 3 alternating; 5: 3 per regime, each in a fresh pair;
+budget and setup; 1: 9 rounds of 2 s, the order rotating; 5: 3 per regime, each in a fresh pair;
 3: 2 per setup and bypass, each in a fresh pair; 2: 60 requests per setup.
 
 Every row runs in fresh network namespaces (internal/nstest pairs: a "pod"
@@ -181,14 +186,29 @@ between the two namespaces.
   WATCH=false, and a poller in the bench that dumps conntrack every 1 s and
   sets the mark on flows past the budget. BENCH_BEFORE=<binary> adds the
   watched flow measured with an earlier build.
-- 1: iperf3 (3 s, pod → peer) through hubwarden's HTB and rules (budgets
-  too large to demote) vs a pair with no qdisc, alternating. Through the
+- 1: iperf3 (2 s, pod → peer) through hubwarden's HTB and rules (budgets
+  too large to demote, default FAST_RATE), through the same with
+  FAST_RATE=10gbit (the default before issue 20), and in a pair with no
+  qdisc, one after another with the order rotating each round (one flow on
+  this shared machine swings by ±30 % from second to second, and load only
+  ever slows it: the figure is each setup's best round, the ratio theirs;
+  the median of the per-round ratios is shown too); and the default and the bare
+  pair at the same time (6 rounds), whose ratio is the cost per byte,
+  insensitive to the machine's load. Through the
   proxy: e2e's TestE2EBenchProxy (the JupyterHub bed of docs/e2e.md), a
   128 MiB /files/ download through the hub's CHP from the bare pod and from
   the warden pod (hubwarden run, budgets too large to demote), alternating,
   10 rounds, the first dropped.
-- 5: 64-byte ping-pong over TCP pod → peer every 20 ms, p95 of the round
-  trip; idle vs while a bulk flow that hubwarden has demoted sends.
+- 5: 64-byte ping-pong over TCP pod → peer every 20 ms, p50 and p95 of
+  the round trip; idle vs while a bulk flow that hubwarden has demoted
+  sends (its conntrack mark checked). With the pod bucket empty, each
+  repetition first demotes the ping-pong's flow: fresh flows to the sink at
+  line rate spend the pod bucket until the kernel gate closes, while the
+  ping-pong sends, until its conntrack mark has the demoted bit (at most 5
+  such flows, reset then); idle is that demoted flow with nothing else
+  sending. Its mark is checked after the idle and the loaded phase (and
+  must stay clear with the pod bucket not empty); a repetition not so set
+  up is reported as a failure and left out of the medians.
 - 3: for each setup, three bypasses for a fixed window (one flow; 16 parallel
   flows; a new connection per 1 MiB): bytes moved, then 1 GiB time =
   window + the rest at the rate of the window's last 40 %; the best bypass
@@ -599,6 +619,10 @@ func benchOvershoot(t *testing.T) {
 			if mode == modeBefore {
 				bin = before
 				over["HUBWARDEN_BACKSTOP_BUDGET"] = "4095MiB"
+				// 15f64e2 refuses a HUBWARDEN_* variable it does not
+				// know, and of podEnv's and this row's it knows all but
+				// the guard's (its sidecar/config.go), which came later.
+				over["HUBWARDEN_GUARD"] = ""
 			}
 			sk := p.Peer.Sink(fmt.Sprintf("%s:%d", p.PeerIP4, portBulk))
 			s := startSidecarBin(t, p, podEnv(t, p, over), bin)
@@ -652,58 +676,112 @@ func benchOvershoot(t *testing.T) {
 // ---- row 1: fast path -------------------------------------------------
 
 func iperf(t *testing.T, p *nstest.Pair, secs int) float64 {
-	out, err := p.Pod.Run("iperf3", "-J", "-c", p.PeerIP4, "-p", fmt.Sprint(portIperf), "-t", fmt.Sprint(secs))
+	bps, err := iperfRun(p, secs)
 	if err != nil {
 		t.Fatal(err)
 	}
+	return bps
+}
+
+// iperfRun runs one iperf3 flow pod → peer and returns its bits per second.
+func iperfRun(p *nstest.Pair, secs int) (float64, error) {
+	out, err := p.Pod.Run("iperf3", "-J", "-c", p.PeerIP4, "-p", fmt.Sprint(portIperf), "-t", fmt.Sprint(secs))
+	if err != nil {
+		return 0, err
+	}
 	i := strings.Index(out, `"sum_received"`)
+	if i < 0 {
+		return 0, fmt.Errorf("iperf3 printed no sum_received: %s", out)
+	}
 	j := strings.Index(out[i:], `"bits_per_second":`)
 	var bps float64
 	fmt.Sscanf(strings.TrimLeft(out[i+j+len(`"bits_per_second":`):], " \t"), "%g", &bps)
-	return bps
+	return bps, nil
+}
+
+// iperfTogether runs one iperf3 flow in each pair at the same time.
+func iperfTogether(t *testing.T, p1, p2 *nstest.Pair, secs int) (float64, float64) {
+	var x float64
+	var err1 error
+	done := make(chan struct{})
+	go func() { defer close(done); x, err1 = iperfRun(p1, secs) }()
+	y, err2 := iperfRun(p2, secs)
+	<-done
+	if err := errors.Join(err1, err2); err != nil {
+		t.Fatal(err)
+	}
+	return x, y
 }
 
 func benchFastPath(t *testing.T) {
 	hw := nstest.NewPair(t, 76)
 	bare := nstest.NewPair(t, 77)
-	hw100 := nstest.NewPair(t, 79)
-	for _, p := range []*nstest.Pair{hw, bare, hw100} {
+	hw10 := nstest.NewPair(t, 79)
+	for _, p := range []*nstest.Pair{hw, bare, hw10} {
 		p.Peer.Start("iperf3", "-s", "-B", p.PeerIP4, "-p", fmt.Sprint(portIperf))
 	}
 	big := map[string]string{"HUBWARDEN_FLOW_BUDGET": "1TiB", "HUBWARDEN_POD_BUDGET": "1TiB"}
 	startSidecar(t, hw, podEnv(t, hw, big))
-	big["HUBWARDEN_FAST_RATE"] = "100gbit"
-	startSidecar(t, hw100, podEnv(t, hw100, big))
+	big["HUBWARDEN_FAST_RATE"] = "10gbit" // the default before issue 20
+	startSidecar(t, hw10, podEnv(t, hw10, big))
 	time.Sleep(300 * time.Millisecond)
-	secs := pick(1, 3)
-	var a, b, c, ratios, ratios100 []float64
-	for r := 0; r < reps(); r++ {
-		var x, y, z float64
-		if r%2 == 0 {
-			x, y, z = iperf(t, hw, secs), iperf(t, bare, secs), iperf(t, hw100, secs)
-		} else {
-			z, y, x = iperf(t, hw100, secs), iperf(t, bare, secs), iperf(t, hw, secs)
+	// One flow on a shared 2-CPU machine swings by ±30 % from one second
+	// to the next: many short rounds, the order rotating, and the median
+	// of the per-round ratios.
+	secs := pick(1, 2)
+	var a, b, c, ratios, ratios10 []float64
+	for r := 0; r < pick(1, 3*reps()); r++ {
+		got := map[*nstest.Pair]float64{}
+		order := []*nstest.Pair{hw, bare, hw10}
+		for k := range order {
+			p := order[(k+r)%len(order)]
+			got[p] = iperf(t, p, secs)
 		}
+		x, y, z := got[hw], got[bare], got[hw10]
 		a, b, c = append(a, x), append(b, y), append(c, z)
-		ratios, ratios100 = append(ratios, x/y), append(ratios100, z/y)
+		ratios, ratios10 = append(ratios, x/y), append(ratios10, z/y)
 	}
-	rt := median(ratios)
+	// The same two pairs at the same time: both flows share the machine's
+	// CPUs, so the ratio is what hubwarden costs per byte, whatever else
+	// the machine does in that second (a cross-check of the figure above,
+	// which a shared machine's load swings).
+	var together []float64
+	for r := 0; r < pick(1, 2*reps()); r++ {
+		x, y := iperfTogether(t, hw, bare, secs)
+		together = append(together, x/y)
+	}
+	// The machine's load only ever slows a flow down: the best round of
+	// each setup is the closest to what it can do, and their ratio is the
+	// figure judged; the median of the per-round ratios is shown beside it.
+	best := func(v []float64) float64 { return percentile(v, 1) }
+	rt := best(a) / best(b)
 	met := "met"
 	if rt < 0.95 {
-		met = "NOT met (raw veth; see note)"
+		met = "NOT met"
 	}
-	addRow(row{"1", "fast-path throughput, raw veth (iperf3 pod → peer, one flow)",
-		fmt.Sprintf("hubwarden (default FAST_RATE 10gbit) %.2f Gbit/s; hubwarden FAST_RATE=100gbit %.2f Gbit/s; no qdisc %.2f Gbit/s", median(a)/1e9, median(c)/1e9, median(b)/1e9),
-		fmt.Sprintf("%.2f× (FAST_RATE=100gbit: %.2f×)", rt, median(ratios100)), "≥ 0.95× through the proxy (this is raw veth): " + met})
+	t.Logf("rounds: hubwarden %v, no qdisc %v, 10gbit %v (bit/s); at the same time: %v", a, b, c, together)
+	addRow(row{"1", fmt.Sprintf("fast-path throughput, raw veth (iperf3 pod → peer, one flow, best of %d rounds of %d s)", len(a), secs),
+		fmt.Sprintf("hubwarden (default FAST_RATE 1tbit) %.2f Gbit/s; hubwarden FAST_RATE=10gbit (the default before) %.2f Gbit/s; no qdisc %.2f Gbit/s", best(a)/1e9, best(c)/1e9, best(b)/1e9),
+		fmt.Sprintf("%.2f× (FAST_RATE=10gbit: %.2f×); median of the per-round ratios %.2f× (10gbit: %.2f×); both flows at the same time, sharing the CPUs: %.2f×", rt, best(c)/best(b), median(ratios), median(ratios10), median(together)),
+		"≥ 0.95× on the raw veth: " + met})
 	// Through the real proxy: scripts/bench.sh runs e2e's TestE2EBenchProxy
-	// first and passes its row in BENCH_PROXY_ROW.
+	// first and passes its row in BENCH_PROXY_ROW; issue 20's target for
+	// it is 0.98×, judged here from the row's ratio.
 	if b, err := os.ReadFile(os.Getenv("BENCH_PROXY_ROW")); err == nil {
 		if f := strings.Split(strings.Trim(strings.TrimSpace(string(b)), "|"), " | "); len(f) == 5 {
-			addRow(row{strings.TrimSpace(f[0]), f[1], f[2], f[3], strings.TrimSpace(f[4])})
+			target := strings.TrimSpace(f[4])
+			var x float64
+			if _, err := fmt.Sscanf(strings.TrimSpace(f[3]), "%g×", &x); err == nil {
+				target = "≥ 0.98×: met"
+				if x < 0.98 {
+					target = "≥ 0.98×: NOT met"
+				}
+			}
+			addRow(row{strings.TrimSpace(f[0]), f[1], f[2], f[3], target})
 			return
 		}
 	}
-	addRow(row{"1", "fast-path throughput through the real proxy", "not measured: the e2e bed was unavailable (see the e2e step of scripts/bench.sh)", "—", "≥ 0.95×"})
+	addRow(row{"1", "fast-path throughput through the real proxy", "not measured: the e2e bed was unavailable (see the e2e step of scripts/bench.sh)", "—", "≥ 0.98×"})
 }
 
 // ---- rows 5, 3, 2: the bed's hubwarden figures -----------------------
@@ -737,70 +815,281 @@ func pingpong(t *testing.T, c net.Conn, n int) []float64 {
 	return rtts
 }
 
+// demotedBit is the demoted bit of the demotion contract
+// (demotion.Contract.Demoted) at the sidecar's default HUBWARDEN_CTMARK,
+// which no row changes.
+func demotedBit(t *testing.T) uint32 {
+	c, err := demotion.New(0x100000, demotion.MinFlowBudget)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return c.Demoted()
+}
+
+// flowMark returns the conntrack mark of c, a TCP connection the pod opened.
+func flowMark(ct *conntrack.Conn, c net.Conn) (uint32, error) {
+	l, r := c.LocalAddr().(*net.TCPAddr).AddrPort(), c.RemoteAddr().(*net.TCPAddr).AddrPort()
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
+	defer cancel()
+	f, err := ct.Get(ctx, conntrack.Tuple{Proto: 6, Src: l.Addr().Unmap(), Dst: r.Addr().Unmap(), SrcPort: l.Port(), DstPort: r.Port()})
+	if err != nil {
+		return 0, err
+	}
+	return f.Mark, nil
+}
+
+// exchange is one 64-byte round trip on the echo connection c.
+func exchange(c net.Conn) error {
+	buf := make([]byte, 64)
+	c.SetDeadline(time.Now().Add(10 * time.Second))
+	if _, err := c.Write(buf); err != nil {
+		return err
+	}
+	_, err := io.ReadFull(c, buf)
+	return err
+}
+
+// resetClose closes c with a RST, so that what its socket still buffers
+// never reaches a queue.
+func resetClose(c net.Conn) {
+	if tc, ok := c.(*net.TCPConn); ok {
+		_ = tc.SetLinger(0)
+	}
+	c.Close()
+}
+
+// waitDemoted polls c's mark until it has the demoted bit (true) or d has
+// passed (false).
+func waitDemoted(ct *conntrack.Conn, c net.Conn, bit uint32, d time.Duration) (uint32, bool) {
+	var m uint32
+	for deadline := time.Now().Add(d); ; {
+		var err error
+		if m, err = flowMark(ct, c); err == nil && m&bit != 0 {
+			return m, true
+		}
+		if time.Now().After(deadline) {
+			return m, false
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+}
+
+// demoteInteractive empties the pod bucket and demotes the echo connection
+// c with it: it opens fresh flows to the sink that send at line rate, each
+// spending what the pod bucket holds until the kernel gate closes (or its
+// own FLOW_BUDGET demotes it), and meanwhile exchanges on c until c's
+// conntrack mark has the demoted bit: the gate demotes a flow that sends
+// while it is closed. One flow is not always enough: with FLOW_BUDGET =
+// POD_BUDGET its own tripwire can demote it with a little left in the pod
+// bucket, and the refill (128 KiB/s, above the slow class's 1 mbit) then
+// keeps the level positive, the gate open and c fast; the next fresh flow
+// spends that. At most 5 flows, 20 s each; the flows are reset when it
+// returns. It returns how many flows it took.
+func demoteInteractive(ct *conntrack.Conn, p *nstest.Pair, c net.Conn, bit uint32) (int, error) {
+	ctx, cancel := context.WithCancel(context.Background())
+	var drains []net.Conn
+	defer func() {
+		cancel()
+		for _, d := range drains {
+			resetClose(d)
+		}
+	}()
+	var cm, dm uint32
+	for k := 1; k <= 5; k++ {
+		d, err := dial(p.Pod, fmt.Sprintf("%s:%d", p.PeerIP4, portBulk))
+		if err != nil {
+			return k, err
+		}
+		drains = append(drains, d)
+		go nstest.Blast(ctx, d)
+		var dDemoted time.Time
+		for deadline := time.Now().Add(20 * time.Second); time.Now().Before(deadline); {
+			if err := exchange(c); err != nil {
+				return k, err
+			}
+			var ok bool
+			if cm, ok = waitDemoted(ct, c, bit, 0); ok {
+				return k, nil
+			}
+			if dm, ok = waitDemoted(ct, d, bit, 0); ok && dDemoted.IsZero() {
+				dDemoted = time.Now()
+			}
+			// The gate closes within a refill tick (100 ms) of the
+			// bucket's running dry; give c half a second past the
+			// flow's demotion, then spend the rest with a fresh one.
+			if !dDemoted.IsZero() && time.Since(dDemoted) > 500*time.Millisecond {
+				break
+			}
+			time.Sleep(20 * time.Millisecond)
+		}
+	}
+	return 5, fmt.Errorf("the interactive flow's mark %#x never had the demoted bit %#x after 5 flows at line rate (the last one's mark %#x)", cm, bit, dm)
+}
+
+// pct is one side of row 5: p50 and p95 of the round trips, in ms.
+type pct struct{ p50, p95 float64 }
+
+func pcts(rtts []float64) pct { return pct{median(rtts), percentile(rtts, 0.95)} }
+
 func benchInteractive(t *testing.T) {
 	n := pick(50, 150)
-	// Two regimes: the bulk flow demoted by its own budget while the pod
-	// bucket still holds tokens, and the pod bucket emptied by the bulk
-	// (POD_BUDGET = FLOW_BUDGET), when every flow that sends is demoted,
-	// the interactive one too (docs/watcher.md, reason pod_budget).
+	bit := demotedBit(t)
+	// Three regimes: the bulk flow demoted by its own budget while the pod
+	// bucket still holds tokens (the interactive flow is not demoted: it
+	// must stay fast); the pod bucket emptied (POD_BUDGET = FLOW_BUDGET),
+	// when every flow that sends is demoted, the interactive one too
+	// (docs/watcher.md, reason pod_budget), and the slow class's
+	// interactive leaf serves it (issue 20); and the same with one slow
+	// queue, as a kernel without hashlimit's rate match has it (the
+	// refusal recorded in STATE_DIR/detected.json, which start-up honours
+	// without trying again): the behaviour before the split.
+	//
+	// With the pod bucket empty, each repetition first demotes the
+	// interactive flow (demoteInteractive: the gate closed, its conntrack
+	// mark checked), then measures it idle (demoted, no other flow
+	// sending) and under a demoted bulk flow, and checks its mark again
+	// after each; a repetition whose interactive flow is not demoted (or
+	// is, in the first regime) is a failure of the set-up, reported and
+	// left out of the medians.
 	type regime struct {
-		name string
-		env  map[string]string
+		name     string
+		env      map[string]string
+		podEmpty bool
+		oneQueue bool
 	}
-	podEmpty := map[string]string{}
-	for k, v := range bedEnv {
-		podEmpty[k] = v
-	}
+	podEmpty := maps.Clone(bedEnv)
 	podEmpty["HUBWARDEN_POD_BUDGET"] = "8MiB" // FLOW_BUDGET may not exceed it
 	podEmpty["HUBWARDEN_FLOW_BUDGET"] = "8MiB"
+	regimes := []regime{
+		{"pod bucket not empty (bulk demoted by FLOW_BUDGET, the interactive flow fast)", bedEnv, false, false},
+		{"pod bucket empty (FLOW_BUDGET = POD_BUDGET = 8MiB), the interactive flow demoted, interactive leaf", podEmpty, true, false},
+		{"pod bucket empty, the interactive flow demoted, one slow queue (hashlimit refused)", podEmpty, true, true},
+	}
 	var figs, ratioCells []string
-	var first float64
-	for ri, rg := range []regime{{"pod bucket not empty (bulk demoted by FLOW_BUDGET)", bedEnv}, {"pod bucket empty (FLOW_BUDGET = POD_BUDGET = 8MiB)", podEmpty}} {
-		var idle, loaded, ratios []float64
+	ratio := make([]float64, len(regimes))
+	for ri, rg := range regimes {
+		var idle, loaded []pct
+		var r95, r50 []float64
 		for r := 0; r < reps(); r++ {
 			p := nstest.NewPair(t, 78)
 			p.Peer.Serve(fmt.Sprintf("%s:%d", p.PeerIP4, portEcho), func(c net.Conn) { io.Copy(c, c) })
 			p.Peer.Sink(fmt.Sprintf("%s:%d", p.PeerIP4, portBulk))
-			s := startSidecar(t, p, podEnv(t, p, rg.env))
+			env := maps.Clone(rg.env)
+			if rg.oneQueue {
+				dir := t.TempDir()
+				if err := os.WriteFile(filepath.Join(dir, warden.DetectedFile), []byte(`{"hashlimit_refused":true}`), 0o644); err != nil {
+					t.Fatal(err)
+				}
+				env["HUBWARDEN_STATE_DIR"] = dir
+			}
+			s := startSidecar(t, p, podEnv(t, p, env))
+			ct, err := conntrack.Dial(conntrack.Config{NetNS: p.Pod.FD()})
+			if err != nil {
+				t.Fatal(err)
+			}
 			c, err := dial(p.Pod, fmt.Sprintf("%s:%d", p.PeerIP4, portEcho))
 			if err != nil {
 				t.Fatal(err)
 			}
-			i95 := percentile(pingpong(t, c, n), 0.95)
+			stop := func() {
+				c.Close()
+				ct.Close()
+				syscall.Kill(-s.pid, syscall.SIGKILL)
+				s.cmd.Wait()
+			}
+			pingpong(t, c, 5) // the connection is established and tracked
+			setup := "interactive flow fast, as this regime needs"
+			if rg.podEmpty {
+				k, err := demoteInteractive(ct, p, c, bit)
+				if err != nil {
+					t.Errorf("%s, repetition %d: the bench could not set up the regime: %v (pod bucket %.0f bytes, demotions %.0f, gate closings %.0f); left out",
+						rg.name, r+1, err, s.metric("hubwarden_pod_bucket_bytes"), s.metric("hubwarden_demotions_total"), s.metric("hubwarden_pod_gate_sets_total"))
+					stop()
+					continue
+				}
+				setup = fmt.Sprintf("interactive flow demoted (the gate closed by %d flow(s) at line rate)", k)
+				// The reset flows' last bytes leave the bulk leaf's fifo
+				// (at most 128 KiB, about 1 s at 1 mbit); c keeps
+				// sending, so it stays demoted (it is not idle).
+				pingpong(t, c, 100)
+			}
+			i := pcts(pingpong(t, c, n))
+			mi, _ := flowMark(ct, c)
 			bc, err := dial(p.Pod, fmt.Sprintf("%s:%d", p.PeerIP4, portBulk))
 			if err != nil {
 				t.Fatal(err)
 			}
 			ctx, cancel := context.WithCancel(context.Background())
 			go nstest.Blast(ctx, bc)
-			deadline := time.Now().Add(30 * time.Second)
-			for s.metric("hubwarden_demotions_total") < 1 && time.Now().Before(deadline) {
-				time.Sleep(50 * time.Millisecond)
-			}
+			mb, bulkDemoted := waitDemoted(ct, bc, bit, 30*time.Second)
 			time.Sleep(time.Second)
-			l95 := percentile(pingpong(t, c, n), 0.95)
+			inter0 := nstest.IPBytes(p.Pod.ClassSent("eth0", tcshape.InteractiveClass.String()))
+			bulk0 := nstest.IPBytes(p.Pod.ClassSent("eth0", tcshape.BulkClass.String()))
+			l := pcts(pingpong(t, c, n))
+			inter := nstest.IPBytes(p.Pod.ClassSent("eth0", tcshape.InteractiveClass.String())) - inter0
+			bulk := nstest.IPBytes(p.Pod.ClassSent("eth0", tcshape.BulkClass.String())) - bulk0
+			ml, _ := flowMark(ct, c)
 			cancel()
-			bc.Close()
-			c.Close()
-			syscall.Kill(-s.pid, syscall.SIGKILL)
-			s.cmd.Wait()
-			idle, loaded = append(idle, i95), append(loaded, l95)
-			ratios = append(ratios, l95/i95)
-			t.Logf("%s: p95 idle %.2f ms, under demoted bulk %.2f ms", rg.name, i95, l95)
+			resetClose(bc)
+			stop()
+			demoted := func(m uint32) string {
+				if m&bit != 0 {
+					return "yes"
+				}
+				return "no"
+			}
+			t.Logf("%s, repetition %d: %s; idle p50 %.2f ms p95 %.2f ms (demoted at its end: %s), under the demoted bulk p50 %.2f ms p95 %.2f ms (demoted at its end: %s; bulk mark %#x); meanwhile the slow leaves sent %d (interactive) and %d (bulk) IP bytes",
+				rg.name, r+1, setup, i.p50, i.p95, demoted(mi), l.p50, l.p95, demoted(ml), mb, inter, bulk)
+			var bad []string
+			if !bulkDemoted {
+				bad = append(bad, fmt.Sprintf("the bulk flow was not demoted in 30 s (mark %#x)", mb))
+			}
+			if want := rg.podEmpty; (mi&bit != 0) != want || (ml&bit != 0) != want {
+				bad = append(bad, fmt.Sprintf("the interactive flow's mark was %#x after the idle phase and %#x after the loaded one: demoted %s and %s, want %v", mi, ml, demoted(mi), demoted(ml), want))
+			}
+			if rg.podEmpty && !rg.oneQueue && inter == 0 {
+				bad = append(bad, "the interactive leaf sent nothing while the interactive flow was demoted")
+			}
+			if len(bad) > 0 {
+				t.Errorf("%s, repetition %d: the bench's set-up failed: %s; left out", rg.name, r+1, strings.Join(bad, "; "))
+				continue
+			}
+			idle, loaded = append(idle, i), append(loaded, l)
+			r95, r50 = append(r95, l.p95/i.p95), append(r50, l.p50/i.p50)
 		}
-		if ri == 0 {
-			first = median(ratios)
+		if len(idle) == 0 {
+			ratio[ri] = math.NaN()
+			figs = append(figs, fmt.Sprintf("%s: not measured (no repetition was set up)", rg.name))
+			ratioCells = append(ratioCells, "—")
+			continue
 		}
-		figs = append(figs, fmt.Sprintf("%s: idle %.2f ms, under the bulk %.2f ms", rg.name, median(idle), median(loaded)))
-		ratioCells = append(ratioCells, fmt.Sprintf("%.2f×", median(ratios)))
+		med := func(v []pct, f func(pct) float64) float64 {
+			var x []float64
+			for _, e := range v {
+				x = append(x, f(e))
+			}
+			return median(x)
+		}
+		p50 := func(e pct) float64 { return e.p50 }
+		p95 := func(e pct) float64 { return e.p95 }
+		ratio[ri] = median(r95)
+		figs = append(figs, fmt.Sprintf("%s (%d of %d repetitions set up): idle p50 %.2f / p95 %.2f ms, under the bulk p50 %.2f / p95 %.2f ms",
+			rg.name, len(idle), reps(), med(idle, p50), med(idle, p95), med(loaded, p50), med(loaded, p95)))
+		ratioCells = append(ratioCells, fmt.Sprintf("p95 %.2f×, p50 %.2f×", median(r95), median(r50)))
 	}
-	met := "met"
-	if first > 1.5 {
-		met = "NOT met"
+	met := func(r, limit float64) string {
+		switch {
+		case math.IsNaN(r):
+			return "not measured"
+		case r > limit:
+			return "NOT met"
+		}
+		return "met"
 	}
-	addRow(row{"5", "interactive p95 (64 B TCP ping-pong every 20 ms) while a demoted bulk flow sends, vs idle",
+	addRow(row{"5", "interactive p50/p95 (64 B TCP ping-pong every 20 ms) while a demoted bulk flow sends, vs idle",
 		strings.Join(figs, "; "), strings.Join(ratioCells, "; "),
-		"≤ 1.5× (pod bucket not empty): " + met + "; with the pod bucket empty the interactive flow is demoted too, by design"})
+		"p95 ≤ 1.5× (pod bucket not empty): " + met(ratio[0], 1.5) + "; p95 ≤ 3× with the pod bucket empty (issue 20): " + met(ratio[1], 3) +
+			"; one slow queue for comparison (issue 20 measured 1.07 s against 0.19 ms idle)"})
 }
 
 // setupAlt prepares a pair as one of the alternatives; stop ends what it

@@ -69,7 +69,9 @@ const (
 )
 
 // podEnv is hubwarden's configuration in a pair: the peer is the resolver
-// and allowed on TCP 5000-5999; shaping and the watcher on; overrides win.
+// and allowed on TCP 5000-5999; shaping and the watcher on; overrides win
+// ("" removes a variable, as in internal/hwtest.Env: an earlier build
+// refuses the HUBWARDEN_* variables it does not know).
 func podEnv(t *testing.T, p *nstest.Pair, over map[string]string) []string {
 	env := map[string]string{
 		"PATH":                       "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
@@ -86,7 +88,11 @@ func podEnv(t *testing.T, p *nstest.Pair, over map[string]string) []string {
 		"HUBWARDEN_GUARD":            "off", // as internal/hwtest: the rows measure shaping and the watch
 	}
 	for k, v := range over {
-		env[k] = v
+		if v == "" {
+			delete(env, k)
+		} else {
+			env[k] = v
+		}
 	}
 	// BENCH_HW_ENV="GOGC=50 GOMEMLIMIT=16MiB" passes runtime settings to
 	// every sidecar, to see what they change.

@@ -49,6 +49,15 @@ import (
 // larger.
 const idleBytes = 4096
 
+// MaxLineRate (12.5 GB/s, 100 Gbit/s) is the fastest line rate a userspace
+// pod bucket is read for. No pod sends that fast through an HTB root (one
+// lock for the whole interface; a veth here carries 10-30 Gbit/s), and a
+// burst even four times faster still spends no more than what is left
+// between two readings: the bound holds. Reading for FAST_RATE's default
+// (1 tbit) instead would read the counter every millisecond whatever the
+// bucket holds.
+const MaxLineRate units.Rate = 12_500_000_000
+
 // Defaults of the Config fields that the sidecar does not set.
 const (
 	DefaultRefillInterval = 100 * time.Millisecond
@@ -92,7 +101,9 @@ type Config struct {
 	RefillInterval time.Duration
 	// LineRate is the fastest the pod can send (bytes/s): a userspace pod
 	// bucket is read often enough that a burst at this rate spends at most a
-	// quarter of what is left. 0 means 1.25 GB/s.
+	// quarter of what is left. 0 means 1.25 GB/s; above MaxLineRate means
+	// MaxLineRate (the sidecar passes FAST_RATE, whose default is a ceiling
+	// no interface reaches, not a line rate).
 	LineRate units.Rate
 	// MaxFlows is how many flows the watcher tracks at most. 0 means
 	// DefaultMaxFlows.
@@ -117,6 +128,7 @@ func (c Config) withDefaults() Config {
 	if c.LineRate == 0 {
 		c.LineRate = 1_250_000_000
 	}
+	c.LineRate = min(c.LineRate, MaxLineRate)
 	if c.MaxFlows <= 0 {
 		c.MaxFlows = DefaultMaxFlows
 	}

@@ -103,3 +103,26 @@ func TestTxBucket(t *testing.T) {
 		t.Errorf("Next with 1000 bytes left = %v, want the 1ms floor", d)
 	}
 }
+
+// TestLineRateCap: FAST_RATE's default (1 tbit) is passed as the line
+// rate; the watcher reads for MaxLineRate instead, so that a full bucket is
+// not read every millisecond, and a rate of 2^64-1 B/s is no different.
+func TestLineRateCap(t *testing.T) {
+	const M = 1 << 20
+	for _, r := range []units.Rate{1_000_000_000_000 / 8, math.MaxUint64} {
+		cfg := Config{PodBudget: 256 * M, PodRefill: 256 << 10, LineRate: r}.withDefaults()
+		if cfg.LineRate != MaxLineRate {
+			t.Errorf("LineRate %d: got %d, want MaxLineRate", r, cfg.LineRate)
+		}
+		b := NewTxBucket(cfg, float64(cfg.PodBudget))
+		// A quarter of 256 MiB at 100 Gbit/s: 5.4 ms.
+		level, line := float64(256*M), float64(MaxLineRate)
+		want := time.Duration(level / line / 4 * float64(time.Second))
+		if d := b.Next(float64(cfg.LineRate), 500*time.Millisecond); d != want {
+			t.Errorf("LineRate %d: Next with a full bucket = %v, want %v", r, d, want)
+		}
+	}
+	if cfg := (Config{LineRate: 1_250_000_000}).withDefaults(); cfg.LineRate != 1_250_000_000 {
+		t.Errorf("a line rate below the cap changed: %d", cfg.LineRate)
+	}
+}

@@ -3,13 +3,16 @@
 package demotion
 
 import (
+	"io"
 	"net"
+	"slices"
 	"strconv"
 	"strings"
 	"testing"
 	"time"
 
 	"github.com/hubwarden/hubwarden/internal/nstest"
+	"github.com/hubwarden/hubwarden/tcshape"
 	"github.com/hubwarden/hubwarden/units"
 	"github.com/hubwarden/hubwarden/xtables"
 )
@@ -85,5 +88,81 @@ func TestIntegrationLatencyBesideDemoted(t *testing.T) {
 	// 64 KB GSO packet 65 ms.
 	if limit := max(ref*3/2, ref+200*time.Microsecond); demoted > limit {
 		t.Errorf("p95 beside a demoted flow %v is above %v (idle %v)", demoted, limit, ref)
+	}
+}
+
+// spacedEcho runs n echo exchanges on c, one every gap (an interactive
+// user's pace), and returns the round trips.
+func spacedEcho(t *testing.T, c net.Conn, n int, gap time.Duration) []time.Duration {
+	t.Helper()
+	req, resp := make([]byte, 64), make([]byte, 512)
+	var rtts []time.Duration
+	for range n {
+		start := time.Now()
+		c.SetDeadline(start.Add(10 * time.Second))
+		if _, err := c.Write(req); err != nil {
+			t.Fatal(err)
+		}
+		if _, err := io.ReadFull(c, resp); err != nil {
+			t.Fatal(err)
+		}
+		rtts = append(rtts, time.Since(start))
+		time.Sleep(gap)
+	}
+	return rtts
+}
+
+func p95(d []time.Duration) time.Duration {
+	s := slices.Clone(d)
+	slices.Sort(s)
+	return s[len(s)*95/100]
+}
+
+// TestIntegrationInteractiveBesideDemoted is the pod budget spent: every
+// flow that sends is demoted, a bulk transfer and the user's small
+// exchanges alike. The exchanges (512-byte answers every 20 ms, far under
+// the allowance) go to the slow class's interactive leaf, the bulk flow
+// (after its first window's allowance) to the bulk leaf, so the exchanges
+// do not queue behind the bulk transfer. It asserts where the bytes went;
+// the round trips it logs are the bench's to compare (BENCHMARKS.md row 5).
+func TestIntegrationInteractiveBesideDemoted(t *testing.T) {
+	b := newBed(t, 36, 1*units.GiB, GateRecent, xtables.NFT)
+	b.Pod.ServeBulk(8888)
+	b.Pod.ServeBulk(8889)
+	gate := func(open bool) {
+		t.Helper()
+		if err := b.Pod.Do(func() error { return RecentGate{IPv6: true}.Set(open) }); err != nil {
+			t.Fatal(err)
+		}
+	}
+	echo := b.Peer.Echo(net.JoinHostPort(b.PodIP4, "8889"))
+	const n, gap = 150, 20 * time.Millisecond
+	// Idle, with the pod budget available: the gate is open for 2 s at a
+	// time, so it is opened again for each third of the exchanges.
+	var idleRTT []time.Duration
+	for range 3 {
+		gate(true)
+		idleRTT = append(idleRTT, spacedEcho(t, echo, n/3, gap)...)
+	}
+	idle := p95(idleRTT)
+	// The pod budget spent: the gate closed, every flow that sends is
+	// demoted from its next packet, the echo's and the bulk transfer's.
+	gate(false)
+	bulk := b.Peer.StartBulk(net.JoinHostPort(b.PodIP4, "8888"), 0)
+	defer bulk.Close()
+	time.Sleep(2 * time.Second) // the bulk flow's first window, and the queues fill
+	inter0 := nstest.IPBytes(b.Pod.ClassSent("eth0", tcshape.InteractiveClass.String()))
+	bulk0 := nstest.IPBytes(b.Pod.ClassSent("eth0", tcshape.BulkClass.String()))
+	demoted := spacedEcho(t, echo, n, gap)
+	inter := nstest.IPBytes(b.Pod.ClassSent("eth0", tcshape.InteractiveClass.String())) - inter0
+	bulkBytes := nstest.IPBytes(b.Pod.ClassSent("eth0", tcshape.BulkClass.String())) - bulk0
+	t.Logf("echo p95: idle %v; both flows demoted, beside the bulk flow: %v (max %v); the interactive leaf sent %d IP bytes, the bulk leaf %d",
+		idle, p95(demoted), slices.Max(demoted), inter, bulkBytes)
+	// n answers of 512 bytes (and their headers, and a few ACKs).
+	if inter < n*512 || inter > n*(512+200) {
+		t.Errorf("the interactive leaf sent %d bytes while the echo's %d answers of 512 bytes were sent: want those, and no bulk", inter, n)
+	}
+	if bulkBytes < int64(b.slow) {
+		t.Errorf("the bulk leaf sent %d bytes in %d × %v: want the bulk flow at the slow rate there", bulkBytes, n, gap)
 	}
 }

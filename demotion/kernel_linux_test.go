@@ -56,7 +56,7 @@ func newBed(t *testing.T, subnet int, budget units.Size, gate Gate, backend xtab
 	if _, err := tcshape.Apply(context.Background(), k, spec, zerolog.Nop(), false); err != nil {
 		t.Fatal(err)
 	}
-	tables, err := MangleTables(Rules{Contract: b.c, Interface: "eth0", IPv6: true, Watch: true, Gate: gate})
+	tables, err := MangleTables(Rules{Contract: b.c, Interface: "eth0", IPv6: true, Watch: true, Gate: gate, Interactive: true, SlowRate: slowRate})
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -6,6 +6,7 @@ import (
 	"strings"
 
 	"github.com/hubwarden/hubwarden/tcshape"
+	"github.com/hubwarden/hubwarden/units"
 	"github.com/hubwarden/hubwarden/xtables"
 )
 
@@ -56,6 +57,49 @@ type Rules struct {
 	// Without it, only CLASSIFY is planned.
 	Watch bool
 	Gate  Gate
+	// Interactive classifies the demoted packets of a flow that sends
+	// little into the slow class's interactive leaf (xt_hashlimit, see
+	// InteractiveLimit); without it (a kernel that refused hashlimit) every
+	// demoted packet goes to the bulk leaf, one queue as before.
+	Interactive bool
+	// SlowRate is the slow class's rate, which the interactive allowance
+	// is derived from.
+	SlowRate units.Rate
+}
+
+// InteractiveName is the hashlimit table of the interactive rule
+// (/proc/net/ipt_hashlimit/hubwarden-ui and its ip6t_ twin, read-only).
+const InteractiveName = "hubwarden-ui"
+
+// interactiveShare: a flow counts as sending little while its demoted
+// packets averaged at most this share of SLOW_RATE over the last window.
+// It is below the bulk leaf's guaranteed share (1/4), so a demoted bulk
+// flow that has the bulk leaf to itself, even with the interactive leaf
+// busy, is always above it and stays in the bulk queue.
+const interactiveShare = 8
+
+// InteractiveLimit returns the allowance of the interactive rule for a
+// slow rate: a flow's demoted packets go to the interactive leaf while the
+// flow sent at most rate bytes/s on average over its last window of a
+// second (hashlimit's rate match, per 5-tuple) and at most burst bytes in
+// the current window; then to the bulk leaf until a window averages below
+// rate again. Both are whole KiB (and below 1 MiB) so that iptables-save
+// prints them back as planned. ok is false when SLOW_RATE/8 is below
+// 1 KiB/s (SLOW_RATE below 64 kbit): too little to share, one queue.
+func InteractiveLimit(slow units.Rate) (rateKiB, burstKiB uint64, ok bool) {
+	rateKiB = min(uint64(slow)/interactiveShare/1024, 1023)
+	if rateKiB == 0 {
+		return 0, 0, false
+	}
+	// A window's allowance holds one burst of the interactive leaf (an
+	// answer sent at once stays in one queue), as whole multiples of the
+	// rate (hashlimit keeps the burst as one), below 1 MiB.
+	want := uint64(tcshape.InteractiveBurst)
+	k := (want + rateKiB*1024 - 1) / (rateKiB * 1024)
+	if k*rateKiB > 1023 {
+		k = max(1023/rateKiB, 1)
+	}
+	return rateKiB, k * rateKiB, true
 }
 
 // MangleTables returns the mangle tables (IPv4, and IPv6 when r.IPv6) that
@@ -74,8 +118,10 @@ type Rules struct {
 //     takes what the flow has sent (in the pod's sending direction, since
 //     its start or its counters' last reset) to the tier's threshold, and
 //     the attention bit alone at half of it;
-//  4. a packet of a demoted flow gets skb->priority = the slow class
-//     (CLASSIFY), which HTB reads before any filter.
+//  4. a packet of a demoted flow gets skb->priority = the slow class's
+//     bulk leaf (CLASSIFY), which HTB reads before any filter; with
+//     r.Interactive, an IPv4 packet of a demoted flow that sends little
+//     (InteractiveLimit) then gets the interactive leaf instead.
 func MangleTables(r Rules) ([]xtables.Table, error) {
 	if r.Interface == "" {
 		return nil, fmt.Errorf("planning mangle rules: no interface")
@@ -150,11 +196,28 @@ func MangleTables(r Rules) ([]xtables.Table, error) {
 				chains = append(chains, xtables.Chain{Name: TierChain(k), Rules: rules})
 			}
 		}
+		// CLASSIFY must name a leaf: HTB sends a packet whose priority
+		// names an inner class or no class to the default (fast) class.
+		// Every demoted packet is classified into the bulk leaf first, so
+		// that the interactive rule only ever moves packets from one slow
+		// leaf to the other.
 		shape = append(shape, xtables.Rule{
 			Args: []string{"-o", r.Interface, "-m", "connmark", "--mark", markMask(c.Demoted(), c.Demoted()),
-				"-j", "CLASSIFY", "--set-class", fmt.Sprintf("%04x:%04x", tcshape.SlowClass.Major(), tcshape.SlowClass.Minor())},
-			Comment: "demoted flows to the slow class",
+				"-j", "CLASSIFY", "--set-class", classArg(tcshape.BulkClass)},
+			Comment: "demoted flows to the slow class (bulk)",
 		})
+		// IPv4 only: nft 1.0.6 (Debian 12) segfaults listing an ip6
+		// table that holds hashlimit's rate match (`nft list ruleset` in
+		// the pod would crash), so demoted IPv6 flows share the bulk leaf.
+		if rate, burst, ok := InteractiveLimit(r.SlowRate); r.Interactive && ok && f == xtables.IPv4 {
+			shape = append(shape, xtables.Rule{
+				Args: []string{"-o", r.Interface, "-m", "connmark", "--mark", markMask(c.Demoted(), c.Demoted()),
+					"-m", "hashlimit", "--hashlimit-upto", fmt.Sprintf("%dkb/s", rate), "--hashlimit-burst", fmt.Sprintf("%dkb", burst),
+					"--hashlimit-mode", "srcip,srcport,dstip,dstport", "--hashlimit-name", InteractiveName, "--hashlimit-rate-match",
+					"-j", "CLASSIFY", "--set-class", classArg(tcshape.InteractiveClass)},
+				Comment: "demoted flows that send little to the slow class (interactive)",
+			})
+		}
 		t := xtables.Table{
 			Family: f,
 			Name:   "mangle",
@@ -168,3 +231,7 @@ func MangleTables(r Rules) ([]xtables.Table, error) {
 	}
 	return out, nil
 }
+
+// classArg is a class as CLASSIFY's --set-class takes it and iptables-save
+// prints it.
+func classArg(h tcshape.Handle) string { return fmt.Sprintf("%04x:%04x", h.Major(), h.Minor()) }

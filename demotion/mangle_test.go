@@ -29,7 +29,7 @@ func chainLines(t *testing.T, tbl xtables.Table, name string) []string {
 // prints for them (the root tests check that the kernel prints exactly this).
 func TestMangleTables(t *testing.T) {
 	c := mustContract(t, 0x100000, 64*units.MiB)
-	ts, err := MangleTables(Rules{Contract: c, Interface: "eth0", IPv6: true, Watch: true, Gate: GateQuota})
+	ts, err := MangleTables(Rules{Contract: c, Interface: "eth0", IPv6: true, Watch: true, Gate: GateQuota, Interactive: true, SlowRate: 125_000})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -43,10 +43,15 @@ func TestMangleTables(t *testing.T) {
 	want := []string{
 		`-A HUBWARDEN-SHAPE -m connbytes --connbytes 0 --connbytes-mode packets --connbytes-dir both -m comment --comment "hubwarden: turns conntrack accounting on"`,
 		`-A HUBWARDEN-SHAPE -o eth0 -m connmark --mark 0x0/0x100000 -m comment --comment "hubwarden: flows not demoted: the tripwire of their tier" -j HUBWARDEN-TRIP`,
-		`-A HUBWARDEN-SHAPE -o eth0 -m connmark --mark 0x100000/0x100000 -m comment --comment "hubwarden: demoted flows to the slow class" -j CLASSIFY --set-class 4857:0020`,
+		`-A HUBWARDEN-SHAPE -o eth0 -m connmark --mark 0x100000/0x100000 -m comment --comment "hubwarden: demoted flows to the slow class (bulk)" -j CLASSIFY --set-class 4857:0020`,
+		`-A HUBWARDEN-SHAPE -o eth0 -m connmark --mark 0x100000/0x100000 -m hashlimit --hashlimit-upto 15kb/s --hashlimit-burst 75kb --hashlimit-mode srcip,srcport,dstip,dstport --hashlimit-name hubwarden-ui --hashlimit-rate-match -m comment --comment "hubwarden: demoted flows that send little to the slow class (interactive)" -j CLASSIFY --set-class 4857:0021`,
 	}
 	if diff := cmp.Diff(want, chainLines(t, v4, ShapeChain)); diff != "" {
 		t.Errorf("SHAPE (-want +got):\n%s", diff)
+	}
+	// IPv6 has no interactive rule (nft 1.0.6 crashes listing it).
+	if v6 := strings.Join(chainLines(t, ts[1], ShapeChain), "\n"); strings.Contains(v6, "hashlimit") || !strings.Contains(v6, "--set-class 4857:0020") {
+		t.Errorf("IPv6 SHAPE:\n%s", v6)
 	}
 	trip := chainLines(t, v4, TripChain)
 	if len(trip) != Tiers ||
@@ -111,5 +116,37 @@ func TestQuotaGateString(t *testing.T) {
 	}
 	if err := (QuotaGate{Interface: "a-very-long-interface-name", Contract: g.Contract}).Validate(); err == nil {
 		t.Error("a 26-character interface name: want an error")
+	}
+}
+
+// TestInteractiveLimit: the interactive allowance is an eighth of the slow
+// rate in whole KiB/s, below 1 MiB/s, with a window's burst of at least
+// one burst of the interactive leaf where it fits below 1 MiB, as a whole
+// multiple of the rate; none below 64 kbit.
+func TestInteractiveLimit(t *testing.T) {
+	for _, tt := range []struct {
+		slow        string
+		rate, burst uint64
+		ok          bool
+	}{
+		{"1mbit", 15, 75, true},       // 125000/8 = 15625 B/s; 64 KiB in 5 windows' worth
+		{"8mbit", 122, 122, true},     // one rate holds the 64 KiB burst
+		{"100mbit", 1023, 1023, true}, // capped below 1 MiB/s; the burst one rate
+		{"600kbit", 9, 72, true},
+		{"65536bit", 1, 64, true},
+		{"64kbit", 0, 0, false},
+		{"8kbit", 0, 0, false},
+	} {
+		r, err := units.ParseRate(tt.slow)
+		if err != nil {
+			t.Fatal(err)
+		}
+		rate, burst, ok := InteractiveLimit(r)
+		if rate != tt.rate || burst != tt.burst || ok != tt.ok {
+			t.Errorf("%s: %d kb/s burst %d kb %v, want %d %d %v", tt.slow, rate, burst, ok, tt.rate, tt.burst, tt.ok)
+		}
+		if ok && (burst%rate != 0 || burst > 1023 || rate > 1023) {
+			t.Errorf("%s: burst %d kb is not a whole multiple of %d kb/s below 1 MiB", tt.slow, burst, rate)
+		}
 	}
 }

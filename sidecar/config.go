@@ -53,7 +53,7 @@ type rawConfig struct {
 
 	Shape     string `envconfig:"SHAPE" default:"true" desc:"shape pod egress with HTB: a fast default class and a slow class for demoted flows"`
 	Interface string `envconfig:"INTERFACE" default:"" desc:"interface to shape; empty: the interface of the default route"`
-	FastRate  string `envconfig:"FAST_RATE" default:"10gbit" desc:"rate of the fast (default) class; effectively unlimited by default"`
+	FastRate  string `envconfig:"FAST_RATE" default:"1tbit" desc:"rate of the fast (default) class; by default above what any pod interface sends, so that it never limits the fast path"`
 	SlowRate  string `envconfig:"SLOW_RATE" default:"1mbit" desc:"rate shared by all demoted flows of the pod"`
 	CTMark    string `envconfig:"CTMARK" default:"0x100000" desc:"the connection-mark bit of demoted flows (exactly one bit, at most 0x4000000); hubwarden also owns the five bits above it (attention and the tripwire tier) and leaves every other bit alone"`
 

@@ -33,7 +33,7 @@
 //	HUBWARDEN_RESOLVE_MIN_TTL     30s                 shortest interval between re-resolutions of an allow-list host name, whatever its TTL
 //	HUBWARDEN_SHAPE               true                shape pod egress with HTB: a fast default class and a slow class for demoted flows
 //	HUBWARDEN_INTERFACE           -                   interface to shape; empty: the interface of the default route
-//	HUBWARDEN_FAST_RATE           10gbit              rate of the fast (default) class; effectively unlimited by default
+//	HUBWARDEN_FAST_RATE           1tbit               rate of the fast (default) class; by default above what any pod interface sends, so that it never limits the fast path
 //	HUBWARDEN_SLOW_RATE           1mbit               rate shared by all demoted flows of the pod
 //	HUBWARDEN_CTMARK              0x100000            the connection-mark bit of demoted flows (exactly one bit, at most 0x4000000); hubwarden also owns the five bits above it (attention and the tripwire tier) and leaves every other bit alone
 //	HUBWARDEN_WATCH               true                run the conntrack watcher (budgets, demotion, promotion, audit)

@@ -45,7 +45,9 @@ func TestIntegrationApply(t *testing.T) {
 	p := nstest.NewPair(t, 30)
 	p.Pod.MustRun("tc", "qdisc", "add", "dev", "eth0", "clsact") // someone else's: must survive
 	log := zerolog.New(zerolog.NewTestWriter(t))
-	k, cfg := openPod(t, p, Config{FastRate: mustRate(t, "10gbit"), SlowRate: mustRate(t, "8mbit")})
+	// FAST_RATE's default, 1 tbit: rates of 2^32 B/s and more travel in
+	// the 64-bit attributes, and must read back as planned.
+	k, cfg := openPod(t, p, Config{FastRate: mustRate(t, "1tbit"), SlowRate: mustRate(t, "8mbit")})
 	if cfg.Interface != "eth0" {
 		t.Fatalf("default route interface = %q, want eth0", cfg.Interface)
 	}
@@ -57,8 +59,8 @@ func TestIntegrationApply(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if len(ops) != 6 {
-		t.Errorf("first apply ran %d ops, want 6: %v", len(ops), ops)
+	if len(ops) != 9 {
+		t.Errorf("first apply ran %d ops, want 9: %v", len(ops), ops)
 	}
 	if diff, err := Check(k, spec); err != nil || diff != "" {
 		t.Fatalf("check after apply: %v\n%s", err, diff)
@@ -85,7 +87,8 @@ func TestIntegrationApply(t *testing.T) {
 	t.Log(p.Pod.MustRun("tc", "-d", "class", "show", "dev", "eth0"))
 	t.Log(p.Pod.MustRun("tc", "qdisc", "show", "dev", "eth0"))
 
-	// A new slow rate changes classes and the slow leaf's limit in place.
+	// A new slow rate changes classes (the fast one's guaranteed rate, the
+	// slow class and its leaves) and the slow leaves' limits in place.
 	cfg.SlowRate = mustRate(t, "40mbit")
 	spec2, err := Plan(cfg)
 	if err != nil {
@@ -99,14 +102,15 @@ func TestIntegrationApply(t *testing.T) {
 	for _, o := range ops {
 		kinds = append(kinds, o.Kind)
 	}
-	if d := cmp.Diff([]OpKind{OpChangeClass, OpChangeClass, OpChangeLeaf}, kinds); d != "" {
+	if d := cmp.Diff([]OpKind{OpChangeClass, OpChangeClass, OpChangeClass, OpChangeClass, OpChangeLeaf, OpChangeLeaf}, kinds); d != "" {
 		t.Errorf("re-apply with a new slow rate (-want +got):\n%s", d)
 	}
 	if diff, err := Check(k, spec2); err != nil || diff != "" {
 		t.Fatalf("check after change: %v\n%s", err, diff)
 	}
-	// A new fast rate changes the inner parent class too; HTB keeps an inner
-	// class's quantum, and the check must still come out clean.
+	// A new fast rate changes the inner parent class too (here from 64-bit
+	// to 32-bit rates); HTB keeps an inner class's quantum, and the check
+	// must still come out clean.
 	cfg.FastRate = mustRate(t, "5gbit")
 	spec2, err = Plan(cfg)
 	if err != nil {

@@ -54,24 +54,61 @@ const HandleRoot Handle = 0xFFFFFFFF
 
 // The handles hubwarden owns. 0x4857 is "HW" in ASCII.
 const (
-	RootMajor      = 0x4857
-	RootHandle     = Handle(RootMajor << 16)   // the HTB qdisc, 4857:
-	ParentClass    = Handle(RootMajor<<16 | 1) // 4857:1, rate = ceil = FastRate
-	FastClass      = Handle(RootMajor<<16 | 0x10)
-	SlowClass      = Handle(RootMajor<<16 | 0x20)
-	FastLeafHandle = Handle(0x4858 << 16)
-	SlowLeafHandle = Handle(0x4859 << 16)
-	defaultR2Q     = 10
-	maxQuantum     = 200000 // the kernel's own clamp for computed quanta
-	gsoMax         = 64 * 1024
-	ethHeader      = 14
-	fastBurstTime  = 0.002 // seconds of FastRate a fast class may burst
-	slowBurstTime  = 0.010 // seconds of SlowRate the slow class may burst
-	fastLimitTime  = 0.020 // seconds of FastRate the fast leaf fifo holds
-	slowLimitTime  = 0.100 // seconds of SlowRate the slow leaf fifo holds
-	minRate        = 1000  // bytes/s (8 kbit): below, HTB buffers overflow u32 ticks
-	defaultMTU     = 1500
+	RootMajor   = 0x4857
+	RootHandle  = Handle(RootMajor << 16)   // the HTB qdisc, 4857:
+	ParentClass = Handle(RootMajor<<16 | 1) // 4857:1, rate = ceil = FastRate
+	FastClass   = Handle(RootMajor<<16 | 0x10)
+	// SlowClass (4857:2) is the slow class: rate = ceil = SlowRate, the
+	// parent of the two slow leaves. Its byte counter is everything the
+	// demoted flows sent (HTB charges an inner class with its children's
+	// packets).
+	SlowClass = Handle(RootMajor<<16 | 2)
+	// BulkClass (4857:20) is the slow leaf every demoted flow is classified
+	// into. It has the id of the single slow class of earlier versions, so
+	// that their rules still classify into a slow leaf.
+	BulkClass = Handle(RootMajor<<16 | 0x20)
+	// InteractiveClass (4857:21) is the slow leaf of demoted flows that send
+	// little (package demotion's rules decide which): it has the priority,
+	// most of the guaranteed rate and a burst of one interactive answer, so
+	// that the user's own requests do not queue behind a throttled bulk
+	// transfer.
+	InteractiveClass      = Handle(RootMajor<<16 | 0x21)
+	FastLeafHandle        = Handle(0x4858 << 16)
+	BulkLeafHandle        = Handle(0x4859 << 16)
+	InteractiveLeafHandle = Handle(0x485a << 16)
 )
+
+const (
+	defaultR2Q    = 10
+	maxQuantum    = 200000 // the kernel's own clamp for computed quanta
+	gsoMax        = 64 * 1024
+	ethHeader     = 14
+	fastBurstTime = 0.002 // seconds of FastRate a fast class may burst
+	slowBurstTime = 0.010 // seconds of SlowRate the slow class may burst
+	fastLimitTime = 0.020 // seconds of FastRate the fast leaf fifo holds
+	// fastLimitMax caps the fast leaf fifo at 20 ms of 10 Gbit/s: a queue
+	// only forms there where the interface is slower than FastRate (the
+	// default, 1 tbit, is above any), and 20 ms of a faster rate would only
+	// be latency (2.5 GB at 1 tbit).
+	fastLimitMax  = 25_000_000
+	slowLimitTime = 0.100 // seconds of SlowRate a slow leaf fifo holds
+	minRate       = 1000  // bytes/s (8 kbit): below, HTB buffers overflow u32 ticks
+	defaultMTU    = 1500
+	// The slow class's split: the interactive leaf is guaranteed 3/4 of
+	// SlowRate and has the priority, the bulk leaf the rest; each may
+	// borrow up to SlowRate from the slow class.
+	interactiveShareNum, interactiveShareDen = 3, 4
+)
+
+// InteractiveBurst is the interactive leaf's burst: one answer of up to
+// 64 KiB (a JupyterLab action's: a directory listing, a cell's output, a
+// small notebook) leaves at once, whatever the slow rate. It is also, with
+// the bulk leaf's and the slow class's own bursts (10 ms of SlowRate, at
+// least two frames each), what the slow class can send above SlowRate after
+// an idle spell: the long-run bound on what leaves the slow class grows by
+// this constant, not with time. Package demotion lets a flow send this
+// much in a window and stay interactive.
+const InteractiveBurst = 64 * 1024
 
 // LeafKind is the kind of leaf qdisc the kernel offers, detected by apply
 // code by trying, and an input to the plan.
@@ -240,21 +277,40 @@ func Plan(cfg Config) (Spec, error) {
 	if err != nil {
 		return Spec{}, err
 	}
+	// The slow class's two leaves. Their guaranteed rates sum to SlowRate
+	// and each borrows up to it from the slow class (rate = ceil =
+	// SlowRate, which never borrows), so that what leaves the slow class
+	// in the long run is SlowRate, as with one leaf, plus the leaves'
+	// bursts. The interactive leaf has the priority (0): HTB serves it
+	// before the bulk leaf whenever it has tokens, and lends to it first;
+	// its burst is one interactive answer. The bulk leaf has the id, burst
+	// and queue of the single slow class of earlier versions.
+	interRate := slow * interactiveShareNum / interactiveShareDen
+	bulkC, err := class("slow bulk", BulkClass, SlowClass, slow-interRate, slow, slowBurstTime, 2*frame, 1)
+	if err != nil {
+		return Spec{}, err
+	}
+	interC, err := class("slow interactive", InteractiveClass, SlowClass, interRate, slow, 0, InteractiveBurst, 0)
+	if err != nil {
+		return Spec{}, err
+	}
 	// Fifo limits are in bytes: veth carries 64 KB GSO packets, so a packet
 	// limit would mean seconds of backlog at the slow rate.
 	slowLimit := clampU32(max(uint64(float64(slow)*slowLimitTime), 2*gsoMax))
-	fastLeaf := Leaf{Handle: FastLeafHandle, Parent: FastClass, Kind: "bfifo", Limit: clampU32(max(uint64(float64(fast)*fastLimitTime), 10*gsoMax))}
+	fastLeaf := Leaf{Handle: FastLeafHandle, Parent: FastClass, Kind: "bfifo", Limit: uint32(max(min(uint64(float64(fast)*fastLimitTime), fastLimitMax), 10*gsoMax))}
 	if cfg.Leaves == LeafFQ {
 		fastLeaf = Leaf{Handle: FastLeafHandle, Parent: FastClass, Kind: "fq", Limit: 10000} // fq's default packet limit
 	}
-	// The slow leaf stays a byte fifo even where fq exists: fq limits only
-	// packets, and the slow queue must be short in bytes.
-	slowLeaf := Leaf{Handle: SlowLeafHandle, Parent: SlowClass, Kind: "bfifo", Limit: slowLimit}
+	// The slow leaves stay byte fifos even where fq exists: fq limits only
+	// packets, and the slow queues must be short in bytes. The interactive
+	// queue holds at least one burst.
+	bulkLeaf := Leaf{Handle: BulkLeafHandle, Parent: BulkClass, Kind: "bfifo", Limit: slowLimit}
+	interLeaf := Leaf{Handle: InteractiveLeafHandle, Parent: InteractiveClass, Kind: "bfifo", Limit: max(slowLimit, clampU32(interC.Burst))}
 	return Spec{
 		Interface: cfg.Interface,
 		Root:      Root{Handle: RootHandle, Default: FastClass, R2Q: defaultR2Q},
-		Classes:   []Class{parent, fastC, slowC},
-		Leaves:    []Leaf{fastLeaf, slowLeaf},
+		Classes:   []Class{parent, fastC, slowC, bulkC, interC},
+		Leaves:    []Leaf{fastLeaf, bulkLeaf, interLeaf},
 	}, nil
 }
 

@@ -53,7 +53,7 @@ func TestIntegrationFastClassThroughput(t *testing.T) {
 	p := nstest.NewPair(t, 31)
 	p.Pod.ServeBulk(8888)
 	addr := net.JoinHostPort(p.PodIP4, "8888")
-	cfg := Config{FastRate: mustRate(t, "10gbit"), SlowRate: mustRate(t, "8mbit")}
+	cfg := Config{FastRate: mustRate(t, "1tbit"), SlowRate: mustRate(t, "8mbit")} // FAST_RATE's default
 	k, _ := openPod(t, p, cfg)
 	const pace = 250_000_000 // 2 Gbit/s: what a real proxy path reaches
 	const d = 1500 * time.Millisecond
@@ -70,51 +70,74 @@ func TestIntegrationFastClassThroughput(t *testing.T) {
 		unshape(t, k)
 		t.Logf("round %d: paced 2gbit: none %s, hubwarden %s; unpaced: none %s, hubwarden %s", round, nstest.Mbit(base), nstest.Mbit(hw), nstest.Mbit(baseRaw), nstest.Mbit(hwRaw))
 	}
-	t.Logf("fast class / no qdisc at 2 Gbit/s: %.3f; raw veth (10gbit fast class / no qdisc): %.3f", hw/base, hwRaw/baseRaw)
+	t.Logf("fast class / no qdisc at 2 Gbit/s: %.3f; raw veth (1tbit fast class / no qdisc): %.3f", hw/base, hwRaw/baseRaw)
 	if hw < 0.9*base {
 		t.Errorf("fast class gets %s, less than 0.9x the %s without hubwarden", nstest.Mbit(hw), nstest.Mbit(base))
 	}
 }
 
 // TestIntegrationClassBytes checks the slow class's byte counter the
-// watcher charges the pod bucket with: it moves by what the class sent.
+// watcher charges the pod bucket with: the slow class is an inner class,
+// and HTB charges it with every packet its two leaves send, so it moves by
+// what both sent. It also pins why demotion's CLASSIFY rules name the
+// leaves: a packet classified into the inner class itself goes to the
+// default (fast) class.
 func TestIntegrationClassBytes(t *testing.T) {
 	nstest.SkipUnlessRoot(t, "tc", "iptables")
 	p := nstest.NewPair(t, 32)
 	p.Pod.ServeBulk(8888)
+	p.Pod.ServeBulk(8889)
+	p.Pod.ServeBulk(8890)
 	k, cfg := openPod(t, p, Config{FastRate: mustRate(t, "10gbit"), SlowRate: mustRate(t, "8mbit")})
 	if _, err := Apply(context.Background(), k, mustPlan(t, k, cfg), zerolog.Nop(), false); err != nil {
 		t.Fatal(err)
 	}
-	// Every packet of the pod's server to the slow class.
-	p.Pod.MustRun("iptables", "-t", "mangle", "-A", "POSTROUTING", "-o", "eth0", "-p", "tcp", "--sport", "8888",
-		"-j", "CLASSIFY", "--set-class", SlowClass.String())
-	before, err := k.ClassBytes("eth0", SlowClass)
-	if err != nil {
-		t.Fatal(err)
+	// The pod's servers: one to each slow leaf, one to the slow class.
+	for port, class := range map[string]Handle{"8888": BulkClass, "8889": InteractiveClass, "8890": SlowClass} {
+		p.Pod.MustRun("iptables", "-t", "mangle", "-A", "POSTROUTING", "-o", "eth0", "-p", "tcp", "--sport", port,
+			"-j", "CLASSIFY", "--set-class", class.String())
 	}
-	b := p.Peer.StartBulk(net.JoinHostPort(p.PodIP4, "8888"), 0)
-	time.Sleep(time.Second)
-	b.Close()
-	// Once the class has drained (the counter stands still), the two
-	// readings are of the same thing.
-	var after, tcBytes uint64
-	for range 50 {
-		time.Sleep(100 * time.Millisecond)
-		a, err := k.ClassBytes("eth0", SlowClass)
+	read := func(h Handle) uint64 {
+		t.Helper()
+		n, err := k.ClassBytes("eth0", h)
 		if err != nil {
 			t.Fatal(err)
 		}
-		if a == after {
-			break
-		}
-		after = a
+		return n
 	}
-	tcBytes, _ = p.Pod.ClassSent("eth0", SlowClass.String())
-	got := b.Got.Load()
-	t.Logf("slow class: %d bytes (tc -s says %d); the client received %d", after-before, tcBytes, got)
-	if after-before < uint64(got) || after-before > uint64(got)+256<<10 || after != tcBytes {
-		t.Errorf("ClassBytes moved by %d (tc: %d), want what the class sent: at least the %d bytes received", after-before, tcBytes, got)
+	before, bulk0, inter0 := read(SlowClass), read(BulkClass), read(InteractiveClass)
+	bb := p.Peer.StartBulk(net.JoinHostPort(p.PodIP4, "8888"), 0)
+	bi := p.Peer.StartBulk(net.JoinHostPort(p.PodIP4, "8889"), 0)
+	bs := p.Peer.StartBulk(net.JoinHostPort(p.PodIP4, "8890"), 0)
+	time.Sleep(time.Second)
+	bb.Close()
+	bi.Close()
+	bs.Close()
+	// Once the classes have drained (the counter stands still), the
+	// readings are of the same thing.
+	var after uint64
+	for range 50 {
+		time.Sleep(100 * time.Millisecond)
+		if a := read(SlowClass); a != after {
+			after = a
+			continue
+		}
+		break
+	}
+	bulk, inter := read(BulkClass)-bulk0, read(InteractiveClass)-inter0
+	tcBytes, _ := p.Pod.ClassSent("eth0", SlowClass.String())
+	gotB, gotI, gotS := uint64(bb.Got.Load()), uint64(bi.Got.Load()), uint64(bs.Got.Load())
+	t.Logf("slow class: %d bytes (tc -s says %d); bulk leaf %d, interactive leaf %d; the clients received %d, %d (and %d through the fast class)", after-before, tcBytes, bulk, inter, gotB, gotI, gotS)
+	if after-before != bulk+inter || after != tcBytes {
+		t.Errorf("the slow class moved by %d (tc: %d), want the sum of its leaves %d + %d", after-before, tcBytes, bulk, inter)
+	}
+	// The leaves count frames (headers) and what their queues still held
+	// when the clients closed (128 KiB and 500 kB here).
+	if bulk < gotB || inter < gotI || bulk+inter > (gotB+gotI)*11/10+2<<20 {
+		t.Errorf("the leaves sent %d and %d, want what their clients received, %d and %d", bulk, inter, gotB, gotI)
+	}
+	if gotS < 10*(gotB+gotI) {
+		t.Errorf("a flow classified into the inner slow class received %d bytes: want it in the fast class (HTB's default), far more than the slow leaves' %d", gotS, gotB+gotI)
 	}
 	if _, err := k.ClassBytes("eth0", NewHandle(RootMajor, 0x99)); err == nil {
 		t.Error("ClassBytes of a class that does not exist: want an error")

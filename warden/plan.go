@@ -22,6 +22,10 @@ type Env struct {
 	Shape tcshape.Config
 	// Gate is how the kernel holds the pod budget.
 	Gate demotion.Gate
+	// Interactive: the demoted packets of flows that send little go to the
+	// slow class's interactive leaf (a hashlimit match); false where the
+	// kernel refused it.
+	Interactive bool
 	// Probed is false when the leaves were not tried (plan): the plan then
 	// shows FIFO leaves.
 	Probed bool
@@ -111,7 +115,8 @@ func NewPlan(cfg *Config, env Env, resolved map[string][]netip.Addr) (Plan, erro
 			gate = demotion.GateNone
 		}
 		p.Env.Gate = gate
-		mangle, err := demotion.MangleTables(demotion.Rules{Contract: cfg.Contract, Interface: env.Shape.Interface, IPv6: env.IPv6, Watch: cfg.Watch, Gate: gate})
+		mangle, err := demotion.MangleTables(demotion.Rules{Contract: cfg.Contract, Interface: env.Shape.Interface, IPv6: env.IPv6, Watch: cfg.Watch, Gate: gate,
+			Interactive: env.Interactive, SlowRate: cfg.SlowRate})
 		if err != nil {
 			return Plan{}, err
 		}

@@ -33,6 +33,10 @@ type Detected struct {
 	Gate demotion.Gate `json:"pod_gate,omitempty"`
 	// Leaves is the leaf qdisc kind the kernel offered.
 	Leaves tcshape.LeafKind `json:"leaves,omitempty"`
+	// HashlimitRefused records that the kernel refused the interactive
+	// classification's hashlimit match: demoted flows share the slow
+	// class's bulk leaf, one queue.
+	HashlimitRefused bool `json:"hashlimit_refused,omitempty"`
 }
 
 // loadDetected reads what an earlier start-up recorded in dir; the zero

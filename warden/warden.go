@@ -107,6 +107,10 @@ func Open(ctx context.Context, cfg *Config, opts Options) (_ *Warden, err error)
 			return nil, err
 		}
 	}
+	// The interactive classification is tried by applying it (Apply
+	// degrades and records a refusal); what an earlier start-up recorded
+	// wins.
+	env.Interactive = !rec.HashlimitRefused
 	if cfg.Shape {
 		if env.Shape, err = w.shapeEnv(rec); err != nil {
 			return nil, err
@@ -115,7 +119,7 @@ func Open(ctx context.Context, cfg *Config, opts Options) (_ *Warden, err error)
 			return nil, err
 		}
 		if opts.Mode == Write && (rec.Leaves != env.Shape.Leaves || rec.Gate != env.Gate) {
-			if err := saveDetected(cfg.StateDir, Detected{Gate: env.Gate, Leaves: env.Shape.Leaves}); err != nil {
+			if err := saveDetected(cfg.StateDir, Detected{Gate: env.Gate, Leaves: env.Shape.Leaves, HashlimitRefused: rec.HashlimitRefused}); err != nil {
 				return nil, err
 			}
 		}
@@ -325,8 +329,8 @@ func (w *Warden) Apply(ctx context.Context) error {
 		w.level = 0
 	}
 	res, err := w.ipt.Apply(ctx, w.plan.Tables)
-	if err != nil && w.plan.Env.Gate == demotion.GateRecent {
-		res, err = w.applyWithoutGate(ctx, err)
+	if err != nil {
+		res, err = w.applyDegraded(ctx, err)
 	}
 	if err != nil {
 		return err
@@ -344,34 +348,59 @@ func (w *Warden) Apply(ctx context.Context) error {
 	return nil
 }
 
-// applyWithoutGate runs after the plan with the recent gate failed with
-// first. The gate's rule needs the xt_recent match, which not every kernel
-// has (and the error iptables gives for a missing module does not always
-// name it): if the plan fails once more with the gate but applies without
-// it, the gate is what the kernel refused, and hubwarden goes on without a
-// pod gate (logged, and recorded so that check and a restart plan the
-// same). Every apply is atomic per table, so nothing of a refused plan is
-// left in place. Otherwise first is returned, gate kept.
-func (w *Warden) applyWithoutGate(ctx context.Context, first error) (xtables.Result, error) {
+// applyDegraded runs after the plan failed with first. Two of its rules
+// need matches not every kernel has, and the error iptables gives for a
+// missing module does not always name it: the recent gate (xt_recent) and
+// the interactive classification (xt_hashlimit's rate match). If the plan fails once
+// more but applies without one of them, that is what the kernel refused,
+// and hubwarden goes on without it (logged, and recorded so that check and
+// a restart plan the same). The interactive classification is given up
+// first: it only spares the user's own requests the bulk queue, while the
+// gate bounds the pod. Every apply is atomic per table, so nothing of a
+// refused plan is left in place. Otherwise first is returned, the plan
+// kept.
+func (w *Warden) applyDegraded(ctx context.Context, first error) (xtables.Result, error) {
 	if res, err := w.ipt.Apply(ctx, w.plan.Tables); err == nil {
 		return res, nil
 	}
 	env := w.plan.Env
-	env.Gate = demotion.GateNone
-	p, err := NewPlan(w.cfg, env, w.resolved)
-	if err != nil {
-		return xtables.Result{}, first
+	var tries []Env
+	if env.Interactive {
+		e := env
+		e.Interactive = false
+		tries = append(tries, e)
 	}
-	res, err := w.ipt.Apply(ctx, p.Tables)
-	if err != nil {
-		return xtables.Result{}, first
+	if env.Gate == demotion.GateRecent {
+		e := env
+		e.Gate = demotion.GateNone
+		tries = append(tries, e)
+		if env.Interactive {
+			e.Interactive = false
+			tries = append(tries, e)
+		}
 	}
-	w.plan = p
-	w.log.Warn().Err(first).Msg("the kernel has neither an nftables quota nor xt_recent: no pod gate; each flow's tripwire still holds, but parallel and short connections are bounded only by their number")
-	if err := saveDetected(w.cfg.StateDir, Detected{Gate: demotion.GateNone, Leaves: env.Shape.Leaves}); err != nil {
-		w.log.Error().Err(err).Msg("recording that the kernel has no pod gate")
+	for _, e := range tries {
+		p, err := NewPlan(w.cfg, e, w.resolved)
+		if err != nil {
+			continue
+		}
+		res, err := w.ipt.Apply(ctx, p.Tables)
+		if err != nil {
+			continue
+		}
+		w.plan = p
+		if e.Interactive != env.Interactive {
+			w.log.Warn().Err(first).Msg("the kernel refused hashlimit's rate match (Linux 4.10): every demoted flow shares the slow class's bulk queue, the user's own requests too (the bounds are the same)")
+		}
+		if e.Gate != env.Gate {
+			w.log.Warn().Err(first).Msg("the kernel has neither an nftables quota nor xt_recent: no pod gate; each flow's tripwire still holds, but parallel and short connections are bounded only by their number")
+		}
+		if err := saveDetected(w.cfg.StateDir, Detected{Gate: e.Gate, Leaves: e.Shape.Leaves, HashlimitRefused: !e.Interactive}); err != nil {
+			w.log.Error().Err(err).Msg("recording what the kernel refused")
+		}
+		return res, nil
 	}
-	return res, nil
+	return xtables.Result{}, first
 }
 
 // Drift is how the kernel differs from the plan, per part; empty when it

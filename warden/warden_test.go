@@ -189,6 +189,70 @@ func TestApplyWithoutRecent(t *testing.T) {
 	}
 }
 
+// TestApplyWithoutHashlimit: a kernel that refuses the interactive
+// classification's hashlimit rate match (revision 3, Linux 4.10; the DNS
+// limit's older hashlimit it takes), without naming it. Start-up applies
+// the rest, demoted flows all going to the bulk leaf, records the refusal,
+// and check and a restart plan the same; with neither the quota nor
+// xt_recent either, both are given up.
+func TestApplyWithoutHashlimit(t *testing.T) {
+	refuse := func(matches ...string) func(_, line string) error {
+		return func(_, line string) error {
+			for _, m := range matches {
+				if strings.Contains(line, m) {
+					return errors.New("line failed")
+				}
+			}
+			return nil
+		}
+	}
+	f := newFakes()
+	f.ipt.Refuse = refuse("--hashlimit-rate-match")
+	cfg := testConfig(t)
+	w := open(t, f, cfg, Write)
+	if !w.Plan().Env.Interactive {
+		t.Fatal("the first start-up does not try the interactive classification")
+	}
+	if err := w.Apply(context.Background()); err != nil {
+		t.Fatalf("Apply failed instead of degrading: %v", err)
+	}
+	mangle := f.ipt.Save("iptables-nft")
+	if w.Plan().Env.Interactive || w.Plan().Env.Gate != demotion.GateQuota || strings.Contains(mangle, "hubwarden-ui") ||
+		!strings.Contains(mangle, "--set-class 4857:0020") || !strings.Contains(mangle, "--connbytes 16777216") {
+		t.Errorf("interactive %v, gate %q; iptables:\n%s", w.Plan().Env.Interactive, w.Plan().Env.Gate, mangle)
+	}
+	if rec, err := loadDetected(cfg.StateDir); err != nil || !rec.HashlimitRefused {
+		t.Errorf("recorded %+v, %v; want the refusal", rec, err)
+	}
+	mustClean(t, w)
+	mustClean(t, open(t, f, cfg, ReadOnly))
+	again := open(t, f, cfg, Write)
+	f.reset()
+	if err := again.Apply(context.Background()); err != nil || len(f.writes) != 0 || again.Plan().Env.Interactive {
+		t.Errorf("a restart: interactive %v, err %v, writes %v", again.Plan().Env.Interactive, err, f.writes)
+	}
+
+	f2 := newFakes()
+	f2.nft.probeErr = errors.New("nftables: quota: operation not supported")
+	f2.ipt.Refuse = refuse("--hashlimit-rate-match", "-m recent")
+	cfg2 := testConfig(t)
+	w2 := open(t, f2, cfg2, Write)
+	if err := w2.Apply(context.Background()); err != nil {
+		t.Fatalf("Apply failed instead of degrading: %v", err)
+	}
+	if p := w2.Plan(); p.Env.Interactive || p.Env.Gate != demotion.GateNone {
+		t.Errorf("interactive %v, gate %q; want neither", p.Env.Interactive, p.Env.Gate)
+	}
+	mustClean(t, open(t, f2, cfg2, ReadOnly))
+
+	// The hashlimit match is applied where the kernel takes it.
+	f3 := newFakes()
+	w3 := started(t, f3, testConfig(t))
+	if m := f3.ipt.Save("iptables-nft"); !w3.Plan().Env.Interactive || !strings.Contains(m, "--hashlimit-name hubwarden-ui") || !strings.Contains(m, "--set-class 4857:0021") {
+		t.Errorf("interactive %v; iptables:\n%s", w3.Plan().Env.Interactive, m)
+	}
+}
+
 // TestReconcile: whatever of hubwarden's is changed behind its back (an
 // iptables rule, the qdisc tree, the pod gate) is named and put back; the
 // next pass finds nothing.

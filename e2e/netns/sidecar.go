@@ -157,30 +157,45 @@ func (b *Bed) Exec(ns NS, argv ...string) (string, error) {
 	return string(out), nil
 }
 
-var sentRE = regexp.MustCompile(`class htb (\S+) .*?rate (\S+) .*?\n\s*Sent (\d+) bytes`)
+var sentRE = regexp.MustCompile(`class htb (\S+) (?:parent (\S+)|root) .*?rate (\S+) ceil (\S+) .*?\n\s*Sent (\d+) bytes`)
 
-// SlowClassBytes returns the bytes sent by the slowest HTB class on eth0 of
-// ns (hubwarden's slow class) and its id; ok is false when there is no HTB.
+// SlowClassBytes returns the bytes sent by hubwarden's slow class on eth0
+// of ns and its id; ok is false when there is no HTB. The slow class is the
+// slowest class, or, where it has leaves (the bulk and interactive leaves
+// of issue 20), their parent: from the slowest class up, while the parent
+// has the same ceiling (HTB charges an inner class with its children's
+// packets).
 func (b *Bed) SlowClassBytes(ns NS) (id string, sent int64, ok bool) {
 	out, err := b.Exec(ns, "tc", "-s", "class", "show", "dev", "eth0")
 	if err != nil {
 		return "", 0, false
 	}
 	type class struct {
-		id   string
-		rate float64
-		sent int64
+		id, parent string
+		rate, ceil float64
+		sent       int64
 	}
 	var cs []class
+	byID := map[string]class{}
 	for _, m := range sentRE.FindAllStringSubmatch(out, -1) {
-		n, _ := strconv.ParseInt(m[3], 10, 64)
-		cs = append(cs, class{m[1], parseTCRate(m[2]), n})
+		n, _ := strconv.ParseInt(m[5], 10, 64)
+		c := class{m[1], m[2], parseTCRate(m[3]), parseTCRate(m[4]), n}
+		cs = append(cs, c)
+		byID[c.id] = c
 	}
 	if len(cs) < 2 {
 		return "", 0, false
 	}
 	sort.Slice(cs, func(i, j int) bool { return cs[i].rate < cs[j].rate })
-	return cs[0].id, cs[0].sent, true
+	c := cs[0]
+	for {
+		p, found := byID[c.parent]
+		if !found || p.ceil != c.ceil {
+			break
+		}
+		c = p
+	}
+	return c.id, c.sent, true
 }
 
 func parseTCRate(s string) float64 {
