@@ -476,8 +476,10 @@ func knee(sk *nstest.Sink, base, least int64) (fast float64, topRate float64) {
 		t time.Time
 		b int64
 	}
-	var ss []sample
 	start := time.Now()
+	// The first sample is the start itself: at several GB/s a whole
+	// budget can arrive within the first 5 ms.
+	ss := []sample{{start, 0}}
 	deadline := start.Add(40 * time.Second)
 	for time.Now().Before(deadline) {
 		time.Sleep(5 * time.Millisecond)
@@ -492,8 +494,9 @@ func knee(sk *nstest.Sink, base, least int64) (fast float64, topRate float64) {
 		}
 	}
 	k, kAt := int64(0), start
-	for i := 4; i < len(ss); i++ {
-		if float64(ss[i].b-ss[i-4].b)/ss[i].t.Sub(ss[i-4].t).Seconds() > 50*slowRate {
+	for i := 1; i < len(ss); i++ {
+		j := max(0, i-4)
+		if float64(ss[i].b-ss[j].b)/ss[i].t.Sub(ss[j].t).Seconds() > 50*slowRate {
 			k, kAt = ss[i].b, ss[i].t
 		}
 	}
