@@ -12,7 +12,6 @@ import (
 	"net/http"
 	"os"
 	"path/filepath"
-	"sort"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -31,6 +30,7 @@ type side struct {
 	ns   NS
 	c    *Client
 	k    *Kernel
+	lab  *Lab // JupyterLab in the browser
 }
 
 // proof is the shared state of TestE2EProof's parts.
@@ -43,6 +43,7 @@ type proof struct {
 	bare    *side
 	warden  *side
 	big     int64
+	br      *Browser
 }
 
 func envDuration(name string, def time.Duration) time.Duration {
@@ -106,8 +107,8 @@ func TestE2EProof(t *testing.T) {
 	b.Timings["sidecar"] = time.Since(ts)
 	t.Logf("hubwarden run ready in %s", b.Timings["sidecar"].Round(time.Millisecond))
 
-	p.bare = &side{name: "without", user: BareUser, ns: b.Bare}
-	p.warden = &side{name: "with", user: WardenUser, ns: b.Warden}
+	p.bare = &side{name: "without", user: b.BareUser, ns: b.Bare}
+	p.warden = &side{name: "with", user: b.WardenUser, ns: b.Warden}
 	for _, s := range []*side{p.bare, p.warden} {
 		d, err := b.StartServer(ctx, s.user, SpawnTimeout)
 		if err != nil {
@@ -118,17 +119,20 @@ func TestE2EProof(t *testing.T) {
 		if err := s.c.Login(ctx); err != nil {
 			t.Fatal(err)
 		}
-		if err := s.c.OpenTree(ctx); err != nil {
+		if err := s.c.OpenLab(ctx); err != nil {
 			t.Fatal(err)
 		}
 		if s.k, err = s.c.StartKernel(ctx); err != nil {
 			t.Fatal(err)
 		}
 	}
+	p.startBrowser(t)
 	t.Run("1-regular-use", p.regularUse)
+	t.Run("1-regular-use-browser", p.browserUse)
 	// Part 3 runs before part 2, while the pod budget is still full: it
 	// needs a download that goes over the flow budget and yet completes.
 	t.Run("3-promotion", p.promotion)
+	t.Run("2-download-browser", p.browserDownload)
 	t.Run("2-large-download", p.largeDownload)
 	t.Run("4-bypass", p.bypass)
 	t.Run("5-egress", p.egress)
@@ -153,24 +157,16 @@ func verdict(ok bool) string {
 	return "FAIL"
 }
 
-func percentile(xs []time.Duration, q float64) time.Duration {
-	if len(xs) == 0 {
-		return 0
-	}
-	s := append([]time.Duration(nil), xs...)
-	sort.Slice(s, func(i, j int) bool { return s[i] < s[j] })
-	i := int(math.Ceil(q*float64(len(s)))) - 1
-	return s[max(i, 0)]
-}
-
 // --- part 1 -----------------------------------------------------------------
 
-// plotCell stands in for a matplotlib plot (python3-matplotlib is a large
-// package): it displays a ~200 KB base64 PNG-sized payload, which is what a
-// plot costs on the wire.
-const plotCell = `import base64, os
-from IPython.display import display
-display({"image/png": base64.b64encode(os.urandom(150000)).decode(), "text/plain": "<Figure>"}, raw=True)`
+// plotCell draws a real matplotlib figure (the inline backend sends it as a
+// PNG in a display_data message, as a notebook's plot is sent).
+const plotCell = `import numpy as np, matplotlib.pyplot as plt
+rng = np.random.default_rng()
+fig, ax = plt.subplots(figsize=(8, 4))
+ax.scatter(rng.normal(size=3000), rng.normal(size=3000), s=4, alpha=.5)
+ax.set_title("regular use")
+plt.show()`
 
 func (p *proof) regularUse(t *testing.T) {
 	ctx := context.Background()
@@ -183,7 +179,7 @@ func (p *proof) regularUse(t *testing.T) {
 	}
 	nb := func(i int) string { return fmt.Sprintf("nb%d.ipynb", i%5) }
 	ops := []op{
-		{"tree", func(s *side, i int) error { _, err := s.c.Do(ctx, "GET", s.c.UserURL()+"/tree", nil, nil); return err }},
+		{"lab", func(s *side, i int) error { _, err := s.c.Do(ctx, "GET", s.c.UserURL()+"/lab", nil, nil); return err }},
 		{"list", func(s *side, i int) error {
 			_, err := s.c.Do(ctx, "GET", s.c.UserURL()+"/api/contents?content=1", nil, nil)
 			if err == nil {
@@ -196,7 +192,7 @@ func (p *proof) regularUse(t *testing.T) {
 			return err
 		}},
 		{"open", func(s *side, i int) error {
-			_, err := s.c.Do(ctx, "GET", s.c.UserURL()+"/notebooks/"+nb(i), nil, nil)
+			_, err := s.c.Do(ctx, "GET", s.c.UserURL()+"/lab/tree/"+nb(i), nil, nil)
 			if err == nil {
 				_, err = s.c.Do(ctx, "GET", s.c.UserURL()+"/api/contents/"+nb(i)+"?content=1", nil, nil)
 			}
@@ -211,7 +207,7 @@ func (p *proof) regularUse(t *testing.T) {
 		}},
 		{"plot", func(s *side, i int) error {
 			r, err := s.k.Execute(ctx, plotCell, 30*time.Second)
-			if err == nil && r.Display < 150000 {
+			if err == nil && r.Display < 20000 {
 				err = fmt.Errorf("plot cell: %+v", r)
 			}
 			return err
@@ -355,7 +351,7 @@ func (p *proof) openNotebook(ctx context.Context, s *side) (time.Duration, error
 	// The notebook's content and a 100 KB uncached static asset; the page
 	// itself costs ~300 ms of server CPU, which would hide the network.
 	t0 := time.Now()
-	if _, err := s.c.Do(ctx, "GET", s.c.UserURL()+"/static/auth/js/main.min.js", nil, nil); err != nil {
+	if _, err := s.c.Do(ctx, "GET", s.c.UserURL()+p.b.LabAsset, nil, nil); err != nil {
 		return 0, err
 	}
 	if _, err := s.c.Do(ctx, "GET", s.c.UserURL()+"/api/contents/nb0.ipynb?content=1", nil, nil); err != nil {
@@ -657,7 +653,7 @@ func (p *proof) faults(t *testing.T) {
 	if !rulesStay {
 		t.Errorf("after SIGKILL: iptables chains present=%v (%s), htb present=%v", backend != "", backend, shaped)
 	}
-	c := p.b.NewClient(WardenUser) // fresh connections to the proxy
+	c := p.b.NewClient(p.b.WardenUser) // fresh connections to the proxy
 	c.HTTP.Jar = p.warden.c.HTTP.Jar
 	var dl Transfer
 	var wg sync.WaitGroup

@@ -55,7 +55,7 @@ func (b *Bed) SidecarEnv() []string {
 	return []string{
 		"PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
 		"HUBWARDEN_LOG_LEVEL=info",
-		"HUBWARDEN_USER=" + WardenUser,
+		"HUBWARDEN_USER=" + b.WardenUser,
 		"HUBWARDEN_STATE_DIR=" + filepath.Join(b.Dir, "warden-state"),
 		"HUBWARDEN_HUB_API_URL=http://" + HubIP + ":8081/hub/api",
 		"HUBWARDEN_DNS_SERVERS=" + DNS4 + "," + DNS6,
@@ -215,6 +215,15 @@ func (b *Bed) MarkedFlows(ns NS, mask uint32) int {
 		}
 	}
 	return n
+}
+
+// TxBytes returns the bytes eth0 of ns has sent (what left the pod).
+func (b *Bed) TxBytes(ns NS) (int64, error) {
+	out, err := b.Exec(ns, "cat", "/sys/class/net/eth0/statistics/tx_bytes")
+	if err != nil {
+		return 0, err
+	}
+	return strconv.ParseInt(strings.TrimSpace(out), 10, 64)
 }
 
 // IptablesBackend returns "iptables-nft" or "iptables-legacy": the one whose
