@@ -222,13 +222,14 @@ func (l *Lab) RunAll() error {
 	return l.WaitJS(l.Timeout, done, notebookState)
 }
 
-// EditSave types text at the end of the first code cell and saves with
-// Ctrl+S. It returns when the save command is done: the notebook is no
+// EditSave retypes the last line of the first code cell (Ctrl+End,
+// Shift+Home, then the keys of line) and saves with Ctrl+S. It returns when the save command is done: the notebook is no
 // longer marked unsaved and its checkpoint is made (JupyterLab's save
 // command ignores a second Ctrl+S while the first one's checkpoint is still
 // on its way, so a save is not over before that).
-func (l *Lab) EditSave(text string) error {
-	editor := current + `.querySelector('.jp-CodeCell .cm-content')`
+func (l *Lab) EditSave(line string) error {
+	// The editor's visible box: its content can be wider than the view.
+	editor := current + `.querySelector('.jp-CodeCell .jp-InputArea-editor')`
 	name, err := Eval[string](l.Tab, 10*time.Second, `document.querySelector('.lm-DockPanel .lm-TabBar-tab.lm-mod-current .lm-TabBar-tabLabel').textContent.trim()`)
 	if err != nil {
 		return fmt.Errorf("reading the notebook's name: %w", err)
@@ -245,17 +246,30 @@ func (l *Lab) EditSave(text string) error {
 	if err := l.click(editor, input.MouseButtonLeft, 1); err != nil {
 		return fmt.Errorf("editing: %w", err)
 	}
-	// Ctrl+End: the end of the cell's text; the text is appended to its
-	// last line (a comment), so no Enter, which CodeMirror handles itself.
+	// Type only once the cell is in edit mode with the focus in its editor:
+	// keys that reach the notebook in command mode are commands (a digit
+	// turns the cell into a markdown heading).
+	first := current + `.querySelector('.jp-CodeCell')`
+	editing := `(() => { const c = ` + first + `; return !!c && c.classList.contains('jp-mod-active') &&
+		!!c.closest('.jp-Notebook.jp-mod-editMode') && !!document.activeElement?.closest('.cm-content') &&
+		c.contains(document.activeElement) })()`
+	if err := l.WaitJS(l.Timeout, editing, notebookState); err != nil {
+		return fmt.Errorf("the cell did not enter edit mode: %w", err)
+	}
+	// Select the cell's last line and type over it: the cell keeps its size
+	// round after round, and no Enter (which CodeMirror handles itself).
 	if err := l.Do(l.Timeout,
 		chromedp.KeyEvent(kb.End, chromedp.KeyModifiers(chromedp.ModifierCtrl)),
-		chromedp.KeyEvent(text),
+		chromedp.KeyEvent(kb.Home, chromedp.KeyModifiers(chromedp.ModifierShift)),
+		chromedp.KeyEvent(line),
 	); err != nil {
 		return fmt.Errorf("editing: %w", err)
 	}
 	dirty := `!!document.querySelector('.lm-DockPanel .lm-TabBar-tab.lm-mod-current.jp-mod-dirty')`
-	if err := l.WaitJS(l.Timeout, dirty, notebookState); err != nil {
-		return fmt.Errorf("the edit did not mark the notebook unsaved: %w", err)
+	typed := `(() => { const c = ` + first + `; const lines = [...c.querySelectorAll('.cm-line')];
+		return lines.length > 1 && lines[lines.length - 1].textContent === ` + jsString(line) + ` })()`
+	if err := l.WaitJS(l.Timeout, dirty+` && `+typed, notebookState); err != nil {
+		return fmt.Errorf("the edit did not reach the first code cell: %w", err)
 	}
 	if err := l.Do(l.Timeout, chromedp.KeyEvent("s", chromedp.KeyModifiers(chromedp.ModifierCtrl))); err != nil {
 		return fmt.Errorf("saving: %w", err)

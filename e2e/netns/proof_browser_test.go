@@ -30,7 +30,9 @@ var browserActions = []browserAction{
 	{"browse the file browser", 3, func(l *Lab, _, _ int) error { return l.Browse() }},
 	{"open a notebook (kernel started)", 1, func(l *Lab, _, _ int) error { return l.Open(AnalysisNotebook, len(analysisCells), -1) }},
 	{"run all cells (text, table, plot)", 1, func(l *Lab, _, _ int) error { return l.RunAll() }},
-	{"edit and save", 3, func(l *Lab, r, i int) error { return l.EditSave(fmt.Sprintf("  # %d.%d", r, i)) }},
+	{"edit and save", 3, func(l *Lab, r, i int) error {
+		return l.EditSave(fmt.Sprintf(`print(f"{len(rows)} months")  # edit %d.%d`, r, i))
+	}},
 	{"restart the kernel", 1, func(l *Lab, _, _ int) error { return l.RestartKernel() }},
 	{"open a 5 MB notebook with images", 1, func(l *Lab, _, _ int) error { return l.Open(ReportNotebook, 21, 10) }},
 }
@@ -156,6 +158,9 @@ func (p *proof) browserUse(t *testing.T) {
 				// The notebook with its table and plot, in each pod.
 				shot = true
 				for _, s := range []*side{p.bare, p.warden} {
+					if _, err := Eval[bool](s.lab.Tab, 10*time.Second, `(() => { document.querySelector('.jp-NotebookPanel:not(.lm-mod-hidden) .jp-OutputArea-output img').scrollIntoView({block: 'end'}); return true })()`); err != nil {
+						t.Error(err)
+					}
 					if err := s.lab.Screenshot(p.shotPath(s.name)); err != nil {
 						t.Error(err)
 					}
@@ -182,6 +187,11 @@ func (p *proof) browserUse(t *testing.T) {
 			dropped = append(dropped, hung)
 			continue
 		}
+		var line []string
+		for _, a := range browserActions {
+			line = append(line, fmt.Sprintf("%s %v/%v", strings.Join(strings.Fields(a.name)[:2], " "), roundAll(round[a.name]["without"]), roundAll(round[a.name]["with"])))
+		}
+		t.Logf("round %d (without/with): %s", r, strings.Join(line, "; "))
 		for a, sides := range round {
 			if lat[a] == nil {
 				lat[a] = map[string][]time.Duration{}
