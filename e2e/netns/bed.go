@@ -465,7 +465,9 @@ func (b *Bed) Stack(browser string) string {
 	s := fmt.Sprintf("JupyterHub %s (hub), jupyter-server %s, JupyterLab %s, jupyterhub-singleuser %s, ipykernel %s, configurable-http-proxy %s",
 		v["JupyterHub"], v["jupyter-server"], v["JupyterLab"], v["jupyterhub-singleuser"], v["ipykernel"], v["configurable-http-proxy"])
 	if browser != "" {
-		s += ", " + strings.Replace(browser, "/", " ", 1) + " (Debian's Chromium, headless)"
+		// The product string of Debian's Chromium says Chrome/<version>.
+		_, version, _ := strings.Cut(browser, "/")
+		s += ", Chromium " + version + " (Debian's, headless)"
 	}
 	return s
 }

@@ -270,10 +270,10 @@ func (p *proof) regularUse(t *testing.T) {
 	_, slow1, _ := p.b.SlowClassBytes(p.b.Warden)
 	marked := p.b.MarkedFlows(p.b.Warden, 0x100000)
 	demoted := slow1 - slow0
-	p.rep.Add(Row{"1 regular use", fmt.Sprintf("p95 latency, %d ops each (%s)", len(lat["with"]), dur),
+	p.rep.Add(Row{"1 regular use, HTTP", fmt.Sprintf("p95 latency, %d ops each (%s)", len(lat["with"]), dur),
 		pb.Round(100 * time.Microsecond).String(), fmt.Sprintf("%s (%.2fx)", pw.Round(100*time.Microsecond), rawRatio), "-"})
-	p.rep.Add(Row{"1 regular use", "p95 of latency / median without, per op kind", "1.00x", fmt.Sprintf("%.2fx", ratio), verdict(ratio <= 1.2)})
-	p.rep.Add(Row{"1 regular use", "bytes in the slow class / marked flows", "-", fmt.Sprintf("%d B / %d", demoted, marked), verdict(shaped && demoted == 0 && marked == 0)})
+	p.rep.Add(Row{"1 regular use, HTTP", "p95 of latency / median without, per op kind", "1.00x", fmt.Sprintf("%.2fx", ratio), verdict(ratio <= 1.2)})
+	p.rep.Add(Row{"1 regular use, HTTP", "bytes in the slow class / marked flows", "-", fmt.Sprintf("%d B / %d", demoted, marked), verdict(shaped && demoted == 0 && marked == 0)})
 	if !shaped {
 		t.Errorf("no HTB classes on the warden pod's eth0: shaping is not applied")
 	}
