@@ -14,7 +14,7 @@ GOLANGCI_LINT         = $(CURDIR)/bin/golangci-lint-$(GOLANGCI_LINT_VERSION)
 # The modules golangci-lint checks: the main one and the e2e ones.
 LINT_MODULES          := . e2e e2e/deploytest
 
-.PHONY: all build setup test integration e2e-netns e2e-kind ci demo bench lint tools fuzz clean deploy-check bench-smoke
+.PHONY: all build setup test integration e2e-netns e2e-kind ci demo bench lint tools fuzz clean deploy-check bench-smoke bench-guard
 
 all: build
 
@@ -75,6 +75,12 @@ bench:
 
 bench-smoke:
 	BENCH_QUICK=1 ./scripts/bench.sh
+
+# The HTTP guard's cost, with and without it side by side through the real
+# proxy (root, about 3 minutes; BENCH_QUICK=1 about 1 minute). BENCH_OUT
+# names a file for the table.
+bench-guard:
+	$(GO) test -tags bench -count=1 -timeout 20m -run '^TestBenchGuard$$' -v ./guard/
 
 ci: setup lint deploy-check
 	$(GO) test -count=1 -p 1 $(PKGS)

@@ -146,13 +146,20 @@ func dial(ns *nstest.NS, addr string) (net.Conn, error) {
 // startSidecar runs `hubwarden run` in the pod and waits for /readyz.
 func startSidecar(t *testing.T, p *nstest.Pair, env []string) *sidecar {
 	t.Helper()
+	return startSidecarBin(t, p, env, hubwardenBin(t))
+}
+
+// startSidecarBin is startSidecar with another hubwarden binary (an earlier
+// build, for a before/after row).
+func startSidecarBin(t *testing.T, p *nstest.Pair, env []string, bin string) *sidecar {
+	t.Helper()
 	log := filepath.Join(t.TempDir(), "hubwarden.log")
 	f, err := os.Create(log)
 	if err != nil {
 		t.Fatal(err)
 	}
 	defer f.Close()
-	cmd := exec.Command("ip", "netns", "exec", p.Pod.Name, hubwardenBin(t), "run")
+	cmd := exec.Command("ip", "netns", "exec", p.Pod.Name, bin, "run")
 	cmd.Env = env
 	cmd.Stdout, cmd.Stderr = f, f
 	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true, Pdeathsig: syscall.SIGKILL}

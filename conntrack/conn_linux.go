@@ -248,7 +248,7 @@ func (c *Conn) Dump(ctx context.Context) ([]Flow, error) {
 // flows), so a periodic dump allocates little once buf has grown to size.
 func (c *Conn) DumpInto(ctx context.Context, buf []Flow) ([]Flow, error) {
 	buf = buf[:0]
-	err := c.exchange(ctx, msgGet, uint16(netlink.Dump), dumpBody(), func(b []byte) error {
+	err := c.exchange(ctx, msgGet, uint16(netlink.Dump), dumpBody(Filter{}), func(b []byte) error {
 		if len(buf) < cap(buf) {
 			buf = buf[:len(buf)+1]
 		} else {
@@ -262,15 +262,56 @@ func (c *Conn) DumpInto(ctx context.Context, buf []Flow) ([]Flow, error) {
 	return buf, nil
 }
 
+// Walk dumps the flows that f selects (the kernel filters them), calling fn
+// with each as it is decoded: memory does not grow with the table. The
+// *Flow is reused for the next flow; fn must copy what it keeps. An error
+// from fn stops the walk and is returned (the socket is then re-dialled,
+// since the rest of the dump is left unread).
+func (c *Conn) Walk(ctx context.Context, f Filter, fn func(*Flow) error) error {
+	var fl Flow
+	err := c.exchange(ctx, msgGet, uint16(netlink.Dump), dumpBody(f), func(b []byte) error {
+		fl = Flow{}
+		if err := decodeFlow(b, &fl); err != nil {
+			return err
+		}
+		return fn(&fl)
+	})
+	if err != nil {
+		return fmt.Errorf("dumping conntrack table (mark %#x/%#x): %w", f.Mark, f.MarkMask, err)
+	}
+	return nil
+}
+
 // Get returns the flow whose original tuple is orig, or ErrNotFound.
 func (c *Conn) Get(ctx context.Context, orig Tuple) (Flow, error) {
+	f, err := c.get(ctx, msgGet, orig)
+	if err != nil {
+		return Flow{}, fmt.Errorf("getting conntrack flow %s: %w", orig, err)
+	}
+	return f, nil
+}
+
+// GetZero returns the flow whose original tuple is orig with its counters,
+// and zeroes them in the same step (IPCTNL_MSG_CT_GET_CTRZERO: the kernel
+// exchanges each counter with 0 atomically, so no byte is counted twice or
+// lost between the read and the reset). Rules that match on the counters
+// (connbytes) count from zero again. ErrNotFound when the flow is gone.
+func (c *Conn) GetZero(ctx context.Context, orig Tuple) (Flow, error) {
+	f, err := c.get(ctx, msgGetZero, orig)
+	if err != nil {
+		return Flow{}, fmt.Errorf("getting and zeroing conntrack flow %s: %w", orig, err)
+	}
+	return f, nil
+}
+
+func (c *Conn) get(ctx context.Context, msg uint16, orig Tuple) (Flow, error) {
 	body, err := getBody(orig)
 	if err != nil {
-		return Flow{}, fmt.Errorf("getting conntrack flow: %w", err)
+		return Flow{}, err
 	}
 	var f Flow
 	found := false
-	err = c.exchange(ctx, msgGet, 0, body, func(b []byte) error {
+	err = c.exchange(ctx, msg, 0, body, func(b []byte) error {
 		if found {
 			return nil
 		}
@@ -281,7 +322,7 @@ func (c *Conn) Get(ctx context.Context, orig Tuple) (Flow, error) {
 		err = unix.ENOENT
 	}
 	if err != nil {
-		return Flow{}, fmt.Errorf("getting conntrack flow %s: %w", orig, notFound(err))
+		return Flow{}, notFound(err)
 	}
 	return f, nil
 }

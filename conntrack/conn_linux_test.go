@@ -210,7 +210,7 @@ func captureSeeds(t *testing.T, c *Conn) {
 		t.Fatal(err)
 	}
 	i := 0
-	err := c.exchange(t.Context(), msgGet, uint16(netlink.Dump), dumpBody(), func(b []byte) error {
+	err := c.exchange(t.Context(), msgGet, uint16(netlink.Dump), dumpBody(Filter{}), func(b []byte) error {
 		i++
 		seed := fmt.Sprintf("go test fuzz v1\n[]byte(%q)\n", b)
 		return os.WriteFile(filepath.Join(dir, fmt.Sprintf("kernel-%d", i)), []byte(seed), 0o644)

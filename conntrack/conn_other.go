@@ -30,6 +30,12 @@ func (c *Conn) DumpInto(_ context.Context, buf []Flow) ([]Flow, error) {
 // Get returns an error wrapping errors.ErrUnsupported on this OS.
 func (c *Conn) Get(context.Context, Tuple) (Flow, error) { return Flow{}, errUnsupported }
 
+// Walk is Walk of the Linux build.
+func (c *Conn) Walk(context.Context, Filter, func(*Flow) error) error { return errUnsupported }
+
+// GetZero is GetZero of the Linux build.
+func (c *Conn) GetZero(context.Context, Tuple) (Flow, error) { return Flow{}, errUnsupported }
+
 // SetMark returns an error wrapping errors.ErrUnsupported on this OS.
 func (c *Conn) SetMark(context.Context, Tuple, uint32, uint32) error { return errUnsupported }
 

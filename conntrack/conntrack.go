@@ -86,6 +86,13 @@ type Config struct {
 	ReadBuffer int
 }
 
+// Filter selects the flows of a dump in the kernel. The zero Filter
+// selects every flow.
+type Filter struct {
+	// Mark and MarkMask select the flows whose mark&MarkMask == Mark.
+	Mark, MarkMask uint32
+}
+
 // EventType says what happened to a flow.
 type EventType uint8
 

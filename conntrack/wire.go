@@ -14,9 +14,10 @@ import (
 const (
 	subsysCT = 1 // NFNL_SUBSYS_CTNETLINK, the high byte of the message type
 
-	msgNew    = 0 // IPCTNL_MSG_CT_NEW: dump replies, NEW/UPDATE events, updates
-	msgGet    = 1 // IPCTNL_MSG_CT_GET
-	msgDelete = 2 // IPCTNL_MSG_CT_DELETE: DESTROY events
+	msgNew     = 0 // IPCTNL_MSG_CT_NEW: dump replies, NEW/UPDATE events, updates
+	msgGet     = 1 // IPCTNL_MSG_CT_GET
+	msgDelete  = 2 // IPCTNL_MSG_CT_DELETE: DESTROY events
+	msgGetZero = 3 // IPCTNL_MSG_CT_GET_CTRZERO: get and zero the counters
 
 	nfgenLen = 4 // struct nfgenmsg: family u8, version u8, res_id be16
 
@@ -458,7 +459,17 @@ func setMarkBody(orig Tuple, mark, mask uint32) ([]byte, error) {
 }
 
 // dumpBody is the payload of a dump request: AF_UNSPEC covers IPv4 and IPv6.
-func dumpBody() []byte { return appendNfgen(nil, afUnspec) }
+// A filter with a non-zero mask makes the kernel skip every flow whose
+// mark&Mask is not Mark (ctnetlink_filter_match): those flows are never
+// serialised, copied or decoded.
+func dumpBody(f Filter) []byte {
+	b := appendNfgen(nil, afUnspec)
+	if f.MarkMask != 0 {
+		b = appendBE32(b, ctaMark, f.Mark&f.MarkMask)
+		b = appendBE32(b, ctaMarkMask, f.MarkMask)
+	}
+	return b
+}
 
 // Netlink message framing (include/uapi/linux/netlink.h).
 const (

@@ -243,8 +243,19 @@ func TestRequestBodies(t *testing.T) {
 	if diff := cmp.Diff(append([]byte{afInet6, 0, 0, 0}, withMark...), got); diff != "" {
 		t.Errorf("set-mark body (-want +got):\n%s", diff)
 	}
-	if diff := cmp.Diff([]byte{afUnspec, 0, 0, 0}, dumpBody()); diff != "" {
+	if diff := cmp.Diff([]byte{afUnspec, 0, 0, 0}, dumpBody(Filter{})); diff != "" {
 		t.Errorf("dump body (-want +got):\n%s", diff)
+	}
+	fe := netlink.NewAttributeEncoder()
+	fe.ByteOrder = binary.BigEndian
+	fe.Uint32(ctaMark, 0x0100) // mark 0x0500 under mask 0x0300
+	fe.Uint32(ctaMarkMask, 0x0300)
+	filter, err := fe.Encode()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if diff := cmp.Diff(append([]byte{afUnspec, 0, 0, 0}, filter...), dumpBody(Filter{Mark: 0x0500, MarkMask: 0x0300})); diff != "" {
+		t.Errorf("filtered dump body (-want +got):\n%s", diff)
 	}
 }
 

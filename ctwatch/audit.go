@@ -9,9 +9,7 @@ import (
 // Audit field names. They are a stable interface for log shippers; see
 // docs/audit.md before changing one.
 const (
-	FieldAudit     = "audit" // flow_end, demote, promote, adopt, progress
-	FieldUser      = "user"
-	FieldServer    = "server"
+	FieldAudit     = "audit" // flow_end, demote, promote, adopt, progress, pod_gate
 	FieldFlowID    = "flow_id"
 	FieldProto     = "proto"
 	FieldDirection = "direction" // in: the peer opened it; out: the pod did
@@ -37,24 +35,23 @@ const (
 	FieldOvershoot = "overshoot_bytes"
 	FieldFinal     = "final_counters"
 	FieldAdopted   = "adopted"
+	FieldTracked   = "tracked" // flow_end: false when the watcher never read the flow (it sent little)
+	FieldTier      = "tier"    // the flow's tripwire tier
 	FieldBy        = "by"      // demote: "watcher" or "kernel" (the tripwire or the pod gate)
-	FieldWatched   = "watched" // the watcher, not the kernel tripwire, keeps this flow's budget
 	FieldWhy       = "why"     // promote: "idle" or "tokens_left"
-	FieldGate      = "gate"    // pod_gate: set (true) or cleared
+	FieldGate      = "gate"    // pod_gate: "closed" or "open"
 )
 
 var auditMessages = map[Kind]string{
 	Demote:   "flow demoted",
-	Reapply:  "flow mark set again",
-	Watch:    "flow budget kept by the watcher from now on",
 	Promote:  "flow promoted",
 	Adopt:    "flow found demoted",
 	Progress: "flow progress",
 	Finish:   "flow end",
 	// KernelDemote writes the same audit event as Demote, by "kernel".
 	KernelDemote: "flow demoted",
-	GateSet:      "pod gate set",
-	GateClear:    "pod gate cleared",
+	GateClose:    "pod gate closed: the pod budget is spent",
+	GateOpen:     "pod gate open",
 }
 
 // protoName names the common IP protocols; others are written as numbers.
@@ -76,24 +73,27 @@ func protoName(p uint8) string {
 	return strconv.Itoa(int(p))
 }
 
-// writeAudit writes one audit line for a. Reapply is not an audit event and
-// goes out at debug level.
-func writeAudit(log *zerolog.Logger, user, server string, a *Action) {
-	ev := log.Info()
-	if a.Kind == Reapply || a.Kind == Watch {
-		ev = log.Debug()
+// writeAudit writes one audit line for a, if a is an audit event. The
+// logger carries the user and the server.
+func writeAudit(log *zerolog.Logger, a *Action) {
+	msg, ok := auditMessages[a.Kind]
+	if !ok {
+		return
 	}
+	ev := log.Info()
 	if ev == nil {
 		return
 	}
 	r := &a.Record
-	if a.Kind == GateSet || a.Kind == GateClear {
+	if a.Kind == GateClose || a.Kind == GateOpen {
+		state := "open"
+		if a.Kind == GateClose {
+			state = "closed"
+		}
 		ev.Str(FieldAudit, a.Kind.String()).
-			Str(FieldUser, user).
-			Str(FieldServer, server).
-			Bool(FieldGate, a.Kind == GateSet).
+			Str(FieldGate, state).
 			Int64(FieldPodTok, r.PodTokens).
-			Msg(auditMessages[a.Kind])
+			Msg(msg)
 		return
 	}
 	dir := "out"
@@ -101,8 +101,6 @@ func writeAudit(log *zerolog.Logger, user, server string, a *Action) {
 		dir = "in"
 	}
 	ev.Str(FieldAudit, a.Kind.String()).
-		Str(FieldUser, user).
-		Str(FieldServer, server).
 		Uint32(FieldFlowID, r.ID).
 		Str(FieldProto, protoName(r.Proto)).
 		Str(FieldDirection, dir).
@@ -115,23 +113,26 @@ func writeAudit(log *zerolog.Logger, user, server string, a *Action) {
 		Uint64(FieldRecvBytes, r.Recv.Bytes).
 		Uint64(FieldRecvPkts, r.Recv.Packets).
 		Uint64(FieldFastBytes, r.FastBytes).
-		Uint64(FieldSlowBytes, r.SlowBytes).
-		Time(FieldStart, r.Start).
-		Float64(FieldDuration, r.End.Sub(r.Start).Seconds()).
-		Bool(FieldDemoted, r.Demoted || r.Demotions > 0 && a.Kind == Finish).
+		Uint64(FieldSlowBytes, r.SlowBytes)
+	if !r.Start.IsZero() {
+		ev.Time(FieldStart, r.Start).Float64(FieldDuration, r.End.Sub(r.Start).Seconds())
+	}
+	ev.Bool(FieldDemoted, r.Demoted || r.Demotions > 0 && a.Kind == Finish).
 		Uint64(FieldDemotedAt, r.DemotedAt).
 		Uint32(FieldDemotions, r.Demotions).
 		Uint32(FieldPromos, r.Promotions).
-		Int64(FieldFlowTok, r.FlowTokens).
+		Int(FieldTier, r.Tier).
 		Int64(FieldPodTok, r.PodTokens).
-		Bool(FieldAdopted, r.Adopted).
-		Bool(FieldWatched, r.Watched)
+		Bool(FieldAdopted, r.Adopted)
+	if !r.Untracked {
+		ev.Int64(FieldFlowTok, r.FlowTokens)
+	}
 	if r.Reason != ReasonNone {
 		ev.Str(FieldReason, r.Reason.String())
 	}
 	switch a.Kind {
 	case Demote:
-		ev.Str(FieldBy, "watcher").Int64(FieldOvershoot, r.Overshoot)
+		ev.Str(FieldBy, "watcher").Int64(FieldOvershoot, -r.FlowTokens)
 	case KernelDemote:
 		ev.Str(FieldBy, "kernel")
 	case Promote:
@@ -139,7 +140,7 @@ func writeAudit(log *zerolog.Logger, user, server string, a *Action) {
 			ev.Str(FieldWhy, r.Why.String())
 		}
 	case Finish:
-		ev.Bool(FieldFinal, !r.Unfinished)
+		ev.Bool(FieldFinal, !r.Unfinished).Bool(FieldTracked, !r.Untracked)
 	}
-	ev.Msg(auditMessages[a.Kind])
+	ev.Msg(msg)
 }

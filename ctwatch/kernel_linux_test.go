@@ -3,287 +3,208 @@
 package ctwatch
 
 import (
+	"bytes"
 	"context"
+	"encoding/json"
+	"net"
+	"net/netip"
 	"path/filepath"
-	"regexp"
-	"strconv"
+	"strings"
+	"sync"
 	"testing"
 	"time"
 
 	"github.com/rs/zerolog"
 
+	"github.com/hubwarden/hubwarden/conntrack"
+	"github.com/hubwarden/hubwarden/demotion"
 	"github.com/hubwarden/hubwarden/internal/nstest"
 	"github.com/hubwarden/hubwarden/tcshape"
 	"github.com/hubwarden/hubwarden/units"
 	"github.com/hubwarden/hubwarden/xtables"
 )
 
-const itWatched = itMark << 1
-
-// nsGate sets the pod gate from a thread in the pod's namespace: the gate's
-// files are per network namespace, and the test process is in the host's.
-type nsGate struct{ ns *nstest.NS }
-
-func (g nsGate) Set(on bool) error {
-	return g.ns.Do(func() error { return tcshape.PodGate{IPv6: true}.Set(on) })
+// syncBuf is a bytes.Buffer safe for the watcher's writes and the test's
+// reads.
+type syncBuf struct {
+	mu sync.Mutex
+	b  bytes.Buffer
 }
 
-// kernelRules applies hubwarden's mangle rules (tcshape.MangleTables: the
-// tripwire at budget and the gate) in the pod, as the sidecar does, in
-// front of the bed's own CLASSIFY rule (which wins: it runs last).
-func (b *bed) kernelRules(budget units.Size) {
-	b.t.Helper()
-	tables, err := tcshape.MangleTables(tcshape.Config{Interface: "eth0", CTMark: itMark, WatchedMark: itWatched,
-		Tripwire: true, TripwireBudget: budget, Gate: true, IPv6: true})
-	if err != nil {
-		b.t.Fatal(err)
-	}
-	x := xtables.New(xtables.NFT, xtables.ExecRunner{LockFile: filepath.Join(b.t.TempDir(), "xtables.lock")}, zerolog.Nop())
-	if err := b.pair.Pod.Do(func() error {
-		_, err := x.Apply(context.Background(), tables)
-		return err
-	}); err != nil {
-		b.t.Fatal(err)
-	}
-	b.gate = nsGate{b.pair.Pod}
+func (s *syncBuf) Write(p []byte) (int, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.Write(p)
 }
 
-// kernelConfig is the bed's watcher configuration with the tripwire and
-// the gate, as the sidecar runs it.
-func (b *bed) kernelConfig(budget units.Size) Config {
-	cfg := b.config()
-	cfg.FlowBudget = budget
-	cfg.Tripwire, cfg.WatchedMark, cfg.Gate = true, itWatched, true
-	return cfg
-}
-
-// fastSent returns the bytes that left the pod undemoted, in both families,
-// counted by the bed's counting rule in conntrack's units.
-func (b *bed) fastSent() int64 {
-	b.t.Helper()
-	var n int64
-	for _, ipt := range []string{"iptables", "ip6tables"} {
-		out := b.pair.Pod.MustRun(ipt, "-t", "mangle", "-L", "POSTROUTING", "-v", "-x", "-n")
-		m := regexp.MustCompile(`(?m)^\s*\d+\s+(\d+)\s.*hubwarden-test/fast-bytes`).FindStringSubmatch(out)
-		if m == nil {
-			b.t.Fatalf("no fast-bytes counter in %s's mangle POSTROUTING:\n%s", ipt, out)
-		}
-		v, _ := strconv.ParseInt(m[1], 10, 64)
-		n += v
-	}
-	return n
-}
-
-// TestIntegrationKernelDemotion: with the tripwire, a download at line rate
-// is demoted at its budget to within a packet, on IPv4 and IPv6, at 32 and
-// 256 MiB: a counting rule after hubwarden's says how much left undemoted.
-func TestIntegrationKernelDemotion(t *testing.T) {
-	b := newBed(t, 53)
-	for _, budget := range []units.Size{32 * units.MiB, 256 * units.MiB} {
-		for _, fam := range []struct{ name, addr string }{{"IPv4", b.pair.PodIP4}, {"IPv6", b.pair.PodIP6}} {
-			t.Run(fam.name+"/"+budget.String(), func(t *testing.T) {
-				b.t = t
-				b.kernelRules(budget)
-				cfg := b.kernelConfig(budget)
-				cfg.PodBudget = 4 * budget
-				log := &auditLog{}
-				b.runWatcher(cfg, log)
-				cl := b.dial(fam.addr)
-				if _, err := cl.get(1); err != nil {
-					t.Fatal(err)
-				}
-				port := cl.orig().SrcPort
-				fast0 := b.fastSent()
-				start := time.Now()
-				errc := make(chan error, 1)
-				go func() { _, err := cl.get(int64(budget) + 16<<20); errc <- err }()
-				// When the receiver has 99% of the budget: the fast phase's rate.
-				nearly := make(chan time.Duration, 1)
-				go func() {
-					for cl.read.Load() < int64(budget)*99/100 {
-						time.Sleep(100 * time.Microsecond)
-					}
-					nearly <- time.Since(start)
-				}()
-				poll(t, 20*time.Second, "the demotion", func() bool { return len(log.find("demote", port)) > 0 })
-				d := log.find("demote", port)[0]
-				// The slow phase: the bytes queued in the fast class drain
-				// within milliseconds; then measure.
-				time.Sleep(300 * time.Millisecond)
-				fast := b.fastSent() - fast0
-				fastDur := <-nearly
-				r0, t0 := cl.read.Load(), time.Now()
-				time.Sleep(time.Second)
-				slowRate := float64(cl.read.Load()-r0) / time.Since(t0).Seconds()
-				over := float64(fast-int64(budget)) / float64(budget)
-				t.Logf("%s: %d bytes of the flow left undemoted: %+.4f%% of the %s budget; the demote line: by %v, reason %v, demoted_at %v; at %.0f MB/s (99%% of the budget in %s); then %.2f MB/s",
-					fam.name, fast, 100*over, budget, d[FieldBy], d[FieldReason], d[FieldDemotedAt], 0.99*float64(budget)/fastDur.Seconds()/1e6, fastDur.Round(time.Millisecond), slowRate/1e6)
-				if d[FieldBy] != "kernel" || d[FieldReason] != "flow_budget" || num(d, FieldDemotedAt) != float64(budget) {
-					t.Errorf("demote line %v", d)
-				}
-				// The packet that reaches the budget (a GSO packet: up to
-				// 64 KiB) goes slow; the handshake is before fast0, the
-				// receiver's ACKs are not counted (they enter the pod).
-				if fast < int64(budget)-64<<10 || fast > int64(budget)+16<<10 {
-					t.Errorf("%d bytes left undemoted, want the %d byte budget to within a packet", fast, budget)
-				}
-				if slowRate > 2*itSlowRate {
-					t.Errorf("after demotion %.0f B/s, above the slow rate", slowRate)
-				}
-				cl.c.Close()
-				<-errc
-			})
+func (s *syncBuf) lines(audit string) []map[string]any {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	var out []map[string]any
+	for _, l := range bytes.Split(s.b.Bytes(), []byte{'\n'}) {
+		var m map[string]any
+		if json.Unmarshal(l, &m) == nil && m[FieldAudit] == audit {
+			out = append(out, m)
 		}
 	}
+	return out
 }
 
-// TestIntegrationKernelPromotion: a kept-alive connection that the tripwire
-// demoted, once idle, is promoted and watched: its later small requests are
-// fast although it is far past the budget (connbytes counts from its start),
-// and a second download on it is demoted again, by the watcher, after the
-// tokens its bucket refilled.
-func TestIntegrationKernelPromotion(t *testing.T) {
-	b := newBed(t, 54)
-	const budget = 32 * units.MiB
-	b.kernelRules(budget)
-	cfg := b.kernelConfig(budget)
-	log := &auditLog{}
-	w, _ := b.runWatcher(cfg, log)
-	a := b.dial(b.pair.PodIP4)
-	c := b.dial(b.pair.PodIP4) // never demoted
-	const small = 64 << 10
-	if _, err := a.get(int64(budget) + 1<<20); err != nil {
-		t.Fatal(err)
-	}
-	port := a.orig().SrcPort
-	poll(t, 2*time.Second, "the demotion", func() bool { return len(log.find("demote", port)) > 0 })
-	sticky, err := a.get(small)
+// TestIntegrationWatcher runs the real Watcher against the real kernel half
+// (package demotion's rules and quota gate) in a pod namespace, with the
+// proxy's kept-alive connection to the notebook server: the mechanism, not
+// the machine's speed, is asserted.
+//
+//   - A burst at line rate on a connection that has sent before is demoted
+//     by the kernel, with no more fast bytes than its bucket held (plus 5%
+//     or 1 MiB, issue 21's goal), and audited as a kernel demotion.
+//   - Once idle, the watcher promotes it: the next request on the same
+//     connection is fast (it gets its bucket back, not the slow class).
+//   - Its end is audited with what it sent, across the counters' resets.
+func TestIntegrationWatcher(t *testing.T) {
+	nstest.SkipUnlessRoot(t, "iptables-nft-restore", "nft", "tc", "conntrack")
+	const budget = 16 * units.MiB
+	p := nstest.NewPair(t, 46)
+	p.Pod.ServeBulk(8888)
+	c, err := demotion.New(0x100000, budget)
 	if err != nil {
 		t.Fatal(err)
 	}
-	poll(t, 10*time.Second, "the promotion", func() bool { return len(log.find("promote", port)) > 0 })
-	p := log.find("promote", port)[0]
-	f, err := b.conn.Get(context.Background(), a.orig())
-	if err != nil || f.Mark&(itMark|itWatched) != itWatched {
-		t.Fatalf("mark after promotion %#x (%v), want the watched bit alone", f.Mark, err)
+	// The kernel half, as the sidecar applies it.
+	k, err := tcshape.Open(p.Pod.FD())
+	if err != nil {
+		t.Fatal(err)
 	}
-	ma, mc := alternate(t, 5, small, a, c)
-	// A second download on the watched connection: its bucket refilled at
-	// 1 MiB/s while it idled, so it goes slow after a few MiB, by the
-	// watcher.
-	r0 := a.read.Load()
-	errc := make(chan error, 1)
-	go func() { _, err := a.get(int64(budget)); errc <- err }()
-	poll(t, 10*time.Second, "the second demotion", func() bool { return len(log.find("demote", port)) > 1 })
-	d2 := log.find("demote", port)[1]
-	second := a.read.Load() - r0
-	a.c.Close()
-	<-errc
-	t.Logf("64 KiB on the demoted connection %s; after promotion (why %v, watched %v) %s, on a fresh one %s; the second download was demoted by the %v after %.0f bytes (flow tokens were %v at promotion); %d demotions, %d promotions",
-		sticky.Round(time.Microsecond), p[FieldWhy], p[FieldWatched], ma.Round(time.Microsecond), mc.Round(time.Microsecond),
-		d2[FieldBy], num(d2, FieldSentBytes)-num(p, FieldSentBytes), p[FieldFlowTok], w.Stats().Demotions, w.Stats().Promotions)
-	if p[FieldWhy] != "idle" || p[FieldWatched] != true {
-		t.Errorf("promote line %v", p)
+	defer k.Close()
+	tcfg, err := k.Detect(tcshape.Config{FastRate: 10e9 / 8, SlowRate: 1_000_000}, zerolog.Nop())
+	if err != nil {
+		t.Fatal(err)
 	}
-	if 10*ma > sticky || ma > 8*mc+5*time.Millisecond {
-		t.Errorf("after promotion a small request took %s: the fresh connection took %s, the demoted one %s", ma, mc, sticky)
+	spec, _ := tcshape.Plan(tcfg)
+	if _, err := tcshape.Apply(context.Background(), k, spec, zerolog.Nop(), false); err != nil {
+		t.Fatal(err)
 	}
-	if d2[FieldBy] != "watcher" || second > int64(budget)/2 {
-		t.Errorf("second download: demote line %v after %d bytes read", d2, second)
+	tables, err := demotion.MangleTables(demotion.Rules{Contract: c, Interface: "eth0", IPv6: true, Watch: true, Gate: demotion.GateQuota})
+	if err != nil {
+		t.Fatal(err)
 	}
-}
+	x := xtables.New(xtables.NFT, xtables.ExecRunner{LockFile: filepath.Join(t.TempDir(), "lock")}, zerolog.Nop())
+	if err := p.Pod.Do(func() error { _, err := x.Apply(context.Background(), tables); return err }); err != nil {
+		t.Fatal(err)
+	}
+	nft, err := demotion.OpenNFT(p.Pod.FD())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer nft.Close()
+	if _, err := nft.Apply(demotion.QuotaGate{Interface: "eth0", Contract: c}, 1<<30); err != nil {
+		t.Fatal(err)
+	}
+	ct, err := conntrack.Dial(conntrack.Config{NetNS: p.Pod.FD()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ct.Close()
+	walker, err := conntrack.Dial(conntrack.Config{NetNS: p.Pod.FD()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer walker.Close()
 
-// TestIntegrationGateChurn: a connection per chunk (the churn a user would
-// try against per-flow budgets), at line rate, against a 16 MiB pod budget,
-// for 3 s. Side by side: the watcher alone finds each new flow only after it
-// sent (NEW events lost: the transmit-counter trigger), the gate demotes new
-// flows from their first packet while the pod bucket is empty.
-func TestIntegrationGateChurn(t *testing.T) {
-	b := newBed(t, 55)
-	const podBudget = 16 * units.MiB
-	const chunk = 1 << 20
-	const span = 3 * time.Second
-	run := func(kernel bool) (fast int64, n int, dur time.Duration, gates uint64) {
-		var cfg Config
-		if kernel {
-			b.kernelRules(64 * units.MiB)
-			cfg = b.kernelConfig(64 * units.MiB)
-		} else {
-			cfg = b.config()
-			cfg.FlowBudget = 64 * units.MiB
-			b.gate = nil
-		}
-		cfg.PodBudget = podBudget
-		cfg.PodRefill = 256 * units.Rate(units.KiB)
-		cfg.StateDir = t.TempDir()
-		log := &auditLog{}
-		// Without events: the worst case, a kernel that drops them.
-		w, stop := b.runWatcherNoEvents(cfg, log)
-		fast0 := b.fastSent()
-		start := time.Now()
-		for time.Since(start) < span {
-			cl := b.dial(b.pair.PodIP4)
-			if _, err := cl.get(chunk); err != nil {
-				t.Fatal(err)
-			}
-			cl.c.Close()
-			n++
-		}
-		dur = time.Since(start)
-		fast = b.fastSent() - fast0
-		gates = w.Stats().GateSets
-		stop()
-		b.pair.Pod.MustRun("conntrack", "-F")
-		return fast, n, dur, gates
+	var audit syncBuf
+	cfg := Config{
+		Contract: c, FlowRefill: units.Rate(units.MiB), PodBudget: units.GiB, PodRefill: units.Rate(units.MiB),
+		PromoteIdle: time.Second, DumpInterval: 200 * time.Millisecond, ProgressInterval: time.Hour,
+		LocalAddrs: []netip.Addr{netip.MustParseAddr(p.PodIP4), netip.MustParseAddr(p.PodIP6)},
 	}
-	fastW, nW, durW, _ := run(false)
-	// The kernel rules stay in the namespace for the second run only.
-	fastK, nK, durK, gates := run(true)
-	// The watcher sets the gate at the first transmit-counter reading (one
-	// a millisecond) that shows the pod bucket spent: allow 4 MiB, about
-	// 5 ms at this bed's line rate, each time.
-	boundK := float64(podBudget) + 256*1024*durK.Seconds() + float64(gates)*(4<<20)
-	t.Logf("a new connection per MiB for %s: the watcher alone let %.1f MiB of %d through fast in %s; with the gate %.1f MiB of %d in %s (%d gate sets; bound %.1f MiB)",
-		span, float64(fastW)/(1<<20), nW, durW.Round(time.Millisecond), float64(fastK)/(1<<20), nK, durK.Round(time.Millisecond), gates, boundK/(1<<20))
-	if float64(fastK) > boundK {
-		t.Errorf("with the gate %d bytes went fast, more than the pod budget and refill allow (%.0f)", fastK, boundK)
-	}
-	if gates == 0 {
-		t.Errorf("the gate was never set")
-	}
-}
+	w := New(cfg, ct, zerolog.New(&audit), Options{Quota: nft, Walker: walker,
+		SlowBytes: func() (uint64, error) { return k.ClassBytes("eth0", tcshape.SlowClass) }})
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	events, errs := ct.Listen(ctx, conntrack.GroupUpdate, conntrack.GroupDestroy)
+	done := make(chan error, 1)
+	go func() { done <- w.Run(ctx, events, errs) }()
 
-// TestIntegrationKernelRestart: a watcher restarted while a download the
-// tripwire demoted is running adopts it, keeps it demoted, and does not give
-// it its budget back (its bucket would start full: the history is the
-// tripwire's).
-func TestIntegrationKernelRestart(t *testing.T) {
-	b := newBed(t, 57)
-	const budget = 32 * units.MiB
-	b.kernelRules(budget)
-	cfg := b.kernelConfig(budget)
-	log1 := &auditLog{}
-	_, stop1 := b.runWatcher(cfg, log1)
-	a := b.dial(b.pair.PodIP4)
-	errc := make(chan error, 1)
-	go func() { _, err := a.get(int64(budget) + 64<<20); errc <- err }()
-	port := a.orig().SrcPort
-	poll(t, 10*time.Second, "the demotion", func() bool { return len(log1.find("demote", port)) > 0 })
-	stop1()
-	log2 := &auditLog{}
-	w2, _ := b.runWatcher(cfg, log2)
-	r0 := a.read.Load()
-	time.Sleep(2500 * time.Millisecond) // longer than PromoteIdle: a stays busy
-	rate := float64(a.read.Load()-r0) / 2.5
-	f, err := b.conn.Get(context.Background(), a.orig())
-	ad := log2.find("adopt", port)
-	t.Logf("after the restart: adopt lines %v; %d promote lines; the download ran at %.2f MB/s; mark %#x; stats %+v", ad, len(log2.find("promote", port)), rate/1e6, f.Mark, w2.Stats())
-	if err != nil || f.Mark&itMark == 0 || len(log2.find("promote", port)) != 0 || rate > 2*itSlowRate {
-		t.Errorf("the restarted watcher let the demoted download go (mark %#x, %v)", f.Mark, err)
+	p.Pod.MustRun("ip", "link", "set", "dev", "eth0", "gso_max_segs", "1")
+	// A closed connection's entry dies a second after, not two minutes.
+	p.Pod.MustRun("sysctl", "-qw", "net.netfilter.nf_conntrack_tcp_timeout_time_wait=1", "net.netfilter.nf_conntrack_tcp_timeout_fin_wait=1", "net.netfilter.nf_conntrack_tcp_timeout_close_wait=1", "net.netfilter.nf_conntrack_tcp_timeout_last_ack=1")
+	s := p.Peer.Sender(net.JoinHostPort(p.PodIP4, "8888"))
+	fast := func() int64 {
+		return nstest.IPBytes(p.Pod.ClassSent("eth0", tcshape.FastClass.String()))
 	}
-	if len(ad) != 1 || ad[0][FieldReason] != "flow_budget" {
-		t.Errorf("adopt lines %v, want one with reason flow_budget", ad)
+	// 40% of the budget, then idle for 4 s: the bucket holds 60% plus 1 MiB
+	// of refill.
+	if _, err := s.Fetch(uint64(budget) * 2 / 5); err != nil {
+		t.Fatal(err)
 	}
-	a.c.Close()
-	<-errc
+	sent := uint64(budget) * 2 / 5
+	time.Sleep(4 * time.Second)
+	tokens := float64(budget)*3/5 + 4*float64(cfg.FlowRefill)
+	f0 := fast()
+	burst := uint64(tokens) + 512<<10 // more than the bucket: the tail goes slow (1 MB/s)
+	if _, err := s.Fetch(burst); err != nil {
+		t.Fatal(err)
+	}
+	sent += burst
+	got := float64(fast() - f0)
+	limit := tokens + max(0.05*tokens, float64(units.MiB))
+	d := audit.lines("demote")
+	t.Logf("the burst moved %.2f MiB fast against a bucket of %.2f MiB (%+.1f%%); demotions %v", got/(1<<20), tokens/(1<<20), 100*(got/tokens-1), d)
+	if got > limit {
+		t.Errorf("the burst moved %.0f bytes fast, over its bucket %.0f by more than 5%% or 1 MiB", got, tokens)
+	}
+	// The kernel at the tier's threshold, or the watcher at a re-arm that
+	// found the bucket below the smallest tier.
+	if len(d) == 0 || d[len(d)-1][FieldReason] != "flow_budget" {
+		t.Errorf("no demotion for the flow budget: %v", d)
+	}
+
+	// Idle: promoted once its bucket holds a sixteenth of the budget
+	// (the slow tail came out of it too), then a request is fast again.
+	deadline := time.Now().Add(15 * time.Second)
+	for len(audit.lines("promote")) == 0 && time.Now().Before(deadline) {
+		time.Sleep(50 * time.Millisecond)
+	}
+	pr := audit.lines("promote")
+	if len(pr) == 0 || pr[0][FieldWhy] != "idle" {
+		t.Fatalf("no idle promotion within 15 s: %v; stats %+v", pr, w.Stats())
+	}
+	// Promoted at a sixteenth of the budget (1 MiB): half of it.
+	f0 = fast()
+	took, err := s.Fetch(512 << 10)
+	if err != nil {
+		t.Fatal(err)
+	}
+	sent += 512 << 10
+	t.Logf("after the promotion, 512 KiB on the same connection took %v; fast bytes %d", took, fast()-f0)
+	if fast()-f0 < 512<<10 {
+		t.Errorf("the request after the promotion went slow: %d fast bytes", fast()-f0)
+	}
+
+	// The end: one record with everything the flow sent, although its
+	// counters were reset along the way.
+	s.Conn.Close()
+	deadline = time.Now().Add(15 * time.Second)
+	for len(audit.lines("flow_end")) == 0 && time.Now().Before(deadline) {
+		time.Sleep(50 * time.Millisecond)
+	}
+	ends := audit.lines("flow_end")
+	if len(ends) != 1 {
+		t.Fatalf("flow_end lines: %v", ends)
+	}
+	total := uint64(ends[0][FieldSentBytes].(float64))
+	t.Logf("flow_end: %d bytes sent (payload %d; headers and retransmissions on top), rearms %d", total, sent, w.Stats().Rearms)
+	// Every byte, across the counters' resets at each re-arm, and none
+	// twice (a reset counted twice would add a re-arm's worth each time;
+	// conntrack counts headers and the slow queue's retransmissions too).
+	if total < sent || total > sent+sent/2 {
+		t.Errorf("flow_end says %d bytes sent, want the %d sent plus headers and retransmissions", total, sent)
+	}
+	if !strings.Contains(ends[0][FieldDirection].(string), "in") || ends[0][FieldTracked] != true {
+		t.Errorf("flow_end %v", ends[0])
+	}
+	cancel()
+	if err := <-done; err != nil && ctx.Err() == nil {
+		t.Errorf("watcher: %v", err)
+	}
 }

@@ -12,184 +12,191 @@ import (
 	"github.com/rs/zerolog"
 
 	"github.com/hubwarden/hubwarden/conntrack"
+	"github.com/hubwarden/hubwarden/demotion"
 )
 
 // Table is the part of the conntrack client the watcher uses.
 type Table interface {
-	// DumpInto reads every flow of the table into buf[:0].
-	DumpInto(ctx context.Context, buf []conntrack.Flow) ([]conntrack.Flow, error)
-	// Get reads one flow by its original tuple; conntrack.ErrNotFound if gone.
-	Get(ctx context.Context, orig conntrack.Tuple) (conntrack.Flow, error)
+	// Walk reads the flows the filter selects, in the kernel, one by one.
+	Walk(ctx context.Context, f conntrack.Filter, fn func(*conntrack.Flow) error) error
+	// GetZero reads one flow by its original tuple and zeroes its
+	// counters; conntrack.ErrNotFound if gone.
+	GetZero(ctx context.Context, orig conntrack.Tuple) (conntrack.Flow, error)
 	// SetMark sets the bits of mask in the flow's mark to those of mark.
 	SetMark(ctx context.Context, orig conntrack.Tuple, mark, mask uint32) error
 }
 
 var _ Table = (*conntrack.Conn)(nil)
 
+// Quota is a pod bucket held in the kernel (demotion.NFT).
+type Quota interface {
+	Quota() (limit, consumed uint64, err error)
+	SetLimit(limit uint64) error
+}
+
+var _ Quota = (*demotion.NFT)(nil)
+
+// Gate opens and closes a userspace pod bucket's gate (demotion.RecentGate).
+type Gate interface {
+	Set(open bool) error
+}
+
+var _ Gate = demotion.RecentGate{}
+
 // Deadlines of the watcher's kernel requests: a request that hangs (a lost
 // netlink reply) must not stop the watcher.
 const (
-	opTimeout   = time.Second      // Get, SetMark
-	dumpTimeout = 10 * time.Second // DumpInto
+	opTimeout   = time.Second
+	walkTimeout = 10 * time.Second
+	// fullWalkEvery is the shortest gap between two unfiltered dumps, which
+	// find tracked flows whose DESTROY event was lost.
+	fullWalkEvery = 10 * time.Second
 )
 
 // Options are the watcher's injected dependencies besides the table.
 type Options struct {
 	// Now is the clock; nil means time.Now.
 	Now func() time.Time
-	// Tx reads the pod's transmitted-bytes counter (every interface but
-	// loopback); nil disables the trigger (Config.TxInterval).
-	Tx func() (uint64, error)
-	// Dumper, if set, is a second connection to the same table used only
-	// for full dumps, which then run in the background: a dump walks the
-	// kernel's whole conntrack hash (milliseconds to tens of milliseconds
-	// on a busy node) and must not delay the reads of hot flows. nil: dumps
-	// run in the loop.
-	Dumper Table
-	// Gate sets and clears the pod gate (tcshape.PodGate); nil: no gate
-	// (Config.Gate is then ignored).
-	Gate Gate
+	// Quota is the pod bucket held in the kernel, with SlowBytes the slow
+	// class's byte counter. Without a Quota the watcher keeps the bucket
+	// from Tx and opens and closes Gate.
+	Quota     Quota
+	SlowBytes func() (uint64, error)
+	Tx        func() (uint64, error)
+	Gate      Gate
+	// Walker, if set, is a second connection to the same table used only
+	// for dumps, which then run in the background: a dump walks the
+	// kernel's whole conntrack hash and must not delay the re-arms of busy
+	// flows. nil: dumps run in the loop.
+	Walker Table
 }
 
-// Gate is the pod gate: while it is set, the kernel demotes every flow that
-// sends.
-type Gate interface {
-	Set(on bool) error
+type walkResult struct {
+	flows   []conntrack.Flow
+	full    bool
+	started time.Time // when the watcher asked for it (its clock)
+	err     error
+	took    time.Duration
 }
 
-type dumpResult struct {
-	flows []conntrack.Flow
-	err   error
-	took  time.Duration
-}
-
-// Watcher runs the policy against a conntrack table.
+// Watcher runs the policy against a conntrack table and keeps the pod
+// bucket.
 type Watcher struct {
 	cfg   Config
 	table Table
 	log   zerolog.Logger
 	now   func() time.Time
-	tx    func() (uint64, error)
+	opts  Options
+	quota *QuotaBucket // kernel-held pod bucket, or
+	tx    *TxBucket    // userspace one
 
-	dumper  Table
-	gate    Gate
-	dumpReq chan []conntrack.Flow // to the background dumper: a buffer to fill
-	dumpRes chan dumpResult
-	dumping bool // a background dump is in flight (guarded by mu)
+	walkReq chan walkResult // to the background walker: a buffer to fill
+	walkRes chan walkResult
 
-	mu          sync.Mutex // guards everything below; Stats may be called from any goroutine
-	policy      *Policy
-	buf         []conntrack.Flow
-	keys        []Key
-	lastSave    time.Time
-	failing     bool          // the last read failed (log state changes only)
-	saveFailing bool          // the last state save failed
-	gateFailing bool          // the last gate write failed
-	late        time.Duration // decaying maximum of the timer's lateness
-	lateAt      time.Time
-}
-
-// lateHalfLife is how fast the measured lateness of reads is forgotten.
-const lateHalfLife = 10 * time.Second
-
-// noteLate records that a read planned for planned happened at now, and
-// passes the decaying maximum of the lateness to the policy as its
-// look-ahead.
-func (w *Watcher) noteLate(planned, now time.Time) {
-	if !w.lateAt.IsZero() {
-		w.late = time.Duration(float64(w.late) * math.Exp2(-now.Sub(w.lateAt).Seconds()/lateHalfLife.Seconds()))
-	}
-	w.lateAt = now
-	if d := now.Sub(planned); d > w.late {
-		w.late = d
-	}
-	w.policy.SetLookahead(w.late)
+	mu         sync.Mutex // guards everything below; Stats may be called from any goroutine
+	policy     *Policy
+	queue      []Action
+	keys       []Key
+	buf        []conntrack.Flow
+	walking    bool
+	nextWalk   time.Time
+	nextFull   time.Time
+	fullDue    bool
+	nextTick   time.Time
+	lastSave   time.Time
+	failing    bool
+	podFailing bool
+	parking    bool
+	gateOpen   bool
+	gateKnown  bool
+	late       time.Duration
 }
 
 // New returns a watcher. The pod bucket starts at the level saved in
-// cfg.StateDir, refilled for the time since; full if there is no state file.
-// An unreadable state file starts the bucket empty (fail closed) and is
-// logged.
+// cfg.StateDir, refilled for the time since; full if there is no state file;
+// empty (fail closed, logged) if the file is unreadable. A kernel-held
+// bucket starts at the least of that and what the kernel's quota holds (the
+// file keeps a debt the kernel does not show).
 func New(cfg Config, table Table, log zerolog.Logger, opts Options) *Watcher {
-	w := &Watcher{
-		table:  table,
-		log:    log.With().Str("component", "ctwatch").Logger(),
-		now:    opts.Now,
-		tx:     opts.Tx,
-		dumper: opts.Dumper,
-		gate:   opts.Gate,
-	}
+	cfg = cfg.withDefaults()
+	w := &Watcher{cfg: cfg, table: table, log: log.With().Str("component", "ctwatch").Logger(), now: opts.Now, opts: opts}
 	if w.now == nil {
 		w.now = time.Now
 	}
-	cfg = cfg.withDefaults()
-	if w.tx == nil {
-		cfg.TxInterval = 0
-	}
-	if w.gate == nil {
-		cfg.Gate = false
-	}
-	w.cfg = cfg
 	now := w.now()
 	level := float64(cfg.PodBudget)
 	if cfg.StateDir != "" {
-		s, err := LoadState(cfg.StateDir)
-		switch {
-		case err == nil:
-			level = s.Level(now, float64(cfg.PodBudget), float64(cfg.PodRefill))
-			w.log.Info().Float64("saved_tokens", s.PodTokens).Time("saved_at", s.SavedAt).
-				Float64("pod_tokens", level).Msg("pod bucket restored")
-		case errors.Is(err, os.ErrNotExist):
-		default:
-			level = 0
-			w.log.Warn().Err(err).Msg("pod bucket state unreadable; starting it empty")
-		}
+		level = w.loadLevel(now)
 	}
-	w.policy = NewPolicy(cfg, now, level)
+	if opts.Quota != nil {
+		w.quota = NewQuotaBucket(cfg, level)
+	} else {
+		w.tx = NewTxBucket(cfg, level)
+	}
+	w.policy = NewPolicy(cfg)
 	w.lastSave = now
 	return w
+}
+
+func (w *Watcher) loadLevel(now time.Time) float64 {
+	s, err := LoadState(w.cfg.StateDir)
+	switch {
+	case err == nil:
+		level := s.Level(now, float64(w.cfg.PodBudget), float64(w.cfg.PodRefill))
+		w.log.Info().Float64("saved_tokens", s.PodTokens).Time("saved_at", s.SavedAt).Float64("pod_tokens", level).Msg("pod bucket restored")
+		return level
+	case errors.Is(err, os.ErrNotExist):
+		if w.opts.Quota != nil {
+			return math.NaN() // the kernel's quota says
+		}
+		return float64(w.cfg.PodBudget)
+	default:
+		w.log.Warn().Err(err).Msg("pod bucket state unreadable; starting it empty")
+		return 0
+	}
 }
 
 // Stats returns a snapshot of the watcher's counters.
 func (w *Watcher) Stats() Stats {
 	w.mu.Lock()
 	defer w.mu.Unlock()
-	w.policy.refillPod(w.now())
-	return w.policy.Stats()
+	s := w.policy.Stats()
+	s.RefillLate = w.late
+	return s
 }
 
-// Run dumps the table once, adopting every flow in it (flows already marked
-// stay demoted), then reads, decides and applies until ctx is done, taking
-// events as hints: events and errs are what conntrack.(*Conn).Listen
-// returns (either may be nil). An error wrapping conntrack.ErrEventsLost
-// brings the next dump forward; any other error on errs ends the hints, not
-// the watcher (dumps are the truth). Run saves the pod bucket level
-// periodically and on return. It returns an error only if the first dump
-// fails; later failures are counted in Stats, logged when they start and
-// stop, and retried.
+// Run reads the flows the kernel marked for attention once, adopting them
+// (flows already demoted stay demoted), then keeps the pod bucket, reads,
+// decides and applies until ctx is done, taking events as hints: events
+// and errs are what conntrack.(*Conn).Listen returns for the UPDATE and
+// DESTROY groups (either may be nil). An error wrapping
+// conntrack.ErrEventsLost brings an unfiltered dump forward; any other error
+// on errs ends the hints, not the watcher (dumps are the truth). It returns
+// an error only if the first dump fails; later failures are counted in
+// Stats, logged when they start and stop, and retried.
 func (w *Watcher) Run(ctx context.Context, events <-chan conntrack.Event, errs <-chan error) error {
-	if err := w.Step(ctx); err != nil {
+	w.mu.Lock()
+	w.tick(ctx)
+	err := w.walk(ctx, false)
+	w.mu.Unlock()
+	if err != nil {
 		return err
 	}
 	defer w.save()
-	var dumpRes <-chan dumpResult
-	if w.dumper != nil {
-		w.dumpReq = make(chan []conntrack.Flow, 1)
-		w.dumpRes = make(chan dumpResult, 1)
-		dumpRes = w.dumpRes
-		go w.dumpLoop(ctx)
+	var walkRes <-chan walkResult
+	if w.opts.Walker != nil {
+		w.walkReq = make(chan walkResult, 1)
+		w.walkRes = make(chan walkResult, 1)
+		walkRes = w.walkRes
+		go w.walkLoop(ctx)
 	}
 	timer := time.NewTimer(time.Hour)
 	defer timer.Stop()
 	for {
 		w.mu.Lock()
-		next := w.policy.Next()
-		if save := w.lastSave.Add(w.cfg.SaveInterval); w.cfg.StateDir != "" && save.Before(next) {
-			next = save
-		}
+		next := w.nextWakeup()
 		w.mu.Unlock()
-		waitFrom := w.now()
-		timer.Reset(max(next.Sub(waitFrom), 0))
+		timer.Reset(max(next.Sub(w.now()), 0))
 		select {
 		case <-ctx.Done():
 			return ctx.Err()
@@ -203,114 +210,129 @@ func (w *Watcher) Run(ctx context.Context, events <-chan conntrack.Event, errs <
 			switch {
 			case !ok:
 				errs = nil
-				continue
 			case errors.Is(err, conntrack.ErrEventsLost):
 				w.EventsLost()
 			default:
 				w.log.Warn().Err(err).Msg("conntrack events stopped; going on with dumps only")
 			}
-		case r := <-dumpRes:
+		case r := <-walkRes:
 			w.mu.Lock()
-			w.dumping = false
-			w.policy.SetDumpCost(r.took)
-			if r.err != nil {
-				w.noteError(fmt.Errorf("dumping the conntrack table: %w", r.err))
-			} else {
-				w.buf = r.flows
-				w.apply(ctx, w.policy.Dump(w.now(), r.flows))
-				w.reassertGate()
+			w.walking = false
+			w.policy.DumpTook(r.took)
+			w.buf = r.flows
+			w.noteError(r.err)
+			if r.err == nil {
+				w.feedWalk(ctx, r.started, r.flows, r.full)
 			}
 			w.mu.Unlock()
 		case <-timer.C:
-			w.mu.Lock()
-			// Only the timer's lateness: a read planned during a long
-			// dump is late by the dump, which SetDumpCost accounts for.
-			w.noteLate(maxTime(next, waitFrom), w.now())
-			w.mu.Unlock()
 		}
-		// Errors are counted and logged on change by Step; keep going.
-		_ = w.Step(ctx)
+		w.mu.Lock()
+		w.step(ctx)
+		w.mu.Unlock()
 	}
 }
 
-// HandleEvent takes one event as a hint: a NEW flow is looked at right away
-// (and demoted if the pod bucket is empty), a DESTROY event writes the
-// flow's final record with its final counters.
-func (w *Watcher) HandleEvent(ctx context.Context, ev conntrack.Event) {
+// nextWakeup returns when the loop must next act.
+func (w *Watcher) nextWakeup() time.Time {
+	t := w.nextTick
+	if !w.walking && w.nextWalk.Before(t) {
+		t = w.nextWalk
+	}
+	if n := w.policy.Next(); !n.IsZero() && n.Before(t) {
+		t = n
+	}
+	return t
+}
+
+// Step does what is due at the clock's now: the pod bucket's tick, a dump,
+// re-arms. Run calls it; tests that drive a fake clock call it themselves.
+func (w *Watcher) Step(ctx context.Context) {
 	w.mu.Lock()
 	defer w.mu.Unlock()
+	w.step(ctx)
+}
+
+// Start does Run's first dump and tick, for tests that drive the watcher
+// with Step and HandleEvent instead of Run.
+func (w *Watcher) Start(ctx context.Context) error {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	w.tick(ctx)
+	return w.walk(ctx, false)
+}
+
+// step does what is due now: the pod bucket's tick, a dump, re-arms.
+func (w *Watcher) step(ctx context.Context) {
 	now := w.now()
-	switch ev.Type {
-	case conntrack.EventNew:
-		w.apply(ctx, w.policy.Observe(now, ev.Flow))
-	case conntrack.EventDestroy:
-		w.apply(ctx, w.policy.Destroyed(now, ev.Flow))
+	if !now.Before(w.nextTick) {
+		if late := now.Sub(w.nextTick); late > w.late || now.Sub(w.policy.LastRefill()) > 10*time.Second {
+			w.late = late
+		}
+		w.tick(ctx)
 	}
-}
-
-// EventsLost brings the next dump forward: the kernel dropped events.
-func (w *Watcher) EventsLost() {
-	w.mu.Lock()
-	defer w.mu.Unlock()
-	w.policy.ForceDump(w.now())
-}
-
-// Step does the reads that are due now: a full dump, or single reads of the
-// hot flows; applies the resulting actions; and saves the state if due.
-func (w *Watcher) Step(ctx context.Context) error {
-	w.mu.Lock()
-	defer w.mu.Unlock()
-	now := w.now()
-	if w.tx != nil && !now.Before(w.policy.txNext) {
-		if tx, err := w.tx(); err == nil {
-			w.policy.Tx(now, tx)
-			w.apply(ctx, w.policy.CheckGate(now))
+	if !w.walking && !now.Before(w.nextWalk) {
+		full := w.fullDue && !now.Before(w.nextFull)
+		if w.walkReq != nil {
+			w.walking = true
+			w.walkReq <- walkResult{flows: w.buf[:0], full: full, started: now}
+			w.afterWalkStarted(now, full)
+		} else {
+			w.noteError(w.walk(ctx, full))
 		}
 	}
-	var dump bool
-	w.keys, dump = w.policy.Due(now, w.keys[:0])
-	var err error
-	switch {
-	case dump && w.dumpReq != nil && !w.dumping:
-		// In the background; the due flows are read meanwhile.
-		w.dumping = true
-		w.policy.DumpStarted(now)
-		if w.tx != nil {
-			if tx, err := w.tx(); err == nil {
-				w.policy.Tx(now, tx)
-			}
-		}
-		w.dumpReq <- w.buf[:0]
-	case dump && w.dumpReq == nil:
-		err = w.dump(ctx)
-		w.keys = w.keys[:0]
-	}
+	w.keys = w.policy.Due(now, w.keys[:0])
 	for _, k := range w.keys {
-		if e := w.get(ctx, k); e != nil {
-			err = e
-		}
+		w.run(ctx, Action{Kind: Rearm, Key: k})
 	}
-	w.noteError(err)
-	if w.cfg.StateDir != "" && !now.Before(w.lastSave.Add(w.cfg.SaveInterval)) {
-		w.saveLocked(now)
-	}
-	return err
 }
 
-// dumpLoop runs the background dumps on the Dumper connection.
-func (w *Watcher) dumpLoop(ctx context.Context) {
+func (w *Watcher) afterWalkStarted(now time.Time, full bool) {
+	w.nextWalk = now.Add(w.cfg.DumpInterval)
+	if full {
+		w.fullDue = false
+		w.nextFull = now.Add(fullWalkEvery)
+	}
+}
+
+// walk dumps in the loop (no Walker).
+func (w *Watcher) walk(ctx context.Context, full bool) error {
+	now := w.now()
+	w.afterWalkStarted(now, full)
+	start := time.Now()
+	dctx, cancel := context.WithTimeout(ctx, walkTimeout)
+	flows, err := w.dump(dctx, w.table, w.buf[:0], full)
+	cancel()
+	w.policy.DumpTook(time.Since(start))
+	w.buf = flows
+	if err != nil {
+		return fmt.Errorf("dumping the conntrack table: %w", err)
+	}
+	w.feedWalk(ctx, now, flows, full)
+	return nil
+}
+
+func (w *Watcher) filter(full bool) conntrack.Filter {
+	if full {
+		return conntrack.Filter{}
+	}
+	a := w.cfg.Contract.Attention()
+	return conntrack.Filter{Mark: a, MarkMask: a}
+}
+
+// walkLoop runs the dumps on the Walker connection.
+func (w *Watcher) walkLoop(ctx context.Context) {
 	for {
 		select {
 		case <-ctx.Done():
 			return
-		case buf := <-w.dumpReq:
-			dctx, cancel := context.WithTimeout(ctx, dumpTimeout)
+		case req := <-w.walkReq:
+			dctx, cancel := context.WithTimeout(ctx, walkTimeout)
 			start := time.Now()
-			flows, err := w.dumper.DumpInto(dctx, buf)
-			took := time.Since(start)
+			flows, err := w.dump(dctx, w.opts.Walker, req.flows, req.full)
 			cancel()
 			select {
-			case w.dumpRes <- dumpResult{flows: flows, err: err, took: took}:
+			case w.walkRes <- walkResult{flows: flows, full: req.full, started: req.started, err: err, took: time.Since(start)}:
 			case <-ctx.Done():
 				return
 			}
@@ -318,122 +340,201 @@ func (w *Watcher) dumpLoop(ctx context.Context) {
 	}
 }
 
-func (w *Watcher) dump(ctx context.Context) error {
-	if w.tx != nil {
-		if tx, err := w.tx(); err == nil {
-			w.policy.Tx(w.now(), tx)
+// errWalkFull stops a dump that returned more flows than the watcher keeps.
+var errWalkFull = errors.New("dump limit reached")
+
+// dump reads the flows of a dump into buf[:0]: at most 2*MaxFlows, the rest
+// come in a later dump, once those are parked.
+func (w *Watcher) dump(ctx context.Context, t Table, buf []conntrack.Flow, full bool) ([]conntrack.Flow, error) {
+	buf = buf[:0]
+	limit := 2 * w.cfg.MaxFlows
+	err := t.Walk(ctx, w.filter(full), func(f *conntrack.Flow) error {
+		if len(buf) >= limit {
+			return errWalkFull
 		}
-	}
-	dctx, cancel := context.WithTimeout(ctx, dumpTimeout)
-	start := time.Now()
-	buf, err := w.table.DumpInto(dctx, w.buf[:0])
-	w.policy.SetDumpCost(time.Since(start))
-	cancel()
-	if err != nil {
-		// Don't spin: try again after the usual interval.
-		w.policy.nextDump = w.now().Add(w.cfg.DumpInterval)
-		return fmt.Errorf("dumping the conntrack table: %w", err)
-	}
-	w.buf = buf
-	w.apply(ctx, w.policy.Dump(w.now(), buf))
-	w.reassertGate()
-	return nil
-}
-
-// reassertGate writes a set gate again after each dump: re-applying the
-// gate rule (the reconcile loop after drift) starts its table empty.
-func (w *Watcher) reassertGate() {
-	if w.cfg.Gate && w.policy.GateOn() {
-		w.setGate(true)
-	}
-}
-
-func (w *Watcher) get(ctx context.Context, k Key) error {
-	gctx, cancel := context.WithTimeout(ctx, opTimeout)
-	f, err := w.table.Get(gctx, k.Orig)
-	cancel()
-	switch {
-	case errors.Is(err, conntrack.ErrNotFound):
-		w.apply(ctx, w.policy.Gone(w.now(), k))
+		buf = append(buf, *f)
 		return nil
-	case err != nil:
-		// Leave it to the next dump.
-		return fmt.Errorf("reading conntrack flow %v: %w", k.Orig, err)
+	})
+	if errors.Is(err, errWalkFull) {
+		err = nil
 	}
-	w.apply(ctx, w.policy.Observe(w.now(), f))
-	return nil
+	return buf, err
 }
 
-// apply changes the marks the actions ask for and writes their audit lines.
+// feedWalk feeds a dump asked for at started to the policy and applies
+// what it decides.
+func (w *Watcher) feedWalk(ctx context.Context, started time.Time, flows []conntrack.Flow, full bool) {
+	now := w.now()
+	w.policy.BeginWalk(started, full)
+	for i := range flows {
+		w.apply(ctx, w.policy.Observe(now, &flows[i]))
+	}
+	w.apply(ctx, w.policy.EndWalk(now))
+}
+
+// HandleEvent takes one event: an UPDATE of a flow the kernel marked for
+// attention (busy, or demoted by the tripwire or the gate) is read at once;
+// a DESTROY writes the flow's final record.
+func (w *Watcher) HandleEvent(ctx context.Context, ev conntrack.Event) {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	now := w.now()
+	switch ev.Type {
+	case conntrack.EventNew, conntrack.EventUpdate:
+		w.apply(ctx, w.policy.Hint(now, &ev.Flow))
+	case conntrack.EventDestroy:
+		w.apply(ctx, w.policy.Destroyed(now, &ev.Flow))
+	}
+}
+
+// EventsLost brings an unfiltered dump forward: the kernel dropped events,
+// DESTROY events among them.
+func (w *Watcher) EventsLost() {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	w.policy.EventsLost()
+	w.fullDue = true
+	w.nextWalk = w.now()
+}
+
+// apply runs the actions, and those their results ask for, in order.
 func (w *Watcher) apply(ctx context.Context, acts []Action) {
-	var gone []Key
-	for i := range acts {
-		a := &acts[i]
-		var err error
-		switch a.Kind {
-		case Demote, Reapply:
-			err = w.setMark(ctx, a.Key.Orig, w.cfg.CTMark, w.cfg.CTMark)
-		case Promote:
-			if w.cfg.Tripwire {
-				// Watched from now on: the tripwire counts from the
-				// flow's start and would fire again at once.
-				err = w.setMark(ctx, a.Key.Orig, w.cfg.WatchedMark, w.cfg.CTMark|w.cfg.WatchedMark)
-			} else {
-				err = w.setMark(ctx, a.Key.Orig, 0, w.cfg.CTMark)
-			}
-		case Watch:
-			err = w.setMark(ctx, a.Key.Orig, w.cfg.WatchedMark, w.cfg.WatchedMark)
-		case GateSet, GateClear:
-			w.setGate(a.Kind == GateSet)
-		}
-		writeAudit(&w.log, w.cfg.User, w.cfg.Server, a)
+	start := len(w.queue)
+	w.queue = append(w.queue, acts...)
+	if start > 0 {
+		return // an outer apply drains the queue
+	}
+	for i := 0; i < len(w.queue); i++ {
+		w.run(ctx, w.queue[i])
+	}
+	w.queue = w.queue[:0]
+}
+
+// run does one action.
+func (w *Watcher) run(ctx context.Context, a Action) {
+	switch a.Kind {
+	case Rearm:
+		rctx, cancel := context.WithTimeout(ctx, opTimeout)
+		f, err := w.table.GetZero(rctx, a.Key.Orig)
+		cancel()
 		switch {
 		case errors.Is(err, conntrack.ErrNotFound):
-			gone = append(gone, a.Key) // finished below: Gone reuses acts
+			w.apply(ctx, w.policy.Gone(w.now(), a.Key))
+		case err != nil:
+			w.policy.RearmFailed(a.Key)
+			w.log.Debug().Err(err).Msg("re-arming a flow failed; the next read retries")
+		default:
+			w.apply(ctx, w.policy.Zeroed(w.now(), &f))
+		}
+		return
+	case Arm, Demote, Park:
+		mctx, cancel := context.WithTimeout(ctx, opTimeout)
+		err := w.table.SetMark(mctx, a.Key.Orig, a.Mark, a.Mask)
+		cancel()
+		switch {
+		case errors.Is(err, conntrack.ErrNotFound):
+			if a.Kind != Park {
+				defer w.apply(ctx, w.policy.Gone(w.now(), a.Key))
+			}
 		case err != nil:
 			w.policy.CountError()
-			w.log.Debug().Err(err).Str("action", a.Kind.String()).Msg("setting conntrack mark failed; the next dump retries")
+			w.log.Debug().Err(err).Str("action", a.Kind.String()).Msg("setting a conntrack mark failed; the kernel's tripwire keeps the flow's budget meanwhile")
+		}
+		if a.Kind == Park && !w.parking {
+			w.parking = true
+			w.log.Warn().Int("max_flows", w.cfg.MaxFlows).Msg("tracking as many flows as it may: flows beyond are left to the kernel (demoted, never promoted)")
 		}
 	}
-	for _, k := range gone {
-		rec := w.policy.Gone(w.now(), k)
-		for j := range rec {
-			writeAudit(&w.log, w.cfg.User, w.cfg.Server, &rec[j])
+	writeAudit(&w.log, &a)
+}
+
+// tick keeps the pod bucket: a kernel-held one is refilled; a userspace one
+// is charged from the transmit counter and its gate opened or closed.
+func (w *Watcher) tick(ctx context.Context) {
+	now := w.now()
+	var level float64
+	var closed bool
+	var err error
+	if w.quota != nil {
+		level, closed, err = w.tickQuota(now)
+		// A full bucket has nothing to refill: look again in a second (a
+		// burst that spends it meanwhile is stopped by the kernel, and its
+		// refill is counted from this tick). Otherwise every RefillInterval.
+		w.nextTick = now.Add(w.cfg.RefillInterval)
+		if err == nil && !closed && level >= float64(w.cfg.PodBudget) {
+			w.nextTick = now.Add(max(w.cfg.RefillInterval, time.Second))
 		}
+	} else {
+		level, closed, err = w.tickTx(now)
+		w.nextTick = now.Add(w.tx.Next(float64(w.cfg.LineRate), min(w.cfg.RefillInterval, demotion.RecentWindowSeconds*time.Second/4)))
 	}
-}
-
-func (w *Watcher) setMark(ctx context.Context, orig conntrack.Tuple, mark, mask uint32) error {
-	ctx, cancel := context.WithTimeout(ctx, opTimeout)
-	defer cancel()
-	return w.table.SetMark(ctx, orig, mark, mask)
-}
-
-// setGate sets or clears the pod gate. A failure is counted and logged; the
-// next dump writes the gate again.
-func (w *Watcher) setGate(on bool) {
-	if err := w.gate.Set(on); err != nil {
+	if err != nil {
 		w.policy.CountError()
-		if !w.gateFailing {
-			w.log.Warn().Err(err).Msg("setting the pod gate failed; new flows get fast bytes while the pod bucket is empty")
+		if !w.podFailing {
+			w.log.Warn().Err(err).Msg("keeping the pod bucket failed; the kernel's gate stays as it is (a quota is not refilled; a recent gate closes)")
 		}
-		w.gateFailing = true
+		w.podFailing = true
 		return
 	}
-	w.gateFailing = false
+	if w.podFailing {
+		w.log.Info().Msg("keeping the pod bucket works again")
+	}
+	w.podFailing = false
+	w.apply(ctx, w.policy.Pod(now, level, closed))
+	if w.cfg.StateDir != "" && !now.Before(w.lastSave.Add(w.cfg.SaveInterval)) {
+		w.saveLocked(now)
+	}
+}
+
+func (w *Watcher) tickQuota(now time.Time) (float64, bool, error) {
+	limit, consumed, err := w.opts.Quota.Quota()
+	if err != nil {
+		return 0, false, err
+	}
+	var slow uint64
+	if w.opts.SlowBytes != nil {
+		if slow, err = w.opts.SlowBytes(); err != nil {
+			return 0, false, err
+		}
+	}
+	if next, write := w.quota.Tick(now, limit, consumed, slow); write {
+		if err := w.opts.Quota.SetLimit(next); err != nil {
+			return 0, false, err
+		}
+	}
+	w.policy.Bytes(w.quota.Bytes())
+	return w.quota.Level(), w.quota.Closed(), nil
+}
+
+func (w *Watcher) tickTx(now time.Time) (float64, bool, error) {
+	tx, err := w.opts.Tx()
+	if err != nil {
+		return 0, false, err
+	}
+	open := w.tx.Tick(now, tx)
+	// An open gate is refreshed at every tick: it closes by itself
+	// RecentWindowSeconds after the last.
+	if open || !w.gateKnown || w.gateOpen {
+		if err := w.opts.Gate.Set(open); err != nil {
+			return 0, false, err
+		}
+		w.gateOpen, w.gateKnown = open, true
+	}
+	w.policy.Bytes(w.tx.sent, 0)
+	return w.tx.Level(), w.tx.Closed(), nil
 }
 
 func (w *Watcher) noteError(err error) {
 	if err != nil {
 		w.policy.CountError()
 		if !w.failing {
-			w.log.Warn().Err(err).Msg("conntrack read failing")
+			w.log.Warn().Err(err).Msg("conntrack dumps failing")
 		}
 		w.failing = true
 		return
 	}
 	if w.failing {
-		w.log.Info().Msg("conntrack reads recovered")
+		w.log.Info().Msg("conntrack dumps recovered")
 	}
 	w.failing = false
 }
@@ -448,16 +549,10 @@ func (w *Watcher) save() {
 
 func (w *Watcher) saveLocked(now time.Time) {
 	w.lastSave = now
-	s := State{PodTokens: w.policy.PodTokens(now), SavedAt: now}
-	err := SaveState(w.cfg.StateDir, s)
-	switch {
-	case err != nil && !w.saveFailing:
-		w.log.Warn().Err(err).Msg("saving the pod bucket level failed")
-	case err == nil && w.saveFailing:
-		w.log.Info().Msg("saving the pod bucket level works again")
-	}
+	level := w.policy.PodLevel()
+	err := SaveState(w.cfg.StateDir, State{PodTokens: level, SavedAt: now})
 	if err != nil {
 		w.policy.CountError()
+		w.log.Debug().Err(err).Msg("saving the pod bucket level failed")
 	}
-	w.saveFailing = err != nil
 }

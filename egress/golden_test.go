@@ -11,7 +11,8 @@ const goldenDefaults = `
 -A HUBWARDEN-EGRESS -d 169.254.169.254/32 -m comment --comment "hubwarden: cloud metadata, always rejected: 169.254.169.254/32" -j HUBWARDEN-EGRESS-BLOCK
 -A HUBWARDEN-EGRESS -d 10.96.0.10/32 -p udp -m udp --dport 53 -m comment --comment "hubwarden: dns to resolver 10.96.0.10 (udp)" -j HUBWARDEN-EGRESS-DNS
 -A HUBWARDEN-EGRESS -d 10.96.0.10/32 -p tcp -m tcp --dport 53 -m comment --comment "hubwarden: dns to resolver 10.96.0.10 (tcp)" -j HUBWARDEN-EGRESS-DNS
--A HUBWARDEN-EGRESS -m conntrack --ctstate RELATED,ESTABLISHED -m comment --comment "hubwarden: replies and related" -j ACCEPT
+-A HUBWARDEN-EGRESS -m conntrack --ctstate ESTABLISHED -m comment --comment "hubwarden: replies" -j ACCEPT
+-A HUBWARDEN-EGRESS -m conntrack --ctstate RELATED -m owner ! --uid-owner 0-4294967294 -m comment --comment "hubwarden: errors about a flow, from the kernel" -j ACCEPT
 -A HUBWARDEN-EGRESS -d 10.100.0.5/32 -p tcp -m tcp --dport 8081 -m comment --comment "hubwarden: hub api tcp://hub:8081" -j ACCEPT
 -A HUBWARDEN-EGRESS -m comment --comment "hubwarden: log denied" -j NFLOG --nflog-prefix hubwarden-deny --nflog-group 1987 --nflog-size 128 --nflog-threshold 32
 -A HUBWARDEN-EGRESS -p tcp -m comment --comment "hubwarden: deny tcp with a reset" -j REJECT --reject-with tcp-reset
@@ -29,7 +30,8 @@ COMMIT
 :HUBWARDEN-EGRESS-BLOCK - [0:0]
 -A HUBWARDEN-EGRESS -o lo -m comment --comment "hubwarden: loopback" -j ACCEPT
 -A HUBWARDEN-EGRESS -d fd00:ec2::254/128 -m comment --comment "hubwarden: cloud metadata, always rejected: fd00:ec2::254/128" -j HUBWARDEN-EGRESS-BLOCK
--A HUBWARDEN-EGRESS -m conntrack --ctstate RELATED,ESTABLISHED -m comment --comment "hubwarden: replies and related" -j ACCEPT
+-A HUBWARDEN-EGRESS -m conntrack --ctstate ESTABLISHED -m comment --comment "hubwarden: replies" -j ACCEPT
+-A HUBWARDEN-EGRESS -m conntrack --ctstate RELATED -m owner ! --uid-owner 0-4294967294 -m comment --comment "hubwarden: errors about a flow, from the kernel" -j ACCEPT
 -A HUBWARDEN-EGRESS -p ipv6-icmp -m icmp6 --icmpv6-type 133 -m owner ! --uid-owner 0-4294967294 -m comment --comment "hubwarden: ndp router solicitation from the kernel" -j ACCEPT
 -A HUBWARDEN-EGRESS -p ipv6-icmp -m icmp6 --icmpv6-type 135 -m owner ! --uid-owner 0-4294967294 -m comment --comment "hubwarden: ndp neighbour solicitation from the kernel" -j ACCEPT
 -A HUBWARDEN-EGRESS -p ipv6-icmp -m icmp6 --icmpv6-type 136 -m owner ! --uid-owner 0-4294967294 -m comment --comment "hubwarden: ndp neighbour advertisement from the kernel" -j ACCEPT
@@ -55,7 +57,8 @@ const goldenAllowList = `
 -A HUBWARDEN-EGRESS -d 169.254.169.254/32 -m comment --comment "hubwarden: cloud metadata, always rejected: 169.254.169.254/32" -j HUBWARDEN-EGRESS-BLOCK
 -A HUBWARDEN-EGRESS -d 10.96.0.10/32 -p udp -m udp --dport 53 -m comment --comment "hubwarden: dns to resolver 10.96.0.10 (udp)" -j HUBWARDEN-EGRESS-DNS
 -A HUBWARDEN-EGRESS -d 10.96.0.10/32 -p tcp -m tcp --dport 53 -m comment --comment "hubwarden: dns to resolver 10.96.0.10 (tcp)" -j HUBWARDEN-EGRESS-DNS
--A HUBWARDEN-EGRESS -m conntrack --ctstate RELATED,ESTABLISHED -m comment --comment "hubwarden: replies and related" -j ACCEPT
+-A HUBWARDEN-EGRESS -m conntrack --ctstate ESTABLISHED -m comment --comment "hubwarden: replies" -j ACCEPT
+-A HUBWARDEN-EGRESS -m conntrack --ctstate RELATED -m owner ! --uid-owner 0-4294967294 -m comment --comment "hubwarden: errors about a flow, from the kernel" -j ACCEPT
 -A HUBWARDEN-EGRESS -d 198.51.100.0/24 -m comment --comment "hubwarden: allow 198.51.100.0/24" -j ACCEPT
 -A HUBWARDEN-EGRESS -d 151.101.0.223/32 -p tcp -m tcp --dport 443 -m comment --comment "hubwarden: allow tcp://pypi.org:443" -j ACCEPT
 -A HUBWARDEN-EGRESS -d 151.101.64.223/32 -p tcp -m tcp --dport 443 -m comment --comment "hubwarden: allow tcp://pypi.org:443" -j ACCEPT
@@ -78,7 +81,8 @@ COMMIT
 -A HUBWARDEN-EGRESS -d fd00:ec2::254/128 -m comment --comment "hubwarden: cloud metadata, always rejected: fd00:ec2::254/128" -j HUBWARDEN-EGRESS-BLOCK
 -A HUBWARDEN-EGRESS -d fd00:10::a/128 -p udp -m udp --dport 53 -m comment --comment "hubwarden: dns to resolver fd00:10::a (udp)" -j HUBWARDEN-EGRESS-DNS
 -A HUBWARDEN-EGRESS -d fd00:10::a/128 -p tcp -m tcp --dport 53 -m comment --comment "hubwarden: dns to resolver fd00:10::a (tcp)" -j HUBWARDEN-EGRESS-DNS
--A HUBWARDEN-EGRESS -m conntrack --ctstate RELATED,ESTABLISHED -m comment --comment "hubwarden: replies and related" -j ACCEPT
+-A HUBWARDEN-EGRESS -m conntrack --ctstate ESTABLISHED -m comment --comment "hubwarden: replies" -j ACCEPT
+-A HUBWARDEN-EGRESS -m conntrack --ctstate RELATED -m owner ! --uid-owner 0-4294967294 -m comment --comment "hubwarden: errors about a flow, from the kernel" -j ACCEPT
 -A HUBWARDEN-EGRESS -p ipv6-icmp -m icmp6 --icmpv6-type 133 -m owner ! --uid-owner 0-4294967294 -m comment --comment "hubwarden: ndp router solicitation from the kernel" -j ACCEPT
 -A HUBWARDEN-EGRESS -p ipv6-icmp -m icmp6 --icmpv6-type 135 -m owner ! --uid-owner 0-4294967294 -m comment --comment "hubwarden: ndp neighbour solicitation from the kernel" -j ACCEPT
 -A HUBWARDEN-EGRESS -p ipv6-icmp -m icmp6 --icmpv6-type 136 -m owner ! --uid-owner 0-4294967294 -m comment --comment "hubwarden: ndp neighbour advertisement from the kernel" -j ACCEPT
@@ -107,7 +111,8 @@ const goldenIPv6Off = `
 -A HUBWARDEN-EGRESS -d 169.254.169.254/32 -m comment --comment "hubwarden: cloud metadata, always rejected: 169.254.169.254/32" -j HUBWARDEN-EGRESS-BLOCK
 -A HUBWARDEN-EGRESS -d 10.96.0.10/32 -p udp -m udp --dport 53 -m comment --comment "hubwarden: dns to resolver 10.96.0.10 (udp)" -j HUBWARDEN-EGRESS-DNS
 -A HUBWARDEN-EGRESS -d 10.96.0.10/32 -p tcp -m tcp --dport 53 -m comment --comment "hubwarden: dns to resolver 10.96.0.10 (tcp)" -j HUBWARDEN-EGRESS-DNS
--A HUBWARDEN-EGRESS -m conntrack --ctstate RELATED,ESTABLISHED -m comment --comment "hubwarden: replies and related" -j ACCEPT
+-A HUBWARDEN-EGRESS -m conntrack --ctstate ESTABLISHED -m comment --comment "hubwarden: replies" -j ACCEPT
+-A HUBWARDEN-EGRESS -m conntrack --ctstate RELATED -m owner ! --uid-owner 0-4294967294 -m comment --comment "hubwarden: errors about a flow, from the kernel" -j ACCEPT
 -A HUBWARDEN-EGRESS -d 192.0.2.0/24 -m comment --comment "hubwarden: allow 192.0.2.0/24" -j ACCEPT
 -A HUBWARDEN-EGRESS -m comment --comment "hubwarden: log denied" -j NFLOG --nflog-prefix hubwarden-deny --nflog-group 1987 --nflog-size 128 --nflog-threshold 32
 -A HUBWARDEN-EGRESS -p tcp -m comment --comment "hubwarden: deny tcp with a reset" -j REJECT --reject-with tcp-reset
@@ -131,7 +136,8 @@ const goldenMetadata = `
 -A HUBWARDEN-EGRESS -d 169.254.169.254/32 -p tcp -m tcp --dport 53 -m comment --comment "hubwarden: dns to resolver 169.254.169.254 inside a blocked range, port 53 only (tcp)" -j HUBWARDEN-EGRESS-DNS
 -A HUBWARDEN-EGRESS -d 169.254.169.254/32 -m comment --comment "hubwarden: cloud metadata, always rejected: 169.254.169.254/32" -j HUBWARDEN-EGRESS-BLOCK
 -A HUBWARDEN-EGRESS -d 10.1.0.0/16 -m comment --comment "hubwarden: blocked by HUBWARDEN_BLOCK: 10.1.0.0/16" -j HUBWARDEN-EGRESS-BLOCK
--A HUBWARDEN-EGRESS -m conntrack --ctstate RELATED,ESTABLISHED -m comment --comment "hubwarden: replies and related" -j ACCEPT
+-A HUBWARDEN-EGRESS -m conntrack --ctstate ESTABLISHED -m comment --comment "hubwarden: replies" -j ACCEPT
+-A HUBWARDEN-EGRESS -m conntrack --ctstate RELATED -m owner ! --uid-owner 0-4294967294 -m comment --comment "hubwarden: errors about a flow, from the kernel" -j ACCEPT
 -A HUBWARDEN-EGRESS -d 169.254.0.0/16 -m comment --comment "hubwarden: allow 169.254.0.0/16" -j ACCEPT
 -A HUBWARDEN-EGRESS -d 169.254.169.254/32 -p tcp -m tcp --dport 80 -m comment --comment "hubwarden: allow tcp://169.254.169.254:80" -j ACCEPT
 -A HUBWARDEN-EGRESS -d 10.0.0.0/8 -m comment --comment "hubwarden: allow 10.0.0.0/8" -j ACCEPT
@@ -151,7 +157,8 @@ COMMIT
 :HUBWARDEN-EGRESS-BLOCK - [0:0]
 -A HUBWARDEN-EGRESS -o lo -m comment --comment "hubwarden: loopback" -j ACCEPT
 -A HUBWARDEN-EGRESS -d fd00:ec2::254/128 -m comment --comment "hubwarden: cloud metadata, always rejected: fd00:ec2::254/128" -j HUBWARDEN-EGRESS-BLOCK
--A HUBWARDEN-EGRESS -m conntrack --ctstate RELATED,ESTABLISHED -m comment --comment "hubwarden: replies and related" -j ACCEPT
+-A HUBWARDEN-EGRESS -m conntrack --ctstate ESTABLISHED -m comment --comment "hubwarden: replies" -j ACCEPT
+-A HUBWARDEN-EGRESS -m conntrack --ctstate RELATED -m owner ! --uid-owner 0-4294967294 -m comment --comment "hubwarden: errors about a flow, from the kernel" -j ACCEPT
 -A HUBWARDEN-EGRESS -p ipv6-icmp -m icmp6 --icmpv6-type 133 -m owner ! --uid-owner 0-4294967294 -m comment --comment "hubwarden: ndp router solicitation from the kernel" -j ACCEPT
 -A HUBWARDEN-EGRESS -p ipv6-icmp -m icmp6 --icmpv6-type 135 -m owner ! --uid-owner 0-4294967294 -m comment --comment "hubwarden: ndp neighbour solicitation from the kernel" -j ACCEPT
 -A HUBWARDEN-EGRESS -p ipv6-icmp -m icmp6 --icmpv6-type 136 -m owner ! --uid-owner 0-4294967294 -m comment --comment "hubwarden: ndp neighbour advertisement from the kernel" -j ACCEPT

@@ -19,6 +19,10 @@ const (
 	ChainDNS = "HUBWARDEN-EGRESS-DNS"
 	// ChainBlock logs and rejects traffic to the metadata and HUBWARDEN_BLOCK ranges.
 	ChainBlock = "HUBWARDEN-EGRESS-BLOCK"
+	// ChainRawOut and ChainRawIn are hooked from raw OUTPUT and PREROUTING:
+	// they run before conntrack (RawTables).
+	ChainRawOut = "HUBWARDEN-RAW-OUT"
+	ChainRawIn  = "HUBWARDEN-RAW-IN"
 )
 
 // NFLOG prefixes, one per reason, so the log reader can tell denials apart.
@@ -58,6 +62,11 @@ const nflogThreshold = "32"
 // data out disguised as neighbour discovery.
 var kernelOnly = []string{"-m", "owner", "!", "--uid-owner", "0-4294967294"}
 
+// userSocket matches what kernelOnly does not: packets a user-space socket
+// sent. The kernel's own packets with a foreign source (the TCP reset and
+// ICMP error of a REJECT, which answer for the address rejected) must pass.
+var userSocket = []string{"-m", "owner", "--uid-owner", "0-4294967294"}
+
 // MetadataPrefixes are the cloud metadata endpoints, always rejected on every
 // protocol and port.
 var MetadataPrefixes = []netip.Prefix{
@@ -75,6 +84,11 @@ type Config struct {
 	Block      []netip.Prefix // extra always-rejected CIDRs
 	NFLogGroup uint16
 	IPv6       bool // also plan the ip6tables table
+	// ProbePort is hubwarden's health port for the kubelet's probes, 0 for
+	// none: connections the pod itself opens to it are refused, so that the
+	// notebook cannot hold its connections and starve the probes (it has
+	// its own listener on 127.0.0.1).
+	ProbePort uint16
 }
 
 // Hosts returns every host name in Allow and HubAPI, sorted, without
@@ -248,6 +262,14 @@ func planFamily(cfg Config, f xtables.Family, resolved map[string][]netip.Addr) 
 	}
 
 	var eg []xtables.Rule
+	if cfg.ProbePort != 0 {
+		var args []string
+		if !v6 {
+			args = append(args, "!", "-d", "127.0.0.1/32")
+		}
+		args = append(args, "-o", "lo", "-p", "tcp", "-m", "tcp", "--dport", strconv.Itoa(int(cfg.ProbePort)), "-j", "REJECT", "--reject-with", "tcp-reset")
+		eg = append(eg, rule("the probe port is for the kubelet; the pod has 127.0.0.1", args...))
+	}
 	eg = append(eg, rule("loopback", "-o", "lo", "-j", "ACCEPT"))
 	// A resolver inside a blocked range (GKE's Cloud DNS answers on the
 	// metadata address) gets port 53 and nothing else, ahead of the block.
@@ -271,7 +293,13 @@ func planFamily(cfg Config, f xtables.Family, resolved map[string][]netip.Addr) 
 			eg = append(eg, dns(a, "")...)
 		}
 	}
-	eg = append(eg, rule("replies and related", "-m", "conntrack", "--ctstate", "RELATED,ESTABLISHED", "-j", "ACCEPT"))
+	eg = append(eg, rule("replies", "-m", "conntrack", "--ctstate", "ESTABLISHED", "-j", "ACCEPT"))
+	// RELATED is what the kernel sends about a flow (ICMP errors, a TCP
+	// reset): a notebook's raw socket could forge such errors about an
+	// allowed flow and carry any payload in them, so only the kernel's
+	// pass.
+	eg = append(eg, rule("errors about a flow, from the kernel", slices.Concat(
+		[]string{"-m", "conntrack", "--ctstate", "RELATED"}, kernelOnly, []string{"-j", "ACCEPT"})...))
 	if v6 {
 		for _, nd := range []struct{ typ, name string }{
 			{"133", "router solicitation"}, {"135", "neighbour solicitation"}, {"136", "neighbour advertisement"},
@@ -359,6 +387,49 @@ func planFamily(cfg Config, f xtables.Family, resolved map[string][]netip.Addr) 
 		},
 		Hooks: []xtables.Hook{{Base: "OUTPUT", Target: ChainEgress}},
 	}
+}
+
+// RawTables returns the raw tables (IPv4, and IPv6 when ipv6) that run
+// before conntrack sees a packet:
+//
+//   - a packet a socket of the pod sends with a source address that is not
+//     the pod's is dropped (one type only: for IPv6, addrtype requires
+//     every type it is given, so "UNSPEC,LOCAL" would match no ordinary
+//     address): sent to the pod's own address with a forbidden host as its
+//     source, it would make conntrack record the forbidden host as the
+//     opener of a flow, and the pod's "replies" to it would pass as
+//     established (IPV6_FREEBIND needs no privilege; a raw socket needs the
+//     NET_RAW a container has by default);
+//   - the pod's loopback traffic is not tracked: it never leaves the pod, so
+//     it must cost the conntrack table and hubwarden nothing (a notebook can
+//     open hundreds of thousands of loopback UDP flows in a second).
+func RawTables(ipv6 bool) ([]xtables.Table, error) {
+	fams := []xtables.Family{xtables.IPv4}
+	if ipv6 {
+		fams = append(fams, xtables.IPv6)
+	}
+	var out []xtables.Table
+	for _, f := range fams {
+		t := xtables.Table{
+			Family: f,
+			Name:   "raw",
+			Chains: []xtables.Chain{
+				{Name: ChainRawOut, Rules: []xtables.Rule{
+					{Args: slices.Concat([]string{"-m", "addrtype", "!", "--src-type", "LOCAL"}, userSocket, []string{"-j", "DROP"}), Comment: "a user socket sending from an address that is not the pod address (spoofed)"},
+					{Args: []string{"-o", "lo", "-j", "CT", "--notrack"}, Comment: "loopback: never leaves the pod, not tracked"},
+				}},
+				{Name: ChainRawIn, Rules: []xtables.Rule{
+					{Args: []string{"-i", "lo", "-j", "CT", "--notrack"}, Comment: "loopback: never leaves the pod, not tracked"},
+				}},
+			},
+			Hooks: []xtables.Hook{{Base: "OUTPUT", Target: ChainRawOut}, {Base: "PREROUTING", Target: ChainRawIn}},
+		}
+		if err := t.Validate(); err != nil {
+			return nil, fmt.Errorf("planning raw rules: %w", err)
+		}
+		out = append(out, t)
+	}
+	return out, nil
 }
 
 // hashlimitName names the DNS bucket after its settings: the kernel reuses an

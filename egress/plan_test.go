@@ -178,7 +178,7 @@ func checkInvariants(t *testing.T, cfg Config, ts []xtables.Table) {
 				}
 				lastBlock = i
 			}
-			if strings.Contains(line, "--ctstate RELATED,ESTABLISHED") {
+			if strings.Contains(line, "--ctstate ESTABLISHED") {
 				established = i
 			}
 			for j, a := range r.Args {
@@ -282,5 +282,53 @@ func BenchmarkPlan(b *testing.B) {
 				}
 			}
 		})
+	}
+}
+
+func TestRawTables(t *testing.T) {
+	ts, err := RawTables(true)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var got []string
+	for _, tb := range ts {
+		got = append(got, "# "+tb.Family.String(), xtables.RenderWithHooks(tb, tb.Hooks, nil))
+	}
+	want := []string{"# ipv4", `*raw
+:HUBWARDEN-RAW-OUT - [0:0]
+:HUBWARDEN-RAW-IN - [0:0]
+-A HUBWARDEN-RAW-OUT -m addrtype ! --src-type LOCAL -m owner --uid-owner 0-4294967294 -m comment --comment "hubwarden: a user socket sending from an address that is not the pod address (spoofed)" -j DROP
+-A HUBWARDEN-RAW-OUT -o lo -m comment --comment "hubwarden: loopback: never leaves the pod, not tracked" -j CT --notrack
+-A HUBWARDEN-RAW-IN -i lo -m comment --comment "hubwarden: loopback: never leaves the pod, not tracked" -j CT --notrack
+-I OUTPUT 1 -m comment --comment "hubwarden: hook" -j HUBWARDEN-RAW-OUT
+-I PREROUTING 1 -m comment --comment "hubwarden: hook" -j HUBWARDEN-RAW-IN
+COMMIT
+`, "# ipv6"}
+	if diff := cmp.Diff(want, got[:3]); diff != "" {
+		t.Errorf("raw tables (-want +got):\n%s", diff)
+	}
+	if ts[1].Name != "raw" || len(ts[1].Chains) != 2 {
+		t.Errorf("ipv6 table %+v", ts[1])
+	}
+}
+
+// TestProbePort: the pod's own connections to hubwarden's probe port are
+// refused ahead of the loopback accept, except to 127.0.0.1 (IPv4), where
+// the notebook's listener is.
+func TestProbePort(t *testing.T) {
+	cfg := Config{DNSServers: []netip.Addr{netip.MustParseAddr("198.18.1.53")}, DNSRate: 20, DNSBurst: 100, IPv6: true, ProbePort: 9280}
+	ts, err := Plan(cfg, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, tb := range ts {
+		first := xtables.RuleLine(ChainEgress, tb.Chains[0].Rules[0])
+		want := `-A HUBWARDEN-EGRESS ! -d 127.0.0.1/32 -o lo -p tcp -m tcp --dport 9280 -m comment --comment "hubwarden: the probe port is for the kubelet; the pod has 127.0.0.1" -j REJECT --reject-with tcp-reset`
+		if tb.Family == xtables.IPv6 {
+			want = `-A HUBWARDEN-EGRESS -o lo -p tcp -m tcp --dport 9280 -m comment --comment "hubwarden: the probe port is for the kubelet; the pod has 127.0.0.1" -j REJECT --reject-with tcp-reset`
+		}
+		if first != want {
+			t.Errorf("%s: first rule\n%s\nwant\n%s", tb.Family, first, want)
+		}
 	}
 }

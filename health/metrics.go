@@ -24,8 +24,16 @@ type WatcherStats struct {
 	BytesFast      uint64  // bytes the pod sent in the fast class, since start
 	BytesSlow      uint64  // bytes the pod sent in the slow class, since start
 	PodBucketBytes float64 // tokens left in the per-pod bucket
-	PodGate        bool    // the pod gate is set (every sending flow is demoted in the kernel)
-	PodGateSets    uint64  // times the pod gate was set, since start
+	PodGate        bool    // the pod gate is closed (every sending flow is demoted in the kernel)
+	PodGateSets    uint64  // times the pod gate closed, since start
+	Rearms         uint64  // flows re-armed (counters zeroed, tier set), since start
+	Parked         uint64  // flows left to the kernel because the watcher tracks its maximum
+	Events         uint64  // conntrack events taken
+	EventsLost     uint64  // times the kernel dropped conntrack events
+	Errors         uint64  // failed reads and mark or quota updates
+	RefillAge      float64 // seconds since the pod bucket was last kept
+	RefillLate     float64 // seconds the latest pod bucket tick came late (decaying maximum)
+	DumpSeconds    float64 // duration of the last dump
 }
 
 // Metrics is hubwarden's Prometheus registry and the collectors the sidecar
@@ -144,9 +152,25 @@ var (
 	descPodBucket = prometheus.NewDesc(namespace+"_pod_bucket_bytes",
 		"Tokens (bytes) left in the per-pod budget bucket.", nil, nil)
 	descPodGate = prometheus.NewDesc(namespace+"_pod_gate",
-		"1 while the pod gate is set: the pod budget is spent and the kernel demotes every flow that sends.", nil, nil)
+		"1 while the pod gate is closed: the pod budget is spent and the kernel demotes every flow that sends.", nil, nil)
 	descPodGateSets = prometheus.NewDesc(namespace+"_pod_gate_sets_total",
-		"Times the pod gate was set.", nil, nil)
+		"Times the pod gate closed (the pod budget was spent).", nil, nil)
+	descRearms = prometheus.NewDesc(namespace+"_rearms_total",
+		"Flows the watcher re-armed: counters zeroed and the tripwire tier of their bucket set.", nil, nil)
+	descParked = prometheus.NewDesc(namespace+"_flows_parked_total",
+		"Flows left to the kernel (demoted, never promoted) because the watcher tracked its maximum.", nil, nil)
+	descEvents = prometheus.NewDesc(namespace+"_conntrack_events_total",
+		"Conntrack events the watcher took.", nil, nil)
+	descEventsLost = prometheus.NewDesc(namespace+"_conntrack_events_lost_total",
+		"Times the kernel dropped conntrack events because the watcher fell behind (it then dumps the table).", nil, nil)
+	descWatcherErrors = prometheus.NewDesc(namespace+"_watcher_errors_total",
+		"Failed conntrack reads, mark updates and pod bucket updates.", nil, nil)
+	descRefillAge = prometheus.NewDesc(namespace+"_pod_bucket_age_seconds",
+		"Seconds since the watcher last kept the pod bucket (refilled the kernel quota, or read the transmit counter).", nil, nil)
+	descRefillLate = prometheus.NewDesc(namespace+"_watcher_late_seconds",
+		"How late the watcher's latest pod bucket tick came: a starved watcher refills late (the kernel's bound holds regardless).", nil, nil)
+	descDump = prometheus.NewDesc(namespace+"_dump_seconds",
+		"Duration of the watcher's last conntrack dump.", nil, nil)
 )
 
 // watcherCollector exports a WatcherStats snapshot as const metrics, so the
@@ -154,7 +178,8 @@ var (
 type watcherCollector struct{ m *Metrics }
 
 func (c watcherCollector) Describe(ch chan<- *prometheus.Desc) {
-	for _, d := range []*prometheus.Desc{descFlows, descDemotions, descPromotions, descBytes, descPodBucket, descPodGate, descPodGateSets} {
+	for _, d := range []*prometheus.Desc{descFlows, descDemotions, descPromotions, descBytes, descPodBucket, descPodGate, descPodGateSets,
+		descRearms, descParked, descEvents, descEventsLost, descWatcherErrors, descRefillAge, descRefillLate, descDump} {
 		ch <- d
 	}
 }
@@ -177,4 +202,12 @@ func (c watcherCollector) Collect(ch chan<- prometheus.Metric) {
 	}
 	ch <- prometheus.MustNewConstMetric(descPodGate, prometheus.GaugeValue, gate)
 	ch <- prometheus.MustNewConstMetric(descPodGateSets, prometheus.CounterValue, float64(s.PodGateSets))
+	ch <- prometheus.MustNewConstMetric(descRearms, prometheus.CounterValue, float64(s.Rearms))
+	ch <- prometheus.MustNewConstMetric(descParked, prometheus.CounterValue, float64(s.Parked))
+	ch <- prometheus.MustNewConstMetric(descEvents, prometheus.CounterValue, float64(s.Events))
+	ch <- prometheus.MustNewConstMetric(descEventsLost, prometheus.CounterValue, float64(s.EventsLost))
+	ch <- prometheus.MustNewConstMetric(descWatcherErrors, prometheus.CounterValue, float64(s.Errors))
+	ch <- prometheus.MustNewConstMetric(descRefillAge, prometheus.GaugeValue, s.RefillAge)
+	ch <- prometheus.MustNewConstMetric(descRefillLate, prometheus.GaugeValue, s.RefillLate)
+	ch <- prometheus.MustNewConstMetric(descDump, prometheus.GaugeValue, s.DumpSeconds)
 }

@@ -113,6 +113,25 @@ func (s *Server) Serve(ln net.Listener) error {
 	return err
 }
 
+// ServeProbe serves the probe listener (Listen): at most
+// ProbeConnsPerSource connections from one source, ProbeMaxConns in all.
+func (s *Server) ServeProbe(ln net.Listener) error {
+	err := s.HTTP.Serve(netutil.LimitListener(LimitPerSource(ln, ProbeConnsPerSource), ProbeMaxConns))
+	if errors.Is(err, http.ErrServerClosed) {
+		return nil
+	}
+	return err
+}
+
+// ServeLocal serves the local listener (Listen): LocalMaxConns at once.
+func (s *Server) ServeLocal(ln net.Listener) error {
+	err := s.HTTP.Serve(netutil.LimitListener(ln, LocalMaxConns))
+	if errors.Is(err, http.ErrServerClosed) {
+		return nil
+	}
+	return err
+}
+
 // Run listens on the server's address and serves until ctx is done, then
 // shuts down within a short grace period.
 func (s *Server) Run(ctx context.Context) error {

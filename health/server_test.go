@@ -78,12 +78,19 @@ func TestMetrics(t *testing.T) {
 	m.ObserveApply(1500*time.Millisecond, nil)
 	m.ObserveApply(250*time.Millisecond, errors.New("x"))
 	m.SetWatcher(func() WatcherStats {
-		return WatcherStats{FlowsTracked: 1000, Demotions: 7, Promotions: 5, BytesFast: 1 << 30, BytesSlow: 4096, PodBucketBytes: 12345, PodGate: true, PodGateSets: 3}
+		return WatcherStats{FlowsTracked: 1000, Demotions: 7, Promotions: 5, BytesFast: 1 << 30, BytesSlow: 4096, PodBucketBytes: 12345, PodGate: true, PodGateSets: 3,
+			Rearms: 11, Parked: 2, Events: 99, EventsLost: 4, Errors: 6, RefillAge: 0.1, RefillLate: 0.002, DumpSeconds: 0.003}
 	})
 	want := `
 # HELP hubwarden_apply_errors_total Applies (at start or on reconcile) that failed.
 # TYPE hubwarden_apply_errors_total counter
 hubwarden_apply_errors_total 1
+# HELP hubwarden_conntrack_events_lost_total Times the kernel dropped conntrack events because the watcher fell behind (it then dumps the table).
+# TYPE hubwarden_conntrack_events_lost_total counter
+hubwarden_conntrack_events_lost_total 4
+# HELP hubwarden_conntrack_events_total Conntrack events the watcher took.
+# TYPE hubwarden_conntrack_events_total counter
+hubwarden_conntrack_events_total 99
 # HELP hubwarden_demotions_total Flows demoted to the slow class.
 # TYPE hubwarden_demotions_total counter
 hubwarden_demotions_total 7
@@ -94,24 +101,36 @@ hubwarden_denial_log_dropped_total 2
 # TYPE hubwarden_denials_total counter
 hubwarden_denials_total{family="ipv4",proto="tcp"} 3
 hubwarden_denials_total{family="ipv6",proto="udp"} 1
+# HELP hubwarden_dump_seconds Duration of the watcher's last conntrack dump.
+# TYPE hubwarden_dump_seconds gauge
+hubwarden_dump_seconds 0.003
+# HELP hubwarden_flows_parked_total Flows left to the kernel (demoted, never promoted) because the watcher tracked its maximum.
+# TYPE hubwarden_flows_parked_total counter
+hubwarden_flows_parked_total 2
 # HELP hubwarden_flows_tracked Flows the conntrack watcher currently tracks.
 # TYPE hubwarden_flows_tracked gauge
 hubwarden_flows_tracked 1000
 # HELP hubwarden_last_apply_duration_seconds Duration of the last apply, successful or not.
 # TYPE hubwarden_last_apply_duration_seconds gauge
 hubwarden_last_apply_duration_seconds 0.25
+# HELP hubwarden_pod_bucket_age_seconds Seconds since the watcher last kept the pod bucket (refilled the kernel quota, or read the transmit counter).
+# TYPE hubwarden_pod_bucket_age_seconds gauge
+hubwarden_pod_bucket_age_seconds 0.1
 # HELP hubwarden_pod_bucket_bytes Tokens (bytes) left in the per-pod budget bucket.
 # TYPE hubwarden_pod_bucket_bytes gauge
 hubwarden_pod_bucket_bytes 12345
-# HELP hubwarden_pod_gate 1 while the pod gate is set: the pod budget is spent and the kernel demotes every flow that sends.
+# HELP hubwarden_pod_gate 1 while the pod gate is closed: the pod budget is spent and the kernel demotes every flow that sends.
 # TYPE hubwarden_pod_gate gauge
 hubwarden_pod_gate 1
-# HELP hubwarden_pod_gate_sets_total Times the pod gate was set.
+# HELP hubwarden_pod_gate_sets_total Times the pod gate closed (the pod budget was spent).
 # TYPE hubwarden_pod_gate_sets_total counter
 hubwarden_pod_gate_sets_total 3
 # HELP hubwarden_promotions_total Demoted flows promoted back to the fast class after being idle.
 # TYPE hubwarden_promotions_total counter
 hubwarden_promotions_total 5
+# HELP hubwarden_rearms_total Flows the watcher re-armed: counters zeroed and the tripwire tier of their bucket set.
+# TYPE hubwarden_rearms_total counter
+hubwarden_rearms_total 11
 # HELP hubwarden_reconcile_drifts_total Reconcile passes that found hubwarden's rules or qdiscs drifted from the plan and re-applied them.
 # TYPE hubwarden_reconcile_drifts_total counter
 hubwarden_reconcile_drifts_total 1
@@ -119,6 +138,12 @@ hubwarden_reconcile_drifts_total 1
 # TYPE hubwarden_sent_bytes_total counter
 hubwarden_sent_bytes_total{class="fast"} 1.073741824e+09
 hubwarden_sent_bytes_total{class="slow"} 4096
+# HELP hubwarden_watcher_errors_total Failed conntrack reads, mark updates and pod bucket updates.
+# TYPE hubwarden_watcher_errors_total counter
+hubwarden_watcher_errors_total 6
+# HELP hubwarden_watcher_late_seconds How late the watcher's latest pod bucket tick came: a starved watcher refills late (the kernel's bound holds regardless).
+# TYPE hubwarden_watcher_late_seconds gauge
+hubwarden_watcher_late_seconds 0.002
 `
 	if diff := cmp.Diff(strings.TrimPrefix(want, "\n"), scrape(t, m, "hubwarden_", "hubwarden_build_info")); diff != "" {
 		t.Fatalf("metrics mismatch (-want +got):\n%s", diff)

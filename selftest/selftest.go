@@ -1,5 +1,5 @@
 // Package selftest proves, before hubwarden reports ready, that its rules
-// work: conntrack accounting is on (the watcher and the backstop count
+// work: conntrack accounting is on (the watcher and the tripwires count
 // bytes), the HTB classes and the iptables chains are in place, and a
 // connection to an address that must be blocked is refused, fast.
 //

@@ -19,8 +19,11 @@ import (
 
 	"github.com/kelseyhightower/envconfig"
 
+	"github.com/hubwarden/hubwarden/demotion"
 	"github.com/hubwarden/hubwarden/egress"
+	"github.com/hubwarden/hubwarden/guard"
 	"github.com/hubwarden/hubwarden/units"
+	"github.com/hubwarden/hubwarden/warden"
 )
 
 // envPrefix is the prefix of every variable hubwarden reads.
@@ -33,7 +36,7 @@ type rawConfig struct {
 	LogLevel        string `envconfig:"LOG_LEVEL" default:"info" desc:"log level: debug, info, warn or error"`
 	User            string `envconfig:"USER" default:"" desc:"user name written on every audit line (z2jh: {username})"`
 	Server          string `envconfig:"SERVER" default:"" desc:"server name written on every audit line (z2jh: {servername})"`
-	StateDir        string `envconfig:"STATE_DIR" default:"/run/hubwarden" desc:"directory that survives container restarts (an emptyDir): iptables backend choice, pod budget level"`
+	StateDir        string `envconfig:"STATE_DIR" default:"/run/hubwarden" desc:"directory that survives container restarts (an emptyDir): what start-up detected (iptables backend, pod gate, leaf qdiscs), pod budget level"`
 	IptablesBackend string `envconfig:"IPTABLES_BACKEND" default:"auto" desc:"iptables backend: auto (probe once, then remember in STATE_DIR), legacy or nft"`
 	IPv6            string `envconfig:"IPV6" default:"auto" desc:"apply IPv6 rules: auto (when the kernel has IPv6), true (fail if it cannot) or false"`
 	StartupTimeout  string `envconfig:"STARTUP_TIMEOUT" default:"30s" desc:"deadline for apply and self-test at start; a hang becomes a crash that Kubernetes restarts"`
@@ -48,14 +51,11 @@ type rawConfig struct {
 	NFLogGroup    string `envconfig:"NFLOG_GROUP" default:"1987" desc:"NFLOG group that denied packets are logged to (0-65535)"`
 	ResolveMinTTL string `envconfig:"RESOLVE_MIN_TTL" default:"30s" desc:"shortest interval between re-resolutions of an allow-list host name, whatever its TTL"`
 
-	Shape          string `envconfig:"SHAPE" default:"true" desc:"shape pod egress with HTB: a fast default class and a slow class for demoted flows"`
-	Interface      string `envconfig:"INTERFACE" default:"" desc:"interface to shape; empty: the interface of the default route"`
-	FastRate       string `envconfig:"FAST_RATE" default:"10gbit" desc:"rate of the fast (default) class; effectively unlimited by default"`
-	SlowRate       string `envconfig:"SLOW_RATE" default:"1mbit" desc:"rate shared by all demoted flows of the pod"`
-	CTMark         string `envconfig:"CTMARK" default:"0x100000" desc:"the connection-mark bit of demoted flows (exactly one bit, at most 0x40000000); hubwarden also owns the bit above it (watched flows) and leaves every other bit alone"`
-	Backstop       string `envconfig:"BACKSTOP" default:"true" desc:"kernel backstop: demote flows in the kernel, without the watcher, past BACKSTOP_BUDGET"`
-	BackstopBudget string `envconfig:"BACKSTOP_BUDGET" default:"" desc:"burst of the kernel backstop's per-flow token bucket; empty: 4 x FLOW_BUDGET"`
-	BackstopRate   string `envconfig:"BACKSTOP_RATE" default:"" desc:"refill of the kernel backstop's per-flow token bucket; empty: 4 x FLOW_REFILL"`
+	Shape     string `envconfig:"SHAPE" default:"true" desc:"shape pod egress with HTB: a fast default class and a slow class for demoted flows"`
+	Interface string `envconfig:"INTERFACE" default:"" desc:"interface to shape; empty: the interface of the default route"`
+	FastRate  string `envconfig:"FAST_RATE" default:"10gbit" desc:"rate of the fast (default) class; effectively unlimited by default"`
+	SlowRate  string `envconfig:"SLOW_RATE" default:"1mbit" desc:"rate shared by all demoted flows of the pod"`
+	CTMark    string `envconfig:"CTMARK" default:"0x100000" desc:"the connection-mark bit of demoted flows (exactly one bit, at most 0x4000000); hubwarden also owns the five bits above it (attention and the tripwire tier) and leaves every other bit alone"`
 
 	Watch            string `envconfig:"WATCH" default:"true" desc:"run the conntrack watcher (budgets, demotion, promotion, audit)"`
 	FlowBudget       string `envconfig:"FLOW_BUDGET" default:"64MiB" desc:"per-flow token bucket burst: bytes a flow may send fast before it is demoted"`
@@ -66,54 +66,23 @@ type rawConfig struct {
 	DumpInterval     string `envconfig:"DUMP_INTERVAL" default:"1s" desc:"longest interval between conntrack dumps (reads are scheduled sooner for flows near their budget)"`
 	ProgressInterval string `envconfig:"PROGRESS_INTERVAL" default:"60s" desc:"interval of audit progress lines for long-lived flows"`
 
+	Guard            string `envconfig:"GUARD" default:"enforce" desc:"HTTP guard in front of the notebook server: enforce (serve notebooks only, refuse download routes), audit (decide and log every request, refuse nothing) or off (no redirect)"`
+	ServerPort       string `envconfig:"SERVER_PORT" default:"8888" desc:"the notebook server's port (z2jh's notebook-port); inbound connections to it are redirected to the guard"`
+	GuardPort        string `envconfig:"GUARD_PORT" default:"9281" desc:"port the guard listens on; only its own (transparent) socket may take connections there"`
+	ServerBaseURL    string `envconfig:"SERVER_BASE_URL" default:"" desc:"the server's base URL as JupyterHub builds it, unescaped (z2jh: /user/{unescaped_username}/{unescaped_servername}); the guard escapes it as JupyterHub does and refuses every request outside it; empty: /user/USER/SERVER/ from HUBWARDEN_USER and HUBWARDEN_SERVER"`
+	GuardMaxNotebook string `envconfig:"GUARD_MAX_NOTEBOOK" default:"32MiB" desc:"largest notebook (and directory listing) the guard passes, as the server's JSON model"`
+	GuardTerminals   string `envconfig:"GUARD_TERMINALS" default:"true" desc:"allow terminals (false refuses the terminal pages, API and websockets)"`
+	GuardProxyAllow  string `envconfig:"GUARD_PROXY_ALLOW" default:"" desc:"path prefixes under the base URL the guard passes unchecked, comma separated (jupyter-server-proxy services like proxy/8050/ or rstudio/, other extensions); none by default"`
+
 	HealthAddr        string `envconfig:"HEALTH_ADDR" default:":9280" desc:"address of the read-only HTTP server: /healthz, /readyz, /metrics"`
 	ReconcileInterval string `envconfig:"RECONCILE_INTERVAL" default:"10s" desc:"interval of the drift check that re-applies hubwarden's rules and qdiscs"`
 	DenyLogWindow     string `envconfig:"DENY_LOG_WINDOW" default:"10s" desc:"window over which denied packets are aggregated into one log line per destination"`
 	SelftestTarget    string `envconfig:"SELFTEST_TARGET" default:"169.254.169.254:80" desc:"address the self-test connects to and must see refused (rejected locally, nothing leaves the pod)"`
 }
 
-// Config is the validated configuration: typed values only, no strings to parse.
-type Config struct {
-	LogLevel        string
-	User, Server    string
-	StateDir        string
-	IptablesBackend string // "auto", "legacy" or "nft"
-	IPv6            string // "auto", "true" or "false"
-	StartupTimeout  time.Duration
-
-	Egress        bool
-	Allow         []egress.Entry
-	DNSServers    []netip.Addr
-	DNSRate       uint32
-	DNSBurst      uint32
-	HubAPI        []egress.Entry // the hub API's host and port, empty when unknown
-	Block         []netip.Prefix
-	NFLogGroup    uint16
-	ResolveMinTTL time.Duration
-
-	Shape          bool
-	Interface      string
-	FastRate       units.Rate
-	SlowRate       units.Rate
-	CTMark         uint32
-	Backstop       bool
-	BackstopBudget units.Size
-	BackstopRate   units.Rate
-
-	Watch            bool
-	FlowBudget       units.Size
-	FlowRefill       units.Rate
-	PodBudget        units.Size
-	PodRefill        units.Rate
-	PromoteIdle      time.Duration
-	DumpInterval     time.Duration
-	ProgressInterval time.Duration
-
-	HealthAddr        string
-	ReconcileInterval time.Duration
-	DenyLogWindow     time.Duration
-	SelftestTarget    netip.AddrPort
-}
+// Config is the validated configuration (warden.Config: the composition is
+// given it once).
+type Config = warden.Config
 
 // ConfigError lists every invalid or unknown variable.
 type ConfigError struct{ Problems []string }
@@ -139,6 +108,7 @@ func loadConfig(resolvConf string) (*Config, error) {
 	if len(problems) > 0 {
 		return nil, &ConfigError{Problems: problems}
 	}
+	c.Deprecated = deprecatedSet(os.Environ())
 	return c, nil
 }
 
@@ -181,7 +151,7 @@ func unknownVars(environ []string) []string {
 	var out []string
 	for _, kv := range environ {
 		k, _, _ := strings.Cut(kv, "=")
-		if strings.HasPrefix(k, envPrefix+"_") && !known[k] && !serviceLink(k) {
+		if _, dep := deprecated[k]; strings.HasPrefix(k, envPrefix+"_") && !known[k] && !serviceLink(k) && !dep {
 			out = append(out, fmt.Sprintf("%s: unknown variable (a typo? see hubwarden --help)", k))
 		}
 	}
@@ -321,12 +291,11 @@ func (r *rawConfig) parse(resolvConf string) (*Config, []string) {
 	}
 	if m, err := strconv.ParseUint(r.CTMark, 0, 32); err != nil || bits.OnesCount64(m) != 1 {
 		bad("CTMARK", fmt.Errorf("%q must be a single bit, like 0x100000", r.CTMark))
-	} else if m > 0x40000000 {
-		bad("CTMARK", fmt.Errorf("%q leaves no bit above it for watched flows; use at most 0x40000000", r.CTMark))
+	} else if m > uint64(demotion.MaxCTMark) {
+		bad("CTMARK", fmt.Errorf("%q leaves too few bits above it (hubwarden owns the five above the demoted bit); use at most %#x", r.CTMark, demotion.MaxCTMark))
 	} else {
 		c.CTMark = uint32(m)
 	}
-	c.Backstop = boolean("BACKSTOP", r.Backstop)
 
 	c.Watch = boolean("WATCH", r.Watch)
 	c.FlowBudget = size("FLOW_BUDGET", r.FlowBudget)
@@ -336,30 +305,25 @@ func (r *rawConfig) parse(resolvConf string) (*Config, []string) {
 	if c.PodBudget != 0 && c.FlowBudget > c.PodBudget {
 		bad("FLOW_BUDGET", fmt.Errorf("%s must not exceed HUBWARDEN_POD_BUDGET (%s)", c.FlowBudget, c.PodBudget))
 	}
+	if c.FlowBudget != 0 && c.FlowBudget < demotion.MinFlowBudget {
+		bad("FLOW_BUDGET", fmt.Errorf("%s is below the minimum %s (the smallest tripwire tier, 1/64 of it, must be at least 1KiB)", c.FlowBudget, demotion.MinFlowBudget))
+	} else if c.CTMark != 0 && c.FlowBudget != 0 {
+		k, err := demotion.New(c.CTMark, c.FlowBudget)
+		if err != nil {
+			bad("CTMARK", err)
+		}
+		c.Contract = k
+	}
 	c.PromoteIdle = dur("PROMOTE_IDLE", r.PromoteIdle, 100*time.Millisecond)
 	c.DumpInterval = dur("DUMP_INTERVAL", r.DumpInterval, 10*time.Millisecond)
 	c.ProgressInterval = dur("PROGRESS_INTERVAL", r.ProgressInterval, time.Second)
-	if r.BackstopBudget == "" {
-		// hashlimit's burst is a 32-bit byte count: stay below 4 GiB.
-		c.BackstopBudget = min(4*c.FlowBudget, 4*units.GiB-units.MiB)
-	} else {
-		c.BackstopBudget = size("BACKSTOP_BUDGET", r.BackstopBudget)
-		if c.BackstopBudget < c.FlowBudget {
-			bad("BACKSTOP_BUDGET", fmt.Errorf("%s must be at least HUBWARDEN_FLOW_BUDGET (%s), or it pre-empts the watcher", c.BackstopBudget, c.FlowBudget))
-		}
-		if c.BackstopBudget >= 4*units.GiB {
-			bad("BACKSTOP_BUDGET", fmt.Errorf("%s must be below 4GiB (the kernel's hashlimit burst is a 32-bit byte count)", c.BackstopBudget))
-		}
-	}
-	if r.BackstopRate == "" {
-		c.BackstopRate = 4 * c.FlowRefill
-	} else {
-		c.BackstopRate = rate("BACKSTOP_RATE", r.BackstopRate)
-	}
-
-	if _, _, err := net.SplitHostPort(r.HealthAddr); err != nil {
+	var healthPort uint64
+	if _, p, err := net.SplitHostPort(r.HealthAddr); err != nil {
 		bad("HEALTH_ADDR", fmt.Errorf("%q is not host:port", r.HealthAddr))
+	} else {
+		healthPort, _ = strconv.ParseUint(p, 10, 16)
 	}
+	parseGuard(c, r, bad, boolean, size, uint32Of, healthPort)
 	c.ReconcileInterval = dur("RECONCILE_INTERVAL", r.ReconcileInterval, time.Second)
 	c.DenyLogWindow = dur("DENY_LOG_WINDOW", r.DenyLogWindow, 100*time.Millisecond)
 	if ap, err := netip.ParseAddrPort(r.SelftestTarget); err != nil {
@@ -368,6 +332,56 @@ func (r *rawConfig) parse(resolvConf string) (*Config, []string) {
 		c.SelftestTarget = ap
 	}
 	return c, problems
+}
+
+// parseGuard parses the HTTP guard's variables into c.Guard.
+func parseGuard(c *Config, r *rawConfig, bad func(string, error), boolean func(string, string) bool,
+	size func(string, string) units.Size, uint32Of func(string, string, uint64, uint64) uint32, healthPort uint64) {
+	g := &c.Guard
+	mode, err := guard.ParseMode(r.Guard)
+	if err != nil {
+		bad("GUARD", err)
+	}
+	g.Mode = mode
+	g.ServerPort = uint16(uint32Of("SERVER_PORT", r.ServerPort, 1, 65535))
+	g.GuardPort = uint16(uint32Of("GUARD_PORT", r.GuardPort, 1, 65535))
+	if g.GuardPort != 0 && g.GuardPort == g.ServerPort {
+		bad("GUARD_PORT", fmt.Errorf("%d must differ from HUBWARDEN_SERVER_PORT", g.GuardPort))
+	}
+	if g.GuardPort != 0 && uint64(g.GuardPort) == healthPort {
+		bad("GUARD_PORT", fmt.Errorf("%d is HUBWARDEN_HEALTH_ADDR's port", g.GuardPort))
+	}
+	switch {
+	case r.ServerBaseURL != "":
+		if g.BaseURL, err = guard.EscapeBaseURL(r.ServerBaseURL); err != nil {
+			bad("SERVER_BASE_URL", err)
+		}
+	case c.User != "":
+		if g.BaseURL, err = guard.DeriveBaseURL(c.User, c.Server); err != nil {
+			bad("SERVER_BASE_URL", fmt.Errorf("empty, and deriving it from HUBWARDEN_USER and HUBWARDEN_SERVER: %w", err))
+		}
+	}
+	g.MaxNotebook = int64(size("GUARD_MAX_NOTEBOOK", r.GuardMaxNotebook))
+	g.Terminals = boolean("GUARD_TERMINALS", r.GuardTerminals)
+	if g.ProxyAllow, err = guard.ParseProxyAllow(r.GuardProxyAllow); err != nil {
+		bad("GUARD_PROXY_ALLOW", err)
+	}
+	g.ProgressInterval = c.ProgressInterval
+	if g.BaseURL != "" && g.Mode != guard.Off && g.ProgressInterval > 0 && g.ServerPort != 0 && g.GuardPort != 0 && g.MaxNotebook > 0 {
+		// Everything parsed: the guard's own checks (a prefix that would
+		// open a route the guard knows, a base URL tornado would read as a
+		// pattern).
+		if err := g.Validate(); err != nil {
+			for _, e := range strings.Split(err.Error(), "\n") {
+				name, msg, _ := strings.Cut(e, " ")
+				if after, ok := strings.CutPrefix(strings.TrimSuffix(name, ":"), envPrefix+"_"); ok {
+					bad(after, errors.New(msg))
+				} else {
+					bad("GUARD", errors.New(e))
+				}
+			}
+		}
+	}
 }
 
 // hubEntry turns the hub API URL into an allow entry for its host and port.
@@ -443,7 +457,24 @@ func printUsage(w io.Writer) error {
 	return tw.Flush()
 }
 
-// watchedMark is the connection-mark bit by which the watcher takes a flow
-// over from the kernel tripwire: the bit above CTMARK (config checks there is
-// one).
-func (c *Config) watchedMark() uint32 { return c.CTMark << 1 }
+// deprecated are variables an earlier version read that no longer have an
+// effect: accepted (a values file that sets them keeps working) and named
+// in a warning at start.
+var deprecated = map[string]string{
+	envPrefix + "_BACKSTOP":        "the tripwire keeps every flow's budget in the kernel; there is no separate backstop",
+	envPrefix + "_BACKSTOP_BUDGET": "the tripwire keeps every flow's budget in the kernel; there is no separate backstop",
+	envPrefix + "_BACKSTOP_RATE":   "the tripwire keeps every flow's budget in the kernel; there is no separate backstop",
+}
+
+// deprecatedSet returns a warning for each deprecated variable set in environ.
+func deprecatedSet(environ []string) []string {
+	var out []string
+	for _, kv := range environ {
+		k, _, _ := strings.Cut(kv, "=")
+		if why, ok := deprecated[k]; ok {
+			out = append(out, k+" has no effect any more: "+why)
+		}
+	}
+	sort.Strings(out)
+	return out
+}

@@ -11,7 +11,9 @@ import (
 
 	"github.com/google/go-cmp/cmp"
 
+	"github.com/hubwarden/hubwarden/demotion"
 	"github.com/hubwarden/hubwarden/egress"
+	"github.com/hubwarden/hubwarden/guard"
 	"github.com/hubwarden/hubwarden/units"
 )
 
@@ -41,6 +43,15 @@ func writeResolvConf(t *testing.T, content string) string {
 	return p
 }
 
+func mustContract(t *testing.T, mark uint32, budget units.Size) demotion.Contract {
+	t.Helper()
+	c, err := demotion.New(mark, budget)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return c
+}
+
 func TestLoadConfigDefaults(t *testing.T) {
 	cleanEnv(t, nil)
 	rc := writeResolvConf(t, "search default.svc.cluster.local\nnameserver 10.96.0.10\nnameserver fe80::1%eth0\noptions ndots:5\n")
@@ -49,38 +60,41 @@ func TestLoadConfigDefaults(t *testing.T) {
 		t.Fatalf("loadConfig: %v", err)
 	}
 	want := &Config{
-		LogLevel:          "info",
-		StateDir:          "/run/hubwarden",
-		IptablesBackend:   "auto",
-		IPv6:              "auto",
-		StartupTimeout:    30 * time.Second,
-		Egress:            true,
-		DNSServers:        []netip.Addr{netip.MustParseAddr("10.96.0.10"), netip.MustParseAddr("fe80::1")},
-		DNSRate:           20,
-		DNSBurst:          100,
-		NFLogGroup:        1987,
-		ResolveMinTTL:     30 * time.Second,
-		Shape:             true,
-		FastRate:          10_000_000_000 / 8,
-		SlowRate:          1_000_000 / 8,
-		CTMark:            0x100000,
-		Backstop:          true,
-		BackstopBudget:    256 * units.MiB,
-		BackstopRate:      units.Rate(4 * units.MiB),
-		Watch:             true,
-		FlowBudget:        64 * units.MiB,
-		FlowRefill:        units.Rate(units.MiB),
-		PodBudget:         256 * units.MiB,
-		PodRefill:         units.Rate(256 * units.KiB),
-		PromoteIdle:       2 * time.Second,
-		DumpInterval:      time.Second,
-		ProgressInterval:  time.Minute,
+		LogLevel:         "info",
+		StateDir:         "/run/hubwarden",
+		IptablesBackend:  "auto",
+		IPv6:             "auto",
+		StartupTimeout:   30 * time.Second,
+		Egress:           true,
+		DNSServers:       []netip.Addr{netip.MustParseAddr("10.96.0.10"), netip.MustParseAddr("fe80::1")},
+		DNSRate:          20,
+		DNSBurst:         100,
+		NFLogGroup:       1987,
+		ResolveMinTTL:    30 * time.Second,
+		Shape:            true,
+		FastRate:         10_000_000_000 / 8,
+		SlowRate:         1_000_000 / 8,
+		CTMark:           0x100000,
+		Contract:         mustContract(t, 0x100000, 64*units.MiB),
+		Watch:            true,
+		FlowBudget:       64 * units.MiB,
+		FlowRefill:       units.Rate(units.MiB),
+		PodBudget:        256 * units.MiB,
+		PodRefill:        units.Rate(256 * units.KiB),
+		PromoteIdle:      2 * time.Second,
+		DumpInterval:     time.Second,
+		ProgressInterval: time.Minute,
+		// No HUBWARDEN_USER and no HUBWARDEN_SERVER_BASE_URL: no base URL,
+		// which guard.Config.Validate refuses when the guard runs.
+		Guard: guard.Config{Mode: guard.Enforce, ServerPort: 8888, GuardPort: 9281, MaxNotebook: 32 << 20,
+			Terminals: true, ProgressInterval: time.Minute},
 		HealthAddr:        ":9280",
 		ReconcileInterval: 10 * time.Second,
 		DenyLogWindow:     10 * time.Second,
 		SelftestTarget:    netip.MustParseAddrPort("169.254.169.254:80"),
 	}
-	if diff := cmp.Diff(want, c, cmp.Comparer(func(a, b netip.Addr) bool { return a == b }), cmp.Comparer(func(a, b netip.AddrPort) bool { return a == b })); diff != "" {
+	if diff := cmp.Diff(want, c, cmp.Comparer(func(a, b netip.Addr) bool { return a == b }), cmp.Comparer(func(a, b netip.AddrPort) bool { return a == b }),
+		cmp.Comparer(func(a, b demotion.Contract) bool { return a == b })); diff != "" {
 		t.Errorf("defaults (-want +got):\n%s", diff)
 	}
 }
@@ -114,20 +128,20 @@ func TestLoadConfigValues(t *testing.T) {
 		check func(t *testing.T, c *Config)
 	}{
 		{
-			name: "backstop derived from the flow bucket",
-			env:  map[string]string{"HUBWARDEN_FLOW_BUDGET": "10MiB", "HUBWARDEN_FLOW_REFILL": "2MiB/s"},
+			name: "the contract follows CTMARK and FLOW_BUDGET",
+			env:  map[string]string{"HUBWARDEN_FLOW_BUDGET": "10MiB", "HUBWARDEN_CTMARK": "0x10"},
 			check: func(t *testing.T, c *Config) {
-				if c.BackstopBudget != 40*units.MiB || c.BackstopRate != units.Rate(8*units.MiB) {
-					t.Errorf("backstop = %s, %s; want 40MiB, 8MiB/s", c.BackstopBudget, c.BackstopRate)
+				if c.Contract != mustContract(t, 0x10, 10*units.MiB) || c.Contract.Budget() != 10<<20 || c.Contract.Owned() != 0x3f0 {
+					t.Errorf("contract %+v", c.Contract)
 				}
 			},
 		},
 		{
-			name: "explicit backstop",
-			env:  map[string]string{"HUBWARDEN_BACKSTOP_BUDGET": "1GiB", "HUBWARDEN_BACKSTOP_RATE": "8mbit"},
+			name: "the backstop variables are deprecated: accepted, warned about",
+			env:  map[string]string{"HUBWARDEN_BACKSTOP_BUDGET": "1GiB", "HUBWARDEN_BACKSTOP": "false"},
 			check: func(t *testing.T, c *Config) {
-				if c.BackstopBudget != units.GiB || c.BackstopRate != 1_000_000 {
-					t.Errorf("backstop = %d, %d; want 1GiB, 1MB/s", c.BackstopBudget, c.BackstopRate)
+				if len(c.Deprecated) != 2 || !strings.Contains(c.Deprecated[0], "HUBWARDEN_BACKSTOP has no effect") {
+					t.Errorf("deprecation warnings %q", c.Deprecated)
 				}
 			},
 		},
@@ -168,6 +182,30 @@ func TestLoadConfigValues(t *testing.T) {
 				}
 				if len(c.DNSServers) != 2 || len(c.Block) != 2 || c.Block[0].String() != "198.18.9.9/32" || c.LogLevel != "debug" {
 					t.Errorf("DNSServers %v, Block %v, LogLevel %q", c.DNSServers, c.Block, c.LogLevel)
+				}
+			},
+		},
+		{
+			name: "guard: base URL derived from the user and server names, escaped as JupyterHub does",
+			env:  map[string]string{"HUBWARDEN_USER": "jane doe@example.org", "HUBWARDEN_SERVER": "gpu 1"},
+			check: func(t *testing.T, c *Config) {
+				if c.Guard.BaseURL != "/user/jane%20doe@example.org/gpu%201/" || c.Guard.Validate() != nil {
+					t.Errorf("guard %+v (%v)", c.Guard, c.Guard.Validate())
+				}
+			},
+		},
+		{
+			name: "guard: explicit base URL (KubeSpawner expands the unescaped names), audit mode, terminals off, proxy prefixes",
+			env: map[string]string{
+				"HUBWARDEN_SERVER_BASE_URL": "/jhub/user/50% off/", "HUBWARDEN_GUARD": "audit", "HUBWARDEN_GUARD_TERMINALS": "false",
+				"HUBWARDEN_GUARD_PROXY_ALLOW": "proxy/8050, rstudio/", "HUBWARDEN_GUARD_MAX_NOTEBOOK": "8MiB",
+				"HUBWARDEN_SERVER_PORT": "8000", "HUBWARDEN_GUARD_PORT": "8001",
+			},
+			check: func(t *testing.T, c *Config) {
+				want := guard.Config{Mode: guard.Audit, ServerPort: 8000, GuardPort: 8001, BaseURL: "/jhub/user/50%25%20off/",
+					MaxNotebook: 8 << 20, Terminals: false, ProxyAllow: []string{"proxy/8050/", "rstudio/"}, ProgressInterval: time.Minute}
+				if diff := cmp.Diff(want, c.Guard); diff != "" {
+					t.Errorf("guard (-want +got):\n%s", diff)
 				}
 			},
 		},
@@ -223,7 +261,6 @@ func TestLoadConfigErrors(t *testing.T) {
 				"HUBWARDEN_SLOW_RATE":        "20gbit",
 				"HUBWARDEN_FLOW_BUDGET":      "1GiB",
 				"HUBWARDEN_POD_BUDGET":       "512MiB",
-				"HUBWARDEN_BACKSTOP_BUDGET":  "1MiB",
 				"HUBWARDEN_HEALTH_ADDR":      "9280",
 				"HUBWARDEN_SELFTEST_TARGET":  "metadata:80",
 				"HUBWARDEN_TYPO":             "1",
@@ -244,16 +281,21 @@ func TestLoadConfigErrors(t *testing.T) {
 				`HUBWARDEN_CTMARK: "0x3" must be a single bit`,
 				`HUBWARDEN_SLOW_RATE:`,
 				`HUBWARDEN_FLOW_BUDGET: 1GiB must not exceed HUBWARDEN_POD_BUDGET (512MiB)`,
-				`HUBWARDEN_BACKSTOP_BUDGET: 1MiB must be at least HUBWARDEN_FLOW_BUDGET (1GiB)`,
 				`HUBWARDEN_HEALTH_ADDR: "9280" is not host:port`,
 				`HUBWARDEN_SELFTEST_TARGET: "metadata:80" is not IP:port`,
 			},
 		},
 		{
-			name:       "the top mark bit leaves none for watched flows",
-			env:        map[string]string{"HUBWARDEN_CTMARK": "0x80000000"},
+			name:       "a high mark bit leaves too few for the contract",
+			env:        map[string]string{"HUBWARDEN_CTMARK": "0x8000000"},
 			resolvConf: "nameserver 10.96.0.10\n",
-			want:       []string{`HUBWARDEN_CTMARK: "0x80000000" leaves no bit above it for watched flows; use at most 0x40000000`},
+			want:       []string{`HUBWARDEN_CTMARK: "0x8000000" leaves too few bits above it (hubwarden owns the five above the demoted bit); use at most 0x4000000`},
+		},
+		{
+			name:       "a flow budget below the smallest tier",
+			env:        map[string]string{"HUBWARDEN_FLOW_BUDGET": "32KiB"},
+			resolvConf: "nameserver 10.96.0.10\n",
+			want:       []string{`HUBWARDEN_FLOW_BUDGET: 32KiB is below the minimum 64KiB`},
 		},
 		{
 			name: "no resolvers anywhere",
@@ -269,6 +311,21 @@ func TestLoadConfigErrors(t *testing.T) {
 			env:        map[string]string{"JUPYTERHUB_API_URL": "hub:8081"},
 			resolvConf: "nameserver 10.96.0.10\n",
 			want:       []string{`HUBWARDEN_HUB_API_URL (from JUPYTERHUB_API_URL): "hub:8081" is not an http(s) URL`},
+		},
+		{
+			name: "guard variables, each named",
+			env: map[string]string{
+				"HUBWARDEN_DNS_SERVERS": "198.18.0.53", "HUBWARDEN_GUARD": "block", "HUBWARDEN_SERVER_PORT": "0",
+				"HUBWARDEN_GUARD_PORT": "9280", "HUBWARDEN_SERVER_BASE_URL": "user/x", "HUBWARDEN_GUARD_MAX_NOTEBOOK": "32M",
+				"HUBWARDEN_GUARD_TERMINALS": "no", "HUBWARDEN_GUARD_PROXY_ALLOW": "a/../b",
+			},
+			want: []string{"HUBWARDEN_GUARD: \"block\" is not one of enforce, audit, off", "HUBWARDEN_SERVER_PORT:", "HUBWARDEN_GUARD_PORT: 9280 is HUBWARDEN_HEALTH_ADDR's port",
+				"HUBWARDEN_SERVER_BASE_URL:", "HUBWARDEN_GUARD_MAX_NOTEBOOK:", "HUBWARDEN_GUARD_TERMINALS:", "HUBWARDEN_GUARD_PROXY_ALLOW:"},
+		},
+		{
+			name: "guard: a proxy prefix on a route the guard knows",
+			env:  map[string]string{"HUBWARDEN_DNS_SERVERS": "198.18.0.53", "HUBWARDEN_USER": "jane", "HUBWARDEN_GUARD_PROXY_ALLOW": "files/", "HUBWARDEN_GUARD_PORT": "8888"},
+			want: []string{"HUBWARDEN_GUARD_PROXY_ALLOW:", "would allow files", "HUBWARDEN_GUARD_PORT: 8888 must differ from HUBWARDEN_SERVER_PORT"},
 		},
 		{
 			name:       "zero sizes and rates",

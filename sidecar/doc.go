@@ -18,7 +18,7 @@
 //	HUBWARDEN_LOG_LEVEL           info                log level: debug, info, warn or error
 //	HUBWARDEN_USER                -                   user name written on every audit line (z2jh: {username})
 //	HUBWARDEN_SERVER              -                   server name written on every audit line (z2jh: {servername})
-//	HUBWARDEN_STATE_DIR           /run/hubwarden      directory that survives container restarts (an emptyDir): iptables backend choice, pod budget level
+//	HUBWARDEN_STATE_DIR           /run/hubwarden      directory that survives container restarts (an emptyDir): what start-up detected (iptables backend, pod gate, leaf qdiscs), pod budget level
 //	HUBWARDEN_IPTABLES_BACKEND    auto                iptables backend: auto (probe once, then remember in STATE_DIR), legacy or nft
 //	HUBWARDEN_IPV6                auto                apply IPv6 rules: auto (when the kernel has IPv6), true (fail if it cannot) or false
 //	HUBWARDEN_STARTUP_TIMEOUT     30s                 deadline for apply and self-test at start; a hang becomes a crash that Kubernetes restarts
@@ -35,10 +35,7 @@
 //	HUBWARDEN_INTERFACE           -                   interface to shape; empty: the interface of the default route
 //	HUBWARDEN_FAST_RATE           10gbit              rate of the fast (default) class; effectively unlimited by default
 //	HUBWARDEN_SLOW_RATE           1mbit               rate shared by all demoted flows of the pod
-//	HUBWARDEN_CTMARK              0x100000            the connection-mark bit of demoted flows (exactly one bit, at most 0x40000000); hubwarden also owns the bit above it (watched flows) and leaves every other bit alone
-//	HUBWARDEN_BACKSTOP            true                kernel backstop: demote flows in the kernel, without the watcher, past BACKSTOP_BUDGET
-//	HUBWARDEN_BACKSTOP_BUDGET     -                   burst of the kernel backstop's per-flow token bucket; empty: 4 x FLOW_BUDGET
-//	HUBWARDEN_BACKSTOP_RATE       -                   refill of the kernel backstop's per-flow token bucket; empty: 4 x FLOW_REFILL
+//	HUBWARDEN_CTMARK              0x100000            the connection-mark bit of demoted flows (exactly one bit, at most 0x4000000); hubwarden also owns the five bits above it (attention and the tripwire tier) and leaves every other bit alone
 //	HUBWARDEN_WATCH               true                run the conntrack watcher (budgets, demotion, promotion, audit)
 //	HUBWARDEN_FLOW_BUDGET         64MiB               per-flow token bucket burst: bytes a flow may send fast before it is demoted
 //	HUBWARDEN_FLOW_REFILL         1MiB/s              per-flow token bucket refill
@@ -47,6 +44,13 @@
 //	HUBWARDEN_PROMOTE_IDLE        2s                  a demoted flow idle this long is promoted back to the fast class, if the pod bucket allows
 //	HUBWARDEN_DUMP_INTERVAL       1s                  longest interval between conntrack dumps (reads are scheduled sooner for flows near their budget)
 //	HUBWARDEN_PROGRESS_INTERVAL   60s                 interval of audit progress lines for long-lived flows
+//	HUBWARDEN_GUARD               enforce             HTTP guard in front of the notebook server: enforce (serve notebooks only, refuse download routes), audit (decide and log every request, refuse nothing) or off (no redirect)
+//	HUBWARDEN_SERVER_PORT         8888                the notebook server's port (z2jh's notebook-port); inbound connections to it are redirected to the guard
+//	HUBWARDEN_GUARD_PORT          9281                port the guard listens on; only its own (transparent) socket may take connections there
+//	HUBWARDEN_SERVER_BASE_URL     -                   the server's base URL as JupyterHub builds it, unescaped (z2jh: /user/{unescaped_username}/{unescaped_servername}); the guard escapes it as JupyterHub does and refuses every request outside it; empty: /user/USER/SERVER/ from HUBWARDEN_USER and HUBWARDEN_SERVER
+//	HUBWARDEN_GUARD_MAX_NOTEBOOK  32MiB               largest notebook (and directory listing) the guard passes, as the server's JSON model
+//	HUBWARDEN_GUARD_TERMINALS     true                allow terminals (false refuses the terminal pages, API and websockets)
+//	HUBWARDEN_GUARD_PROXY_ALLOW   -                   path prefixes under the base URL the guard passes unchecked, comma separated (jupyter-server-proxy services like proxy/8050/ or rstudio/, other extensions); none by default
 //	HUBWARDEN_HEALTH_ADDR         :9280               address of the read-only HTTP server: /healthz, /readyz, /metrics
 //	HUBWARDEN_RECONCILE_INTERVAL  10s                 interval of the drift check that re-applies hubwarden's rules and qdiscs
 //	HUBWARDEN_DENY_LOG_WINDOW     10s                 window over which denied packets are aggregated into one log line per destination

@@ -6,13 +6,17 @@ import (
 	"bytes"
 	"context"
 	"errors"
+	"os"
+	"path/filepath"
 	"strings"
 	"testing"
 	"time"
 
 	"github.com/rs/zerolog"
 
+	"github.com/hubwarden/hubwarden/demotion"
 	"github.com/hubwarden/hubwarden/internal/nstest"
+	"github.com/hubwarden/hubwarden/warden"
 	"github.com/hubwarden/hubwarden/xtables"
 )
 
@@ -28,9 +32,10 @@ func (r noRecent) Run(ctx context.Context, stdin []byte, name string, args ...st
 	return r.Runner.Run(ctx, stdin, name, args...)
 }
 
-// TestIntegrationStartupWithoutRecent: on a kernel that refuses the pod
-// gate's rule, start-up applies everything else (the tripwire included),
-// says so, and runs without the gate; nothing of the refused plan stays.
+// TestIntegrationStartupWithoutRecent: on a kernel without an nftables
+// quota (the recorded choice says so) that also refuses the recent gate's
+// rule, start-up applies everything else (the tripwire included), says so,
+// and runs without a pod gate; nothing of the refused plan stays.
 func TestIntegrationStartupWithoutRecent(t *testing.T) {
 	nstest.SkipUnlessRoot(t, "iptables-nft-restore", "tc")
 	p := nstest.NewPair(t, 17)
@@ -42,30 +47,41 @@ func TestIntegrationStartupWithoutRecent(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	old := newRunner
-	newRunner = func(lockFile string) xtables.Runner { return noRecent{old(lockFile)} }
-	t.Cleanup(func() { newRunner = old })
+	if err := os.WriteFile(filepath.Join(cfg.StateDir, warden.DetectedFile), []byte(`{"pod_gate":"recent"}`), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	old := kernel
+	kernel = func() warden.Kernel {
+		k := old()
+		run := k.Iptables
+		k.Iptables = func(lockFile string) xtables.Runner { return noRecent{run(lockFile)} }
+		return k
+	}
+	t.Cleanup(func() { kernel = old })
 
 	var log bytes.Buffer
-	var k *kernel
+	var w *warden.Warden
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
 	if err := p.Pod.Do(func() (err error) {
-		k, err = startup(ctx, cfg, zerolog.New(&log))
+		w, err = startup(ctx, cfg, zerolog.New(&log))
 		return err
 	}); err != nil {
 		t.Fatalf("start-up failed instead of degrading: %v\n%s", err, log.String())
 	}
-	defer k.plan.shape.Close()
+	defer w.Close()
 	mangle := p.Pod.MustRun("iptables-nft-save", "-t", "mangle")
-	if k.plan.shape.gated() || strings.Contains(mangle, "-m recent") || !strings.Contains(mangle, "--connbytes 67108864") {
-		t.Errorf("gated %v; mangle:\n%s", k.plan.shape.gated(), mangle)
+	if g := w.Plan().Env.Gate; g != demotion.GateNone || strings.Contains(mangle, "-m recent") || !strings.Contains(mangle, "--connbytes 67108864") {
+		t.Errorf("gate %v; mangle:\n%s", g, mangle)
 	}
-	if !strings.Contains(log.String(), "refused the pod gate rule") {
+	if out, _ := p.Pod.Run("nft", "list", "table", "inet", demotion.NFTTable); strings.Contains(out, "quota") {
+		t.Errorf("a quota gate was applied although the recorded choice is the recent gate:\n%s", out)
+	}
+	if !strings.Contains(log.String(), "neither an nftables quota nor xt_recent") {
 		t.Errorf("no warning about the missing gate:\n%s", log.String())
 	}
 	// The next apply (the reconcile loop's) plans without the gate too.
-	if err := p.Pod.Do(func() error { return k.apply(ctx) }); err != nil {
+	if err := p.Pod.Do(func() error { return w.Apply(ctx) }); err != nil {
 		t.Errorf("re-apply: %v", err)
 	}
 	for _, l := range strings.Split(log.String(), "\n") {

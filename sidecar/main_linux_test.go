@@ -17,41 +17,18 @@ import (
 
 	"github.com/google/go-cmp/cmp"
 
+	"github.com/hubwarden/hubwarden/internal/hwtest"
 	"github.com/hubwarden/hubwarden/internal/nstest"
+	"github.com/hubwarden/hubwarden/warden"
 )
 
-var (
-	buildOnce sync.Once
-	binPath   string
-	buildErr  error
-)
-
-// hubwardenBin builds the hubwarden binary once per test run.
-func hubwardenBin(t *testing.T) string {
-	t.Helper()
-	buildOnce.Do(func() {
-		dir, err := os.MkdirTemp("", "hubwarden-bin-")
-		if err != nil {
-			buildErr = err
-			return
-		}
-		binPath = filepath.Join(dir, "hubwarden")
-		out, err := exec.Command("go", "build", "-o", binPath, ".").CombinedOutput()
-		if err != nil {
-			buildErr = fmt.Errorf("building hubwarden: %w: %s", err, out)
-		}
-	})
-	if buildErr != nil {
-		t.Fatal(buildErr)
-	}
-	return binPath
-}
+// hubwardenBin is the binary under test: $HUBWARDEN_BIN or this module's,
+// built once (package hwtest).
+func hubwardenBin(t *testing.T) string { return hwtest.Binary(t) }
 
 func TestMain(m *testing.M) {
 	code := m.Run()
-	if binPath != "" {
-		os.RemoveAll(filepath.Dir(binPath))
-	}
+	hwtest.Cleanup()
 	os.Exit(code)
 }
 
@@ -153,7 +130,7 @@ func TestIntegrationInitTwiceAndCheck(t *testing.T) {
 
 			// A hand-deleted rule: check names it and exits 1; init converges.
 			tool := "iptables-" + backend
-			ns.MustRun(tool, "-w", "-D", "HUBWARDEN-EGRESS", "1")
+			ns.MustRun(tool, "-w", "-D", "HUBWARDEN-EGRESS", "-o", "lo", "-m", "comment", "--comment", "hubwarden: loopback", "-j", "ACCEPT")
 			r = hw(t, ns, env, "check")
 			if r.code != 1 || !strings.Contains(r.stdout, `+ -A HUBWARDEN-EGRESS -o lo -m comment --comment "hubwarden: loopback" -j ACCEPT`) {
 				t.Errorf("check after a hand-deleted rule exited %d:\n%s%s", r.code, r.stdout, r.stderr)
@@ -191,7 +168,7 @@ func TestIntegrationBadConfigAppliesNothing(t *testing.T) {
 	if after != before || strings.Contains(after, "-A ") || strings.Contains(after, "HUBWARDEN") {
 		t.Errorf("a bad config changed the kernel:\nbefore:\n%s\nafter:\n%s", before, after)
 	}
-	if _, err := os.Stat(filepath.Join(env["HUBWARDEN_STATE_DIR"], backendFile)); !errors.Is(err, os.ErrNotExist) {
+	if _, err := os.Stat(filepath.Join(env["HUBWARDEN_STATE_DIR"], warden.BackendFile)); !errors.Is(err, os.ErrNotExist) {
 		t.Errorf("a bad config wrote the backend choice (stat: %v)", err)
 	}
 }
@@ -358,5 +335,85 @@ func TestIntegrationKilledInitConverges(t *testing.T) {
 				t.Errorf("state after a kill at %s and a new init differs from an uninterrupted init (-want +got):\n%s", after, diff)
 			}
 		})
+	}
+}
+
+// TestIntegrationCheckWritesNothing: hubwarden check, documented as
+// read-only, leaves the kernel byte for byte as it was (links, qdiscs and
+// classes, every iptables table of both backends, the nftables ruleset,
+// the state directory), and nothing is created and deleted meanwhile: `ip
+// monitor` and `nft monitor` see no event while it runs. (The build before
+// created and deleted a probe device for fq on every check.)
+func TestIntegrationCheckWritesNothing(t *testing.T) {
+	nstest.SkipUnlessRoot(t, "iptables-nft-restore", "tc", "nft", "ip")
+	p := nstest.NewPair(t, 18)
+	env := baseEnv(t, "auto")
+	env["HUBWARDEN_SHAPE"] = "true"
+	if r := hw(t, p.Pod, env, "init"); r.code != 0 {
+		t.Fatalf("init exited %d:\n%s%s", r.code, r.stdout, r.stderr)
+	}
+	state := func() string {
+		var b strings.Builder
+		b.WriteString(p.Pod.MustRun("ip", "-d", "link", "show"))
+		b.WriteString(p.Pod.MustRun("ip", "addr", "show"))
+		b.WriteString(p.Pod.MustRun("tc", "qdisc", "show"))
+		b.WriteString(p.Pod.MustRun("tc", "class", "show", "dev", "eth0"))
+		b.WriteString(saveAll(t, p.Pod))
+		b.WriteString(p.Pod.MustRun("nft", "-s", "list", "ruleset")) // stateless: no counters
+		entries, err := os.ReadDir(env["HUBWARDEN_STATE_DIR"])
+		if err != nil {
+			t.Fatal(err)
+		}
+		for _, e := range entries {
+			data, err := os.ReadFile(filepath.Join(env["HUBWARDEN_STATE_DIR"], e.Name()))
+			if err != nil {
+				t.Fatal(err)
+			}
+			fmt.Fprintf(&b, "%s: %s\n", e.Name(), data)
+		}
+		return b.String()
+	}
+	// The kernel's own changes first: IPv6 duplicate address detection
+	// finishes on the link-local address (and adds its route).
+	for i := 0; strings.TrimSpace(p.Pod.MustRun("ip", "-6", "addr", "show", "tentative")) != ""; i++ {
+		if i == 100 {
+			t.Fatalf("addresses still tentative after 10 s:\n%s", p.Pod.MustRun("ip", "-6", "addr", "show", "tentative"))
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+	before := state()
+	for _, want := range []string{"qdisc htb 4857: dev eth0 root", "table inet hubwarden", "HUBWARDEN-EGRESS", "detected.json"} {
+		if !strings.Contains(before, want) {
+			t.Fatalf("after init, %q missing:\n%s", want, before)
+		}
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	monitor := func(out *bytes.Buffer, name string, args ...string) *exec.Cmd {
+		c := p.Pod.Cmd(ctx, name, args...)
+		c.Stdout = out
+		if err := c.Start(); err != nil {
+			t.Fatal(err)
+		}
+		return c
+	}
+	var linkEvents, nftEvents bytes.Buffer
+	ipMon := monitor(&linkEvents, "ip", "-o", "monitor", "link", "address", "route")
+	nftMon := monitor(&nftEvents, "nft", "monitor")
+	time.Sleep(300 * time.Millisecond) // the monitors subscribe
+	for range 3 {
+		if r := hw(t, p.Pod, env, "check"); r.code != 0 {
+			t.Errorf("check exited %d:\n%s%s", r.code, r.stdout, r.stderr)
+		}
+	}
+	time.Sleep(300 * time.Millisecond)
+	cancel()
+	ipMon.Wait()
+	nftMon.Wait()
+	if linkEvents.Len() > 0 || nftEvents.Len() > 0 {
+		t.Errorf("check changed the kernel while it ran:\nip monitor:\n%s\nnft monitor:\n%s", linkEvents.String(), nftEvents.String())
+	}
+	if diff := cmp.Diff(before, state()); diff != "" {
+		t.Errorf("check changed the kernel (-before +after):\n%s", diff)
 	}
 }

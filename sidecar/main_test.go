@@ -64,10 +64,10 @@ func TestRunPlan(t *testing.T) {
 			},
 		},
 		{
-			name:    "an explicit backstop budget over hashlimit's 4GiB is named",
+			name:    "a ctmark without room for the contract is named",
 			args:    []string{"--offline"},
-			env:     map[string]string{"HUBWARDEN_BACKSTOP_BUDGET": "4GiB", "HUBWARDEN_DNS_SERVERS": "198.18.1.53"},
-			wantErr: "HUBWARDEN_BACKSTOP_BUDGET",
+			env:     map[string]string{"HUBWARDEN_CTMARK": "0x40000000", "HUBWARDEN_DNS_SERVERS": "198.18.1.53"},
+			wantErr: "HUBWARDEN_CTMARK",
 		},
 	}
 	for _, tt := range tests {

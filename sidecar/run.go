@@ -17,8 +17,7 @@ import (
 	"github.com/hubwarden/hubwarden/health"
 	"github.com/hubwarden/hubwarden/nflog"
 	"github.com/hubwarden/hubwarden/selftest"
-	"github.com/hubwarden/hubwarden/tcshape"
-	"github.com/hubwarden/hubwarden/xtables"
+	"github.com/hubwarden/hubwarden/warden"
 )
 
 // Names of the loops /healthz watches.
@@ -36,7 +35,13 @@ func cmdRun(ctx context.Context, cfg *Config, log zerolog.Logger) error {
 	m := health.NewMetrics(version)
 	mux := http.NewServeMux()
 	health.Register(mux, st, m)
-	ln, err := net.Listen("tcp", cfg.HealthAddr)
+	for _, d := range cfg.Deprecated {
+		log.Warn().Msg(d)
+	}
+	// The probe listener serves the kubelet (and a scraper) from outside
+	// the pod; the local one the pod itself, which cannot reach the
+	// other's connection slots (see health.Listen, egress ProbePort).
+	probe, local, err := health.Listen(cfg.HealthAddr)
 	if err != nil {
 		return fmt.Errorf("listening on HUBWARDEN_HEALTH_ADDR %s: %w", cfg.HealthAddr, err)
 	}
@@ -46,10 +51,17 @@ func cmdRun(ctx context.Context, cfg *Config, log zerolog.Logger) error {
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
 	wg.Go(func() {
-		if err := srv.Serve(ln); err != nil && !errors.Is(err, http.ErrServerClosed) {
+		if err := srv.ServeProbe(probe); err != nil {
 			log.Error().Err(err).Msg("health server stopped")
 		}
 	})
+	if local != nil {
+		wg.Go(func() {
+			if err := srv.ServeLocal(local); err != nil {
+				log.Error().Err(err).Msg("local health server stopped")
+			}
+		})
+	}
 	wg.Go(func() {
 		<-ctx.Done()
 		sctx, c := context.WithTimeout(context.Background(), 2*time.Second)
@@ -64,7 +76,7 @@ func cmdRun(ctx context.Context, cfg *Config, log zerolog.Logger) error {
 	if err != nil {
 		return err
 	}
-	defer k.plan.shape.Close()
+	defer k.Close()
 
 	res := runSelftest(ctx, cfg, k)
 	if ctx.Err() != nil {
@@ -84,18 +96,18 @@ func cmdRun(ctx context.Context, cfg *Config, log zerolog.Logger) error {
 	log.Info().Msg("ready: rules applied, self-test passed")
 
 	if cfg.Watch && cfg.Shape {
-		w, events, errs, err := startWatcher(ctx, cfg, log, m, k.plan.shape.gated(), k.plan.ipv6)
+		w, events, errs, err := startWatcher(ctx, cfg, log, m, k)
 		if err != nil {
 			return err
 		}
-		st.AddLoop(loopWatcher, 5*cfg.DumpInterval+5*time.Second)
+		st.AddLoop(loopWatcher, watcherStale)
 		wg.Go(func() {
 			if err := w.Run(ctx, events, errs); err != nil && ctx.Err() == nil {
 				st.Fail(loopWatcher, err)
 				log.Error().Err(err).Msg("conntrack watcher stopped")
 			}
 		})
-		wg.Go(func() { beatWatcher(ctx, st, w, cfg.DumpInterval) })
+		wg.Go(func() { beatWatcher(ctx, st, w, log) })
 	}
 	if cfg.Egress {
 		r, err := nflog.Open(nflog.Config{Group: cfg.NFLogGroup, ReadBuffer: 1 << 20})
@@ -110,8 +122,8 @@ func cmdRun(ctx context.Context, cfg *Config, log zerolog.Logger) error {
 		})
 	}
 	st.AddLoop(loopReconcile, 3*cfg.ReconcileInterval)
-	wg.Go(func() { k.reconcile(ctx, cfg.ReconcileInterval, st, m) })
-	wg.Go(func() { k.follow(ctx) })
+	wg.Go(func() { reconcile(ctx, k, cfg.ReconcileInterval, st, m, log) })
+	wg.Go(func() { k.Follow(ctx) })
 
 	<-ctx.Done()
 	// The rules stay: removing them on exit would open the pod while the
@@ -122,14 +134,14 @@ func cmdRun(ctx context.Context, cfg *Config, log zerolog.Logger) error {
 
 // runSelftest proves what start-up applied: accounting on, the HTB classes
 // and the chains as planned, and the blocked test address refused.
-func runSelftest(ctx context.Context, cfg *Config, k *kernel) selftest.Result {
+func runSelftest(ctx context.Context, cfg *Config, w *warden.Warden) selftest.Result {
 	// The same comparisons as the reconcile loop's drift, one check each.
 	p := selftest.Probes{
-		Chains: func(ctx context.Context) error { return driftErr(k.chainsDrift(ctx)) },
+		Chains: func(ctx context.Context) error { return driftErr(w.ChainsDrift(ctx)) },
 	}
 	if cfg.Shape {
 		p.ReadFile = os.ReadFile
-		p.HTBClasses = func(context.Context) error { return driftErr(k.plan.shape.check()) }
+		p.HTBClasses = func(context.Context) error { return driftErr(w.QdiscDrift()) }
 	}
 	if cfg.Egress {
 		p.Dial = (&net.Dialer{}).DialContext
@@ -138,11 +150,9 @@ func runSelftest(ctx context.Context, cfg *Config, k *kernel) selftest.Result {
 }
 
 // startWatcher dials conntrack, starts listening before the first dump (so no
-// flow falls between them) and builds the watcher.
-//
-// The mangle rules hold the tripwire at FLOW_BUDGET (MangleTables, as
-// newShaper plans it whenever the watcher runs), and the pod gate when gated.
-func startWatcher(ctx context.Context, cfg *Config, log zerolog.Logger, m *health.Metrics, gated, ipv6 bool) (*ctwatch.Watcher, <-chan conntrack.Event, <-chan error, error) {
+// flow falls between them) and builds the watcher, with the pod bucket the
+// composition chose (the kernel's quota, or a userspace one).
+func startWatcher(ctx context.Context, cfg *Config, log zerolog.Logger, m *health.Metrics, wd *warden.Warden) (*ctwatch.Watcher, <-chan conntrack.Event, <-chan error, error) {
 	if err := conntrack.EnableAccounting(true); err != nil {
 		// The mangle table's connbytes rule turns accounting on anyway (the
 		// self-test checked it); timestamps are a nicety for the audit.
@@ -161,45 +171,37 @@ func startWatcher(ctx context.Context, cfg *Config, log zerolog.Logger, m *healt
 	if err != nil {
 		return nil, nil, nil, fmt.Errorf("dialling conntrack: %w", err)
 	}
-	// Full dumps walk the whole conntrack table (milliseconds), so they run on
-	// a second connection while the first reads hot flows one at a time.
-	dumper, err := conntrack.Dial(conntrack.Config{})
+	// Dumps walk the whole conntrack hash (the kernel filters them by mark,
+	// but still walks), so they run on a second connection while the first
+	// re-arms busy flows.
+	walker, err := conntrack.Dial(conntrack.Config{})
 	if err != nil {
 		c.Close()
 		return nil, nil, nil, fmt.Errorf("dialling conntrack: %w", err)
 	}
-	context.AfterFunc(ctx, func() { c.Close(); dumper.Close() })
-	events, errs := c.Listen(ctx)
-	opts := ctwatch.Options{Tx: ctwatch.TxBytes("/proc/net/dev"), Dumper: dumper}
-	if gated {
-		opts.Gate = tcshape.PodGate{IPv6: ipv6}
-	}
-	w := ctwatch.New(ctwatch.Config{
-		FlowBudget:       cfg.FlowBudget,
+	context.AfterFunc(ctx, func() { c.Close(); walker.Close() })
+	events, errs := c.Listen(ctx, conntrack.GroupUpdate, conntrack.GroupDestroy)
+	wcfg := ctwatch.Config{
+		Contract:         cfg.Contract,
 		FlowRefill:       cfg.FlowRefill,
 		PodBudget:        cfg.PodBudget,
 		PodRefill:        cfg.PodRefill,
 		PromoteIdle:      cfg.PromoteIdle,
 		DumpInterval:     cfg.DumpInterval,
 		ProgressInterval: cfg.ProgressInterval,
-		CTMark:           cfg.CTMark,
-		Tripwire:         true,
-		WatchedMark:      cfg.watchedMark(),
-		Gate:             gated,
-		User:             cfg.User,
-		Server:           cfg.Server,
-		StateDir:         cfg.StateDir,
 		LocalAddrs:       local,
-		// Reading the pod's transmit counter every millisecond finds a
-		// kept-alive flow that starts a burst long before the next dump.
-		TxInterval: time.Millisecond,
-		// ... but only while a burst at the fast rate could spend a quarter
-		// of a bucket that quickly: an idle pod is read every 20 ms.
-		TxMaxInterval: 20 * time.Millisecond,
-		LineRate:      cfg.FastRate,
-	}, c, log, opts)
+		LineRate:         cfg.FastRate,
+		StateDir:         cfg.StateDir,
+	}
+	opts := wd.WatcherOptions()
+	opts.Walker = walker
+	w := ctwatch.New(wcfg, c, log, opts)
 	m.SetWatcher(func() health.WatcherStats {
 		s := w.Stats()
+		age := 0.0
+		if !s.LastRefill.IsZero() {
+			age = time.Since(s.LastRefill).Seconds()
+		}
 		return health.WatcherStats{
 			FlowsTracked:   s.Flows,
 			Demotions:      s.Demotions,
@@ -208,33 +210,64 @@ func startWatcher(ctx context.Context, cfg *Config, log zerolog.Logger, m *healt
 			BytesSlow:      s.SlowBytes,
 			PodBucketBytes: s.PodTokens,
 			PodGate:        s.Gate,
-			PodGateSets:    s.GateSets,
+			PodGateSets:    s.GateCloses,
+			Rearms:         s.Rearms,
+			Parked:         s.Parked,
+			Events:         s.Events,
+			EventsLost:     s.EventsLost,
+			Errors:         s.Errors,
+			RefillAge:      age,
+			RefillLate:     s.RefillLate.Seconds(),
+			DumpSeconds:    s.DumpLatency.Seconds(),
 		}
 	})
 	return w, events, errs, nil
 }
 
-// beatWatcher tells /healthz the watcher is alive while its dumps advance.
-func beatWatcher(ctx context.Context, st *health.Status, w *ctwatch.Watcher, every time.Duration) {
-	t := time.NewTicker(every)
+// watcherStale is how long the watcher may go without keeping the pod
+// bucket before /healthz fails (it keeps it every 100 ms; a dump that
+// takes this long is a watcher in trouble too).
+const watcherStale = 15 * time.Second
+
+// beatWatcher tells /healthz the watcher is alive while it keeps the pod
+// bucket, and logs when it falls behind (a starved watcher refills late;
+// the kernel's bounds hold regardless) or the kernel drops its events.
+func beatWatcher(ctx context.Context, st *health.Status, w *ctwatch.Watcher, log zerolog.Logger) {
+	t := time.NewTicker(time.Second)
 	defer t.Stop()
-	var last uint64
+	var last time.Time
+	var lost uint64
+	behind := false
 	for {
 		select {
 		case <-ctx.Done():
 			return
 		case <-t.C:
 		}
-		if d := w.Stats().Dumps; d != last {
-			last = d
+		s := w.Stats()
+		if s.LastRefill.After(last) {
+			last = s.LastRefill
 			st.Beat(loopWatcher)
+		}
+		if s.EventsLost != lost {
+			log.Warn().Str("component", "ctwatch").Uint64("events_lost", s.EventsLost-lost).Msg("the kernel dropped conntrack events: the watcher fell behind (the next dump catches up)")
+			lost = s.EventsLost
+		}
+		late := s.RefillLate > time.Second
+		if late != behind {
+			if late {
+				log.Warn().Str("component", "ctwatch").Dur("late", s.RefillLate).Msg("the watcher is behind: its pod bucket ticks come late (starved of CPU?); the kernel holds the budgets meanwhile")
+			} else {
+				log.Info().Str("component", "ctwatch").Msg("the watcher caught up")
+			}
+			behind = late
 		}
 	}
 }
 
 // reconcile compares the kernel with the plan every interval and re-applies
 // when anything of hubwarden's drifted or vanished, loudly.
-func (k *kernel) reconcile(ctx context.Context, every time.Duration, st *health.Status, m *health.Metrics) {
+func reconcile(ctx context.Context, w *warden.Warden, every time.Duration, st *health.Status, m *health.Metrics, log zerolog.Logger) {
 	st.Beat(loopReconcile)
 	t := time.NewTicker(every)
 	defer t.Stop()
@@ -244,56 +277,22 @@ func (k *kernel) reconcile(ctx context.Context, every time.Duration, st *health.
 			return
 		case <-t.C:
 		}
-		drift, err := k.drift(ctx)
-		if err != nil {
-			st.Fail(loopReconcile, err)
-			k.log.Error().Err(err).Msg("reconcile: reading the kernel")
-			continue
-		}
-		if drift == "" {
-			st.Beat(loopReconcile)
-			continue
-		}
-		m.AddDrift()
-		k.log.Warn().Str("component", "reconcile").Str("drift", drift).Msg("hubwarden's kernel state drifted; re-applying")
 		start := time.Now()
-		err = k.apply(ctx)
-		m.ObserveApply(time.Since(start), err)
+		d, err := w.Reconcile(ctx)
+		if !d.Empty() {
+			m.AddDrift()
+			m.ObserveApply(time.Since(start), err)
+		}
 		if err != nil {
 			st.Fail(loopReconcile, err)
-			k.log.Error().Err(err).Msg("reconcile: re-applying")
+			log.Error().Err(err).Msg("reconcile")
 			continue
 		}
-		k.log.Info().Str("component", "reconcile").Dur("dur", time.Since(start)).Msg("re-applied")
+		if !d.Empty() {
+			log.Info().Str("component", "reconcile").Dur("dur", time.Since(start)).Msg("re-applied")
+		}
 		st.Beat(loopReconcile)
 	}
-}
-
-// drift returns a readable difference between the kernel and the plan, for
-// both the iptables tables and the qdiscs; "" when they match.
-func (k *kernel) drift(ctx context.Context) (string, error) {
-	text, err := k.chainsDrift(ctx)
-	if err != nil {
-		return "", err
-	}
-	tc, err := k.plan.shape.check()
-	if err != nil {
-		return "", err
-	}
-	if tc != "" {
-		text += "qdiscs: " + tc
-	}
-	return text, nil
-}
-
-// chainsDrift returns a readable difference between the kernel's iptables
-// chains and the current plan; "" when they match.
-func (k *kernel) chainsDrift(ctx context.Context) (string, error) {
-	d, err := k.ipt.Check(ctx, k.currentTables())
-	if err != nil {
-		return "", err
-	}
-	return driftText(d), nil
 }
 
 // driftErr turns a drift result into a check's error: the failure to read,
@@ -306,11 +305,4 @@ func driftErr(drift string, err error) error {
 		return errors.New(drift)
 	}
 	return nil
-}
-
-// currentTables returns the tables of the current plan (host names re-resolve).
-func (k *kernel) currentTables() []xtables.Table {
-	k.mu.Lock()
-	defer k.mu.Unlock()
-	return k.tables
 }

@@ -69,21 +69,23 @@ func TestIntegrationRunHealsDrift(t *testing.T) {
 	if got := metric(body, "hubwarden_reconcile_drifts_total"); got != 0 {
 		t.Fatalf("drifts before any damage = %v, want 0", got)
 	}
-	// The watcher's kernel half: the tripwire at FLOW_BUDGET (64MiB by
-	// default) in both directions, and the pod gate, cleared at start.
+	// The kernel half: the tripwire of tier 0 at FLOW_BUDGET (64MiB by
+	// default) in both directions, and the pod's quota gate, open at start.
 	mangle := p.Pod.MustRun("iptables-nft-save", "-t", "mangle")
 	for _, want := range []string{
-		"-m connmark --mark 0x0/0x300000 -m conntrack --ctdir REPLY -m connbytes --connbytes 67108864 --connbytes-mode bytes --connbytes-dir reply",
-		"-m connmark --mark 0x0/0x300000 -m conntrack --ctdir ORIGINAL -m connbytes --connbytes 67108864 --connbytes-mode bytes --connbytes-dir original",
-		"-m recent --rcheck --name hubwarden-gate4 --mask 0.0.0.0 --rsource",
+		"-A HUBWARDEN-TIER0 -m conntrack --ctdir REPLY -m connbytes --connbytes 67108864 --connbytes-mode bytes --connbytes-dir reply",
+		"-A HUBWARDEN-TIER0 -m conntrack --ctdir ORIGINAL -m connbytes --connbytes 67108864 --connbytes-mode bytes --connbytes-dir original",
 	} {
 		if !strings.Contains(mangle, want) {
 			t.Errorf("mangle table lacks %q:\n%s", want, mangle)
 		}
 	}
+	if nft := p.Pod.MustRun("nft", "list", "table", "inet", "hubwarden"); !strings.Contains(nft, "quota pod") || !strings.Contains(nft, `quota name "pod"`) {
+		t.Errorf("no pod quota gate:\n%s", nft)
+	}
 	poll("the pod gate's first state", 5*time.Second, func() bool { return strings.Contains(out.String(), `"audit":"pod_gate"`) })
-	if !strings.Contains(out.String(), `"audit":"pod_gate","user":`) || !strings.Contains(out.String(), `"gate":false`) {
-		t.Errorf("no pod_gate line clearing the gate at start:\n%s", out.String())
+	if !strings.Contains(out.String(), `"audit":"pod_gate","gate":"open"`) || !strings.Contains(out.String(), `"user":`) {
+		t.Errorf("no pod_gate line saying the gate is open at start:\n%s", out.String())
 	}
 	if got := metric(body, "hubwarden_pod_gate"); got != 0 {
 		t.Errorf("hubwarden_pod_gate = %v, want 0", got)

@@ -212,6 +212,33 @@ func (k *TC) Read(iface string) (State, error) {
 	return s, nil
 }
 
+// ClassBytes returns the bytes the HTB class has sent on iface (what left
+// the interface through it, after its queue's drops; frames, so each
+// packet's link-layer header included). The counter starts at zero when the
+// class is created.
+func (k *TC) ClassBytes(iface string, class Handle) (uint64, error) {
+	l, err := k.linkByName(iface)
+	if err != nil {
+		return 0, err
+	}
+	cs, err := k.tc.Class().Get(&tc.Msg{Family: unix.AF_UNSPEC, Ifindex: uint32(l.Index)})
+	if err != nil {
+		return 0, fmt.Errorf("dumping classes of %s: %w", iface, err)
+	}
+	for _, c := range cs {
+		if Handle(c.Handle) != class {
+			continue
+		}
+		// TCA_STATS (struct tc_stats): go-tc misdecodes the TCA_STATS2
+		// byte counter of classes.
+		if c.Stats != nil {
+			return c.Stats.Bytes, nil
+		}
+		return 0, fmt.Errorf("class %s of %s has no statistics", class, iface)
+	}
+	return 0, fmt.Errorf("class %s of %s: %w", class, iface, ErrNoClass)
+}
+
 // Do runs one op on the interface.
 func (k *TC) Do(iface string, op Op) error {
 	l, err := k.linkByName(iface)
@@ -356,10 +383,24 @@ func (k *TC) deleteLink(index int) {
 	})
 }
 
-// Detect fills in what the plan needs from the kernel: the interface (the
-// default route's when cfg.Interface is empty), its MTU when cfg.MTU is 0,
-// the psched clock and the leaf kind. It logs which leaf was chosen.
+// Detect fills in what the plan needs from the kernel: Environment, and the
+// leaf kind (DetectLeaves, which creates and deletes a probe device). It
+// logs which leaf was chosen.
 func (k *TC) Detect(cfg Config, log zerolog.Logger) (Config, error) {
+	cfg, err := k.Environment(cfg)
+	if err != nil {
+		return cfg, err
+	}
+	kind, reason := k.DetectLeaves()
+	cfg.Leaves = kind
+	log.Info().Str("dev", cfg.Interface).Uint32("mtu", cfg.MTU).Str("leaf", string(kind)).Str("reason", reason).Msg("shaping environment detected")
+	return cfg, nil
+}
+
+// Environment fills in what the plan needs from the kernel and can be read
+// without changing anything: the interface (the default route's when
+// cfg.Interface is empty), its MTU when cfg.MTU is 0, and the psched clock.
+func (k *TC) Environment(cfg Config) (Config, error) {
 	if cfg.Interface == "" {
 		name, err := k.DefaultRouteInterface()
 		if err != nil {
@@ -377,9 +418,6 @@ func (k *TC) Detect(cfg Config, log zerolog.Logger) (Config, error) {
 	if cfg.Clock, err = ReadClock(); err != nil {
 		return cfg, err
 	}
-	kind, reason := k.DetectLeaves()
-	cfg.Leaves = kind
-	log.Info().Str("dev", cfg.Interface).Uint32("mtu", cfg.MTU).Str("leaf", string(kind)).Str("reason", reason).Msg("shaping environment detected")
 	return cfg, nil
 }
 

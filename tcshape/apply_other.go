@@ -33,3 +33,15 @@ func (k *TC) Detect(cfg Config, log zerolog.Logger) (Config, error) { return cfg
 
 // EnableAccounting fails: conntrack needs Linux.
 func EnableAccounting() error { return errNotLinux }
+
+// ClassBytes fails: traffic control needs Linux.
+func (k *TC) ClassBytes(iface string, class Handle) (uint64, error) { return 0, errNotLinux }
+
+// Environment fails: traffic control needs Linux.
+func (k *TC) Environment(cfg Config) (Config, error) { return cfg, errNotLinux }
+
+// DetectLeaves finds nothing: traffic control needs Linux.
+func (k *TC) DetectLeaves() (LeafKind, string) { return LeafFIFO, errNotLinux.Error() }
+
+// DefaultRouteInterface fails: routes are read over rtnetlink, Linux only.
+func (k *TC) DefaultRouteInterface() (string, error) { return "", errNotLinux }

@@ -46,6 +46,10 @@ func (e *ForeignRootError) Error() string {
 // ErrForeignRoot matches every *ForeignRootError with errors.Is.
 var ErrForeignRoot = errors.New("foreign root qdisc")
 
+// ErrNoClass means the interface has no class with the asked id (the tree
+// is not applied, or was removed).
+var ErrNoClass = errors.New("no such class")
+
 // Is makes errors.Is(err, ErrForeignRoot) true.
 func (e *ForeignRootError) Is(target error) bool { return target == ErrForeignRoot }
 

@@ -54,7 +54,7 @@ func (k *fakeKernel) Do(_ string, op Op) error {
 
 func TestApplyFake(t *testing.T) {
 	log := zerolog.New(zerolog.NewTestWriter(t))
-	cfg := Config{Interface: "eth0", FastRate: rate(t, "10gbit"), SlowRate: rate(t, "1mbit"), CTMark: 1}
+	cfg := Config{Interface: "eth0", FastRate: rate(t, "10gbit"), SlowRate: rate(t, "1mbit")}
 	want, err := Plan(cfg)
 	if err != nil {
 		t.Fatal(err)
@@ -106,7 +106,7 @@ func TestApplyFake(t *testing.T) {
 }
 
 func TestCheckText(t *testing.T) {
-	want, _ := Plan(Config{Interface: "eth0", FastRate: rate(t, "1gbit"), SlowRate: rate(t, "1mbit"), CTMark: 1})
+	want, _ := Plan(Config{Interface: "eth0", FastRate: rate(t, "1gbit"), SlowRate: rate(t, "1mbit")})
 	got, err := CheckText(State{RootKind: "noqueue"}, want)
 	if err != nil {
 		t.Fatal(err)

@@ -1,11 +1,11 @@
 // Package tcshape shapes the pod's egress with HTB: a fast default class and
 // one slow class shared by every demoted flow, classified without tc filter
-// modules by iptables mangle CLASSIFY from the connection mark.
+// modules by iptables mangle CLASSIFY from the connection mark (package
+// demotion plans those rules).
 //
-// Plan, MangleTables and Diff are pure: they turn a Config (plus what apply
-// code read from the kernel: the psched clock and the available leaf qdisc)
-// into a Spec and iptables tables, and a read kernel State plus a Spec into
-// Ops. Apply runs Ops through a Kernel; apply_linux.go implements it with
+// Plan and Diff are pure: they turn a Config (plus what apply code read from
+// the kernel: the psched clock and the available leaf qdisc) into a Spec,
+// and a read kernel State plus a Spec into Ops. Apply runs Ops through a Kernel; apply_linux.go implements it with
 // go-tc over rtnetlink.
 //
 // hubwarden owns the HTB root with major handle 4857: ("HW" in ASCII) on the
@@ -54,24 +54,23 @@ const HandleRoot Handle = 0xFFFFFFFF
 
 // The handles hubwarden owns. 0x4857 is "HW" in ASCII.
 const (
-	RootMajor         = 0x4857
-	RootHandle        = Handle(RootMajor << 16)   // the HTB qdisc, 4857:
-	ParentClass       = Handle(RootMajor<<16 | 1) // 4857:1, rate = ceil = FastRate
-	FastClass         = Handle(RootMajor<<16 | 0x10)
-	SlowClass         = Handle(RootMajor<<16 | 0x20)
-	FastLeafHandle    = Handle(0x4858 << 16)
-	SlowLeafHandle    = Handle(0x4859 << 16)
-	defaultR2Q        = 10
-	maxQuantum        = 200000 // the kernel's own clamp for computed quanta
-	gsoMax            = 64 * 1024
-	ethHeader         = 14
-	fastBurstTime     = 0.002 // seconds of FastRate a fast class may burst
-	slowBurstTime     = 0.010 // seconds of SlowRate the slow class may burst
-	fastLimitTime     = 0.020 // seconds of FastRate the fast leaf fifo holds
-	slowLimitTime     = 0.100 // seconds of SlowRate the slow leaf fifo holds
-	minRate           = 1000  // bytes/s (8 kbit): below, HTB buffers overflow u32 ticks
-	defaultMTU        = 1500
-	hashlimitMaxBurst = 1<<32 - 1
+	RootMajor      = 0x4857
+	RootHandle     = Handle(RootMajor << 16)   // the HTB qdisc, 4857:
+	ParentClass    = Handle(RootMajor<<16 | 1) // 4857:1, rate = ceil = FastRate
+	FastClass      = Handle(RootMajor<<16 | 0x10)
+	SlowClass      = Handle(RootMajor<<16 | 0x20)
+	FastLeafHandle = Handle(0x4858 << 16)
+	SlowLeafHandle = Handle(0x4859 << 16)
+	defaultR2Q     = 10
+	maxQuantum     = 200000 // the kernel's own clamp for computed quanta
+	gsoMax         = 64 * 1024
+	ethHeader      = 14
+	fastBurstTime  = 0.002 // seconds of FastRate a fast class may burst
+	slowBurstTime  = 0.010 // seconds of SlowRate the slow class may burst
+	fastLimitTime  = 0.020 // seconds of FastRate the fast leaf fifo holds
+	slowLimitTime  = 0.100 // seconds of SlowRate the slow leaf fifo holds
+	minRate        = 1000  // bytes/s (8 kbit): below, HTB buffers overflow u32 ticks
+	defaultMTU     = 1500
 )
 
 // LeafKind is the kind of leaf qdisc the kernel offers, detected by apply
@@ -144,25 +143,7 @@ type Config struct {
 	Interface string
 	FastRate  units.Rate
 	SlowRate  units.Rate
-	CTMark    uint32
-	// WatchedMark is the connection-mark bit by which the watcher takes a
-	// flow's per-flow budget over from the tripwire (a flow it promoted, or
-	// whose tripwire demotion it reversed). 0: CTMark<<1.
-	WatchedMark uint32
-	// Tripwire demotes, in the kernel, a flow that is neither demoted nor
-	// watched once it has sent TripwireBudget bytes (connbytes, exact to a
-	// packet). It needs the watcher: connbytes counts from the flow's start,
-	// so only the watcher can give a flow its budget back.
-	Tripwire       bool
-	TripwireBudget units.Size
-	// Gate adds the pod gate: while the watcher has set it (PodGate), every
-	// flow that sends is demoted in the kernel, from its first packet.
-	Gate           bool
-	Backstop       bool
-	BackstopBudget units.Size
-	BackstopRate   units.Rate
-	IPv6           bool
-	MTU            uint32 // 0: 1500
+	MTU       uint32 // 0: 1500
 
 	Clock  Clock    // from /proc/net/psched; zero value: DefaultClock
 	Leaves LeafKind // detected; empty: LeafFIFO

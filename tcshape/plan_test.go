@@ -31,14 +31,13 @@ func renderTables(ts []xtables.Table) string {
 
 func TestPlanGolden(t *testing.T) {
 	tests := []struct {
-		name       string
-		cfg        Config
-		tc, mangle string
+		name string
+		cfg  Config
+		tc   string
 	}{
 		{
-			name: "10gbit/1mbit fifo, backstop, IPv6",
-			cfg: Config{Interface: "eth0", FastRate: rate(t, "10gbit"), SlowRate: rate(t, "1mbit"), CTMark: 0x100000,
-				Backstop: true, BackstopBudget: 256 * units.MiB, BackstopRate: units.Rate(4 * units.MiB), IPv6: true, Leaves: LeafFIFO},
+			name: "10gbit/1mbit fifo",
+			cfg:  Config{Interface: "eth0", FastRate: rate(t, "10gbit"), SlowRate: rate(t, "1mbit"), Leaves: LeafFIFO},
 			tc: `dev eth0
 qdisc htb 4857: root default 4857:10 r2q 10
 class htb 4857:1 parent 4857: rate 10gbit ceil 10gbit burst 2500000b cburst 2500000b buffer 31250 cbuffer 31250 quantum 200000 prio 0 # all
@@ -47,27 +46,10 @@ class htb 4857:20 parent 4857:1 rate 1mbit ceil 1mbit burst 3028b cburst 3028b b
 qdisc bfifo 4858: parent 4857:10 limit 25000000b
 qdisc bfifo 4859: parent 4857:20 limit 131072b
 `,
-			mangle: `# ipv4
-*mangle
-:HUBWARDEN-SHAPE - [0:0]
--A HUBWARDEN-SHAPE -m connbytes --connbytes 0 --connbytes-mode packets --connbytes-dir both -m comment --comment "hubwarden: turns conntrack accounting on"
--A HUBWARDEN-SHAPE -o eth0 -m connmark ! --mark 0x100000/0x100000 -m hashlimit --hashlimit-above 4mb/s --hashlimit-burst 256mb --hashlimit-mode srcip,srcport,dstip,dstport --hashlimit-name hubwarden-bs -m comment --comment "hubwarden: backstop: demote a flow past its byte budget" -j CONNMARK --set-xmark 0x100000/0x100000
--A HUBWARDEN-SHAPE -o eth0 -m connmark --mark 0x100000/0x100000 -m comment --comment "hubwarden: demoted flows to the slow class" -j CLASSIFY --set-class 4857:0020
--I POSTROUTING 1 -m comment --comment "hubwarden: hook" -j HUBWARDEN-SHAPE
-COMMIT
-# ipv6
-*mangle
-:HUBWARDEN-SHAPE - [0:0]
--A HUBWARDEN-SHAPE -m connbytes --connbytes 0 --connbytes-mode packets --connbytes-dir both -m comment --comment "hubwarden: turns conntrack accounting on"
--A HUBWARDEN-SHAPE -o eth0 -m connmark ! --mark 0x100000/0x100000 -m hashlimit --hashlimit-above 4mb/s --hashlimit-burst 256mb --hashlimit-mode srcip,srcport,dstip,dstport --hashlimit-name hubwarden-bs -m comment --comment "hubwarden: backstop: demote a flow past its byte budget" -j CONNMARK --set-xmark 0x100000/0x100000
--A HUBWARDEN-SHAPE -o eth0 -m connmark --mark 0x100000/0x100000 -m comment --comment "hubwarden: demoted flows to the slow class" -j CLASSIFY --set-class 4857:0020
--I POSTROUTING 1 -m comment --comment "hubwarden: hook" -j HUBWARDEN-SHAPE
-COMMIT
-`,
 		},
 		{
-			name: "100kbit slow, fq, no backstop, IPv4 only, jumbo MTU",
-			cfg: Config{Interface: "net1", FastRate: rate(t, "2gbit"), SlowRate: rate(t, "100kbit"), CTMark: 0x20,
+			name: "100kbit slow, fq, jumbo MTU",
+			cfg: Config{Interface: "net1", FastRate: rate(t, "2gbit"), SlowRate: rate(t, "100kbit"),
 				MTU: 9000, Leaves: LeafFQ, Clock: DefaultClock},
 			tc: `dev net1
 qdisc htb 4857: root default 4857:10 r2q 10
@@ -76,51 +58,6 @@ class htb 4857:10 parent 4857:1 rate 1999900kbit ceil 2gbit burst 500000b cburst
 class htb 4857:20 parent 4857:1 rate 100kbit ceil 100kbit burst 18028b cburst 18028b buffer 22535000 cbuffer 22535000 quantum 9014 prio 0 # slow
 qdisc fq 4858: parent 4857:10 limit 10000
 qdisc bfifo 4859: parent 4857:20 limit 131072b
-`,
-			mangle: `# ipv4
-*mangle
-:HUBWARDEN-SHAPE - [0:0]
--A HUBWARDEN-SHAPE -m connbytes --connbytes 0 --connbytes-mode packets --connbytes-dir both -m comment --comment "hubwarden: turns conntrack accounting on"
--A HUBWARDEN-SHAPE -o net1 -m connmark --mark 0x20/0x20 -m comment --comment "hubwarden: demoted flows to the slow class" -j CLASSIFY --set-class 4857:0020
--I POSTROUTING 1 -m comment --comment "hubwarden: hook" -j HUBWARDEN-SHAPE
-COMMIT
-`,
-		},
-		{
-			name: "tripwire, gate and backstop, IPv6",
-			cfg: Config{Interface: "eth0", FastRate: rate(t, "10gbit"), SlowRate: rate(t, "1mbit"), CTMark: 0x100000,
-				Tripwire: true, TripwireBudget: 64 * units.MiB, Gate: true,
-				Backstop: true, BackstopBudget: 256 * units.MiB, BackstopRate: units.Rate(4 * units.MiB), IPv6: true, Leaves: LeafFIFO},
-			tc: `dev eth0
-qdisc htb 4857: root default 4857:10 r2q 10
-class htb 4857:1 parent 4857: rate 10gbit ceil 10gbit burst 2500000b cburst 2500000b buffer 31250 cbuffer 31250 quantum 200000 prio 0 # all
-class htb 4857:10 parent 4857:1 rate 9999mbit ceil 10gbit burst 2500000b cburst 2500000b buffer 31254 cbuffer 31250 quantum 200000 prio 1 # fast
-class htb 4857:20 parent 4857:1 rate 1mbit ceil 1mbit burst 3028b cburst 3028b buffer 378500 cbuffer 378500 quantum 12500 prio 0 # slow
-qdisc bfifo 4858: parent 4857:10 limit 25000000b
-qdisc bfifo 4859: parent 4857:20 limit 131072b
-`,
-			mangle: `# ipv4
-*mangle
-:HUBWARDEN-SHAPE - [0:0]
--A HUBWARDEN-SHAPE -m connbytes --connbytes 0 --connbytes-mode packets --connbytes-dir both -m comment --comment "hubwarden: turns conntrack accounting on"
--A HUBWARDEN-SHAPE -o eth0 -m connmark --mark 0x0/0x300000 -m conntrack --ctdir ORIGINAL -m connbytes --connbytes 67108864 --connbytes-mode bytes --connbytes-dir original -m comment --comment "hubwarden: tripwire: demote a flow at its byte budget (original direction)" -j CONNMARK --set-xmark 0x100000/0x100000
--A HUBWARDEN-SHAPE -o eth0 -m connmark --mark 0x0/0x300000 -m conntrack --ctdir REPLY -m connbytes --connbytes 67108864 --connbytes-mode bytes --connbytes-dir reply -m comment --comment "hubwarden: tripwire: demote a flow at its byte budget (reply direction)" -j CONNMARK --set-xmark 0x100000/0x100000
--A HUBWARDEN-SHAPE -o eth0 -m connmark ! --mark 0x100000/0x100000 -m recent --rcheck --name hubwarden-gate4 --mask 0.0.0.0 --rsource -m comment --comment "hubwarden: gate: while the pod budget is spent, demote every flow that sends" -j CONNMARK --set-xmark 0x100000/0x100000
--A HUBWARDEN-SHAPE -o eth0 -m connmark ! --mark 0x100000/0x100000 -m hashlimit --hashlimit-above 4mb/s --hashlimit-burst 256mb --hashlimit-mode srcip,srcport,dstip,dstport --hashlimit-name hubwarden-bs -m comment --comment "hubwarden: backstop: demote a flow past its byte budget" -j CONNMARK --set-xmark 0x100000/0x100000
--A HUBWARDEN-SHAPE -o eth0 -m connmark --mark 0x100000/0x100000 -m comment --comment "hubwarden: demoted flows to the slow class" -j CLASSIFY --set-class 4857:0020
--I POSTROUTING 1 -m comment --comment "hubwarden: hook" -j HUBWARDEN-SHAPE
-COMMIT
-# ipv6
-*mangle
-:HUBWARDEN-SHAPE - [0:0]
--A HUBWARDEN-SHAPE -m connbytes --connbytes 0 --connbytes-mode packets --connbytes-dir both -m comment --comment "hubwarden: turns conntrack accounting on"
--A HUBWARDEN-SHAPE -o eth0 -m connmark --mark 0x0/0x300000 -m conntrack --ctdir ORIGINAL -m connbytes --connbytes 67108864 --connbytes-mode bytes --connbytes-dir original -m comment --comment "hubwarden: tripwire: demote a flow at its byte budget (original direction)" -j CONNMARK --set-xmark 0x100000/0x100000
--A HUBWARDEN-SHAPE -o eth0 -m connmark --mark 0x0/0x300000 -m conntrack --ctdir REPLY -m connbytes --connbytes 67108864 --connbytes-mode bytes --connbytes-dir reply -m comment --comment "hubwarden: tripwire: demote a flow at its byte budget (reply direction)" -j CONNMARK --set-xmark 0x100000/0x100000
--A HUBWARDEN-SHAPE -o eth0 -m connmark ! --mark 0x100000/0x100000 -m recent --rcheck --name hubwarden-gate6 --mask :: --rsource -m comment --comment "hubwarden: gate: while the pod budget is spent, demote every flow that sends" -j CONNMARK --set-xmark 0x100000/0x100000
--A HUBWARDEN-SHAPE -o eth0 -m connmark ! --mark 0x100000/0x100000 -m hashlimit --hashlimit-above 4mb/s --hashlimit-burst 256mb --hashlimit-mode srcip,srcport,dstip,dstport --hashlimit-name hubwarden-bs -m comment --comment "hubwarden: backstop: demote a flow past its byte budget" -j CONNMARK --set-xmark 0x100000/0x100000
--A HUBWARDEN-SHAPE -o eth0 -m connmark --mark 0x100000/0x100000 -m comment --comment "hubwarden: demoted flows to the slow class" -j CLASSIFY --set-class 4857:0020
--I POSTROUTING 1 -m comment --comment "hubwarden: hook" -j HUBWARDEN-SHAPE
-COMMIT
 `,
 		},
 	}
@@ -133,20 +70,12 @@ COMMIT
 			if d := cmp.Diff(tt.tc, spec.String()); d != "" {
 				t.Errorf("tc objects (-want +got):\n%s", d)
 			}
-			tables, err := MangleTables(tt.cfg)
-			if err != nil {
-				t.Fatal(err)
-			}
-			if d := cmp.Diff(tt.mangle, renderTables(tables)); d != "" {
-				t.Errorf("mangle tables (-want +got):\n%s", d)
-			}
 		})
 	}
 }
 
 func TestPlanErrors(t *testing.T) {
-	base := Config{Interface: "eth0", FastRate: rate(t, "1gbit"), SlowRate: rate(t, "1mbit"), CTMark: 0x100000,
-		Backstop: true, BackstopBudget: 64 * units.MiB, BackstopRate: units.Rate(units.MiB)}
+	base := Config{Interface: "eth0", FastRate: rate(t, "1gbit"), SlowRate: rate(t, "1mbit")}
 	tests := []struct {
 		name    string
 		mod     func(*Config)
@@ -156,22 +85,12 @@ func TestPlanErrors(t *testing.T) {
 		{"slow too low", func(c *Config) { c.SlowRate = 100 }, "below the minimum 8kbit"},
 		{"slow not below fast", func(c *Config) { c.SlowRate = c.FastRate }, "must be above the slow rate"},
 		{"MTU", func(c *Config) { c.MTU = 70000 }, "out of range"},
-		{"two mark bits", func(c *Config) { c.CTMark = 0x30 }, "not a single bit"},
-		{"watched mark is the ctmark", func(c *Config) { c.Tripwire, c.TripwireBudget, c.WatchedMark = true, units.MiB, 0x100000 }, "single bit other than the ctmark"},
-		{"watched mark beyond 32 bits", func(c *Config) { c.Tripwire, c.TripwireBudget, c.CTMark = true, units.MiB, 0x80000000 }, "single bit other than the ctmark"},
-		{"tripwire without budget", func(c *Config) { c.Tripwire = true }, "needs a budget"},
-		{"budget below 1s of rate", func(c *Config) { c.BackstopBudget = 512 * units.KiB }, "below one second"},
-		{"budget 4GiB", func(c *Config) { c.BackstopBudget = 4 * units.GiB }, "below 4GiB"},
-		{"rate too high", func(c *Config) { c.BackstopRate = 2 * units.Rate(units.GiB) }, "byte-mode range"},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
 			cfg := base
 			tt.mod(&cfg)
 			_, err := Plan(cfg)
-			if err == nil {
-				_, err = MangleTables(cfg)
-			}
 			if err == nil || !strings.Contains(err.Error(), tt.wantErr) {
 				t.Fatalf("got error %v, want it to contain %q", err, tt.wantErr)
 			}
@@ -253,36 +172,22 @@ func checkInvariants(t *testing.T, cfg Config, s Spec) {
 }
 
 func FuzzPlan(f *testing.F) {
-	f.Add("10gbit", "1mbit", uint32(1500), "256MiB", "4MiB/s")
-	f.Add("2gbit", "100kbit", uint32(9000), "4MiB", "1MiB/s")
-	f.Add("100tbit", "8kbit", uint32(68), "3GiB", "1GiB/s")
-	f.Add("1mbit", "8kbit", uint32(0), "1KiB", "1KiB/s")
-	f.Fuzz(func(t *testing.T, fast, slow string, mtu uint32, budget, brate string) {
+	f.Add("10gbit", "1mbit", uint32(1500))
+	f.Add("2gbit", "100kbit", uint32(9000))
+	f.Add("100tbit", "8kbit", uint32(68))
+	f.Add("1mbit", "8kbit", uint32(0))
+	f.Fuzz(func(t *testing.T, fast, slow string, mtu uint32) {
 		fr, err1 := units.ParseRate(fast)
 		sr, err2 := units.ParseRate(slow)
-		bb, err3 := units.ParseSize(budget)
-		br, err4 := units.ParseRate(brate)
-		if err1 != nil || err2 != nil || err3 != nil || err4 != nil {
+		if err1 != nil || err2 != nil {
 			return
 		}
-		cfg := Config{Interface: "eth0", FastRate: fr, SlowRate: sr, MTU: mtu, CTMark: 0x100000,
-			Backstop: true, BackstopBudget: bb, BackstopRate: br, IPv6: true}
+		cfg := Config{Interface: "eth0", FastRate: fr, SlowRate: sr, MTU: mtu}
 		s, err := Plan(cfg)
 		if err == nil {
 			checkInvariants(t, cfg, s)
 			if _, err := Plan(cfg); err != nil {
 				t.Fatal("plan is not deterministic")
-			}
-		}
-		tables, err := MangleTables(cfg)
-		if err != nil {
-			return
-		}
-		for _, tb := range tables {
-			for _, c := range tb.Chains {
-				if !strings.HasPrefix(c.Name, xtables.Prefix) {
-					t.Fatalf("rule in unowned chain %s", c.Name)
-				}
 			}
 		}
 	})
@@ -300,37 +205,11 @@ func FuzzParsePsched(f *testing.F) {
 }
 
 func BenchmarkPlan(b *testing.B) {
-	cfg := Config{Interface: "eth0", FastRate: rate(b, "10gbit"), SlowRate: rate(b, "1mbit"), CTMark: 0x100000,
-		Backstop: true, BackstopBudget: 256 * units.MiB, BackstopRate: units.Rate(4 * units.MiB), IPv6: true}
+	cfg := Config{Interface: "eth0", FastRate: rate(b, "10gbit"), SlowRate: rate(b, "1mbit")}
 	b.ReportAllocs()
 	for b.Loop() {
 		if _, err := Plan(cfg); err != nil {
 			b.Fatal(err)
-		}
-	}
-}
-
-// TestBackstopArgs pins values that TestIntegrationBackstopRoundTrip saw
-// iptables-save print back unchanged.
-func TestBackstopArgs(t *testing.T) {
-	tests := []struct {
-		budget       units.Size
-		rate         units.Rate
-		wantR, wantB string
-	}{
-		{4 << 20, 1 << 20, "1mb/s", "4mb"},
-		{64 << 20, 512 << 10, "512kb/s", "64mb"},
-		{4 << 20, 3_000_000, "3000048b/s", "5mb"},
-		{3 << 30, 1 << 30, "1040mb/s", "3120mb"},
-		{4<<30 - 1, 4 << 20, "4mb/s", "4092mb"},
-	}
-	for _, tt := range tests {
-		r, b, err := backstopArgs(tt.budget, tt.rate)
-		if err != nil {
-			t.Fatal(err)
-		}
-		if r != tt.wantR || b != tt.wantB {
-			t.Errorf("backstopArgs(%d, %d) = %s, %s; want %s, %s", tt.budget, tt.rate, r, b, tt.wantR, tt.wantB)
 		}
 	}
 }

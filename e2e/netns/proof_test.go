@@ -641,7 +641,7 @@ func (p *proof) restartSidecar(t *testing.T, env []string) {
 
 func (p *proof) faults(t *testing.T) {
 	ctx := context.Background()
-	// a. Kill hubwarden, then download: the kernel backstop demotes alone.
+	// a. Kill hubwarden, then download: the kernel's tripwire demotes alone.
 	if err := p.sc.Proc.Signal(syscall.SIGKILL); err != nil {
 		t.Fatal(err)
 	}
@@ -661,7 +661,7 @@ func (p *proof) faults(t *testing.T) {
 	dctx, cancel := context.WithCancel(ctx)
 	dlStart := time.Now()
 	go func() { defer wg.Done(); dl = c.Download(dctx, c.UserURL()+"/files/big.bin", 40*time.Second, nil) }()
-	// Let the backstop act (BACKSTOP_BUDGET defaults to 4x FLOW_BUDGET).
+	// Let the tripwire act (at FLOW_BUDGET, counted by the kernel).
 	time.Sleep(8 * time.Second)
 	p.restartSidecar(t, p.sc.Env)
 	ready := time.Since(dlStart)
@@ -672,12 +672,12 @@ func (p *proof) faults(t *testing.T) {
 	after := rateBetween(dl, ready, ready+3*time.Second-sampleEvery)
 	running := dl.Bytes < p.big
 	ok := running && before <= 4*SlowRateBytes
-	p.rep.Add(Row{"6 faults", "download while hubwarden is dead (backstop)", "-", fmt.Sprintf("%s after %s fast; %s of %s in all", HumanRate(before), HumanBytes(float64(sampleAt(dl, 4*time.Second))), HumanBytes(float64(dl.Bytes)), HumanBytes(float64(p.big))), verdict(ok)})
+	p.rep.Add(Row{"6 faults", "download while hubwarden is dead (tripwire)", "-", fmt.Sprintf("%s after %s fast; %s of %s in all", HumanRate(before), HumanBytes(float64(sampleAt(dl, 4*time.Second))), HumanBytes(float64(dl.Bytes)), HumanBytes(float64(p.big))), verdict(ok)})
 	if !ok {
-		t.Errorf("with the sidecar dead the download ran at %s; want the slow rate (backstop)", HumanRate(before))
+		t.Errorf("with the sidecar dead the download ran at %s; want the slow rate (tripwire)", HumanRate(before))
 	}
 	if !running {
-		t.Errorf("with the sidecar dead the whole %s left in %s: no backstop", HumanBytes(float64(p.big)), dl.Elapsed)
+		t.Errorf("with the sidecar dead the whole %s left in %s: no tripwire", HumanBytes(float64(p.big)), dl.Elapsed)
 	}
 	ok = running && after <= 4*SlowRateBytes
 	p.rep.Add(Row{"6 faults", "same download after the restart (adopted)", "-", HumanRate(after), verdict(ok)})

@@ -1,0 +1,115 @@
+package demotion
+
+import (
+	"strings"
+	"testing"
+
+	"github.com/google/go-cmp/cmp"
+
+	"github.com/hubwarden/hubwarden/units"
+	"github.com/hubwarden/hubwarden/xtables"
+)
+
+func chainLines(t *testing.T, tbl xtables.Table, name string) []string {
+	t.Helper()
+	for _, c := range tbl.Chains {
+		if c.Name == name {
+			var out []string
+			for _, r := range c.Rules {
+				out = append(out, xtables.RuleLine(c.Name, r))
+			}
+			return out
+		}
+	}
+	t.Fatalf("no chain %s", name)
+	return nil
+}
+
+// TestMangleTables is the golden state of the rules: what iptables-save
+// prints for them (the root tests check that the kernel prints exactly this).
+func TestMangleTables(t *testing.T) {
+	c := mustContract(t, 0x100000, 64*units.MiB)
+	ts, err := MangleTables(Rules{Contract: c, Interface: "eth0", IPv6: true, Watch: true, Gate: GateQuota})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(ts) != 2 || ts[0].Family != xtables.IPv4 || ts[1].Family != xtables.IPv6 {
+		t.Fatalf("tables %+v", ts)
+	}
+	v4 := ts[0]
+	if len(v4.Chains) != 2+Tiers {
+		t.Errorf("%d chains, want SHAPE, TRIP and %d tiers", len(v4.Chains), Tiers)
+	}
+	want := []string{
+		`-A HUBWARDEN-SHAPE -m connbytes --connbytes 0 --connbytes-mode packets --connbytes-dir both -m comment --comment "hubwarden: turns conntrack accounting on"`,
+		`-A HUBWARDEN-SHAPE -o eth0 -m connmark --mark 0x0/0x100000 -m comment --comment "hubwarden: flows not demoted: the tripwire of their tier" -j HUBWARDEN-TRIP`,
+		`-A HUBWARDEN-SHAPE -o eth0 -m connmark --mark 0x100000/0x100000 -m comment --comment "hubwarden: demoted flows to the slow class" -j CLASSIFY --set-class 4857:0020`,
+	}
+	if diff := cmp.Diff(want, chainLines(t, v4, ShapeChain)); diff != "" {
+		t.Errorf("SHAPE (-want +got):\n%s", diff)
+	}
+	trip := chainLines(t, v4, TripChain)
+	if len(trip) != Tiers ||
+		trip[0] != `-A HUBWARDEN-TRIP -m connmark --mark 0x0/0x3c00000 -m comment --comment "hubwarden: tier 0" -g HUBWARDEN-TIER0` ||
+		trip[15] != `-A HUBWARDEN-TRIP -m connmark --mark 0x3c00000/0x3c00000 -m comment --comment "hubwarden: tier 15" -g HUBWARDEN-TIER15` {
+		t.Errorf("TRIP:\n%s", strings.Join(trip, "\n"))
+	}
+	want = []string{
+		`-A HUBWARDEN-TIER15 -m conntrack --ctdir ORIGINAL -m connbytes --connbytes 1048576 --connbytes-mode bytes --connbytes-dir original -m comment --comment "hubwarden: tripwire: demote at 1048576 bytes (original direction)" -j CONNMARK --set-xmark 0x300000/0x300000`,
+		`-A HUBWARDEN-TIER15 -m conntrack --ctdir REPLY -m connbytes --connbytes 1048576 --connbytes-mode bytes --connbytes-dir reply -m comment --comment "hubwarden: tripwire: demote at 1048576 bytes (reply direction)" -j CONNMARK --set-xmark 0x300000/0x300000`,
+		`-A HUBWARDEN-TIER15 -m connmark --mark 0x0/0x200000 -m conntrack --ctdir ORIGINAL -m connbytes --connbytes 524288 --connbytes-mode bytes --connbytes-dir original -m comment --comment "hubwarden: busy: ask the watcher at 524288 bytes (original direction)" -j CONNMARK --set-xmark 0x200000/0x200000`,
+		`-A HUBWARDEN-TIER15 -m connmark --mark 0x0/0x200000 -m conntrack --ctdir REPLY -m connbytes --connbytes 524288 --connbytes-mode bytes --connbytes-dir reply -m comment --comment "hubwarden: busy: ask the watcher at 524288 bytes (reply direction)" -j CONNMARK --set-xmark 0x200000/0x200000`,
+	}
+	if diff := cmp.Diff(want, chainLines(t, v4, TierChain(15))); diff != "" {
+		t.Errorf("TIER15 (-want +got):\n%s", diff)
+	}
+	if got := chainLines(t, v4, TierChain(0))[0]; !strings.Contains(got, "--connbytes 67108864 ") {
+		t.Errorf("TIER0 trips at the flow budget: %s", got)
+	}
+
+	// The recent gate sits before the tripwire; without the watcher only
+	// CLASSIFY is planned (nothing would re-arm or promote).
+	ts, err = MangleTables(Rules{Contract: c, Interface: "eth0", IPv6: true, Watch: true, Gate: GateRecent})
+	if err != nil {
+		t.Fatal(err)
+	}
+	shape6 := chainLines(t, ts[1], ShapeChain)
+	wantGate := `-A HUBWARDEN-SHAPE -o eth0 -m connmark --mark 0x0/0x100000 -m recent ! --rcheck --seconds 2 --name hubwarden-open6 --mask :: --rsource -m comment --comment "hubwarden: gate: unless the watcher keeps the pod budget open, demote every flow that sends" -j CONNMARK --set-xmark 0x300000/0x300000`
+	if len(shape6) != 4 || shape6[1] != wantGate {
+		t.Errorf("SHAPE with the recent gate:\n%s", strings.Join(shape6, "\n"))
+	}
+	ts, err = MangleTables(Rules{Contract: c, Interface: "eth0", Watch: false, Gate: GateNone})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(ts) != 1 || len(ts[0].Chains) != 1 || len(ts[0].Chains[0].Rules) != 2 {
+		t.Errorf("without the watcher: %+v", ts)
+	}
+	if _, err := MangleTables(Rules{Contract: c}); err == nil {
+		t.Error("no interface: want an error")
+	}
+	if _, err := MangleTables(Rules{Interface: "eth0"}); err == nil {
+		t.Error("no contract: want an error")
+	}
+}
+
+func TestQuotaGateString(t *testing.T) {
+	g := QuotaGate{Interface: "eth0", Contract: mustContract(t, 0x100000, 64*units.MiB)}
+	want := `table inet hubwarden {
+	quota pod {
+		over <pod bucket> bytes
+	}
+
+	chain gate {
+		type filter hook postrouting priority mangle - 1; policy accept;
+		oifname "eth0" ct mark & 0x00100000 == 0x00000000 quota name "pod" ct mark set ct mark | 0x00300000 comment "hubwarden: gate: once the pod budget is spent, demote every flow that sends"
+	}
+}
+`
+	if diff := cmp.Diff(want, g.String()); diff != "" {
+		t.Errorf("(-want +got):\n%s", diff)
+	}
+	if err := (QuotaGate{Interface: "a-very-long-interface-name", Contract: g.Contract}).Validate(); err == nil {
+		t.Error("a 26-character interface name: want an error")
+	}
+}

@@ -1,0 +1,112 @@
+package tcshape_test
+
+import (
+	"context"
+	"fmt"
+	"os"
+
+	"github.com/rs/zerolog"
+
+	"github.com/hubwarden/hubwarden/tcshape"
+	"github.com/hubwarden/hubwarden/units"
+)
+
+// The sidecar's wiring: detect the interface, MTU, clock and leaf kind in
+// the calling thread's network namespace, plan, apply, and compare the
+// kernel with the plan. It needs CAP_NET_ADMIN, so this example is compiled,
+// not run.
+func Example() {
+	ctx := context.Background()
+	log := zerolog.New(os.Stdout).With().Str("component", "tcshape").Logger()
+
+	k, err := tcshape.Open(0) // 0: the caller's network namespace
+	if err != nil {
+		log.Error().Err(err).Msg("opening rtnetlink")
+		return
+	}
+	defer k.Close()
+	// HUBWARDEN_INTERFACE (empty: the default route's), HUBWARDEN_FAST_RATE
+	// and HUBWARDEN_SLOW_RATE.
+	cfg, err := k.Detect(tcshape.Config{FastRate: 10e9 / 8, SlowRate: 1e6 / 8}, log) // 10gbit, 1mbit in bytes/s
+	if err != nil {
+		log.Error().Err(err).Msg("detecting the shaping environment")
+		return
+	}
+	spec, err := tcshape.Plan(cfg)
+	if err != nil {
+		log.Error().Err(err).Msg("planning")
+		return
+	}
+	fmt.Print(spec) // what `hubwarden plan` prints
+	// The qdiscs go in before the mangle rules that classify into the slow
+	// class (demotion.MangleTables).
+	if _, err := tcshape.Apply(ctx, k, spec, log, false); err != nil {
+		log.Error().Err(err).Msg("applying")
+		return
+	}
+	diff, err := tcshape.Check(k, spec) // what `hubwarden check` prints; empty when they agree
+	if err != nil {
+		log.Error().Err(err).Msg("checking")
+		return
+	}
+	fmt.Print(diff)
+}
+
+// The tree for the default rates on a kernel without sch_fq (FIFO leaves),
+// as docs/shaping.md shows it.
+func ExamplePlan() {
+	fast, _ := units.ParseRate("10gbit")
+	slow, _ := units.ParseRate("1mbit")
+	spec, err := tcshape.Plan(tcshape.Config{Interface: "eth0", FastRate: fast, SlowRate: slow})
+	if err != nil {
+		fmt.Println(err)
+		return
+	}
+	fmt.Print(spec)
+	// Output:
+	// dev eth0
+	// qdisc htb 4857: root default 4857:10 r2q 10
+	// class htb 4857:1 parent 4857: rate 10gbit ceil 10gbit burst 2500000b cburst 2500000b buffer 31250 cbuffer 31250 quantum 200000 prio 0 # all
+	// class htb 4857:10 parent 4857:1 rate 9999mbit ceil 10gbit burst 2500000b cburst 2500000b buffer 31254 cbuffer 31250 quantum 200000 prio 1 # fast
+	// class htb 4857:20 parent 4857:1 rate 1mbit ceil 1mbit burst 3028b cburst 3028b buffer 378500 cbuffer 378500 quantum 12500 prio 0 # slow
+	// qdisc bfifo 4858: parent 4857:10 limit 25000000b
+	// qdisc bfifo 4859: parent 4857:20 limit 131072b
+}
+
+// fresh is an interface with only the root qdisc the kernel attached by
+// itself; it records the ops it is given.
+type fresh struct{ ops []tcshape.Op }
+
+func (f *fresh) Read(string) (tcshape.State, error) { return tcshape.State{RootKind: "noqueue"}, nil }
+
+func (f *fresh) Do(_ string, op tcshape.Op) error { f.ops = append(f.ops, op); return nil }
+
+// Apply over a kernel default changes only what differs from the plan: here,
+// everything. With dryRun it logs the ops and changes nothing.
+func ExampleApply() {
+	fast, _ := units.ParseRate("10gbit")
+	slow, _ := units.ParseRate("1mbit")
+	spec, err := tcshape.Plan(tcshape.Config{Interface: "eth0", FastRate: fast, SlowRate: slow})
+	if err != nil {
+		fmt.Println(err)
+		return
+	}
+	k := &fresh{}
+	ops, err := tcshape.Apply(context.Background(), k, spec, zerolog.Nop(), false)
+	if err != nil {
+		fmt.Println(err)
+		return
+	}
+	for _, op := range ops {
+		fmt.Println(op)
+	}
+	fmt.Println(len(k.ops), "ops done")
+	// Output:
+	// add qdisc htb 4857: root default 4857:10 r2q 10
+	// add class htb 4857:1 parent 4857: rate 10gbit ceil 10gbit burst 2500000b cburst 2500000b buffer 31250 cbuffer 31250 quantum 200000 prio 0 # all
+	// add class htb 4857:10 parent 4857:1 rate 9999mbit ceil 10gbit burst 2500000b cburst 2500000b buffer 31254 cbuffer 31250 quantum 200000 prio 1 # fast
+	// add class htb 4857:20 parent 4857:1 rate 1mbit ceil 1mbit burst 3028b cburst 3028b buffer 378500 cbuffer 378500 quantum 12500 prio 0 # slow
+	// add qdisc bfifo 4858: parent 4857:10 limit 25000000b
+	// add qdisc bfifo 4859: parent 4857:20 limit 131072b
+	// 6 ops done
+}
