@@ -180,8 +180,9 @@ func braces(data []byte) []string {
 // sidecar (an init container with restartPolicy Always and probes) or, with
 // classic, `hubwarden init` as an init container and `hubwarden run` as an
 // extra container; probes on the port hubwarden serves; the unescaped user
-// and server names expanded; the security context the docs give; the state
-// volume mounted; no brace left. It returns every problem found.
+// and server names expanded (also in the guard's base URL); the security
+// context the docs give; the state volume mounted; no brace left. It
+// returns every problem found.
 func CheckPod(rp RenderedPod, pod *corev1.Pod, hw *Hubwarden, classic bool) []string {
 	var problems []string
 	add := func(format string, args ...any) { problems = append(problems, fmt.Sprintf(format, args...)) }
@@ -317,6 +318,13 @@ func common(add func(string, ...any), c *corev1.Container, rp RenderedPod, state
 	}
 	if env["HUBWARDEN_SERVER"] != rp.UnescapedServername {
 		add("container %s: HUBWARDEN_SERVER %q, want the unescaped server name %q", c.Name, env["HUBWARDEN_SERVER"], rp.UnescapedServername)
+	}
+	// The guard's base URL, as JupyterHub builds it from the unescaped
+	// names (the guard escapes it itself).
+	if got, ok := env["HUBWARDEN_SERVER_BASE_URL"]; ok {
+		if want := "/user/" + rp.UnescapedUsername + "/" + rp.UnescapedServername; got != want {
+			add("container %s: HUBWARDEN_SERVER_BASE_URL %q, want %q", c.Name, got, want)
+		}
 	}
 	sc := c.SecurityContext
 	if sc == nil || sc.Capabilities == nil {

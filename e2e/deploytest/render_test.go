@@ -185,6 +185,9 @@ func TestRenderRejects(t *testing.T) {
 			[]string{"want none (init runs to completion)"}},
 		{"unescaped name replaced by the slug", native, false, func(m map[string]any) { setEnv(spec(m, "initContainers", 0), "HUBWARDEN_USER", "{username}") },
 			[]string{`HUBWARDEN_USER "alice-smith-example-org---0d1cf0a9", want the unescaped user name "alice.smith@example.org"`}},
+		{"the guard's base URL from the slugs", native, false, func(m map[string]any) {
+			setEnv(spec(m, "initContainers", 0), "HUBWARDEN_SERVER_BASE_URL", "/user/{username}/{servername}")
+		}, []string{`HUBWARDEN_SERVER_BASE_URL "/user/alice-smith-example-org---0d1cf0a9/data-prep---`}},
 		{"state volume not mounted", native, false, func(m map[string]any) { delete(spec(m, "initContainers", 0), "volumeMounts") },
 			[]string{"no pod volume mounted at /run/hubwarden"}},
 	}

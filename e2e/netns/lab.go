@@ -4,6 +4,7 @@ package netns
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"net/url"
 	"os"
@@ -360,6 +361,9 @@ func (l *Lab) Screenshot(path string) error {
 	return os.WriteFile(path, png, 0o644)
 }
 
+// ErrNoDownload means the browser started no download (the server refused it).
+var ErrNoDownload = errors.New("no download")
+
 // Download is a download the browser made.
 type Download struct {
 	Started  time.Time
@@ -393,14 +397,21 @@ func (l *Lab) DownloadFile(name string, limit time.Duration, whileRunning func()
 		return d, fmt.Errorf("clicking Download: %w", err)
 	}
 	var guid string
+	// A download the server refuses may never begin: wait a bounded time.
+	bctx, bcancel := context.WithTimeout(ctx, l.Timeout)
+	defer bcancel()
+	stop := context.AfterFunc(bctx, cancel)
 	for ev, err := range begins {
 		if err != nil {
-			return d, fmt.Errorf("waiting for the download of %s to begin: %w", name, err)
+			break
 		}
 		if ev.SuggestedFilename == name {
 			guid = ev.GUID
 			break
 		}
+	}
+	if !stop() || guid == "" {
+		return d, fmt.Errorf("%w: no download of %s began within %s", ErrNoDownload, name, l.Timeout)
 	}
 	var mu sync.Mutex
 	var received int64
