@@ -536,11 +536,20 @@ func TestIntegrationGuard(t *testing.T) {
 	b.guarded("GET", jupyterBase+"api/status?probe=realip", http.Header{"X-Real-Ip": {"6.6.6.6"}}, nil, false)
 	b.guarded("GET", jupyterBase+"api/status?probe=xff", http.Header{"X-Forwarded-For": {"6.6.6.7"}}, nil, false)
 	for probe, ip := range map[string]string{"plain": b.PeerIP4, "realip": b.PeerIP4, "xff": "6.6.6.7"} {
-		if !b.serverSaw(t, jupyterBase+"api/status?probe="+probe) {
+		// The server writes its line after the client has the answer: wait
+		// for this probe's own line (serverSaw matches the path alone).
+		var log []byte
+		for range 100 {
+			log, _ = os.ReadFile(b.serverLog)
+			if bytes.Contains(log, []byte("probe="+probe+" ")) {
+				break
+			}
+			time.Sleep(20 * time.Millisecond)
+		}
+		if !bytes.Contains(log, []byte("probe="+probe+" ")) {
 			t.Errorf("probe %s: no server log line", probe)
 			continue
 		}
-		log, _ := os.ReadFile(b.serverLog)
 		re := regexp.MustCompile(`GET ` + regexp.QuoteMeta(jupyterBase) + `api/status\?probe=` + probe + ` \(([^)]*)\)`)
 		m := re.FindSubmatch(log)
 		if m == nil || !strings.HasSuffix(string(m[1]), "@"+ip) {

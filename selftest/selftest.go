@@ -1,7 +1,8 @@
 // Package selftest proves, before hubwarden reports ready, that its rules
 // work: conntrack accounting is on (the watcher and the tripwires count
-// bytes), the HTB classes and the iptables chains are in place, and a
-// connection to an address that must be blocked is refused, fast.
+// bytes), the HTB classes and the iptables chains are in place, a
+// connection to an address that must be blocked is refused, fast, and a
+// connection to the notebook server's port is taken to the HTTP guard.
 //
 // Each check is named, and every probe of the kernel is injected, so the
 // package is pure and its tests need no root. The sidecar passes probes that
@@ -29,6 +30,7 @@ const (
 	CheckHTB        = "htb-classes"
 	CheckChains     = "iptables-chains"
 	CheckBlocked    = "blocked-target-refused"
+	CheckGuard      = "guard-redirect"
 )
 
 // AccountingPath is the sysctl that turns on per-flow byte counters in the
@@ -113,6 +115,10 @@ type Probes struct {
 	Chains func(ctx context.Context) error
 	// Dial connects to the blocked target; nil skips the check.
 	Dial DialFunc
+	// GuardRedirect returns nil when a connection to the notebook server's
+	// port, from inside the pod through the guard's redirect, is answered
+	// by the HTTP guard (guard.Probe); nil skips the check.
+	GuardRedirect func(ctx context.Context) error
 }
 
 // Options are the self-test's parameters.
@@ -151,6 +157,9 @@ func Run(ctx context.Context, opts Options, p Probes) Result {
 		run(CheckBlocked, func(ctx context.Context) (string, error) {
 			return DialBlocked(ctx, p.Dial, "tcp", opts.Target.String())
 		})
+	}
+	if p.GuardRedirect != nil {
+		run(CheckGuard, func(ctx context.Context) (string, error) { return "", p.GuardRedirect(ctx) })
 	}
 	return r
 }

@@ -66,6 +66,10 @@ func TestRun(t *testing.T) {
 			[]Check{{Name: CheckBlocked, Reason: "connecting to 198.18.64.2:80: connected: not blocked"}}},
 		{"target hangs (DROP)", Probes{Dial: hang},
 			[]Check{{Name: CheckBlocked, Reason: "connecting to 198.18.64.2:80: no answer in"}}},
+		{"guard answers", Probes{GuardRedirect: ok},
+			[]Check{{Name: CheckGuard, Passed: true}}},
+		{"guard not reached", Probes{GuardRedirect: func(context.Context) error { return errors.New("the server answered, not the guard") }},
+			[]Check{{Name: CheckGuard, Reason: "the server answered, not the guard"}}},
 		{"odd error", Probes{Dial: dialErr(syscall.EADDRNOTAVAIL)},
 			[]Check{{Name: CheckBlocked, Reason: "connecting to 198.18.64.2:80: dial tcp: cannot assign requested address (not a refusal)"}}},
 	}

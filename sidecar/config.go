@@ -360,6 +360,10 @@ func parseGuard(c *Config, r *rawConfig, bad func(string, error), boolean func(s
 		if g.BaseURL, err = guard.DeriveBaseURL(c.User, c.Server); err != nil {
 			bad("SERVER_BASE_URL", fmt.Errorf("empty, and deriving it from HUBWARDEN_USER and HUBWARDEN_SERVER: %w", err))
 		}
+	case g.Mode != guard.Off && mode != "":
+		// Refused here, before anything is detected or applied: the guard
+		// cannot route without the server's base URL.
+		bad("SERVER_BASE_URL", errors.New("empty, and HUBWARDEN_USER is not set to derive it from: set one of them, or HUBWARDEN_GUARD=off"))
 	}
 	g.MaxNotebook = int64(size("GUARD_MAX_NOTEBOOK", r.GuardMaxNotebook))
 	g.Terminals = boolean("GUARD_TERMINALS", r.GuardTerminals)

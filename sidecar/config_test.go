@@ -18,7 +18,8 @@ import (
 )
 
 // cleanEnv clears every HUBWARDEN_* variable (and JUPYTERHUB_API_URL) for
-// the test, then sets env.
+// the test, then sets HUBWARDEN_USER (as KubeSpawner does; the guard needs
+// the server's base URL, which it derives from it) and env.
 func cleanEnv(t *testing.T, env map[string]string) {
 	t.Helper()
 	for _, kv := range os.Environ() {
@@ -29,6 +30,7 @@ func cleanEnv(t *testing.T, env map[string]string) {
 		}
 	}
 	t.Setenv("JUPYTERHUB_API_URL", "")
+	t.Setenv(envPrefix+"_USER", "jovyan")
 	for k, v := range env {
 		t.Setenv(k, v)
 	}
@@ -61,6 +63,7 @@ func TestLoadConfigDefaults(t *testing.T) {
 	}
 	want := &Config{
 		LogLevel:         "info",
+		User:             "jovyan",
 		StateDir:         "/run/hubwarden",
 		IptablesBackend:  "auto",
 		IPv6:             "auto",
@@ -86,7 +89,7 @@ func TestLoadConfigDefaults(t *testing.T) {
 		ProgressInterval: time.Minute,
 		// No HUBWARDEN_USER and no HUBWARDEN_SERVER_BASE_URL: no base URL,
 		// which guard.Config.Validate refuses when the guard runs.
-		Guard: guard.Config{Mode: guard.Enforce, ServerPort: 8888, GuardPort: 9281, MaxNotebook: 32 << 20,
+		Guard: guard.Config{Mode: guard.Enforce, ServerPort: 8888, GuardPort: 9281, BaseURL: "/user/jovyan/", MaxNotebook: 32 << 20,
 			Terminals: true, ProgressInterval: time.Minute},
 		HealthAddr:        ":9280",
 		ReconcileInterval: 10 * time.Second,
@@ -103,14 +106,16 @@ func TestLoadConfigDefaults(t *testing.T) {
 // SHAPE... when the HUBWARDEN_ variable is unset; hubwarden must not.
 func TestLoadConfigIgnoresUnprefixed(t *testing.T) {
 	cleanEnv(t, map[string]string{
-		"HUBWARDEN_DNS_SERVERS": "198.18.0.53",
-		"USER":                  "jovyan",
-		"ALLOW":                 "0.0.0.0/0",
-		"SHAPE":                 "false",
-		"EGRESS":                "false",
-		"INTERFACE":             "lo",
-		"LOG_LEVEL":             "verbose",
-		"BLOCK":                 "not-a-cidr",
+		"HUBWARDEN_DNS_SERVERS":     "198.18.0.53",
+		"HUBWARDEN_USER":            "",
+		"HUBWARDEN_SERVER_BASE_URL": "/user/alice/",
+		"USER":                      "jovyan",
+		"ALLOW":                     "0.0.0.0/0",
+		"SHAPE":                     "false",
+		"EGRESS":                    "false",
+		"INTERFACE":                 "lo",
+		"LOG_LEVEL":                 "verbose",
+		"BLOCK":                     "not-a-cidr",
 	})
 	c, err := loadConfig("/nonexistent")
 	if err != nil {
@@ -414,5 +419,22 @@ func TestPackageDocListsEveryVariable(t *testing.T) {
 		if !strings.Contains(string(src), "//\t"+line+"\n") {
 			t.Errorf("doc.go lacks, or has an outdated, line:\n%s", line)
 		}
+	}
+}
+
+// TestLoadConfigGuardNeedsBaseURL: the guard cannot route without the
+// server's base URL; without it (and without HUBWARDEN_USER to derive it
+// from) the configuration is refused before anything is detected or
+// applied, by name, unless the guard is off.
+func TestLoadConfigGuardNeedsBaseURL(t *testing.T) {
+	cleanEnv(t, map[string]string{"HUBWARDEN_DNS_SERVERS": "198.18.0.53", "HUBWARDEN_USER": ""})
+	_, err := loadConfig("/nonexistent")
+	var ce *ConfigError
+	if !errors.As(err, &ce) || len(ce.Problems) != 1 || !strings.HasPrefix(ce.Problems[0], "HUBWARDEN_SERVER_BASE_URL: empty") {
+		t.Errorf("loadConfig = %v, want one problem naming HUBWARDEN_SERVER_BASE_URL", err)
+	}
+	t.Setenv("HUBWARDEN_GUARD", "off")
+	if _, err := loadConfig("/nonexistent"); err != nil {
+		t.Errorf("with the guard off: %v", err)
 	}
 }

@@ -89,6 +89,7 @@ func saveAll(t *testing.T, ns *nstest.NS) string {
 func baseEnv(t *testing.T, backend string) map[string]string {
 	return map[string]string{
 		"HUBWARDEN_STATE_DIR":        t.TempDir(),
+		"HUBWARDEN_USER":             "jovyan",
 		"HUBWARDEN_IPTABLES_BACKEND": backend,
 		"HUBWARDEN_DNS_SERVERS":      "198.18.10.53",
 		"HUBWARDEN_ALLOW":            "198.18.10.0/24,tcp://[2001:2:0:a::/64]:443",

@@ -32,9 +32,24 @@ func TestRunPlan(t *testing.T) {
 			notWant: []string{"ip6tables-restore", "2001:2::7"},
 		},
 		{
-			name: "egress off removes the chains",
-			env:  map[string]string{"HUBWARDEN_EGRESS": "false", "HUBWARDEN_IPV6": "false", "HUBWARDEN_SHAPE": "false"},
-			want: []string{"# ipv4 filter: iptables-restore --noflush\n# nothing: hubwarden removes its chains from this table\n"},
+			name: "egress and the guard off remove the chains",
+			env:  map[string]string{"HUBWARDEN_EGRESS": "false", "HUBWARDEN_IPV6": "false", "HUBWARDEN_SHAPE": "false", "HUBWARDEN_GUARD": "off"},
+			want: []string{
+				"# ipv4 filter: iptables-restore --noflush\n# nothing: hubwarden removes its chains from this table\n",
+				"# ipv4 nat: iptables-restore --noflush\n# nothing: hubwarden removes its chains from this table\n",
+			},
+		},
+		{
+			name: "the guard's redirect, its socket rule beside egress, its raw hook first",
+			env:  map[string]string{"HUBWARDEN_DNS_SERVERS": "198.18.0.53", "HUBWARDEN_IPV6": "false", "HUBWARDEN_SHAPE": "false"},
+			want: []string{
+				"-A HUBWARDEN-GUARD -p tcp -m tcp --dport 8888 -m comment",
+				"-j REDIRECT --to-ports 9281",
+				"-I PREROUTING 1 -m comment --comment \"hubwarden: hook\" -j HUBWARDEN-GUARD\n",
+				"-I INPUT 1 -m comment --comment \"hubwarden: hook\" -j HUBWARDEN-GUARD-IN\n",
+				// Each hook is inserted at the top: the last line's comes first.
+				"-I OUTPUT 1 -m comment --comment \"hubwarden: hook\" -j HUBWARDEN-RAW-OUT\n-I OUTPUT 1 -m comment --comment \"hubwarden: hook\" -j HUBWARDEN-GUARD-RAW\n",
+			},
 		},
 		{
 			// --offline validates a configuration with host names without

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"math"
 	"net"
 	"net/http"
 	"os"
@@ -14,6 +15,7 @@ import (
 
 	"github.com/hubwarden/hubwarden/conntrack"
 	"github.com/hubwarden/hubwarden/ctwatch"
+	"github.com/hubwarden/hubwarden/guard"
 	"github.com/hubwarden/hubwarden/health"
 	"github.com/hubwarden/hubwarden/nflog"
 	"github.com/hubwarden/hubwarden/selftest"
@@ -24,6 +26,7 @@ import (
 const (
 	loopWatcher   = "watcher"
 	loopReconcile = "reconcile"
+	loopGuard     = "guard"
 )
 
 // cmdRun is the sidecar: serve health at once (so probes get an answer while
@@ -68,6 +71,30 @@ func cmdRun(ctx context.Context, cfg *Config, log zerolog.Logger) error {
 		defer c()
 		_ = srv.HTTP.Shutdown(sctx)
 	})
+
+	// The guard listens before the redirect to it is applied, so that the
+	// server's port is never redirected to nothing while run is up (before
+	// run, in the init container's window, it is: connections are
+	// refused, never passed on).
+	if cfg.Guard.Mode != guard.Off {
+		g, err := guard.New(cfg.Guard, log.With().Str("component", "guard").Logger(), guard.NewMetrics(m.Registry()), guard.Options{})
+		if err != nil {
+			return err
+		}
+		ln, err := guard.Listen(ctx, cfg.Guard.GuardPort)
+		if err != nil {
+			return err
+		}
+		st.AddLoop(loopGuard, math.MaxInt64) // it does not beat: it fails only if it stops
+		wg.Go(func() {
+			if err := g.Serve(ctx, ln); err != nil && ctx.Err() == nil {
+				st.Fail(loopGuard, err)
+				log.Error().Err(err).Msg("the HTTP guard stopped")
+			}
+		})
+		log.Info().Str("component", "guard").Str("mode", string(cfg.Guard.Mode)).Str("base_url", cfg.Guard.BaseURL).
+			Uint16("port", cfg.Guard.GuardPort).Uint16("server_port", cfg.Guard.ServerPort).Msg("guard listening")
+	}
 
 	start := time.Now()
 	k, err := startup(ctx, cfg, log)
@@ -145,6 +172,9 @@ func runSelftest(ctx context.Context, cfg *Config, w *warden.Warden) selftest.Re
 	}
 	if cfg.Egress {
 		p.Dial = (&net.Dialer{}).DialContext
+	}
+	if cfg.Guard.Mode != guard.Off {
+		p.GuardRedirect = func(ctx context.Context) error { return guard.Probe(ctx, cfg.Guard.ServerPort) }
 	}
 	return selftest.Run(ctx, selftest.Options{Target: cfg.SelftestTarget}, p)
 }

@@ -53,12 +53,9 @@ type Config struct {
 	DumpInterval     time.Duration
 	ProgressInterval time.Duration
 
-	// Guard is the HTTP guard's configuration (issue 18; the sidecar parses
-	// its variables). Its base URL is "" when neither
-	// HUBWARDEN_SERVER_BASE_URL nor HUBWARDEN_USER is set;
-	// guard.Config.Validate (which guard.Plan and guard.Run call) then
-	// refuses it unless Mode is off. IPv6 is the plan's to set (Env.IPv6).
-	// Not wired into the plan and the run yet.
+	// Guard is the HTTP guard's configuration (the sidecar parses its
+	// variables and refuses an enforcing or auditing guard without a base
+	// URL). IPv6 is the plan's to set (Env.IPv6).
 	Guard guard.Config
 
 	HealthAddr        string

@@ -8,6 +8,7 @@ import (
 
 	"github.com/hubwarden/hubwarden/demotion"
 	"github.com/hubwarden/hubwarden/egress"
+	"github.com/hubwarden/hubwarden/guard"
 	"github.com/hubwarden/hubwarden/tcshape"
 	"github.com/hubwarden/hubwarden/xtables"
 )
@@ -63,58 +64,91 @@ func gateFor(cfg *Config) demotion.Gate {
 // answer allows nothing). It is pure.
 func NewPlan(cfg *Config, env Env, resolved map[string][]netip.Addr) (Plan, error) {
 	p := Plan{Env: env}
-	empty := func(name string) {
-		for _, f := range env.families() {
-			p.Tables = append(p.Tables, xtables.Table{Family: f, Name: name})
+	fams := env.families()
+	// Every table hubwarden owns chains in, per family; the parts below add
+	// their chains and hooks.
+	tables := map[string][]xtables.Table{}
+	for _, name := range []string{"filter", "raw", "nat", "mangle"} {
+		for _, f := range fams {
+			tables[name] = append(tables[name], xtables.Table{Family: f, Name: name})
 		}
 	}
+	// The guard's raw hook comes first: its self-test probe must be
+	// tracked before egress's loopback notrack (see guard.ChainRaw).
+	g := cfg.Guard
+	g.IPv6 = env.IPv6
+	gr, err := guard.Plan(g)
+	if err != nil {
+		return Plan{}, err
+	}
+	merge(tables["raw"], gr.Raw)
+	merge(tables["nat"], gr.NAT)
 	if cfg.Egress {
 		ts, err := egress.Plan(cfg.egressConfig(env.IPv6), resolved)
 		if err != nil {
 			return Plan{}, err
 		}
-		p.Tables = append(p.Tables, ts...)
-	} else {
-		empty("filter")
+		merge(tables["filter"], ts)
 	}
+	merge(tables["filter"], gr.Filter)
 	if cfg.Egress || cfg.Shape {
 		raw, err := egress.RawTables(env.IPv6)
 		if err != nil {
 			return Plan{}, err
 		}
-		p.Tables = append(p.Tables, raw...)
-	} else {
-		empty("raw")
+		merge(tables["raw"], raw)
 	}
-	if !cfg.Shape {
-		empty("mangle")
-		return p, nil
-	}
-	spec, err := tcshape.Plan(env.Shape)
-	if err != nil {
-		return Plan{}, err
-	}
-	p.TC = &spec
-	gate := env.Gate
-	if !cfg.Watch {
-		// The tripwire and the gate need the watcher: only it re-arms and
-		// promotes flows and refills the pod bucket.
-		gate = demotion.GateNone
-	}
-	p.Env.Gate = gate
-	mangle, err := demotion.MangleTables(demotion.Rules{Contract: cfg.Contract, Interface: env.Shape.Interface, IPv6: env.IPv6, Watch: cfg.Watch, Gate: gate})
-	if err != nil {
-		return Plan{}, err
-	}
-	p.Tables = append(p.Tables, mangle...)
-	if gate == demotion.GateQuota {
-		q := demotion.QuotaGate{Interface: env.Shape.Interface, Contract: cfg.Contract}
-		if err := q.Validate(); err != nil {
+	if cfg.Shape {
+		spec, err := tcshape.Plan(env.Shape)
+		if err != nil {
 			return Plan{}, err
 		}
-		p.Quota = &q
+		p.TC = &spec
+		gate := env.Gate
+		if !cfg.Watch {
+			// The tripwire and the gate need the watcher: only it re-arms
+			// and promotes flows and refills the pod bucket.
+			gate = demotion.GateNone
+		}
+		p.Env.Gate = gate
+		mangle, err := demotion.MangleTables(demotion.Rules{Contract: cfg.Contract, Interface: env.Shape.Interface, IPv6: env.IPv6, Watch: cfg.Watch, Gate: gate})
+		if err != nil {
+			return Plan{}, err
+		}
+		merge(tables["mangle"], mangle)
+		if gate == demotion.GateQuota {
+			q := demotion.QuotaGate{Interface: env.Shape.Interface, Contract: cfg.Contract}
+			if err := q.Validate(); err != nil {
+				return Plan{}, err
+			}
+			p.Quota = &q
+		}
+	}
+	// A table with no chains stays in the plan: applying it removes what an
+	// earlier configuration of the same pod put there.
+	for _, name := range []string{"filter", "raw", "nat", "mangle"} {
+		for _, t := range tables[name] {
+			if err := t.Validate(); err != nil {
+				return Plan{}, err
+			}
+			p.Tables = append(p.Tables, t)
+		}
 	}
 	return p, nil
+}
+
+// merge adds the chains and hooks of parts to the table of the same family
+// in into (in order: the hooks of earlier parts come first in their base
+// chains).
+func merge(into, parts []xtables.Table) {
+	for _, part := range parts {
+		for i := range into {
+			if into[i].Family == part.Family && into[i].Name == part.Name {
+				into[i].Chains = append(into[i].Chains, part.Chains...)
+				into[i].Hooks = append(into[i].Hooks, part.Hooks...)
+			}
+		}
+	}
 }
 
 // Write prints the plan: per family and table, the iptables-restore

@@ -16,6 +16,7 @@ import (
 
 	"github.com/hubwarden/hubwarden/demotion"
 	"github.com/hubwarden/hubwarden/egress"
+	"github.com/hubwarden/hubwarden/guard"
 	"github.com/hubwarden/hubwarden/tcshape"
 	"github.com/hubwarden/hubwarden/units"
 )
@@ -41,6 +42,8 @@ func testConfig(t *testing.T) *Config {
 		CTMark: 0x100000, Contract: contract,
 		Watch: true, FlowBudget: 16 * units.MiB, FlowRefill: units.Rate(units.MiB), PodBudget: 64 * units.MiB, PodRefill: units.Rate(256 * units.KiB),
 		HealthAddr: ":9280",
+		Guard: guard.Config{Mode: guard.Enforce, ServerPort: 8888, GuardPort: 9281, BaseURL: "/user/jovyan/",
+			MaxNotebook: 32 << 20, Terminals: true, ProgressInterval: time.Minute},
 	}
 }
 
@@ -110,7 +113,7 @@ func TestApplyOrder(t *testing.T) {
 	mustClean(t, w)
 	for _, tool := range []string{"iptables-nft", "ip6tables-nft"} {
 		save := f.ipt.Save(tool)
-		for _, want := range []string{"*filter", "*raw", "*mangle", "HUBWARDEN-EGRESS", "HUBWARDEN-TRIP"} {
+		for _, want := range []string{"*filter", "*raw", "*mangle", "*nat", "HUBWARDEN-EGRESS", "HUBWARDEN-TRIP", "HUBWARDEN-GUARD-IN", "HUBWARDEN-GUARD-RAW", "REDIRECT --to-ports 9281"} {
 			if !strings.Contains(save, want) {
 				t.Errorf("%s holds no %s:\n%s", tool, want, save)
 			}
@@ -398,7 +401,7 @@ func TestFeaturesOff(t *testing.T) {
 	started(t, f, cfg)
 	tree := f.tc.state
 	off := *cfg
-	off.Egress, off.Shape = false, false
+	off.Egress, off.Shape, off.Guard.Mode = false, false, guard.Off
 	w := started(t, f, &off)
 	for _, tool := range []string{"iptables-nft", "ip6tables-nft"} {
 		if s := f.ipt.Save(tool); strings.Contains(s, "HUBWARDEN-") {
