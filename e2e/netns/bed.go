@@ -20,6 +20,7 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"syscall"
 	"time"
 )
@@ -88,6 +89,9 @@ type Bed struct {
 	// LabAsset is the path, below a user's server, of one of JupyterLab's
 	// static files of about 100 KB (the smallest of at least 100,000 bytes).
 	LabAsset string
+	// SinkBytes counts the bytes POSTed to the allowed web server (the
+	// destination of the direct-egress uploads of part 6).
+	SinkBytes atomic.Int64
 
 	opts      Options
 	mu        sync.Mutex
@@ -316,8 +320,21 @@ func (b *Bed) other() error {
 		if err != nil {
 			return fmt.Errorf("listening on %s in other: %w", s.addr, err)
 		}
-		body := s.body
-		srv := &http.Server{Handler: http.HandlerFunc(func(w http.ResponseWriter, _ *http.Request) { io.WriteString(w, body) }), ReadHeaderTimeout: 5 * time.Second}
+		body, sink := s.body, strings.HasPrefix(s.body, "allowed")
+		srv := &http.Server{Handler: http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+			if sink && r.Method == http.MethodPost {
+				// An upload from a pod: count what arrives, as it arrives.
+				buf := make([]byte, 64<<10)
+				for {
+					n, err := r.Body.Read(buf)
+					b.SinkBytes.Add(int64(n))
+					if err != nil {
+						break
+					}
+				}
+			}
+			io.WriteString(w, body)
+		}), ReadHeaderTimeout: 5 * time.Second}
 		go srv.Serve(l)
 		b.mu.Lock()
 		b.listeners = append(b.listeners, srv)
@@ -383,7 +400,7 @@ func (b *Bed) user(name string) error {
 		return fmt.Errorf("marking user %s: %w", name, err)
 	}
 	if err := run("runuser", "-u", name, "--", "sh", "-c",
-		fmt.Sprintf("head -c %d /dev/urandom > ~/big.bin && head -c 2097152 /dev/urandom > ~/mid.bin && head -c 25165824 /dev/urandom > ~/contents.bin && head -c 18874368 /dev/urandom > ~/over.bin && mkdir -p ~/work/a ~/work/b", b.opts.BigFile)); err != nil {
+		fmt.Sprintf("head -c %d /dev/urandom > ~/big.bin && head -c 2097152 /dev/urandom > ~/mid.bin && head -c 25165824 /dev/urandom > ~/contents.bin && mkdir -p ~/work/a ~/work/b", b.opts.BigFile)); err != nil {
 		return err
 	}
 	uid, _ := strconv.Atoi(u.Uid)

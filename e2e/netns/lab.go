@@ -370,6 +370,9 @@ type Download struct {
 	Bytes    int64
 	Elapsed  time.Duration
 	Complete bool
+	// State is the browser's last word on it ("completed", "canceled", or
+	// "inProgress" when the test cancelled it at its limit).
+	State string
 	// Samples are the received bytes every 250 ms after Started.
 	Samples []int64
 	File    string
@@ -450,7 +453,7 @@ loop:
 		case <-deadline.C:
 			d.Elapsed = time.Since(d.Started)
 			mu.Lock()
-			d.Bytes = received
+			d.Bytes, d.State = received, string(state)
 			mu.Unlock()
 			var werr error
 			if whileRunning != nil {
@@ -469,7 +472,7 @@ loop:
 	}
 	d.Elapsed = time.Since(d.Started)
 	mu.Lock()
-	d.Bytes, d.Complete = received, state == browser.DownloadProgressStateCompleted
+	d.Bytes, d.Complete, d.State = received, state == browser.DownloadProgressStateCompleted, string(state)
 	mu.Unlock()
 	d.File = filepath.Join(l.Downloads, guid)
 	return d, nil

@@ -30,6 +30,38 @@ const (
 	DataFiles = 24
 )
 
+// Bulk notebooks: the route the HTTP guard allows (a notebook through the
+// contents API, under HUBWARDEN_GUARD_MAX_NOTEBOOK, 32 MiB by default) is
+// the one the throttling parts measure in both pods. Each is one code cell
+// whose saved output is random bytes as base64 image/png, as a notebook
+// full of noise images stores them.
+var bulkNotebooks = map[string]int{
+	LargeNotebook: 28 << 20, // over the 16 MiB flow budget: part 2
+	OverNotebook:  18 << 20, // just over the flow budget, completes in ~20 s: part 3
+	// Under the flow budget: part 4's requests, each flow's answers
+	// small enough that only the pod budget can stop them. (16 parallel
+	// requests of a 28 MiB notebook take the server ~8 s of CPU before
+	// the first byte: the bare pod then moves too little to compare.)
+	ChunkNotebook: 8 << 20,
+}
+
+// The bulk notebooks' names.
+const (
+	LargeNotebook = "large.ipynb"
+	OverNotebook  = "over.ipynb"
+	ChunkNotebook = "chunk.ipynb"
+)
+
+// bulkNotebook returns a notebook of about size bytes on disk.
+func bulkNotebook(size int, seed uint64) ([]byte, error) {
+	raw := make([]byte, (size-1024)*3/4)
+	r := rand.NewChaCha8([32]byte{byte(seed)})
+	r.Read(raw)
+	out := map[string]any{"output_type": "display_data", "metadata": map[string]any{},
+		"data": map[string]any{"image/png": base64.StdEncoding.EncodeToString(raw), "text/plain": "<Figure>"}}
+	return notebook([]any{cell(0, "code", "show_noise()", []any{out})})
+}
+
 // analysisCells are the cells of AnalysisNotebook: markdown, a table (an HTML
 // table, what a DataFrame displays) and a real matplotlib plot.
 var analysisCells = []struct{ kind, src string }{
@@ -107,6 +139,13 @@ func writeNotebooks(home string, uid, gid int) error {
 		return err
 	}
 	files := map[string][]byte{AnalysisNotebook: analysis, ReportNotebook: report}
+	seed := uint64(100)
+	for name, size := range bulkNotebooks {
+		seed++
+		if files[name], err = bulkNotebook(size, seed); err != nil {
+			return fmt.Errorf("making %s: %w", name, err)
+		}
+	}
 	for i := range DataFiles {
 		var b bytes.Buffer
 		b.WriteString("site,month,value\n")

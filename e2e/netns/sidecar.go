@@ -71,10 +71,10 @@ func (b *Bed) SidecarEnv() []string {
 		"HUBWARDEN_DUMP_INTERVAL=250ms",
 		"HUBWARDEN_RECONCILE_INTERVAL=2s",
 		"HUBWARDEN_HEALTH_ADDR=127.0.0.1:9280",
-		// This proof measures the throttling of every download route; the
-		// HTTP guard (which refuses the download routes outright) has its
-		// own root tests (guard/, sidecar's TestIntegrationRunGuards).
-		"HUBWARDEN_GUARD=off",
+		// The HTTP guard stays at its default (enforce), as a z2jh admin
+		// deploys it: the download routes are refused in this pod, and the
+		// throttling is measured through the routes it allows (notebooks,
+		// the kernel websocket) and on direct egress.
 	}
 }
 
