@@ -1,12 +1,14 @@
 #!/usr/bin/env bash
 # `make demo`: on a fresh Debian 12 machine, as root, install what the e2e bed
-# needs, build hubwarden, build the bed (real JupyterHub, configurable-http-proxy
-# 5.2.0, two user pods in network namespaces), run the proof with and without
-# hubwarden side by side, print the before/after table, clean up, and exit
-# non-zero if any protection failed or could not be proven.
+# needs, build hubwarden, build the bed (the stack z2jh 4.4 ships: JupyterHub
+# 5.5.0, configurable-http-proxy 5.2.0, jupyterhub-singleuser with
+# jupyter-server 2.19.0 and JupyterLab 4.5.8 in two user pods made of network
+# namespaces, Debian's Chromium as the user's browser), run the proof with and
+# without hubwarden side by side, print the before/after table, clean up, and
+# exit non-zero if any protection failed or could not be proven.
 #
-#   e2e/demo.sh                  the whole proof (about 4-5 minutes)
-#   HWE2E_REGULAR=20s e2e/demo.sh   a shorter regular-use phase
+#   e2e/demo.sh                            the whole proof (about 15 minutes)
+#   HWE2E_BROWSER_ROUNDS=6 e2e/demo.sh     fewer browser rounds (p95 of fewer samples)
 set -euo pipefail
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 cd "$ROOT"
@@ -27,10 +29,10 @@ stamp=$(date -u +%Y%m%dT%H%M%SZ)
 report=netns/work/demo-$stamp.txt   # netns/work is git-ignored
 log=netns/work/demo-$stamp.log
 set +e
-HWE2E_STRICT=1 HWE2E_REPORT="$PWD/$report" go test -tags e2e -count=1 -timeout 25m -run '^TestE2EProof$' -v ./netns/ > "$log" 2>&1
+HWE2E_STRICT=1 HWE2E_REPORT="$PWD/$report" go test -tags e2e -count=1 -timeout 40m -run '^TestE2EProof$' -v ./netns/ > "$log" 2>&1
 rc=$?
 set -e
-grep -E '^\s+(proof|bed)_test.go:|^(=== RUN|--- |    --- )' "$log" || true
+grep -E '^\s+(proof|proof_browser|bed)_test.go:|^(=== RUN|--- |    --- )' "$log" || true
 if [ -s "$report" ]; then cat "$report"; else tail -50 "$log"; fi
-echo "table: e2e/$report, full log: e2e/$log"
+echo "table: e2e/$report, screenshots: e2e/${report%.txt}-jupyterlab-{without,with}.png, full log: e2e/$log"
 exit $rc

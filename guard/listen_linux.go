@@ -39,3 +39,53 @@ func Listen(ctx context.Context, port uint16) (net.Listener, error) {
 	}
 	return ln, nil
 }
+
+// dialServer dials the server with d and returns connections that
+// acknowledge what they read at once (TCP_QUICKACK after every read).
+//
+// tornado leaves Nagle's algorithm on for websockets (jupyter-server never
+// calls set_nodelay), so the server holds a small message back while an
+// earlier one is unacknowledged. On the hub's proxy's connection to the pod
+// (MSS 1448) that costs little; on loopback the MSS is 64 KiB, every kernel
+// message is "small", and Linux's delayed ACK (40 ms at least) on the
+// guard's side held the next message of a cell's burst (status, input,
+// stream, reply, idle). Measured on the e2e bed (part 1 over HTTP, 40 s):
+// a print cell took 20.4 ms at the median and 51 ms at p95 behind the
+// guard against 9.8 and 21 ms in the bare pod; with this, 9.6 and 24 ms
+// against 9.7 and 23 ms. TCP_QUICKACK is not sticky (the kernel returns
+// to delayed ACKs), hence after every read.
+func dialServer(d *net.Dialer) func(ctx context.Context, network, addr string) (net.Conn, error) {
+	return func(ctx context.Context, network, addr string) (net.Conn, error) {
+		c, err := d.DialContext(ctx, network, addr)
+		if err != nil {
+			return nil, err
+		}
+		tc, ok := c.(*net.TCPConn)
+		if !ok {
+			return c, nil
+		}
+		raw, err := tc.SyscallConn()
+		if err != nil {
+			return c, nil
+		}
+		return &quickAckConn{Conn: c, raw: raw}, nil
+	}
+}
+
+// quickAckConn is a connection to the server that sets TCP_QUICKACK after
+// every read. It embeds the net.Conn interface, not *net.TCPConn, so that
+// no ReadFrom or WriteTo goes around Read.
+type quickAckConn struct {
+	net.Conn
+	raw syscall.RawConn
+}
+
+func (c *quickAckConn) Read(p []byte) (int, error) {
+	n, err := c.Conn.Read(p)
+	if n > 0 {
+		_ = c.raw.Control(func(fd uintptr) {
+			_ = unix.SetsockoptInt(int(fd), unix.IPPROTO_TCP, unix.TCP_QUICKACK, 1)
+		})
+	}
+	return n, err
+}

@@ -113,10 +113,12 @@ func New(cfg Config, logger zerolog.Logger, m *Metrics, opts Options) (*Guard, e
 		BufferPool:     copyBuffers{},
 		Transport: &http.Transport{
 			Proxy: nil, // never an HTTP_PROXY from the environment
-			DialContext: (&net.Dialer{
+			// The server's connections ACK what they read at once
+			// (dialServer): tornado's websockets keep Nagle's algorithm on.
+			DialContext: dialServer(&net.Dialer{
 				Timeout:   5 * time.Second,
 				KeepAlive: 30 * time.Second,
-			}).DialContext,
+			}),
 			MaxIdleConns:        512,
 			MaxIdleConnsPerHost: 512,
 			// Close idle connections to the server well before tornado's

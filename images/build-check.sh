@@ -114,10 +114,11 @@ for key in ("disabledExtensions", "lockedExtensions"):
 PY
 
 # The server config's fail-closed guard: it must refuse a server without the
-# lockdown and accept one with it. Needs jupyter_core (Debian:
-# python3-jupyter-core, installed with jupyterhub by scripts/setup.sh).
+# lockdown and accept one with it. Needs jupyter_core: the single-user
+# environment of scripts/python-env.sh has it (jupyter-core of the z2jh user
+# image's pins).
 guard_py=
-for py in /usr/bin/python3 python3; do
+for py in "${HUBWARDEN_VENV_ROOT:-/opt/hubwarden/venv}/singleuser/bin/python" /usr/bin/python3 python3; do
 	if "$py" -c 'import jupyter_core' 2>/dev/null; then
 		guard_py=$py
 		break

@@ -2,13 +2,17 @@
 # Installs what hubwarden's tests, demo and benchmarks need on a fresh Debian 12
 # machine. Idempotent; run as root. Set HUBWARDEN_SETUP_E2E=0 to skip the
 # JupyterHub parts.
+#
+# The JupyterHub stack comes from PyPI (scripts/python-env.sh, the pins of
+# requirements/), configurable-http-proxy from npm (the e2e bed installs it on
+# first use), the browser of the e2e proof is Debian's Chromium (chromedp
+# drives it; nothing ever downloads a browser of its own).
 set -euo pipefail
+cd "$(dirname "$0")/.."
 need=(iptables nftables conntrack iperf3 curl iproute2 tcpdump iputils-ping procps util-linux python3-venv)
 if [ "${HUBWARDEN_SETUP_E2E:-1}" = 1 ]; then
-  need+=(jupyterhub python3-websocket dnsmasq-base bind9-dnsutils python3-yaml)
-  # The notebook side's browser test drives Debian's Chromium with Playwright
-  # (requirements/test.txt); Playwright never downloads a browser of its own.
-  need+=(chromium)
+  # python3-websocket: the guard's capture driver (guard/testdata/capture).
+  need+=(dnsmasq-base bind9-dnsutils python3-yaml python3-websocket chromium chromium-driver)
   command -v npm >/dev/null || need+=(nodejs npm)
 fi
 missing=()
@@ -23,5 +27,7 @@ if [ ${#missing[@]} -gt 0 ]; then
 fi
 command -v go >/dev/null || { echo "setup: Go is not installed (need Go >= 1.25 on PATH)" >&2; exit 1; }
 go mod download
+(cd e2e && go mod download)
+(cd e2e/deploytest && go mod download)
 # The Python stack z2jh 4.4 ships, hash-locked (requirements/README.md).
 ./scripts/python-env.sh

@@ -115,9 +115,10 @@ func docVars() map[string]docVar {
 // harnessVars are HUBWARDEN_ variables that the test and set-up scripts
 // read, not hubwarden, with the file that reads each.
 var harnessVars = map[string]string{
-	"HUBWARDEN_BIN":       "internal/hwtest/hwtest_linux.go",
-	"HUBWARDEN_SETUP_E2E": "scripts/setup.sh",
-	"HUBWARDEN_VENV_ROOT": "scripts/python-env.sh",
+	"HUBWARDEN_BIN":          "internal/hwtest/hwtest_linux.go",
+	"HUBWARDEN_REQUIRE_VENV": "e2e/deploytest/render_test.go",
+	"HUBWARDEN_SETUP_E2E":    "scripts/setup.sh",
+	"HUBWARDEN_VENV_ROOT":    "scripts/python-env.sh",
 }
 
 // cleanValue strips the Markdown and YAML around a value as written.

@@ -4,6 +4,11 @@
 // of the container specs expanded with Python str.format semantics, every
 // HUBWARDEN_* variable run through hubwarden's own configuration loader, and
 // the probes compared with the address and paths hubwarden serves.
+//
+// It also renders the pods the real hub makes (render.go): the chart's own
+// hub configuration run by KubeSpawner 7.0.0 in the hub environment of
+// scripts/python-env.sh, the pods decoded strictly into k8s.io/api/core/v1
+// and validated with Kubernetes' own pod validation.
 package deploytest
 
 import (

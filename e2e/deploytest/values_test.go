@@ -1,6 +1,8 @@
 package deploytest
 
 import (
+	"crypto/sha256"
+	"fmt"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -154,23 +156,46 @@ func TestCheckRejects(t *testing.T) {
 	}
 }
 
-// TestSchemaCopyCurrent compares the copied chart files with ../shared/z2jh
-// when that directory exists beside the repository (CI's layout).
+// copied are the chart files in testdata, with the sha256 testdata/README.md
+// gives for each.
+var copied = map[string]string{
+	"values.schema.yaml":       "1d9d48ee343efda1140edfc3de4d8ec4113ae9173bf9e44b83f19c2ca335a0dc",
+	"values.yaml":              "d61742ce43e33262bb8fa0d68b6b9e7a7b229a3c7ce6d5a08cf97788c0ba796b",
+	"hub-jupyterhub_config.py": "561cb70a05e1c2f563741edb6aec55fdc5f5be5a6e4ee980e862977feeb3e92a",
+	"hub-z2jh.py":              "6312594f0c92f920da2d6c9fb232b97ab5e7dc29acdbfae950cb0ef8fe235790",
+	"LICENSE-z2jh":             "a192af93da9457066f3fa6e4495a4fd529528d5cef82b3d37dcc793268395953",
+}
+
+// TestSchemaCopyCurrent checks the copied chart files against the sums in
+// testdata/README.md, and against ../shared/z2jh when that directory exists
+// beside the repository (the development machines' layout; a clean clone in
+// CI has only the copies).
 func TestSchemaCopyCurrent(t *testing.T) {
 	root, err := RepoRoot()
 	if err != nil {
 		t.Fatal(err)
 	}
-	for _, name := range []string{"values.schema.yaml", "values.yaml"} {
-		shared := filepath.Join(root, "..", "shared", "z2jh", name)
-		want, err := os.ReadFile(shared)
-		if os.IsNotExist(err) {
-			t.Skipf("%s not present", shared)
-		}
+	readme, err := os.ReadFile(filepath.Join("testdata", "README.md"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	for name, sum := range copied {
+		got, err := os.ReadFile(filepath.Join("testdata", name))
 		if err != nil {
 			t.Fatal(err)
 		}
-		got, err := os.ReadFile(filepath.Join("testdata", name))
+		if h := fmt.Sprintf("%x", sha256.Sum256(got)); h != sum {
+			t.Errorf("testdata/%s has sha256 %s, want %s", name, h, sum)
+		}
+		if !strings.Contains(string(readme), sum) {
+			t.Errorf("testdata/README.md does not give the sha256 of %s (%s)", name, sum)
+		}
+		shared := filepath.Join(root, "..", "shared", "z2jh", name)
+		want, err := os.ReadFile(shared)
+		if os.IsNotExist(err) {
+			t.Logf("%s not present: checked the sum only", shared)
+			continue
+		}
 		if err != nil {
 			t.Fatal(err)
 		}

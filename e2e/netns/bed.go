@@ -20,6 +20,7 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"syscall"
 	"time"
 )
@@ -50,11 +51,15 @@ const (
 	SpawnTimeout = 90 * time.Second
 )
 
-// Users of the bed: one per pod.
-const (
-	BareUser   = "hwbare"
-	WardenUser = "hwwarden"
-)
+// VenvRoot is where scripts/python-env.sh installs the Python environments
+// (HUBWARDEN_VENV_ROOT, default /opt/hubwarden/venv): hub/ holds the z2jh hub
+// image's pins, singleuser/ the user image's.
+func VenvRoot() string {
+	if v := os.Getenv("HUBWARDEN_VENV_ROOT"); v != "" {
+		return v
+	}
+	return "/opt/hubwarden/venv"
+}
 
 // Options configures New.
 type Options struct {
@@ -74,6 +79,19 @@ type Bed struct {
 	BaseURL                            string // the public proxy as seen from the client
 	ServiceToken                       string
 	Timings                            map[string]time.Duration
+	// BareUser and WardenUser own the two pods' servers. They are Unix
+	// users made for this run (hwb<pid>, hww<pid>), so that beds of other
+	// runs on the same machine never share one.
+	BareUser, WardenUser string
+	// Versions of the stack the bed runs, by component (JupyterHub,
+	// jupyter-server, JupyterLab, configurable-http-proxy).
+	Versions map[string]string
+	// LabAsset is the path, below a user's server, of one of JupyterLab's
+	// static files of about 100 KB (the smallest of at least 100,000 bytes).
+	LabAsset string
+	// SinkBytes counts the bytes POSTed to the allowed web server (the
+	// destination of the direct-egress uploads of part 6).
+	SinkBytes atomic.Int64
 
 	opts      Options
 	mu        sync.Mutex
@@ -100,18 +118,22 @@ func Preflight() error {
 		return errors.New("the e2e bed needs root (network namespaces, users)")
 	}
 	var missing []string
-	for _, p := range []string{"/usr/bin/jupyterhub", "/usr/bin/jupyterhub-singleuser", "/usr/sbin/dnsmasq", "/usr/bin/python3"} {
+	for _, p := range []string{
+		filepath.Join(VenvRoot(), "hub", "bin", "jupyterhub"),
+		filepath.Join(VenvRoot(), "singleuser", "bin", "jupyterhub-singleuser"),
+		"/usr/sbin/dnsmasq",
+	} {
 		if _, err := os.Stat(p); err != nil {
 			missing = append(missing, p)
 		}
 	}
-	for _, c := range []string{"ip", "npm", "node", "useradd", "userdel", "conntrack", "iptables"} {
+	for _, c := range []string{"ip", "npm", "node", "useradd", "userdel", "runuser", "conntrack", "iptables"} {
 		if _, err := exec.LookPath(c); err != nil {
 			missing = append(missing, c)
 		}
 	}
 	if len(missing) > 0 {
-		return fmt.Errorf("missing %s (run scripts/setup.sh: apt jupyterhub python3-websocket dnsmasq-base bind9-dnsutils conntrack; nodejs with npm)", strings.Join(missing, ", "))
+		return fmt.Errorf("missing %s (run scripts/setup.sh: the Python environments of requirements/, dnsmasq-base, conntrack, nodejs with npm)", strings.Join(missing, ", "))
 	}
 	return nil
 }
@@ -139,6 +161,9 @@ func New(ctx context.Context, opts Options) (*Bed, error) {
 		Warden: NS{p + "warden"}, Other: NS{p + "other"},
 		BaseURL:      "http://" + ProxyIP + ":8000",
 		ServiceToken: randomToken(),
+		BareUser:     fmt.Sprintf("hwb%d", os.Getpid()),
+		WardenUser:   fmt.Sprintf("hww%d", os.Getpid()),
+		Versions:     map[string]string{},
 	}
 	abs, err := filepath.Abs(filepath.Join(opts.WorkDir, strings.TrimSuffix(p, "-")))
 	if err != nil {
@@ -170,12 +195,15 @@ func (b *Bed) build(ctx context.Context) error {
 		return err
 	}
 	t = time.Now()
-	for _, u := range []string{BareUser, WardenUser} {
+	for _, u := range []string{b.BareUser, b.WardenUser} {
 		if err := b.user(u); err != nil {
 			return err
 		}
 	}
 	b.Timings["users"] = time.Since(t)
+	if err := b.readVersions(chp); err != nil {
+		return err
+	}
 	t = time.Now()
 	if err := b.startHub(ctx, chp); err != nil {
 		return err
@@ -252,7 +280,9 @@ func (b *Bed) topology() error {
 		}
 	}
 	// Per-pod resolv.conf: `ip netns exec` and the spawner bind-mount it.
-	for _, n := range []NS{b.Bare, b.Warden} {
+	// The client gets one too: the browser runs there, and any name it
+	// looked up would go to the bed's resolver, not the host's.
+	for _, n := range []NS{b.Bare, b.Warden, b.Client} {
 		d := "/etc/netns/" + n.Name
 		if err := os.MkdirAll(d, 0o755); err != nil {
 			return fmt.Errorf("making %s: %w", d, err)
@@ -290,8 +320,21 @@ func (b *Bed) other() error {
 		if err != nil {
 			return fmt.Errorf("listening on %s in other: %w", s.addr, err)
 		}
-		body := s.body
-		srv := &http.Server{Handler: http.HandlerFunc(func(w http.ResponseWriter, _ *http.Request) { io.WriteString(w, body) }), ReadHeaderTimeout: 5 * time.Second}
+		body, sink := s.body, strings.HasPrefix(s.body, "allowed")
+		srv := &http.Server{Handler: http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+			if sink && r.Method == http.MethodPost {
+				// An upload from a pod: count what arrives, as it arrives.
+				buf := make([]byte, 64<<10)
+				for {
+					n, err := r.Body.Read(buf)
+					b.SinkBytes.Add(int64(n))
+					if err != nil {
+						break
+					}
+				}
+			}
+			io.WriteString(w, body)
+		}), ReadHeaderTimeout: 5 * time.Second}
 		go srv.Serve(l)
 		b.mu.Lock()
 		b.listeners = append(b.listeners, srv)
@@ -336,32 +379,33 @@ func (b *Bed) other() error {
 	})
 }
 
-// user makes a system user for a pod (once) with test data in its home.
+// user makes a Unix user for a pod, with test data in its home. The name is
+// this run's own (Cleanup removes it if the run is killed).
 func (b *Bed) user(name string) error {
-	if _, err := user.Lookup(name); err != nil {
-		if err := run("useradd", "-m", "-s", "/bin/bash", "-c", "hubwarden e2e", name); err != nil {
-			return err
-		}
-		b.mu.Lock()
-		b.users = append(b.users, name)
-		b.mu.Unlock()
+	if _, err := user.Lookup(name); err == nil {
+		return fmt.Errorf("user %s exists already: another run with this pid left it behind and cleanup did not remove it", name)
 	}
+	if err := run("useradd", "-m", "-s", "/bin/bash", "-c", "hubwarden e2e", name); err != nil {
+		return err
+	}
+	b.mu.Lock()
+	b.users = append(b.users, name)
+	b.mu.Unlock()
 	u, err := user.Lookup(name)
 	if err != nil {
 		return fmt.Errorf("looking up user %s: %w", name, err)
 	}
-	// The marker lets `hwe2e cleanup` tell the bed's users from real ones.
+	// The marker lets Cleanup tell the bed's users from real ones.
 	if err := os.WriteFile(filepath.Join(u.HomeDir, ".hwe2e"), []byte("made by the hubwarden e2e bed\n"), 0o644); err != nil {
 		return fmt.Errorf("marking user %s: %w", name, err)
 	}
-	big := filepath.Join(u.HomeDir, "big.bin")
-	if st, err := os.Stat(big); err != nil || st.Size() != b.opts.BigFile {
-		if err := run("runuser", "-u", name, "--", "sh", "-c",
-			fmt.Sprintf("head -c %d /dev/urandom > ~/big.bin && head -c 2097152 /dev/urandom > ~/mid.bin && head -c 25165824 /dev/urandom > ~/contents.bin && head -c 18874368 /dev/urandom > ~/over.bin && mkdir -p ~/work/a ~/work/b", b.opts.BigFile)); err != nil {
-			return err
-		}
+	if err := run("runuser", "-u", name, "--", "sh", "-c",
+		fmt.Sprintf("head -c %d /dev/urandom > ~/big.bin && head -c 2097152 /dev/urandom > ~/mid.bin && head -c 25165824 /dev/urandom > ~/contents.bin && mkdir -p ~/work/a ~/work/b", b.opts.BigFile)); err != nil {
+		return err
 	}
-	return nil
+	uid, _ := strconv.Atoi(u.Uid)
+	gid, _ := strconv.Atoi(u.Gid)
+	return writeNotebooks(u.HomeDir, uid, gid)
 }
 
 func (b *Bed) startHub(ctx context.Context, chp string) error {
@@ -371,16 +415,19 @@ func (b *Bed) startHub(ctx context.Context, chp string) error {
 		return fmt.Errorf("writing the hub config: %w", err)
 	}
 	pods, _ := json.Marshal(map[string]map[string]string{
-		BareUser:   {"netns": b.Bare.Name, "ip": BareIP},
-		WardenUser: {"netns": b.Warden.Name, "ip": WardenIP},
+		b.BareUser:   {"netns": b.Bare.Name, "ip": BareIP},
+		b.WardenUser: {"netns": b.Warden.Name, "ip": WardenIP},
 	})
+	hub := filepath.Join(VenvRoot(), "hub")
 	env := []string{
-		"PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin", // no pyenv shims
-		"NODE_PATH=/usr/share/nodejs", "HOME=/root", "LANG=C.UTF-8",
+		// The hub's environment first, then the system (no pyenv shims).
+		"PATH=" + hub + "/bin:/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
+		"HOME=/root", "LANG=C.UTF-8",
 		"E2E_PODS=" + string(pods), "E2E_HUB_IP=" + HubIP, "E2E_CHP=" + chp,
+		"E2E_SINGLEUSER_VENV=" + filepath.Join(VenvRoot(), "singleuser"),
 		"E2E_PASSWORD=" + Password, "E2E_SERVICE_TOKEN=" + b.ServiceToken,
 	}
-	p, err := start("jupyterhub", b.Proxy.Name, []string{"/usr/bin/jupyterhub", "-f", cfg}, env, dir, filepath.Join(b.Dir, "hub.log"))
+	p, err := start("jupyterhub", b.Proxy.Name, []string{hub + "/bin/jupyterhub", "-f", cfg}, env, dir, filepath.Join(b.Dir, "hub.log"))
 	if err != nil {
 		return err
 	}
@@ -409,17 +456,7 @@ func (b *Bed) startHub(ctx context.Context, chp string) error {
 
 // installCHP installs configurable-http-proxy (the version z2jh ships) with
 // npm into cache once and returns its command.
-//
-// HWE2E_CHP=debian uses Debian's configurable-http-proxy 4.5.3 instead (one
-// upstream connection per request: the easy case for per-connection marks).
 func installCHP(ctx context.Context, cache string, logf func(string, ...any)) (string, error) {
-	if os.Getenv("HWE2E_CHP") == "debian" {
-		const deb = "/usr/bin/configurable-http-proxy"
-		if _, err := os.Stat(deb); err != nil {
-			return "", fmt.Errorf("HWE2E_CHP=debian: %w", err)
-		}
-		return deb, nil
-	}
 	prefix, err := filepath.Abs(filepath.Join(cache, "chp-"+CHPVersion))
 	if err != nil {
 		return "", err
@@ -436,6 +473,82 @@ func installCHP(ctx context.Context, cache string, logf func(string, ...any)) (s
 		return "", fmt.Errorf("installing configurable-http-proxy@%s with npm: %w: %s", CHPVersion, err, out)
 	}
 	return bin, nil
+}
+
+// Stack names the versions of the bed's stack in one line, for the
+// report's header; browser is the browser's product string ("" if none).
+func (b *Bed) Stack(browser string) string {
+	v := b.Versions
+	s := fmt.Sprintf("JupyterHub %s (hub), jupyter-server %s, JupyterLab %s, jupyterhub-singleuser %s, ipykernel %s, configurable-http-proxy %s",
+		v["JupyterHub"], v["jupyter-server"], v["JupyterLab"], v["jupyterhub-singleuser"], v["ipykernel"], v["configurable-http-proxy"])
+	if browser != "" {
+		// The product string of Debian's Chromium says Chrome/<version>.
+		_, version, _ := strings.Cut(browser, "/")
+		s += ", Chromium " + version + " (Debian's, headless)"
+	}
+	return s
+}
+
+// readVersions records the versions of the stack the bed runs, read from
+// the installed packages themselves.
+func (b *Bed) readVersions(chp string) error {
+	py := func(venv, code string) (string, error) {
+		out, err := exec.Command(filepath.Join(VenvRoot(), venv, "bin", "python"), "-c", code).Output()
+		if err != nil {
+			return "", fmt.Errorf("reading versions in %s: %w", venv, err)
+		}
+		return string(out), nil
+	}
+	hub, err := py("hub", "import jupyterhub, kubespawner; print(jupyterhub.__version__, kubespawner.__version__)")
+	if err != nil {
+		return err
+	}
+	su, err := py("singleuser", "import jupyter_server, jupyterlab, jupyterhub, ipykernel; print(jupyter_server.__version__, jupyterlab.__version__, jupyterhub.__version__, ipykernel.__version__)")
+	if err != nil {
+		return err
+	}
+	h, s := strings.Fields(hub), strings.Fields(su)
+	if len(h) != 2 || len(s) != 4 {
+		return fmt.Errorf("reading versions: unexpected output %q, %q", hub, su)
+	}
+	var pkg struct {
+		Version string `json:"version"`
+	}
+	// bin is node_modules/.bin/configurable-http-proxy
+	pj, err := os.ReadFile(filepath.Join(filepath.Dir(filepath.Dir(chp)), "configurable-http-proxy", "package.json"))
+	if err != nil {
+		return fmt.Errorf("reading the version of configurable-http-proxy: %w", err)
+	}
+	if err := json.Unmarshal(pj, &pkg); err != nil {
+		return fmt.Errorf("reading the version of configurable-http-proxy: %w", err)
+	}
+	b.Versions["JupyterHub"] = h[0]
+	b.Versions["KubeSpawner"] = h[1]
+	b.Versions["jupyter-server"] = s[0]
+	b.Versions["JupyterLab"] = s[1]
+	b.Versions["jupyterhub-singleuser"] = s[2]
+	b.Versions["ipykernel"] = s[3]
+	b.Versions["configurable-http-proxy"] = pkg.Version
+
+	static := filepath.Join(VenvRoot(), "singleuser", "share", "jupyter", "lab", "static")
+	entries, err := os.ReadDir(static)
+	if err != nil {
+		return fmt.Errorf("listing JupyterLab's static files: %w", err)
+	}
+	best := int64(-1)
+	for _, e := range entries {
+		info, err := e.Info()
+		if err != nil || !strings.HasSuffix(e.Name(), ".js") || info.Size() < 100000 {
+			continue
+		}
+		if best < 0 || info.Size() < best {
+			best, b.LabAsset = info.Size(), "/static/lab/"+e.Name()
+		}
+	}
+	if b.LabAsset == "" {
+		return fmt.Errorf("no JupyterLab static file of 100 KB in %s", static)
+	}
+	return nil
 }
 
 func (b *Bed) track(p *Proc) {
@@ -529,19 +642,30 @@ func removeUser(name string) error {
 	return run("userdel", "-r", name)
 }
 
-var leftover = regexp.MustCompile(`^hwe2e-(\d+)-`)
+var (
+	leftover     = regexp.MustCompile(`^hwe2e-(\d+)-`)
+	leftoverUser = regexp.MustCompile(`^hw[bw](\d+)$`)
+)
+
+// alive reports whether pid is a running process other than this one.
+func alive(pid int) bool {
+	return pid != os.Getpid() && syscall.Kill(pid, 0) == nil
+}
 
 // Cleanup removes what killed runs left behind: namespaces named
 // hwe2e-<pid>-… whose pid no longer runs (with their processes and
-// /etc/netns dirs), and the bed's users (marked by ~/.hwe2e) when no bed
-// process is alive.
+// /etc/netns dirs), and the bed's users hwb<pid>/hww<pid> (marked by
+// ~/.hwe2e) whose pid no longer runs. This process's own pid counts as gone:
+// New calls Cleanup before it makes anything, and a process runs one bed at
+// a time. The users of older beds (hwbare,
+// hwwarden) are removed only when no bed of any run is alive.
 func Cleanup(logf func(string, ...any)) error {
 	out, err := exec.Command("ip", "netns", "list").Output()
 	if err != nil {
 		return fmt.Errorf("listing namespaces: %w", err)
 	}
 	var errs []error
-	alive := false
+	anyAlive := false
 	for _, line := range strings.Split(string(out), "\n") {
 		f := strings.Fields(line)
 		if len(f) == 0 {
@@ -552,8 +676,8 @@ func Cleanup(logf func(string, ...any)) error {
 			continue
 		}
 		pid, _ := strconv.Atoi(m[1])
-		if pid != os.Getpid() && syscall.Kill(pid, 0) == nil {
-			alive = true
+		if alive(pid) {
+			anyAlive = true
 			continue
 		}
 		if logf != nil {
@@ -563,27 +687,35 @@ func Cleanup(logf func(string, ...any)) error {
 			errs = append(errs, err)
 		}
 	}
-	if !alive {
-		for _, u := range []string{BareUser, WardenUser} {
-			if pw, err := user.Lookup(u); err == nil {
-				if _, err := os.Stat(filepath.Join(pw.HomeDir, ".hwe2e")); err == nil && !leftoverOwnUser(u) {
-					if logf != nil {
-						logf("removing leftover user %s", u)
-					}
-					if err := removeUser(u); err != nil {
-						errs = append(errs, err)
-					}
-				}
+	passwd, err := os.ReadFile("/etc/passwd")
+	if err != nil {
+		return errors.Join(append(errs, fmt.Errorf("reading /etc/passwd: %w", err))...)
+	}
+	for _, line := range strings.Split(string(passwd), "\n") {
+		f := strings.Split(line, ":")
+		if len(f) < 6 {
+			continue
+		}
+		name, home := f[0], f[5]
+		if _, err := os.Stat(filepath.Join(home, ".hwe2e")); err != nil {
+			continue // not made by a bed
+		}
+		if m := leftoverUser.FindStringSubmatch(name); m != nil {
+			pid, _ := strconv.Atoi(m[1])
+			if alive(pid) {
+				continue
 			}
+		} else if name != "hwbare" && name != "hwwarden" || anyAlive {
+			continue
+		}
+		if logf != nil {
+			logf("removing leftover user %s", name)
+		}
+		if err := removeUser(name); err != nil {
+			errs = append(errs, err)
 		}
 	}
 	return errors.Join(errs...)
-}
-
-// leftoverOwnUser is true while this process has a bed using the user.
-func leftoverOwnUser(string) bool {
-	out, _ := exec.Command("ip", "netns", "list").Output()
-	return strings.Contains(string(out), NamePrefix())
 }
 
 // stop ends a poll early.

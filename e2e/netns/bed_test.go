@@ -42,7 +42,7 @@ func newBed(t *testing.T) *Bed {
 func TestE2EBed(t *testing.T) {
 	b := newBed(t)
 	ctx := context.Background()
-	for _, u := range []string{BareUser, WardenUser} {
+	for _, u := range []string{b.BareUser, b.WardenUser} {
 		d, err := b.StartServer(ctx, u, 60*time.Second)
 		if err != nil {
 			t.Fatalf("spawning %s: %v", u, err)
@@ -52,7 +52,7 @@ func TestE2EBed(t *testing.T) {
 		if err := c.Login(ctx); err != nil {
 			t.Fatal(err)
 		}
-		if err := c.OpenTree(ctx); err != nil {
+		if err := c.OpenLab(ctx); err != nil {
 			t.Fatal(err)
 		}
 		nb := notebookJSON("print(6*7)")
@@ -85,6 +85,6 @@ func TestE2EBed(t *testing.T) {
 }
 
 func notebookJSON(src string) []byte {
-	return []byte(`{"type":"notebook","content":{"cells":[{"cell_type":"code","execution_count":null,"metadata":{},"outputs":[],"source":` +
+	return []byte(`{"type":"notebook","content":{"cells":[{"id":"c0","cell_type":"code","execution_count":null,"metadata":{},"outputs":[],"source":` +
 		quote(src) + `}],"metadata":{"kernelspec":{"display_name":"Python 3","language":"python","name":"python3"}},"nbformat":4,"nbformat_minor":5}}`)
 }

@@ -14,13 +14,15 @@ import (
 	"net/http"
 	"net/http/cookiejar"
 	"net/url"
+	"regexp"
 	"strings"
 	"time"
 )
 
 // Client is a browser-like client in the client namespace: a cookie jar,
-// the _xsrf header on writes and a same-origin Referer, as the classic
-// notebook UI sends them.
+// the _xsrf header and the Sec-Fetch-* headers a browser sends, and a
+// same-origin Referer. JupyterHub 5 decides from Sec-Fetch-Mode whether a
+// cookie-authenticated request needs the _xsrf token (see docs/e2e.md).
 type Client struct {
 	Bed  *Bed
 	User string
@@ -55,14 +57,27 @@ func (b *Bed) newClient(user string, churn bool) *Client {
 // UserURL is the base of the user's single-user server behind the proxy.
 func (c *Client) UserURL() string { return c.Bed.BaseURL + "/user/" + c.User }
 
-// Login posts the hub's login form (JupyterHub 3.0's form has no _xsrf).
+// hiddenXSRF finds the _xsrf value of the hub's login form.
+var hiddenXSRF = regexp.MustCompile(`name="_xsrf"\s+value="([^"]+)"|value="([^"]+)"\s+name="_xsrf"`)
+
+// Login posts the hub's login form with the form's _xsrf value, as a browser
+// does (JupyterHub 5 refuses the form without it).
 func (c *Client) Login(ctx context.Context) error {
-	if _, err := c.get(ctx, c.Bed.BaseURL+"/hub/login"); err != nil {
+	page, err := c.get(ctx, c.Bed.BaseURL+"/hub/login")
+	if err != nil {
 		return err
 	}
-	form := url.Values{"username": {c.User}, "password": {Password}}
+	m := hiddenXSRF.FindSubmatch(page)
+	if m == nil {
+		return fmt.Errorf("the hub's login form has no _xsrf field: %.300s", page)
+	}
+	xsrf := string(m[1]) + string(m[2])
+	form := url.Values{"username": {c.User}, "password": {Password}, "_xsrf": {xsrf}}
 	req, _ := http.NewRequestWithContext(ctx, "POST", c.Bed.BaseURL+"/hub/login?next=", strings.NewReader(form.Encode()))
 	req.Header.Set("Content-Type", "application/x-www-form-urlencoded")
+	req.Header.Set("Sec-Fetch-Mode", "navigate")
+	req.Header.Set("Sec-Fetch-Site", "same-origin")
+	req.Header.Set("Referer", c.Bed.BaseURL+"/hub/login")
 	// Do not follow the redirect to /hub/spawn: servers are started by API.
 	cl := *c.HTTP
 	cl.CheckRedirect = func(*http.Request, []*http.Request) error { return http.ErrUseLastResponse }
@@ -120,9 +135,20 @@ func (c *Client) Send(ctx context.Context, method, u string, body []byte, hdr ht
 	if c.Token != "" {
 		req.Header.Set("Authorization", "token "+c.Token)
 	} else {
-		req.Header.Set("Referer", c.UserURL()+"/tree")
+		req.Header.Set("Referer", c.UserURL()+"/lab")
 		if x := c.xsrf(); x != "" {
 			req.Header.Set("X-XSRFToken", x)
+		}
+		// What a browser sends: a page load is a navigation, JupyterLab's
+		// API calls are same-origin fetches (which JupyterHub 5 checks
+		// for _xsrf). Callers may set their own.
+		if req.Header.Get("Sec-Fetch-Mode") == "" {
+			mode := "navigate"
+			if method != "GET" || strings.Contains(req.URL.Path, "/api/") {
+				mode = "cors"
+			}
+			req.Header.Set("Sec-Fetch-Mode", mode)
+			req.Header.Set("Sec-Fetch-Site", "same-origin")
 		}
 	}
 	if body != nil && req.Header.Get("Content-Type") == "" {
@@ -155,10 +181,10 @@ func (c *Client) cookieHeader() string {
 	return strings.Join(parts, "; ")
 }
 
-// OpenTree loads the notebook tree; the first visit does the OAuth dance
+// OpenLab loads the JupyterLab page; the first visit does the OAuth dance
 // and sets the _xsrf cookie.
-func (c *Client) OpenTree(ctx context.Context) error {
-	_, err := c.get(ctx, c.UserURL()+"/tree")
+func (c *Client) OpenLab(ctx context.Context) error {
+	_, err := c.get(ctx, c.UserURL()+"/lab")
 	return err
 }
 
@@ -342,4 +368,32 @@ func dnsQuery(id uint16, name string) []byte {
 func quote(s string) string {
 	b, _ := json.Marshal(s)
 	return string(b)
+}
+
+// ShutdownSessions deletes the user's sessions of the given notebooks (and
+// so their kernels) through the server's API, with the service token.
+func (b *Bed) ShutdownSessions(ctx context.Context, user string, paths ...string) error {
+	a := b.admin()
+	base := b.BaseURL + "/user/" + user + "/api/sessions"
+	data, err := a.Do(ctx, "GET", base, nil, nil)
+	if err != nil {
+		return fmt.Errorf("listing the sessions of %s: %w", user, err)
+	}
+	var sessions []struct {
+		ID   string `json:"id"`
+		Path string `json:"path"`
+	}
+	if err := json.Unmarshal(data, &sessions); err != nil {
+		return fmt.Errorf("decoding the sessions of %s: %w", user, err)
+	}
+	for _, s := range sessions {
+		for _, p := range paths {
+			if s.Path == p {
+				if _, err := a.Do(ctx, "DELETE", base+"/"+s.ID, nil, nil); err != nil {
+					return fmt.Errorf("deleting the session of %s: %w", p, err)
+				}
+			}
+		}
+	}
+	return nil
 }

@@ -3,16 +3,6 @@
 package netns
 
 import (
-	"bufio"
-	"context"
-	"crypto/sha1"
-	"encoding/base64"
-	"encoding/binary"
-	"io"
-	"net"
-	"net/http"
-	"net/http/httptest"
-	"strings"
 	"testing"
 	"time"
 
@@ -65,90 +55,31 @@ func TestDNSQuery(t *testing.T) {
 	}
 }
 
-// TestWebsocket runs the client against a minimal loopback server that
-// checks the handshake, pings, and echoes a message in two fragments.
-func TestWebsocket(t *testing.T) {
-	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		if r.Header.Get("Upgrade") != "websocket" || r.Header.Get("X-Test") != "yes" {
-			http.Error(w, "bad handshake", 400)
-			return
+func TestPercentile(t *testing.T) {
+	ms := func(v ...int) []time.Duration {
+		var out []time.Duration
+		for _, x := range v {
+			out = append(out, time.Duration(x)*time.Millisecond)
 		}
-		h := sha1.Sum([]byte(r.Header.Get("Sec-WebSocket-Key") + "258EAFA5-E914-47DA-95CA-C5AB0DC85B11"))
-		c, brw, _ := w.(http.Hijacker).Hijack()
-		defer c.Close()
-		io.WriteString(c, "HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Accept: "+
-			base64.StdEncoding.EncodeToString(h[:])+"\r\n\r\n")
-		msg := readClientFrame(t, brw.Reader)
-		c.Write([]byte{0x89, 2, 'h', 'i'}) // ping: the client must answer and go on
-		half := len(msg) / 2
-		c.Write(serverFrame(0x01, msg[:half])) // text, not final
-		c.Write(serverFrame(0x80, msg[half:])) // continuation (opcode 0), final
-		if pong := readClientFrame(t, brw.Reader); string(pong) != "hi" {
-			t.Errorf("pong payload %q", pong)
+		return out
+	}
+	tests := []struct {
+		xs   []time.Duration
+		q    float64
+		want time.Duration
+	}{
+		{ms(5), .95, 5 * time.Millisecond},
+		{ms(3, 1, 2), .5, 2 * time.Millisecond},
+		{ms(1, 2, 3, 4), .5, 2500 * time.Microsecond},
+		// 12 samples: p95 sits at 10.45, between the 11th and 12th.
+		{ms(1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 111), .95, 56 * time.Millisecond},
+		{ms(1, 2, 3), 1, 3 * time.Millisecond},
+		{ms(1, 2, 3), 0, time.Millisecond},
+		{nil, .5, 0},
+	}
+	for _, tt := range tests {
+		if got := percentile(tt.xs, tt.q); got != tt.want {
+			t.Errorf("percentile(%v, %v) = %v, want %v", tt.xs, tt.q, got, tt.want)
 		}
-	}))
-	defer srv.Close()
-	dial := func(ctx context.Context, n, a string) (net.Conn, error) {
-		return (&net.Dialer{}).DialContext(ctx, n, a)
 	}
-	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
-	defer cancel()
-	ws, err := dialWS(ctx, dial, strings.Replace(srv.URL, "http", "ws", 1)+"/x", http.Header{"X-Test": {"yes"}})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer ws.c.Close()
-	want := strings.Repeat("jupyter ", 20000) // > 64 KiB: 8-byte length
-	if err := ws.WriteText([]byte(want)); err != nil {
-		t.Fatal(err)
-	}
-	got, err := ws.Read()
-	if err != nil {
-		t.Fatal(err)
-	}
-	if string(got) != want {
-		t.Errorf("echo: got %d bytes, want %d", len(got), len(want))
-	}
-}
-
-func readClientFrame(t *testing.T, r *bufio.Reader) []byte {
-	t.Helper()
-	var h [2]byte
-	io.ReadFull(r, h[:])
-	if h[1]&0x80 == 0 {
-		t.Errorf("client frame not masked")
-	}
-	n := uint64(h[1] & 0x7f)
-	switch n {
-	case 126:
-		var e [2]byte
-		io.ReadFull(r, e[:])
-		n = uint64(binary.BigEndian.Uint16(e[:]))
-	case 127:
-		var e [8]byte
-		io.ReadFull(r, e[:])
-		n = binary.BigEndian.Uint64(e[:])
-	}
-	var mask [4]byte
-	io.ReadFull(r, mask[:])
-	p := make([]byte, n)
-	io.ReadFull(r, p)
-	for i := range p {
-		p[i] ^= mask[i%4]
-	}
-	return p
-}
-
-func serverFrame(b0 byte, p []byte) []byte {
-	f := []byte{b0}
-	switch n := len(p); {
-	case n < 126:
-		f = append(f, byte(n))
-	case n < 65536:
-		f = append(f, 126, byte(n>>8), byte(n))
-	default:
-		f = append(f, 127)
-		f = binary.BigEndian.AppendUint64(f, uint64(n))
-	}
-	return append(f, p...)
 }

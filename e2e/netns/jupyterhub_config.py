@@ -1,7 +1,8 @@
 # JupyterHub config of the hubwarden e2e bed (written by the harness, see bed.go).
-# The hub and configurable-http-proxy run in the proxy netns; every user's
-# single-user server is spawned into that user's "pod" netns by NetnsSpawner,
-# like a z2jh user pod. All inputs come from E2E_* variables.
+# JupyterHub 5.5.0 and configurable-http-proxy run in the proxy netns; every
+# user's jupyterhub-singleuser (jupyter-server 2.19.0 with JupyterLab 4.5.8, the
+# z2jh 4.4 user image's pins) is spawned into that user's "pod" netns by
+# NetnsSpawner, like a z2jh user pod. All inputs come from E2E_* variables.
 import ctypes, json, os
 from jupyterhub.spawner import LocalProcessSpawner
 
@@ -9,6 +10,7 @@ c = get_config()  # noqa
 
 PODS = json.loads(os.environ["E2E_PODS"])   # {"user": {"netns": "...", "ip": "198.18.0.6"}}
 HUB_IP = os.environ["E2E_HUB_IP"]
+SINGLEUSER = os.environ["E2E_SINGLEUSER_VENV"]   # /opt/hubwarden/venv/singleuser
 
 _libc = ctypes.CDLL(None, use_errno=True)
 CLONE_NEWNET, CLONE_NEWNS = 0x40000000, 0x00020000
@@ -58,19 +60,23 @@ class NetnsSpawner(LocalProcessSpawner):
 
 c.JupyterHub.spawner_class = NetnsSpawner
 c.Spawner.port = 8888
-# The user owns their server's config (~/.jupyter), so an attacker lifts the
-# notebook server's IOPub output limits (1 MB/s, 1000 msg/s by default); so do we, on both
-# pods, to measure what the network alone lets out.
-c.Spawner.args = ["--ip=0.0.0.0", "--NotebookApp.iopub_data_rate_limit=1e12",
-                  "--NotebookApp.iopub_msg_rate_limit=1e12"]
-c.Spawner.default_url = "/tree"
+# The user image's command, as z2jh runs it (its default UI is JupyterLab:
+# jupyterhub-singleuser takes /lab from the jupyterlab server extension).
+c.Spawner.cmd = [f"{SINGLEUSER}/bin/jupyterhub-singleuser"]
+# The user owns their server's config (~/.jupyter), so an attacker lifts
+# jupyter-server's IOPub output limits (1 MB/s, 1000 msg/s by default); so do
+# we, on both pods, to measure what the network alone lets out. jupyter-server
+# 2 moved them from ServerApp to ZMQChannelsWebsocketConnection.
+c.Spawner.args = ["--ip=0.0.0.0",
+                  "--ZMQChannelsWebsocketConnection.iopub_data_rate_limit=1e12",
+                  "--ZMQChannelsWebsocketConnection.iopub_msg_rate_limit=1e12"]
 c.Spawner.environment = {
-    "JUPYTERHUB_SINGLEUSER_APP": "notebook.notebookapp.NotebookApp",
     "PYDEVD_DISABLE_FILE_VALIDATION": "1",
-    "PATH": "/usr/local/bin:/usr/bin:/bin",
+    # The user image's environment first, like its PATH in the image.
+    "PATH": f"{SINGLEUSER}/bin:/usr/local/bin:/usr/bin:/bin",
 }
-c.Spawner.start_timeout = 60
-c.Spawner.http_timeout = 60
+c.Spawner.start_timeout = 90
+c.Spawner.http_timeout = 90
 
 c.JupyterHub.hub_bind_url = f"http://{HUB_IP}:8081"
 c.JupyterHub.hub_connect_url = f"http://{HUB_IP}:8081"

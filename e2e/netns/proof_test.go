@@ -8,11 +8,12 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"io"
 	"math"
 	"net/http"
 	"os"
+	"os/user"
 	"path/filepath"
-	"sort"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -31,6 +32,7 @@ type side struct {
 	ns   NS
 	c    *Client
 	k    *Kernel
+	lab  *Lab // JupyterLab in the browser
 }
 
 // proof is the shared state of TestE2EProof's parts.
@@ -43,6 +45,7 @@ type proof struct {
 	bare    *side
 	warden  *side
 	big     int64
+	br      *Browser
 }
 
 func envDuration(name string, def time.Duration) time.Duration {
@@ -106,8 +109,8 @@ func TestE2EProof(t *testing.T) {
 	b.Timings["sidecar"] = time.Since(ts)
 	t.Logf("hubwarden run ready in %s", b.Timings["sidecar"].Round(time.Millisecond))
 
-	p.bare = &side{name: "without", user: BareUser, ns: b.Bare}
-	p.warden = &side{name: "with", user: WardenUser, ns: b.Warden}
+	p.bare = &side{name: "without", user: b.BareUser, ns: b.Bare}
+	p.warden = &side{name: "with", user: b.WardenUser, ns: b.Warden}
 	for _, s := range []*side{p.bare, p.warden} {
 		d, err := b.StartServer(ctx, s.user, SpawnTimeout)
 		if err != nil {
@@ -118,17 +121,20 @@ func TestE2EProof(t *testing.T) {
 		if err := s.c.Login(ctx); err != nil {
 			t.Fatal(err)
 		}
-		if err := s.c.OpenTree(ctx); err != nil {
+		if err := s.c.OpenLab(ctx); err != nil {
 			t.Fatal(err)
 		}
 		if s.k, err = s.c.StartKernel(ctx); err != nil {
 			t.Fatal(err)
 		}
 	}
+	p.startBrowser(t)
 	t.Run("1-regular-use", p.regularUse)
+	t.Run("1-regular-use-browser", p.browserUse)
 	// Part 3 runs before part 2, while the pod budget is still full: it
 	// needs a download that goes over the flow budget and yet completes.
 	t.Run("3-promotion", p.promotion)
+	t.Run("2-download-browser", p.browserDownload)
 	t.Run("2-large-download", p.largeDownload)
 	t.Run("4-bypass", p.bypass)
 	t.Run("5-egress", p.egress)
@@ -153,24 +159,16 @@ func verdict(ok bool) string {
 	return "FAIL"
 }
 
-func percentile(xs []time.Duration, q float64) time.Duration {
-	if len(xs) == 0 {
-		return 0
-	}
-	s := append([]time.Duration(nil), xs...)
-	sort.Slice(s, func(i, j int) bool { return s[i] < s[j] })
-	i := int(math.Ceil(q*float64(len(s)))) - 1
-	return s[max(i, 0)]
-}
-
 // --- part 1 -----------------------------------------------------------------
 
-// plotCell stands in for a matplotlib plot (python3-matplotlib is a large
-// package): it displays a ~200 KB base64 PNG-sized payload, which is what a
-// plot costs on the wire.
-const plotCell = `import base64, os
-from IPython.display import display
-display({"image/png": base64.b64encode(os.urandom(150000)).decode(), "text/plain": "<Figure>"}, raw=True)`
+// plotCell draws a real matplotlib figure (the inline backend sends it as a
+// PNG in a display_data message, as a notebook's plot is sent).
+const plotCell = `import numpy as np, matplotlib.pyplot as plt
+rng = np.random.default_rng()
+fig, ax = plt.subplots(figsize=(8, 4))
+ax.scatter(rng.normal(size=3000), rng.normal(size=3000), s=4, alpha=.5)
+ax.set_title("regular use")
+plt.show()`
 
 func (p *proof) regularUse(t *testing.T) {
 	ctx := context.Background()
@@ -183,7 +181,7 @@ func (p *proof) regularUse(t *testing.T) {
 	}
 	nb := func(i int) string { return fmt.Sprintf("nb%d.ipynb", i%5) }
 	ops := []op{
-		{"tree", func(s *side, i int) error { _, err := s.c.Do(ctx, "GET", s.c.UserURL()+"/tree", nil, nil); return err }},
+		{"lab", func(s *side, i int) error { _, err := s.c.Do(ctx, "GET", s.c.UserURL()+"/lab", nil, nil); return err }},
 		{"list", func(s *side, i int) error {
 			_, err := s.c.Do(ctx, "GET", s.c.UserURL()+"/api/contents?content=1", nil, nil)
 			if err == nil {
@@ -196,7 +194,7 @@ func (p *proof) regularUse(t *testing.T) {
 			return err
 		}},
 		{"open", func(s *side, i int) error {
-			_, err := s.c.Do(ctx, "GET", s.c.UserURL()+"/notebooks/"+nb(i), nil, nil)
+			_, err := s.c.Do(ctx, "GET", s.c.UserURL()+"/lab/tree/"+nb(i), nil, nil)
 			if err == nil {
 				_, err = s.c.Do(ctx, "GET", s.c.UserURL()+"/api/contents/"+nb(i)+"?content=1", nil, nil)
 			}
@@ -211,7 +209,7 @@ func (p *proof) regularUse(t *testing.T) {
 		}},
 		{"plot", func(s *side, i int) error {
 			r, err := s.k.Execute(ctx, plotCell, 30*time.Second)
-			if err == nil && r.Display < 150000 {
+			if err == nil && r.Display < 20000 {
 				err = fmt.Errorf("plot cell: %+v", r)
 			}
 			return err
@@ -274,10 +272,10 @@ func (p *proof) regularUse(t *testing.T) {
 	_, slow1, _ := p.b.SlowClassBytes(p.b.Warden)
 	marked := p.b.MarkedFlows(p.b.Warden, 0x100000)
 	demoted := slow1 - slow0
-	p.rep.Add(Row{"1 regular use", fmt.Sprintf("p95 latency, %d ops each (%s)", len(lat["with"]), dur),
+	p.rep.Add(Row{"1 regular use, HTTP", fmt.Sprintf("p95 latency, %d ops each (%s)", len(lat["with"]), dur),
 		pb.Round(100 * time.Microsecond).String(), fmt.Sprintf("%s (%.2fx)", pw.Round(100*time.Microsecond), rawRatio), "-"})
-	p.rep.Add(Row{"1 regular use", "p95 of latency / median without, per op kind", "1.00x", fmt.Sprintf("%.2fx", ratio), verdict(ratio <= 1.2)})
-	p.rep.Add(Row{"1 regular use", "bytes in the slow class / marked flows", "-", fmt.Sprintf("%d B / %d", demoted, marked), verdict(shaped && demoted == 0 && marked == 0)})
+	p.rep.Add(Row{"1 regular use, HTTP", "p95 of latency / median without, per op kind", "1.00x", fmt.Sprintf("%.2fx", ratio), verdict(ratio <= 1.2)})
+	p.rep.Add(Row{"1 regular use, HTTP", "bytes in the slow class / marked flows", "-", fmt.Sprintf("%d B / %d", demoted, marked), verdict(shaped && demoted == 0 && marked == 0)})
 	if !shaped {
 		t.Errorf("no HTB classes on the warden pod's eth0: shaping is not applied")
 	}
@@ -303,49 +301,84 @@ func fastPhase(tr Transfer, limit float64) (int64, time.Duration) {
 	return tr.Bytes, tr.Elapsed
 }
 
+// guardDenials counts the guard's audit lines in hubwarden's log that
+// refused a request by a rule whose name starts with rule (e.g.
+// "deny-files", "deny-contents-").
+func (p *proof) guardDenials(rule string) int {
+	b, _ := os.ReadFile(filepath.Join(p.b.Dir, "hubwarden.log"))
+	return strings.Count(string(b), `"rule":"`+rule)
+}
+
+// refused is a download the guard refused: its 403 and a body that is the
+// guard's message, not the file.
+func refused(tr Transfer) bool { return tr.Err == nil && tr.Status == 403 && tr.Bytes < 1024 }
+
 func (p *proof) largeDownload(t *testing.T) {
 	ctx := context.Background()
+	// The download routes: the bare pod serves the file, the guard refuses
+	// it in the warden pod before the server sees the request.
+	files0 := p.guardDenials("deny-files")
 	bare := p.bare.c.Download(ctx, p.bare.c.UserURL()+"/files/big.bin", 60*time.Second, nil)
 	if bare.Err != nil || bare.Bytes != p.big {
 		t.Fatalf("download without hubwarden: %d bytes, %v", bare.Bytes, bare.Err)
 	}
 	with := p.warden.c.Download(ctx, p.warden.c.UserURL()+"/files/big.bin", 15*time.Second, nil)
-	if with.Err != nil {
-		t.Fatalf("download with hubwarden: %v", with.Err)
+	files1 := p.guardDenials("deny-files")
+	ok := refused(with) && files1 > files0
+	p.rep.Add(Row{"2 download /files (guard)", "GET /files/big.bin (128 MiB)", fmt.Sprintf("%d, %s in %s (%s)", bare.Status, HumanBytes(float64(bare.Bytes)), bare.Elapsed.Round(time.Millisecond), HumanRate(bare.Rate())),
+		fmt.Sprintf("%d, %d B (guard: %d deny-files)", with.Status, with.Bytes, files1-files0), verdict(ok)})
+	if !ok {
+		t.Errorf("/files/big.bin with hubwarden: status %d, %d bytes, %v, guard denials %d; want the guard's 403", with.Status, with.Bytes, with.Err, files1-files0)
+	}
+	cu := "/api/contents/contents.bin?type=file&format=base64&content=1"
+	c0 := p.guardDenials("deny-contents-")
+	cb := p.bare.c.Download(ctx, p.bare.c.UserURL()+cu, 60*time.Second, nil)
+	cw := p.warden.c.Download(ctx, p.warden.c.UserURL()+cu, 10*time.Second, nil)
+	c1 := p.guardDenials("deny-contents-")
+	if cb.Err != nil || cb.Status != 200 {
+		t.Fatalf("contents API without hubwarden: %d %v", cb.Status, cb.Err)
+	}
+	ok = refused(cw) && c1 > c0
+	p.rep.Add(Row{"2 download contents API (guard)", "24 MiB file as base64 JSON", fmt.Sprintf("%d, %s in %s", cb.Status, HumanBytes(float64(cb.Bytes)), cb.Elapsed.Round(time.Millisecond)),
+		fmt.Sprintf("%d, %d B (guard: %d deny-contents-*)", cw.Status, cw.Bytes, c1-c0), verdict(ok)})
+	if !ok {
+		t.Errorf("contents API with hubwarden: status %d, %d bytes, %v, guard denials %d; want the guard's 403", cw.Status, cw.Bytes, cw.Err, c1-c0)
+	}
+
+	// The throttling, on the route the guard allows: a 28 MiB notebook
+	// (random bytes as a saved image/png output) through the contents API,
+	// over the 16 MiB flow budget.
+	nu := "/api/contents/" + LargeNotebook + "?content=1"
+	bare = p.bare.c.Download(ctx, p.bare.c.UserURL()+nu, 60*time.Second, nil)
+	if bare.Err != nil || bare.Status != 200 || bare.Bytes < 27<<20 {
+		t.Fatalf("%s without hubwarden: status %d, %d bytes, %v", LargeNotebook, bare.Status, bare.Bytes, bare.Err)
+	}
+	with = p.warden.c.Download(ctx, p.warden.c.UserURL()+nu, 15*time.Second, nil)
+	if with.Err != nil || with.Status != 200 {
+		t.Fatalf("%s with hubwarden: status %d, %v", LargeNotebook, with.Status, with.Err)
 	}
 	fastB, fastD := fastPhase(with, 20*SlowRateBytes)
 	slow := with.TailRate(5 * time.Second)
 	gib := float64(1 << 30)
 	tBare := gib / bare.Rate()
 	tWith := fastD.Seconds() + (gib-float64(fastB))/math.Max(slow, 1)
-	t.Logf("without: %s in %s (%s); with: %s in %s, fast phase %s in %s, tail %s",
+	t.Logf("%s without: %s in %s (%s); with: %s in %s, fast phase %s in %s, tail %s", LargeNotebook,
 		HumanBytes(float64(bare.Bytes)), bare.Elapsed.Round(time.Millisecond), HumanRate(bare.Rate()),
 		HumanBytes(float64(with.Bytes)), with.Elapsed.Round(time.Millisecond), HumanBytes(float64(fastB)), fastD, HumanRate(slow))
-	p.rep.Add(Row{"2 download /files", "rate (with: after the budget)", HumanRate(bare.Rate()), HumanRate(slow), verdict(slow*20 < bare.Rate() && slow <= 4*SlowRateBytes)})
-	p.rep.Add(Row{"2 download /files", "fast bytes before demotion", "all " + HumanBytes(float64(bare.Bytes)), HumanBytes(float64(fastB)), verdict(fastB >= 4<<20)})
-	p.rep.Add(Row{"2 download /files", "time for 1 GiB (extrapolated)", HumanDuration(tBare), HumanDuration(tWith), verdict(tWith >= 100*tBare)})
-	if slow*20 >= bare.Rate() || slow > 4*SlowRateBytes {
-		t.Errorf("rate after the budget %s is not the slow rate (%s configured, %s without hubwarden)", HumanRate(slow), SlowRate, HumanRate(bare.Rate()))
+	what := "2 download, allowed route"
+	p.rep.Add(Row{what, fmt.Sprintf("28 MiB notebook via the contents API: rate (with: after the budget; bytes in %s)", with.Elapsed.Round(time.Second)),
+		fmt.Sprintf("%s (all %s)", HumanRate(bare.Rate()), HumanBytes(float64(bare.Bytes))), fmt.Sprintf("%s (%s)", HumanRate(slow), HumanBytes(float64(with.Bytes))),
+		verdict(slow*20 < bare.Rate() && slow <= 4*SlowRateBytes && with.Bytes < bare.Bytes)})
+	p.rep.Add(Row{what, "fast bytes before demotion", "all " + HumanBytes(float64(bare.Bytes)), HumanBytes(float64(fastB)), verdict(fastB >= 4<<20)})
+	p.rep.Add(Row{what, "time for 1 GiB (extrapolated)", HumanDuration(tBare), HumanDuration(tWith), verdict(tWith >= 100*tBare)})
+	if slow*20 >= bare.Rate() || slow > 4*SlowRateBytes || with.Bytes >= bare.Bytes {
+		t.Errorf("rate after the budget %s is not the slow rate (%s configured, %s without hubwarden; %d of %d bytes)", HumanRate(slow), SlowRate, HumanRate(bare.Rate()), with.Bytes, bare.Bytes)
+	}
+	if fastB < 4<<20 {
+		t.Errorf("only %s went fast before the demotion; want at least 4 MiB (the flow budget is %s)", HumanBytes(float64(fastB)), FlowBudget)
 	}
 	if tWith < 100*tBare {
 		t.Errorf("1 GiB takes %s with hubwarden, %s without: want >= 100x", HumanDuration(tWith), HumanDuration(tBare))
-	}
-
-	// The contents API (base64 in JSON) is another way out.
-	cu := "/api/contents/contents.bin?type=file&format=base64&content=1"
-	cb := p.bare.c.Download(ctx, p.bare.c.UserURL()+cu, 60*time.Second, nil)
-	cw := p.warden.c.Download(ctx, p.warden.c.UserURL()+cu, 10*time.Second, nil)
-	if cb.Err != nil || cb.Status != 200 {
-		t.Fatalf("contents API without hubwarden: %d %v", cb.Status, cb.Err)
-	}
-	// One response, sent as a burst once the server has encoded it: the
-	// flow budget (plus the watcher's few percent) goes fast, then the slow rate.
-	cbound := int64(math.Round(FlowBudgetBytes*1.05 + SlowRateBytes*10))
-	cok := cw.Bytes <= cbound && cw.Bytes < cb.Bytes
-	p.rep.Add(Row{"2 download contents API", fmt.Sprintf("24 MiB file as base64 JSON: bytes in 10 s (bound %s)", HumanBytes(float64(cbound))), fmt.Sprintf("%s in %s", HumanBytes(float64(cb.Bytes)), cb.Elapsed.Round(time.Millisecond)),
-		fmt.Sprintf("%s (%s)", HumanBytes(float64(cw.Bytes)), HumanRate(cw.TailRate(4*time.Second))), verdict(cok)})
-	if !cok {
-		t.Errorf("contents API with hubwarden moved %d bytes in 10 s (without: %d), want at most the flow budget plus the slow rate: %d", cw.Bytes, cb.Bytes, cbound)
 	}
 }
 
@@ -355,7 +388,7 @@ func (p *proof) openNotebook(ctx context.Context, s *side) (time.Duration, error
 	// The notebook's content and a 100 KB uncached static asset; the page
 	// itself costs ~300 ms of server CPU, which would hide the network.
 	t0 := time.Now()
-	if _, err := s.c.Do(ctx, "GET", s.c.UserURL()+"/static/auth/js/main.min.js", nil, nil); err != nil {
+	if _, err := s.c.Do(ctx, "GET", s.c.UserURL()+p.b.LabAsset, nil, nil); err != nil {
 		return 0, err
 	}
 	if _, err := s.c.Do(ctx, "GET", s.c.UserURL()+"/api/contents/nb0.ipynb?content=1", nil, nil); err != nil {
@@ -366,21 +399,23 @@ func (p *proof) openNotebook(ctx context.Context, s *side) (time.Duration, error
 
 func (p *proof) promotion(t *testing.T) {
 	ctx := context.Background()
-	// A download that goes over the flow budget (18 MiB, budget 16 MiB: well past the watcher's few percent of overshoot)
-	// and completes, so that CHP puts its upstream socket, now demoted, back
-	// in its keep-alive pool; the next requests reuse it (Node's agent picks
-	// the most recently used socket). Then open a notebook on that client.
-	over := int64(18874368)
+	// A download that goes over the flow budget (an 18 MiB notebook, the
+	// route the guard allows; budget 16 MiB: well past the watcher's few
+	// percent of overshoot) and completes, so that CHP puts its upstream
+	// socket, now demoted, back in its keep-alive pool; the next requests
+	// reuse it (Node's agent picks the most recently used socket). Then open
+	// a notebook on that client.
 	_, slow0, _ := p.b.SlowClassBytes(p.b.Warden)
-	pb := p.bare.c.Download(ctx, p.bare.c.UserURL()+"/files/over.bin", 60*time.Second, nil)
-	dl := p.warden.c.Download(ctx, p.warden.c.UserURL()+"/files/over.bin", 60*time.Second, nil)
-	if dl.Err != nil || dl.Bytes != over || pb.Bytes != over {
-		t.Fatalf("over-budget download: without %d bytes, with %d bytes (%v); want %d", pb.Bytes, dl.Bytes, dl.Err, over)
+	ou := "/api/contents/" + OverNotebook + "?content=1"
+	pb := p.bare.c.Download(ctx, p.bare.c.UserURL()+ou, 60*time.Second, nil)
+	dl := p.warden.c.Download(ctx, p.warden.c.UserURL()+ou, 60*time.Second, nil)
+	if dl.Err != nil || dl.Status != 200 || pb.Status != 200 || dl.Bytes != pb.Bytes || pb.Bytes < 17<<20 {
+		t.Fatalf("over-budget download: without %d %d bytes, with %d %d bytes (%v); want the same ~18 MiB", pb.Status, pb.Bytes, dl.Status, dl.Bytes, dl.Err)
 	}
 	stopped := time.Now()
 	_, slow1, _ := p.b.SlowClassBytes(p.b.Warden)
 	demoted := slow1 > slow0
-	p.rep.Add(Row{"3 after the download", "18 MiB download (flow budget 16 MiB)", pb.Elapsed.Round(time.Millisecond).String(),
+	p.rep.Add(Row{"3 after the download", "18 MiB notebook via the contents API (flow budget 16 MiB)", pb.Elapsed.Round(time.Millisecond).String(),
 		fmt.Sprintf("%s (tail %s), slow class +%s", dl.Elapsed.Round(time.Millisecond), HumanRate(dl.TailRate(time.Second)), HumanBytes(float64(slow1-slow0))), verdict(demoted)})
 	if !demoted {
 		t.Errorf("the over-budget download was not demoted (no bytes in the slow class): promotion cannot be shown")
@@ -487,31 +522,29 @@ func (p *proof) attempt(t *testing.T, name string, d time.Duration, f func(ctx c
 
 func (p *proof) bypass(t *testing.T) {
 	d := envDuration("HWE2E_BYPASS", 8*time.Second)
-	chunk := int64(8 << 20)
-	p.attempt(t, "16 parallel Range requests", d, func(ctx context.Context, s *side, n *atomic.Int64) {
+	// The routes the guard allows: notebooks through the contents API
+	// (/files and its Range requests are refused in the warden pod, part 2).
+	nu := "/api/contents/" + ChunkNotebook + "?content=1"
+	p.attempt(t, "16 parallel connections requesting an 8 MiB notebook", d, func(ctx context.Context, s *side, n *atomic.Int64) {
 		var wg sync.WaitGroup
-		for w := range 16 {
-			wg.Add(1)
-			go func() {
-				defer wg.Done()
-				for off := int64(w) * chunk % p.big; ctx.Err() == nil; off = (off + 16*chunk) % p.big {
-					hdr := http.Header{"Range": {fmt.Sprintf("bytes=%d-%d", off, off+chunk-1)}}
-					tr := s.c.Download(ctx, s.c.UserURL()+"/files/big.bin", time.Hour, hdr)
+		for range 16 {
+			wg.Go(func() {
+				for ctx.Err() == nil {
+					tr := s.c.Download(ctx, s.c.UserURL()+nu, time.Hour, nil)
 					n.Add(tr.Bytes)
 					if tr.Err != nil && ctx.Err() == nil {
 						time.Sleep(50 * time.Millisecond)
 					}
 				}
-			}()
+			})
 		}
 		wg.Wait()
 	})
-	p.attempt(t, "new connection per 1 MiB chunk", d, func(ctx context.Context, s *side, n *atomic.Int64) {
+	p.attempt(t, "new connection per request of an 8 MiB notebook", d, func(ctx context.Context, s *side, n *atomic.Int64) {
 		c := p.b.NewChurnClient(s.user)
 		c.HTTP.Jar = s.c.HTTP.Jar
-		for off := int64(0); ctx.Err() == nil; off = (off + 1<<20) % p.big {
-			hdr := http.Header{"Range": {fmt.Sprintf("bytes=%d-%d", off, off+1<<20-1)}}
-			tr := c.Download(ctx, c.UserURL()+"/files/big.bin", time.Hour, hdr)
+		for ctx.Err() == nil {
+			tr := c.Download(ctx, c.UserURL()+nu, time.Hour, nil)
 			n.Add(tr.Bytes)
 		}
 	})
@@ -643,9 +676,54 @@ func (p *proof) restartSidecar(t *testing.T, env []string) {
 	p.sc = sc
 }
 
+// reconnectKernel replaces the warden pod's kernel: its websocket ran
+// through the guard, which a stopped or restarted hubwarden took with it.
+func (p *proof) reconnectKernel(t *testing.T) {
+	t.Helper()
+	ctx := context.Background()
+	p.warden.k.Close(ctx)
+	k, err := p.warden.c.StartKernel(ctx)
+	if err != nil {
+		t.Fatalf("with: a new kernel after the sidecar restarted: %v", err)
+	}
+	p.warden.k = k
+}
+
+// uploadCell starts, in a thread of the kernel, an upload of big.bin (over
+// and over) to the allowed web server for 60 s once the file named by the
+// placeholder TRIGGER exists: direct egress, a path the guard does not see.
+const uploadCell = `import os, socket, threading, time
+def _hwe2e_upload(trigger):
+    while not os.path.exists(trigger):
+        time.sleep(0.05)
+    s = socket.create_connection((ADDR, 80))
+    s.sendall(b"POST /sink HTTP/1.1\r\nHost: allowed.e2e.test\r\nContent-Length: 1099511627776\r\n\r\n")
+    end = time.time() + 60
+    with open("big.bin", "rb") as f:
+        while time.time() < end:
+            b = f.read(1 << 16)
+            if not b:
+                f.seek(0); continue
+            s.sendall(b)
+    s.close()
+threading.Thread(target=_hwe2e_upload, args=(TRIGGER,), daemon=True).start()
+print("armed")`
+
 func (p *proof) faults(t *testing.T) {
 	ctx := context.Background()
-	// a. Kill hubwarden, then download: the kernel's tripwire demotes alone.
+	// a. Kill hubwarden, then move data out on a path the guard does not
+	// cover (an upload from the kernel to an allowed server): the kernel's
+	// tripwire demotes alone. The kernel is armed first: with hubwarden
+	// dead, nothing reaches the server (the guard's redirect stays).
+	home := "/home/" + p.b.WardenUser
+	if u, err := user.Lookup(p.b.WardenUser); err == nil {
+		home = u.HomeDir
+	}
+	trigger := filepath.Join(home, ".hwe2e-upload")
+	upload := strings.NewReplacer("ADDR", fmt.Sprintf("%q", Allowed4), "TRIGGER", fmt.Sprintf("%q", trigger)).Replace(uploadCell)
+	if r, err := p.warden.k.Execute(ctx, upload, 30*time.Second); err != nil || strings.TrimSpace(r.Stdout) != "armed" {
+		t.Fatalf("arming the upload: %+v %v", r, err)
+	}
 	if err := p.sc.Proc.Signal(syscall.SIGKILL); err != nil {
 		t.Fatal(err)
 	}
@@ -657,36 +735,69 @@ func (p *proof) faults(t *testing.T) {
 	if !rulesStay {
 		t.Errorf("after SIGKILL: iptables chains present=%v (%s), htb present=%v", backend != "", backend, shaped)
 	}
-	c := p.b.NewClient(WardenUser) // fresh connections to the proxy
+	// Fail closed: the server is not reachable while the guard is dead.
+	c := p.b.NewClient(p.b.WardenUser) // fresh connections to the proxy
 	c.HTTP.Jar = p.warden.c.HTTP.Jar
+	status := "no answer"
+	reached := false
+	if resp, err := c.Send(ctx, "GET", c.UserURL()+"/api/status", nil, nil); err == nil {
+		io.Copy(io.Discard, resp.Body)
+		resp.Body.Close()
+		status = resp.Status
+		reached = resp.StatusCode == http.StatusOK
+	}
+	p.rep.Add(Row{"6 faults", "the server through the proxy while hubwarden is dead (the guard's redirect stays)", "-", status, verdict(!reached)})
+	if reached {
+		t.Errorf("with hubwarden dead, /api/status answered %s through the proxy: the guard's redirect did not fail closed", status)
+	}
+
 	var dl Transfer
-	var wg sync.WaitGroup
-	wg.Add(1)
-	dctx, cancel := context.WithCancel(ctx)
+	base := p.b.SinkBytes.Load()
+	if err := os.WriteFile(trigger, nil, 0o644); err != nil {
+		t.Fatal(err)
+	}
 	dlStart := time.Now()
-	go func() { defer wg.Done(); dl = c.Download(dctx, c.UserURL()+"/files/big.bin", 40*time.Second, nil) }()
+	sampled := make(chan struct{})
+	sctx, cancel := context.WithCancel(ctx)
+	go func() {
+		defer close(sampled)
+		tick := time.NewTicker(sampleEvery)
+		defer tick.Stop()
+		for {
+			select {
+			case <-sctx.Done():
+				return
+			case <-tick.C:
+				dl.Samples = append(dl.Samples, p.b.SinkBytes.Load()-base)
+			}
+		}
+	}()
 	// Let the tripwire act (at FLOW_BUDGET, counted by the kernel).
 	time.Sleep(8 * time.Second)
 	p.restartSidecar(t, p.sc.Env)
 	ready := time.Since(dlStart)
 	time.Sleep(3 * time.Second)
 	cancel()
-	wg.Wait()
+	<-sampled
+	dl.Bytes, dl.Elapsed = p.b.SinkBytes.Load()-base, time.Since(dlStart)
+	os.Remove(trigger)
+	// The upload thread dies with its kernel.
+	p.reconnectKernel(t)
 	before := rateBetween(dl, 4*time.Second, 8*time.Second)
 	after := rateBetween(dl, ready, ready+3*time.Second-sampleEvery)
 	running := dl.Bytes < p.big
-	ok := running && before <= 4*SlowRateBytes
-	p.rep.Add(Row{"6 faults", "download while hubwarden is dead (tripwire)", "-", fmt.Sprintf("%s after %s fast; %s of %s in all", HumanRate(before), HumanBytes(float64(sampleAt(dl, 4*time.Second))), HumanBytes(float64(dl.Bytes)), HumanBytes(float64(p.big))), verdict(ok)})
+	ok := running && before <= 4*SlowRateBytes && dl.Bytes > 0
+	p.rep.Add(Row{"6 faults", "upload from the kernel to an allowed server while hubwarden is dead (tripwire)", "-", fmt.Sprintf("%s after %s fast; %s in %s", HumanRate(before), HumanBytes(float64(sampleAt(dl, 4*time.Second))), HumanBytes(float64(dl.Bytes)), dl.Elapsed.Round(time.Second)), verdict(ok)})
 	if !ok {
-		t.Errorf("with the sidecar dead the download ran at %s; want the slow rate (tripwire)", HumanRate(before))
+		t.Errorf("with the sidecar dead the upload ran at %s (%d bytes in all); want the slow rate (tripwire)", HumanRate(before), dl.Bytes)
 	}
 	if !running {
-		t.Errorf("with the sidecar dead the whole %s left in %s: no tripwire", HumanBytes(float64(p.big)), dl.Elapsed)
+		t.Errorf("with the sidecar dead %s left in %s: no tripwire", HumanBytes(float64(dl.Bytes)), dl.Elapsed)
 	}
 	ok = running && after <= 4*SlowRateBytes
-	p.rep.Add(Row{"6 faults", "same download after the restart (adopted)", "-", HumanRate(after), verdict(ok)})
+	p.rep.Add(Row{"6 faults", "same upload after the restart (adopted)", "-", HumanRate(after), verdict(ok)})
 	if !ok {
-		t.Errorf("after the restart the download ran at %s; want the slow rate", HumanRate(after))
+		t.Errorf("after the restart the upload ran at %s; want the slow rate", HumanRate(after))
 	}
 
 	// b. Delete a rule by hand: the reconcile loop puts it back.
@@ -738,6 +849,7 @@ func (p *proof) faults(t *testing.T) {
 		t.Errorf("bad config: start error %v, variable named %v, readyz %d %v", err, named, code, rerr)
 	}
 	p.restartSidecar(t, p.sc.Env)
+	p.reconnectKernel(t)
 }
 
 func sampleAt(tr Transfer, at time.Duration) int64 {
@@ -761,10 +873,13 @@ func rateBetween(tr Transfer, from, to time.Duration) float64 {
 // --- part 7 -----------------------------------------------------------------
 
 func (p *proof) runVerify(ctx context.Context, s *side) (int, string, error) {
+	// The target that must be refused is the bed's forbidden web server,
+	// which the bare pod reaches: verify's default (192.0.2.1:443) has no
+	// route in the bed, so it is "refused" in every pod, hubwarden or not.
 	code := fmt.Sprintf(`import subprocess
-r = subprocess.run([%q, "verify"], capture_output=True, text=True, timeout=60)
+r = subprocess.run([%q, "verify", "--target", %q], capture_output=True, text=True, timeout=60)
 print("RC=%%d" %% r.returncode)
-print(r.stdout[-1500:], r.stderr[-1500:])`, p.userBin)
+print(r.stdout[-1500:], r.stderr[-1500:])`, p.userBin, Forbid4+":80")
 	r, err := s.k.Execute(ctx, code, 90*time.Second)
 	if err != nil {
 		return 0, "", err
@@ -789,10 +904,14 @@ func (p *proof) verify(t *testing.T) {
 		t.Fatal(err)
 	}
 	t.Logf("verify with: rc %d\n%s\nwithout: rc %d\n%s", rcW, outW, rcB, outB)
-	// Remove a protection: kill the sidecar (no reconcile) and delete the
-	// OUTPUT jumps of both families.
-	p.sc.Proc.Signal(syscall.SIGKILL)
-	p.sc.Proc.Wait(5 * time.Second)
+	// Remove a protection: delete the OUTPUT jumps of both families, with
+	// the sidecar's reconcile loop out of the way (restarted with an
+	// interval of an hour). Killing the sidecar instead would leave the
+	// kernel unreachable: the guard's redirect stays and nothing serves it.
+	env := p.sc.Env
+	p.sc.Proc.Stop(10 * time.Second)
+	p.restartSidecar(t, append(append([]string(nil), env...), "HUBWARDEN_RECONCILE_INTERVAL=1h"))
+	p.reconnectKernel(t)
 	backend := p.b.IptablesBackend(p.b.Warden)
 	for _, fam := range []string{backend, strings.Replace(backend, "iptables", "ip6tables", 1)} {
 		out, _ := p.b.Exec(p.b.Warden, fam, "-S", "OUTPUT")
@@ -807,12 +926,17 @@ func (p *proof) verify(t *testing.T) {
 		t.Fatal(err)
 	}
 	t.Logf("verify after removing the egress jump: rc %d\n%s", rcR, outR)
-	ok := rcW == 0 && rcB != 0 && rcR != 0
-	p.rep.Add(Row{"7 verify", "hubwarden verify as the user (exit code); after removing egress", fmt.Sprintf("%d", rcB), fmt.Sprintf("%d; removed: %d", rcW, rcR), verdict(ok)})
+	// After the removal, verify must fail on the egress check itself (the
+	// sidecar is up and ready).
+	egressFailed := strings.Contains(outR, "FAIL egress-blocked")
+	ok := rcW == 0 && rcB != 0 && rcR != 0 && egressFailed
+	p.rep.Add(Row{"7 verify", "hubwarden verify --target <forbidden web> as the user (exit code); after removing egress", fmt.Sprintf("%d", rcB), fmt.Sprintf("%d; removed: %d (egress-blocked failed: %v)", rcW, rcR, egressFailed), verdict(ok)})
 	if !ok {
-		t.Errorf("verify exit codes: with %d (want 0), without %d (want != 0), protection removed %d (want != 0)", rcW, rcB, rcR)
+		t.Errorf("verify exit codes: with %d (want 0), without %d (want != 0), protection removed %d (want != 0, failing egress-blocked: %v)", rcW, rcB, rcR, egressFailed)
 	}
-	p.restartSidecar(t, p.sc.Env)
+	p.sc.Proc.Stop(10 * time.Second)
+	p.restartSidecar(t, env)
+	p.reconnectKernel(t)
 }
 
 // saveFields splits an iptables -S line into arguments, keeping a quoted

@@ -5,15 +5,28 @@ package netns
 import (
 	"fmt"
 	"io"
+	"math"
+	"slices"
 	"strings"
 	"sync"
 	"text/tabwriter"
+	"time"
 )
 
 // Report collects the before/after figures of a proof run.
 type Report struct {
 	mu   sync.Mutex
 	rows []Row
+	// Stack names the versions the run used; it heads the table.
+	Stack string
+	notes []string
+}
+
+// Note adds a line printed under the table (e.g. where the screenshots are).
+func (r *Report) Note(format string, args ...any) {
+	r.mu.Lock()
+	r.notes = append(r.notes, fmt.Sprintf(format, args...))
+	r.mu.Unlock()
 }
 
 // Row is one line of the before/after table.
@@ -47,12 +60,18 @@ func (r *Report) Print(w io.Writer) {
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	fmt.Fprintln(w, "\n=== hubwarden e2e proof: the same workload without and with hubwarden, side by side ===")
+	if r.Stack != "" {
+		fmt.Fprintln(w, "stack:", r.Stack)
+	}
 	tw := tabwriter.NewWriter(w, 0, 4, 2, ' ', 0)
 	fmt.Fprintln(tw, "PART\tMEASURE\tWITHOUT hubwarden\tWITH hubwarden\tVERDICT")
 	for _, row := range r.rows {
 		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\n", row.Part, row.Measure, row.Without, row.With, row.Verdict)
 	}
 	tw.Flush()
+	for _, n := range r.notes {
+		fmt.Fprintln(w, n)
+	}
 	verdict := "ALL PROTECTIONS HELD"
 	switch {
 	case r.failedLocked():
@@ -88,6 +107,25 @@ func (r *Report) failedLocked() bool {
 		}
 	}
 	return false
+}
+
+// percentile is the q-quantile of xs, interpolated linearly between the
+// order statistics (type 7 of Hyndman and Fan, numpy's default): with a
+// dozen samples the p95 is mostly the second largest, not the largest
+// alone, so that one reading the machine's other work delayed does not make
+// the tail.
+func percentile(xs []time.Duration, q float64) time.Duration {
+	if len(xs) == 0 {
+		return 0
+	}
+	s := append([]time.Duration(nil), xs...)
+	slices.Sort(s)
+	h := q * float64(len(s)-1)
+	lo := int(math.Floor(h))
+	if lo+1 >= len(s) {
+		return s[len(s)-1]
+	}
+	return s[lo] + time.Duration(math.Round((h-float64(lo))*float64(s[lo+1]-s[lo])))
 }
 
 // HumanRate formats bytes/s.

@@ -55,7 +55,7 @@ func (b *Bed) SidecarEnv() []string {
 	return []string{
 		"PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
 		"HUBWARDEN_LOG_LEVEL=info",
-		"HUBWARDEN_USER=" + WardenUser,
+		"HUBWARDEN_USER=" + b.WardenUser,
 		"HUBWARDEN_STATE_DIR=" + filepath.Join(b.Dir, "warden-state"),
 		"HUBWARDEN_HUB_API_URL=http://" + HubIP + ":8081/hub/api",
 		"HUBWARDEN_DNS_SERVERS=" + DNS4 + "," + DNS6,
@@ -71,10 +71,10 @@ func (b *Bed) SidecarEnv() []string {
 		"HUBWARDEN_DUMP_INTERVAL=250ms",
 		"HUBWARDEN_RECONCILE_INTERVAL=2s",
 		"HUBWARDEN_HEALTH_ADDR=127.0.0.1:9280",
-		// This proof measures the throttling of every download route; the
-		// HTTP guard (which refuses the download routes outright) has its
-		// own root tests (guard/, sidecar's TestIntegrationRunGuards).
-		"HUBWARDEN_GUARD=off",
+		// The HTTP guard stays at its default (enforce), as a z2jh admin
+		// deploys it: the download routes are refused in this pod, and the
+		// throttling is measured through the routes it allows (notebooks,
+		// the kernel websocket) and on direct egress.
 	}
 }
 
@@ -234,6 +234,15 @@ func (b *Bed) MarkedFlows(ns NS, mask uint32) int {
 		}
 	}
 	return n
+}
+
+// TxBytes returns the bytes eth0 of ns has sent (what left the pod).
+func (b *Bed) TxBytes(ns NS) (int64, error) {
+	out, err := b.Exec(ns, "cat", "/sys/class/net/eth0/statistics/tx_bytes")
+	if err != nil {
+		return 0, err
+	}
+	return strconv.ParseInt(strings.TrimSpace(out), 10, 64)
 }
 
 // IptablesBackend returns "iptables-nft" or "iptables-legacy": the one whose

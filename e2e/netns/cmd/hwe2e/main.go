@@ -41,14 +41,14 @@ func run(args []string) error {
 			return err
 		}
 		defer b.Close()
-		for _, u := range []string{netns.BareUser, netns.WardenUser} {
+		for _, u := range []string{b.BareUser, b.WardenUser} {
 			if _, err := b.StartServer(ctx, u, netns.SpawnTimeout); err != nil {
 				return err
 			}
 		}
 		fmt.Printf("bed up (logs in %s). From the client netns:\n  ip netns exec %s curl %s/hub/login\n"+
 			"users %s (bare pod %s) and %s (warden pod %s), password %s\nCtrl-C removes it.\n",
-			b.Dir, b.Client.Name, b.BaseURL, netns.BareUser, b.Bare.Name, netns.WardenUser, b.Warden.Name, netns.Password)
+			b.Dir, b.Client.Name, b.BaseURL, b.BareUser, b.Bare.Name, b.WardenUser, b.Warden.Name, netns.Password)
 		<-ctx.Done()
 		return nil
 	}
