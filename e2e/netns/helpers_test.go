@@ -10,7 +10,7 @@ import (
 )
 
 func TestParseTCRate(t *testing.T) {
-	tests := map[string]float64{"1Mbit": 1e6, "10Gbit": 1e10, "800Kbit": 8e5, "96bit": 96}
+	tests := map[string]float64{"1Mbit": 1e6, "10Gbit": 1e10, "1Tbit": 1e12, "800Kbit": 8e5, "96bit": 96}
 	for in, want := range tests {
 		if got := parseTCRate(in); got != want {
 			t.Errorf("parseTCRate(%q) = %v, want %v", in, got, want)
@@ -28,11 +28,34 @@ class htb 1:20 parent 1:1 leaf 20: prio 1 rate 1Mbit ceil 1Mbit burst 15Kb cburs
 `
 	var got []string
 	for _, m := range sentRE.FindAllStringSubmatch(out, -1) {
-		got = append(got, m[1]+" "+m[2]+" "+m[3])
+		got = append(got, m[1]+" "+m[2]+" "+m[3]+" "+m[4]+" "+m[5])
 	}
-	want := []string{"1:1 10Gbit 123", "1:10 10Gbit 100", "1:20 1Mbit 23"}
+	want := []string{"1:1  10Gbit 10Gbit 123", "1:10 1:1 10Gbit 10Gbit 100", "1:20 1:1 1Mbit 1Mbit 23"}
 	if diff := cmp.Diff(want, got); diff != "" {
 		t.Errorf("tc classes (-want +got):\n%s", diff)
+	}
+	if id, sent, ok := slowClass(out); id != "1:20" || sent != 23 || !ok {
+		t.Errorf("one slow class: %s %d %v, want 1:20 23 true", id, sent, ok)
+	}
+}
+
+// TestSlowClassLeaves: with the slow class split into a bulk and an
+// interactive leaf (issue 20), the slow class is their parent, which HTB
+// charges with both leaves' packets.
+func TestSlowClassLeaves(t *testing.T) {
+	out := `class htb 4857:1 root rate 1Tbit ceil 1Tbit burst 0b cburst 0b
+ Sent 9000 bytes 40 pkt (dropped 0, overlimits 0 requeues 0)
+class htb 4857:10 parent 4857:1 leaf 4858: prio 0 rate 1Tbit ceil 1Tbit burst 0b cburst 0b
+ Sent 5000 bytes 20 pkt (dropped 0, overlimits 0 requeues 0)
+class htb 4857:2 parent 4857:1 rate 1Mbit ceil 1Mbit burst 15Kb cburst 15Kb
+ Sent 4000 bytes 20 pkt (dropped 0, overlimits 0 requeues 0)
+class htb 4857:20 parent 4857:2 leaf 4859: prio 1 rate 250Kbit ceil 1Mbit burst 15Kb cburst 15Kb
+ Sent 3000 bytes 12 pkt (dropped 0, overlimits 0 requeues 0)
+class htb 4857:21 parent 4857:2 leaf 485a: prio 0 rate 750Kbit ceil 1Mbit burst 64Kb cburst 64Kb
+ Sent 1000 bytes 8 pkt (dropped 0, overlimits 0 requeues 0)
+`
+	if id, sent, ok := slowClass(out); id != "4857:2" || sent != 4000 || !ok {
+		t.Errorf("two slow leaves: %s %d %v, want 4857:2 4000 true", id, sent, ok)
 	}
 }
 

@@ -170,6 +170,11 @@ func (b *Bed) SlowClassBytes(ns NS) (id string, sent int64, ok bool) {
 	if err != nil {
 		return "", 0, false
 	}
+	return slowClass(out)
+}
+
+// slowClass is SlowClassBytes on the output of `tc -s class show`.
+func slowClass(out string) (id string, sent int64, ok bool) {
 	type class struct {
 		id, parent string
 		rate, ceil float64
@@ -203,7 +208,7 @@ func parseTCRate(s string) float64 {
 	for _, u := range []struct {
 		suf string
 		m   float64
-	}{{"Gbit", 1e9}, {"Mbit", 1e6}, {"Kbit", 1e3}, {"bit", 1}} {
+	}{{"Tbit", 1e12}, {"Gbit", 1e9}, {"Mbit", 1e6}, {"Kbit", 1e3}, {"bit", 1}} {
 		if strings.HasSuffix(s, u.suf) {
 			s, mult = strings.TrimSuffix(s, u.suf), u.m
 			break
