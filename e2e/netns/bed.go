@@ -340,8 +340,9 @@ func (b *Bed) other() error {
 		b.listeners = append(b.listeners, srv)
 		b.mu.Unlock()
 	}
-	// UDP echo: port 9, and 53 as a rogue resolver a tunnel would use.
-	for _, a := range []string{Forbid4 + ":9", "[" + Forbid6 + "]:9", Forbid4 + ":53", "[" + Forbid6 + "]:53"} {
+	// UDP echo: port 9, 53 as a rogue resolver a tunnel would use, and
+	// 7009, a port a user may bind as a source (part 8's spoofed source).
+	for _, a := range []string{Forbid4 + ":9", "[" + Forbid6 + "]:9", Forbid4 + ":53", "[" + Forbid6 + "]:53", "[" + Forbid6 + "]:7009"} {
 		pc, err := b.Other.ListenPacket("udp", a)
 		if err != nil {
 			return fmt.Errorf("listening on udp %s in other: %w", a, err)

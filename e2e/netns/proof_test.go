@@ -140,6 +140,7 @@ func TestE2EProof(t *testing.T) {
 	t.Run("5-egress", p.egress)
 	t.Run("6-faults", p.faults)
 	t.Run("7-verify", p.verify)
+	t.Run("8-adversary", p.adversary)
 }
 
 // skip skips the test, or fails it under HWE2E_STRICT=1 (make demo: a

@@ -70,7 +70,7 @@ func (b *Bed) SidecarEnv() []string {
 		"HUBWARDEN_PROMOTE_IDLE=" + PromoteIdle.String(),
 		"HUBWARDEN_DUMP_INTERVAL=250ms",
 		"HUBWARDEN_RECONCILE_INTERVAL=2s",
-		"HUBWARDEN_HEALTH_ADDR=127.0.0.1:9280",
+		"HUBWARDEN_HEALTH_ADDR=:9280", // the kubelet probes the pod's address (part 8)
 		// The HTTP guard stays at its default (enforce), as a z2jh admin
 		// deploys it: the download routes are refused in this pod, and the
 		// throttling is measured through the routes it allows (notebooks,
