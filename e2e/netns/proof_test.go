@@ -141,6 +141,7 @@ func TestE2EProof(t *testing.T) {
 	t.Run("6-faults", p.faults)
 	t.Run("7-verify", p.verify)
 	t.Run("8-adversary", p.adversary)
+	t.Run("9-ui-budget-spent", p.throttledUI)
 }
 
 // skip skips the test, or fails it under HWE2E_STRICT=1 (make demo: a
