@@ -76,6 +76,22 @@ func TestIntegrationRunGuards(t *testing.T) {
 					t.Errorf("%s: %d, reached the server %v; want the server's 200", tt.path, code, reached)
 				}
 			}
+			// The guard's audit lines name their component once (the guard
+			// adds it; the sidecar's logger gives user and server).
+			if mode == "enforce" {
+				var line string
+				for try := 0; try < 50 && line == ""; try++ {
+					for _, l := range strings.Split(s.Logs(), "\n") {
+						if strings.Contains(l, `"component":"guard"`) && strings.Contains(l, "/files/data.csv") {
+							line = l
+						}
+					}
+					time.Sleep(100 * time.Millisecond)
+				}
+				if line == "" || strings.Count(line, `"component"`) != 1 || strings.Count(line, `"user"`) != 1 {
+					t.Errorf("the guard's audit line for /files/data.csv, want component and user once each: %q", line)
+				}
+			}
 		})
 	}
 }

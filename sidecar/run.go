@@ -77,7 +77,7 @@ func cmdRun(ctx context.Context, cfg *Config, log zerolog.Logger) error {
 	// run, in the init container's window, it is: connections are
 	// refused, never passed on).
 	if cfg.Guard.Mode != guard.Off {
-		g, err := guard.New(cfg.Guard, log.With().Str("component", "guard").Logger(), guard.NewMetrics(m.Registry()), guard.Options{})
+		g, err := guard.New(cfg.Guard, log, guard.NewMetrics(m.Registry()), guard.Options{})
 		if err != nil {
 			return err
 		}
