@@ -27,10 +27,12 @@ import (
 // figure of the machine's speed. What is asserted is the set-up: the gate
 // closed, the upload demoted and held to the slow rate.
 
-// The pod refill of this part: below the slow rate (1 mbit, 125 KB/s), as
-// the defaults are (POD_REFILL 256 KiB/s against SLOW_RATE 8 mbit); the
-// bed's 128 KiB/s is above it, and a throttled upload could never keep the
-// gate closed.
+// The pod refill of this part: below the slow rate (1 mbit, 125 KB/s), so
+// that the gate stays closed while the uploads send. That is the state a
+// user who keeps spending the budget (a new connection after another)
+// holds the pod in; with a refill above the slow rate (the bed's 128 KiB/s,
+// the default 256 KiB/s) throttled uploads alone let the bucket refill and
+// the gate reopens within seconds.
 const throttledRefill = "32KiB/s"
 
 // bulkCell starts six threads in the kernel that POST to the allowed web
