@@ -11,3 +11,9 @@ require (
 )
 
 require github.com/go-json-experiment/json v0.0.0-20260213210345-44df1a37e875 // indirect
+
+require github.com/hubwarden/hubwarden v0.0.0-00010101000000-000000000000
+
+// The bed builds hubwarden with the main module's own builder
+// (internal/hwtest), from this checkout.
+replace github.com/hubwarden/hubwarden => ../

@@ -6,7 +6,6 @@ import (
 	"context"
 	"fmt"
 	"os"
-	"path/filepath"
 	"sort"
 	"strings"
 	"testing"
@@ -21,8 +20,7 @@ import (
 func TestE2EBenchProxy(t *testing.T) {
 	b := newBed(t)
 	ctx := context.Background()
-	root, _ := filepath.Abs("../..")
-	bin, err := BuildHubwarden(ctx, root, b.Dir)
+	bin, err := BuildHubwarden(ctx, b.Dir)
 	if err != nil {
 		t.Fatal(err)
 	}

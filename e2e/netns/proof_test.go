@@ -79,8 +79,7 @@ func TestE2EProof(t *testing.T) {
 		}
 		t.Logf("timings: bed setup %s, whole proof %s", b.Timings["setup"].Round(time.Millisecond), time.Since(t0).Round(time.Second))
 	})
-	root, _ := filepath.Abs("../..")
-	bin, err := BuildHubwarden(ctx, root, b.Dir)
+	bin, err := BuildHubwarden(ctx, b.Dir)
 	if err != nil {
 		t.Fatal(err)
 	}

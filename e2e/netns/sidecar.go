@@ -17,26 +17,23 @@ import (
 	"strings"
 	"syscall"
 	"time"
+
+	"github.com/hubwarden/hubwarden/internal/hwtest"
 )
 
 // ErrNotImplemented means the hubwarden binary lacks a command or feature a
 // proof needs; proofs skip (not fail) on it.
 var ErrNotImplemented = errors.New("not implemented by this hubwarden build")
 
-// BuildHubwarden builds the sidecar from the repository root into dir and
-// returns its path. HWE2E_HUBWARDEN names a prebuilt binary instead.
-func BuildHubwarden(ctx context.Context, repoRoot, dir string) (string, error) {
+// BuildHubwarden builds the sidecar into dir with the main module's own
+// builder (internal/hwtest, through the e2e module's replace of the main
+// module) and returns its path. HWE2E_HUBWARDEN names a prebuilt binary
+// instead.
+func BuildHubwarden(ctx context.Context, dir string) (string, error) {
 	if p := os.Getenv("HWE2E_HUBWARDEN"); p != "" {
 		return filepath.Abs(p)
 	}
-	out := filepath.Join(dir, "hubwarden")
-	cmd := exec.CommandContext(ctx, "go", "build", "-trimpath", "-o", out, "./sidecar")
-	cmd.Dir = repoRoot
-	cmd.Env = append(os.Environ(), "CGO_ENABLED=0")
-	if b, err := cmd.CombinedOutput(); err != nil {
-		return "", fmt.Errorf("building hubwarden in %s: %w: %s", repoRoot, err, b)
-	}
-	return out, nil
+	return hwtest.Build(ctx, dir)
 }
 
 // Sidecar is `hubwarden run` in the warden pod's netns.

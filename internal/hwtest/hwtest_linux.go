@@ -40,6 +40,20 @@ func moduleRoot() string {
 	return filepath.Join(filepath.Dir(file), "..", "..")
 }
 
+// Build builds the module's ./sidecar into dir (cgo off, paths trimmed) and
+// returns the binary's path: the one way the root tests, the bench and the
+// e2e bed build hubwarden.
+func Build(ctx context.Context, dir string) (string, error) {
+	bin := filepath.Join(dir, "hubwarden")
+	cmd := exec.CommandContext(ctx, "go", "build", "-trimpath", "-o", bin, "./sidecar")
+	cmd.Dir = moduleRoot()
+	cmd.Env = append(os.Environ(), "CGO_ENABLED=0")
+	if out, err := cmd.CombinedOutput(); err != nil {
+		return "", fmt.Errorf("building hubwarden in %s: %w: %s", cmd.Dir, err, out)
+	}
+	return bin, nil
+}
+
 // Binary returns the hubwarden binary: $HUBWARDEN_BIN, or the module's
 // ./sidecar built once (removed by Cleanup).
 func Binary(tb testing.TB) string {
@@ -54,13 +68,7 @@ func Binary(tb testing.TB) string {
 			buildErr = err
 			return
 		}
-		binPath = filepath.Join(dir, "hubwarden")
-		cmd := exec.Command("go", "build", "-trimpath", "-o", binPath, "./sidecar")
-		cmd.Dir = moduleRoot()
-		cmd.Env = append(os.Environ(), "CGO_ENABLED=0")
-		if out, err := cmd.CombinedOutput(); err != nil {
-			buildErr = fmt.Errorf("building hubwarden: %w: %s", err, out)
-		}
+		binPath, buildErr = Build(context.Background(), dir)
 	})
 	if buildErr != nil {
 		tb.Fatal(buildErr)
