@@ -135,6 +135,7 @@ func TestE2EProof(t *testing.T) {
 	t.Run("3-promotion", p.promotion)
 	t.Run("2-download-browser", p.browserDownload)
 	t.Run("2-large-download", p.largeDownload)
+	t.Run("2-guard-forms", p.guardForms)
 	t.Run("4-bypass", p.bypass)
 	t.Run("5-egress", p.egress)
 	t.Run("6-faults", p.faults)
