@@ -75,22 +75,24 @@ func (p *proof) leafBytes(class string) int64 {
 	return n
 }
 
+// gateState is the pod gate's state by the last pod_gate line of the log
+// ("open", "closed", or "" before any).
+func gateState(log string) string {
+	o, c := strings.LastIndex(log, `"gate":"open"`), strings.LastIndex(log, `"gate":"closed"`)
+	switch {
+	case c > o:
+		return "closed"
+	case o > c:
+		return "open"
+	}
+	return ""
+}
+
 func (p *proof) throttledUI(t *testing.T) {
 	ctx := context.Background()
 	s := p.warden
 	env := p.sc.Env
-	p.sc.Proc.Stop(10 * time.Second)
-	p.restartSidecar(t, append(append([]string(nil), env...), "HUBWARDEN_POD_REFILL="+throttledRefill))
-	p.reconnectKernel(t)
-	defer func() {
-		p.sc.Proc.Stop(10 * time.Second)
-		p.restartSidecar(t, env)
-		p.reconnectKernel(t)
-	}()
-	// The page's websockets went with the guard: a fresh page, unmeasured.
-	if err := s.lab.Reload(); err != nil {
-		t.Fatal(err)
-	}
+	logPath := filepath.Join(p.b.Dir, "hubwarden.log")
 	rounds := envInt("HWE2E_THROTTLED_ROUNDS", 5)
 	round := func(phase string, r int, lat map[string][]time.Duration) {
 		for _, a := range throttledActions {
@@ -111,9 +113,39 @@ func (p *proof) throttledUI(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
+	// Idle: the bed's own configuration, once the pod gate is open (the
+	// earlier parts may have spent the pod budget; the bed's refill soon
+	// opens it again).
+	if err := poll(90*time.Second, func() error {
+		if g := gateState(tail(logPath, 1<<30)); g != "open" {
+			return fmt.Errorf("the pod gate is %q", g)
+		}
+		return nil
+	}); err != nil {
+		t.Fatalf("before the idle rounds: %v", err)
+	}
+	if err := s.lab.Reload(); err != nil {
+		t.Fatal(err)
+	}
+	closedIdle := strings.Count(tail(logPath, 1<<30), `"gate":"closed"`)
 	idle := map[string][]time.Duration{}
 	for r := range rounds {
 		round("idle", r, idle)
+	}
+	closedIdle = strings.Count(tail(logPath, 1<<30), `"gate":"closed"`) - closedIdle
+
+	// The budget spent: a refill below the slow rate, and uploads.
+	p.sc.Proc.Stop(10 * time.Second)
+	p.restartSidecar(t, append(append([]string(nil), env...), "HUBWARDEN_POD_REFILL="+throttledRefill))
+	p.reconnectKernel(t)
+	defer func() {
+		p.sc.Proc.Stop(10 * time.Second)
+		p.restartSidecar(t, env)
+		p.reconnectKernel(t)
+	}()
+	// The page's websockets went with the guard: a fresh page, unmeasured.
+	if err := s.lab.Reload(); err != nil {
+		t.Fatal(err)
 	}
 
 	// The bulk upload, until the gate closes.
@@ -127,8 +159,6 @@ func (p *proof) throttledUI(t *testing.T) {
 		os.Remove(name)
 		defer os.Remove(name)
 	}
-	logPath := filepath.Join(p.b.Dir, "hubwarden.log")
-	closed0 := strings.Count(tail(logPath, 1<<30), `"gate":"closed"`)
 	sink0 := p.b.SinkBytes.Load()
 	cell := strings.NewReplacer("ADDR", fmt.Sprintf("%q", Allowed4), "STOP", fmt.Sprintf("%q", stop)).Replace(bulkCell)
 	if r, err := p.warden.k.Execute(ctx, cell, 30*time.Second); err != nil || strings.TrimSpace(r.Stdout) != "started" {
@@ -136,7 +166,7 @@ func (p *proof) throttledUI(t *testing.T) {
 	}
 	t0 := time.Now()
 	if err := poll(90*time.Second, func() error {
-		if strings.Count(tail(logPath, 1<<30), `"gate":"closed"`) > closed0 {
+		if gateState(tail(logPath, 1<<30)) == "closed" {
 			return nil
 		}
 		return fmt.Errorf("the pod gate did not close (%s uploaded)", HumanBytes(float64(p.b.SinkBytes.Load()-sink0)))
@@ -171,12 +201,11 @@ func (p *proof) throttledUI(t *testing.T) {
 		}
 		upRate := float64(p.b.SinkBytes.Load()-sinkT0) / time.Since(tT0).Seconds()
 		inter, bulk := p.leafBytes("4857:21")-inter0, p.leafBytes("4857:20")-bulk0
-		log := tail(logPath, 1<<30)
-		reopened := strings.LastIndex(log, `"gate":"open"`) > strings.LastIndex(log, `"gate":"closed"`)
+		reopened := gateState(tail(logPath, 1<<30)) != "closed"
 		// The set-up held: the uploads throttled to the slow class (1 mbit)
 		// and the gate closed to the end.
 		ok := upRate <= 2*SlowRateBytes && !reopened
-		p.rep.Add(Row{"9 UI, pod budget spent", fmt.Sprintf("%s: POD_REFILL %s, uploads from a kernel to the allowed server; gate closed %s after they began", phase.name, throttledRefill, gateAfter.Round(100*time.Millisecond)),
+		p.rep.Add(Row{"9 UI, pod budget spent", fmt.Sprintf("%s: POD_REFILL %s, uploads from a kernel to the allowed server; gate closed %s after they began (idle rounds: the bed's configuration, gate open, closed %d times)", phase.name, throttledRefill, gateAfter.Round(100*time.Millisecond), closedIdle),
 			"-", fmt.Sprintf("uploads %s during the rounds; gate reopened: %v; slow class: interactive leaf %s, bulk leaf %s", HumanRate(upRate), reopened, HumanBytes(float64(inter)), HumanBytes(float64(bulk))), verdict(ok)})
 		if !ok {
 			t.Errorf("%s: the uploads ran at %s (slow rate %s), gate reopened %v", phase.name, HumanRate(upRate), HumanRate(SlowRateBytes), reopened)
