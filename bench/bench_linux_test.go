@@ -395,7 +395,7 @@ func benchInitApply(t *testing.T) {
 		ns := nstest.New(t)
 		env := []string{
 			"PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
-			"HUBWARDEN_STATE_DIR=" + t.TempDir(), "HUBWARDEN_SHAPE=false", "HUBWARDEN_IPV6=true",
+			"HUBWARDEN_STATE_DIR=" + t.TempDir(), "HUBWARDEN_SHAPE=false", "HUBWARDEN_IPV6=true", "HUBWARDEN_GUARD=off",
 			"HUBWARDEN_DNS_SERVERS=198.18.71.53", "HUBWARDEN_ALLOW=198.18.71.0/24,tcp://[2001:2:0:47::/64]:443",
 		}
 		cmd := ns.Cmd(context.Background(), hubwardenBin(t), "init")
