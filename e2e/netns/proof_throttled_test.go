@@ -205,7 +205,7 @@ func (p *proof) throttledUI(t *testing.T) {
 		// The set-up held: the uploads throttled to the slow class (1 mbit)
 		// and the gate closed to the end.
 		ok := upRate <= 2*SlowRateBytes && !reopened
-		p.rep.Add(Row{"9 UI, pod budget spent", fmt.Sprintf("%s: POD_REFILL %s, uploads from a kernel to the allowed server; gate closed %s after they began (idle rounds: the bed's configuration, gate open, closed %d times)", phase.name, throttledRefill, gateAfter.Round(100*time.Millisecond), closedIdle),
+		p.rep.Add(Row{"9 UI, pod budget spent", fmt.Sprintf("%s: POD_REFILL=%s, uploads from a kernel to the allowed server; gate closed %s after they began (idle rounds: the bed's configuration, gate open, closed %d times)", phase.name, throttledRefill, gateAfter.Round(100*time.Millisecond), closedIdle),
 			"-", fmt.Sprintf("uploads %s during the rounds; gate reopened: %v; slow class: interactive leaf %s, bulk leaf %s", HumanRate(upRate), reopened, HumanBytes(float64(inter)), HumanBytes(float64(bulk))), verdict(ok)})
 		if !ok {
 			t.Errorf("%s: the uploads ran at %s (slow rate %s), gate reopened %v", phase.name, HumanRate(upRate), HumanRate(SlowRateBytes), reopened)
