@@ -93,17 +93,34 @@ func (p *proof) throttledUI(t *testing.T) {
 	s := p.warden
 	env := p.sc.Env
 	logPath := filepath.Join(p.b.Dir, "hubwarden.log")
-	rounds := envInt("HWE2E_THROTTLED_ROUNDS", 5)
-	round := func(phase string, r int, lat map[string][]time.Duration) {
+	nRounds := envInt("HWE2E_THROTTLED_ROUNDS", 5)
+	// round does every action once (or a.times), timed; a round in which
+	// the kernel hung (ipykernel 7's freeze, as in part 1: kernelHung) is
+	// dropped, reported and made up, at most two per phase; any other
+	// failure fails the part.
+	var dropped []string
+	round := func(phase string, r int, lat map[string][]time.Duration) bool {
+		got := map[string][]time.Duration{}
 		for _, a := range throttledActions {
 			for rep := range a.times {
 				t1 := time.Now()
 				if err := a.do(s.lab, r, rep); err != nil {
 					path := filepath.Join(p.b.Dir, fmt.Sprintf("failed-throttled-%s-round%d.png", phase, r))
 					s.lab.Screenshot(path)
-					t.Fatalf("%s, round %d, %s: %v (screenshot %s)", phase, r, a.name, err, path)
+					if h, herr := Eval[bool](s.lab.Tab, 10*time.Second, kernelHung); herr != nil || !h {
+						t.Fatalf("%s, round %d, %s: %v (screenshot %s)", phase, r, a.name, err, path)
+					}
+					dropped = append(dropped, fmt.Sprintf("%s round %d, %s: the kernel hung (screenshot %s)", phase, r, a.name, path))
+					t.Logf("%s; dropping the round: %v", dropped[len(dropped)-1], err)
+					if err := p.b.ShutdownSessions(ctx, s.user, AnalysisNotebook, ReportNotebook); err != nil {
+						t.Fatal(err)
+					}
+					if err := s.lab.Reload(); err != nil {
+						t.Fatal(err)
+					}
+					return false
 				}
-				lat[a.name] = append(lat[a.name], time.Since(t1))
+				got[a.name] = append(got[a.name], time.Since(t1))
 			}
 		}
 		if err := s.lab.CloseAll(); err != nil {
@@ -112,7 +129,26 @@ func (p *proof) throttledUI(t *testing.T) {
 		if err := p.b.ShutdownSessions(ctx, s.user, AnalysisNotebook, ReportNotebook); err != nil {
 			t.Fatal(err)
 		}
+		for k, v := range got {
+			lat[k] = append(lat[k], v...)
+		}
+		return true
 	}
+	rounds := func(phase string, lat map[string][]time.Duration) {
+		for r, done := 0, 0; done < nRounds; r++ {
+			if r >= nRounds+2 {
+				t.Fatalf("%s: more than two rounds lost to hung kernels: %s", phase, strings.Join(dropped, "; "))
+			}
+			if round(phase, r, lat) {
+				done++
+			}
+		}
+	}
+	defer func() {
+		for _, d := range dropped {
+			p.rep.Note("part 9: dropped %s; ipykernel 7 freezes now and then (ipython/ipykernel#1471)", d)
+		}
+	}()
 	// Idle: the bed's own configuration, once the pod gate is open (the
 	// earlier parts may have spent the pod budget; the bed's refill soon
 	// opens it again).
@@ -129,9 +165,7 @@ func (p *proof) throttledUI(t *testing.T) {
 	}
 	closedIdle := strings.Count(tail(logPath, 1<<30), `"gate":"closed"`)
 	idle := map[string][]time.Duration{}
-	for r := range rounds {
-		round("idle", r, idle)
-	}
+	rounds("idle", idle)
 	closedIdle = strings.Count(tail(logPath, 1<<30), `"gate":"closed"`) - closedIdle
 
 	// The budget spent: a refill below the slow rate, and uploads.
@@ -196,9 +230,7 @@ func (p *proof) throttledUI(t *testing.T) {
 		inter0, bulk0 := p.leafBytes("4857:21"), p.leafBytes("4857:20")
 		sinkT0, tT0 := p.b.SinkBytes.Load(), time.Now()
 		throttled := map[string][]time.Duration{}
-		for r := range rounds {
-			round("throttled", r, throttled)
-		}
+		rounds("throttled", throttled)
 		upRate := float64(p.b.SinkBytes.Load()-sinkT0) / time.Since(tT0).Seconds()
 		inter, bulk := p.leafBytes("4857:21")-inter0, p.leafBytes("4857:20")-bulk0
 		reopened := gateState(tail(logPath, 1<<30)) != "closed"
