@@ -54,6 +54,9 @@ func addRow(r row) {
 // row 7's 10,000 server ends live in their own process, since a process
 // here may hold at most 20,000 files and cannot raise that limit.
 func TestMain(m *testing.M) {
+	if addr := os.Getenv("BENCH_DIAL"); addr != "" {
+		dialer(addr)
+	}
 	if addr := os.Getenv("BENCH_SINK"); addr != "" {
 		ln, err := net.Listen("tcp", addr)
 		if err != nil {
@@ -153,7 +156,7 @@ func envOr(k, def string) string {
 const methodNotes = `## How each row is measured
 
 Repetitions (full mode; BENCH_QUICK=1 runs each once): 7: three 15 s
-windows per flow count; 6: 3 (after one dropped warm-up); 8: 5; 4: 3 per
+windows per load and build; 6: 3 (after one dropped warm-up); 8: 5; 4: 3 per
 budget and setup; 1: 9 rounds of 2 s, the order rotating; 5: 3 per regime, each in a fresh pair;
 3: 2 per setup and bypass, each in a fresh pair; 2: 60 requests per setup.
 
@@ -163,12 +166,20 @@ and a "peer" joined by a veth, 198.18.70-79.0/30), with the real binary
 and the watcher on, the peer allowed on TCP 5000-5999. Traffic goes only
 between the two namespaces.
 
-- 7: N TCP connections pod → peer, each sending 64 bytes every 5 s (so the
-  counters move and the watcher has work). After the watcher reports N flows
-  (hubwarden_flows_tracked) and a 3 s settle, CPU is (utime+stime) of the
-  hubwarden process over a window, as % of one core; RSS is VmRSS at the end
-  of the window. The watcher's cost per flow is the CPU difference between
-  10,000 and 10 flows divided by the flow difference.
+- 7: three loads in turn, in one pair: 10 TCP connections pod → peer;
+  10,000 of them plus 10,000 connections over the pod's loopback (a
+  server and a client process in the pod); the same with 100 of the peer
+  connections sending 512 KiB/s each (FLOW_BUDGET 8MiB for the row, so
+  that each reaches half its budget every 4 s and is re-armed; POD_REFILL
+  64MiB/s, so that the pod bucket stays full). Every idle connection sends
+  64 bytes every 5 s. After conntrack holds the flows and a 3 s settle,
+  CPU is utime+stime of the hubwarden process and of its waited-for
+  children (the reconcile's iptables-save) over each window, as % of one
+  core; RSS is VmRSS at the end of the window; dumps, one-by-one reads
+  and events per second come from /metrics over the windows. The idle
+  flow cost is the CPU difference between the second load and the first
+  divided by 9,990 flows. BENCH_BEFORE=<binary> measures an earlier build
+  the same way in a fresh pair, after this one.
 - 6: ` + "`hubwarden init`" + ` (egress, IPv4+IPv6, shaping off) in a fresh namespace, wall time
   of the process; against the same rules (its own iptables-save output, cut
   into one ` + "`iptables -t T -N/-A`" + ` exec per chain and rule, run by one sh) in
@@ -226,31 +237,136 @@ FLOW_BUDGET 16MiB, POD_BUDGET 48MiB, POD_REFILL 128KiB/s, PROMOTE_IDLE 2s.
 
 // ---- row 7: resources --------------------------------------------------
 
+// resCase is one load of row 7: idle TCP connections pod → peer (each
+// sends 64 bytes every 5 s), idle connections over the pod's loopback (as
+// many, the same trickle), and how many of the peer connections send
+// 512 KiB/s each.
+type resCase struct {
+	name                string
+	peer, loop, sending int
+}
+
+var resCases = []resCase{
+	{"10 flows", 10, 0, 0},
+	{"10,000 idle flows + 10,000 idle loopback connections", 10000, 10000, 0},
+	{"10,000 flows (and the loopback ones), 100 sending", 10000, 10000, 100},
+}
+
+// resResult is row 7's figures for one case and build.
+type resResult struct {
+	cpu, rss             float64 // % of a core (the process and its children), MiB
+	dumps, reads, events float64 // per second, from /metrics
+}
+
+// benchResources is row 7: the CPU and memory of `hubwarden run` under
+// each load, for this build and, with BENCH_BEFORE, an earlier one, each
+// in its own pair, in this run.
 func benchResources(t *testing.T) {
-	p := nstest.NewPair(t, 70)
-	p.Pod.MustRun("sysctl", "-qw", "net.netfilter.nf_conntrack_max=131072")
-	p.Pod.MustRun("sysctl", "-qw", "net.ipv4.ip_local_port_range=10000 65000")
-	p.Peer.MustRun("sysctl", "-qw", "net.core.somaxconn=16384")
+	bins := []string{hubwardenBin(t)}
+	names := []string{"hubwarden"}
+	if b := os.Getenv("BENCH_BEFORE"); b != "" {
+		bins = append(bins, b)
+		names = append(names, "before")
+	}
+	results := make([][]resResult, len(bins))
+	for i, bin := range bins {
+		if !t.Run(names[i], func(t *testing.T) { results[i] = measureResources(t, bin, 70, i > 0) }) {
+			t.FailNow()
+		}
+	}
+	var fig []string
+	for i := range bins {
+		var parts []string
+		for j, c := range resCases {
+			r := results[i][j]
+			parts = append(parts, fmt.Sprintf("%s: %.2f%%, %.1f MiB", c.name, r.cpu, r.rss))
+		}
+		fig = append(fig, names[i]+": "+strings.Join(parts, "; "))
+	}
+	// rates is a build's dumps and one-by-one reads per second in each case.
+	rates := func(rs []resResult) string {
+		if math.IsNaN(rs[0].dumps) {
+			return "not counted (no such metrics)"
+		}
+		var v []string
+		for _, r := range rs {
+			v = append(v, fmt.Sprintf("%.2f/%.1f", r.dumps, r.reads))
+		}
+		return strings.Join(v, ", ")
+	}
+	r := results[0]
+	perFlow := (r[1].cpu - r[0].cpu) / 100 / float64(resCases[1].peer-resCases[0].peer) * 1e6 // µs CPU per idle flow per s
+	side := fmt.Sprintf("idle flow cost %.2f µs CPU per flow per second (case 2 vs case 1); dumps/reads per second: %s", perFlow, rates(r))
+	if len(bins) > 1 {
+		b := results[1]
+		side += fmt.Sprintf("; before: %s; CPU hubwarden / before: %.2f×, %.2f×, %.2f×", rates(b), r[0].cpu/b[0].cpu, r[1].cpu/b[1].cpu, r[2].cpu/b[2].cpu)
+	}
+	// Issue 20's goals: at most 1% of a core and 24 MiB with 10,000 idle
+	// flows (and the loopback ones), at most 3% with 100 of them sending.
+	met := func(ok bool) string {
+		if ok {
+			return "met"
+		}
+		return "NOT met"
+	}
+	addRow(row{"7", "`hubwarden run` CPU (% of one core, its children included) and RSS, default DUMP_INTERVAL (1 s)",
+		strings.Join(fig, " — "), side,
+		fmt.Sprintf("≤ 1%% and ≤ 24 MiB at 10,000 idle flows: %s; ≤ 3%% with 100 sending: %s",
+			met(r[1].cpu <= 1 && r[1].rss <= 24), met(r[2].cpu <= 3))})
+}
+
+// measureResources runs bin in a fresh pair under each of resCases in turn
+// (the connections of one case stay open for the next).
+func measureResources(t *testing.T, bin string, pairIdx int, before bool) []resResult {
+	p := nstest.NewPair(t, pairIdx)
+	for _, ns := range []*nstest.NS{p.Pod, p.Peer} {
+		ns.MustRun("sysctl", "-qw", "net.netfilter.nf_conntrack_max=131072", "net.ipv4.ip_local_port_range=10000 65000", "net.core.somaxconn=16384")
+	}
 	self, err := os.Executable()
 	if err != nil {
 		t.Fatal(err)
 	}
-	sinkCmd := p.Peer.Cmd(context.Background(), self)
-	sinkCmd.Env = append(os.Environ(), fmt.Sprintf("BENCH_SINK=%s:%d", p.PeerIP4, portTrickle))
-	sinkCmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
-	if err := sinkCmd.Start(); err != nil {
-		t.Fatal(err)
+	// Helper processes (a process here may hold at most 20,000 files): the
+	// peer's sink, and in the pod a loopback server and its client.
+	helper := func(ns *nstest.NS, env ...string) *exec.Cmd {
+		cmd := ns.Cmd(context.Background(), self)
+		cmd.Env = append(os.Environ(), env...)
+		cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
+		t.Cleanup(func() { cmd.Process.Kill(); cmd.Wait() })
+		return cmd
 	}
-	t.Cleanup(func() { sinkCmd.Process.Kill(); sinkCmd.Wait() })
-	for c, err := dial(p.Pod, fmt.Sprintf("%s:%d", p.PeerIP4, portTrickle)); ; c, err = dial(p.Pod, fmt.Sprintf("%s:%d", p.PeerIP4, portTrickle)) {
-		if err == nil {
-			c.Close()
-			break
+	peerAddr := net.JoinHostPort(p.PeerIP4, strconv.Itoa(portTrickle))
+	loopAddr := "127.0.0.1:5901"
+	for _, h := range []struct {
+		ns   *nstest.NS
+		addr string
+	}{{p.Peer, peerAddr}, {p.Pod, loopAddr}} {
+		if err := helper(h.ns, "BENCH_SINK="+h.addr).Start(); err != nil {
+			t.Fatal(err)
 		}
-		time.Sleep(50 * time.Millisecond)
+		for i := 0; ; i++ {
+			c, err := dial(h.ns, h.addr)
+			if err == nil {
+				c.Close()
+				break
+			}
+			if i == 100 {
+				t.Fatalf("the sink at %s: %v", h.addr, err)
+			}
+			time.Sleep(50 * time.Millisecond)
+		}
 	}
-	s := startSidecar(t, p, podEnv(t, p, nil))
-	levels := []int{10, 1000, 10000}
+	over := map[string]string{
+		// Senders at 512 KiB/s reach half of an 8 MiB budget every 4 s:
+		// each is re-armed again and again, never demoted (FLOW_REFILL is
+		// 1 MiB/s), and the pod bucket never empties.
+		"HUBWARDEN_FLOW_BUDGET": "8MiB",
+		"HUBWARDEN_POD_REFILL":  "64MiB/s",
+	}
+	if before && !knows(t, bin, "HUBWARDEN_GUARD") {
+		over["HUBWARDEN_GUARD"] = "" // 15f64e2 refuses a variable it does not know
+	}
+	s := startSidecarBin(t, p, podEnv(t, p, over), bin)
 	window := pick(2*time.Second, 15*time.Second)
 
 	var (
@@ -258,8 +374,10 @@ func benchResources(t *testing.T) {
 		conns   []net.Conn
 	)
 	ctx, cancel := context.WithCancel(context.Background())
+	var wg sync.WaitGroup
 	t.Cleanup(func() {
 		cancel()
+		wg.Wait()
 		connsMu.Lock()
 		for _, c := range conns {
 			c.Close()
@@ -267,56 +385,58 @@ func benchResources(t *testing.T) {
 		connsMu.Unlock()
 	})
 	// The trickle: every 100 ms, 1/50 of the connections send 64 bytes.
-	go func() {
-		msg := make([]byte, 64)
-		tick := time.NewTicker(100 * time.Millisecond)
-		defer tick.Stop()
-		for k := 0; ; k++ {
-			select {
-			case <-ctx.Done():
-				return
-			case <-tick.C:
-			}
-			connsMu.Lock()
-			cs := conns
-			connsMu.Unlock()
-			for i := k % 50; i < len(cs); i += 50 {
-				cs[i].SetWriteDeadline(time.Now().Add(50 * time.Millisecond))
-				cs[i].Write(msg)
-			}
-		}
-	}()
-	type res struct{ cpu, rss float64 }
-	results := map[int]res{}
-	for _, n := range levels {
+	wg.Go(func() { trickle(ctx, func() []net.Conn { connsMu.Lock(); defer connsMu.Unlock(); return conns }) })
+	var out []resResult
+	loopOpen, sending := 0, 0
+	for _, c := range resCases {
 		p.Pod.Do(func() error {
-			for len(conns) < n && err == nil {
-				var c net.Conn
-				c, err = net.DialTimeout("tcp", fmt.Sprintf("%s:%d", p.PeerIP4, portTrickle), 5*time.Second)
+			for len(conns) < c.peer && err == nil {
+				var nc net.Conn
+				nc, err = net.DialTimeout("tcp", peerAddr, 5*time.Second)
 				if err == nil {
 					connsMu.Lock()
-					conns = append(conns, c)
+					conns = append(conns, nc)
 					connsMu.Unlock()
 				}
 			}
 			return nil
 		})
 		if err != nil {
-			t.Fatalf("opening flow %d of %d: %v", len(conns)+1, n, err)
+			t.Fatalf("opening flow %d of %d: %v", len(conns)+1, c.peer, err)
+		}
+		if c.loop > loopOpen {
+			cmd := helper(p.Pod, "BENCH_DIAL="+loopAddr, fmt.Sprintf("BENCH_DIAL_N=%d", c.loop-loopOpen))
+			stdout, err := cmd.StdoutPipe()
+			if err != nil {
+				t.Fatal(err)
+			}
+			if err := cmd.Start(); err != nil {
+				t.Fatal(err)
+			}
+			line, err := bufio.NewReader(stdout).ReadString('\n')
+			if err != nil || strings.TrimSpace(line) != "ready" {
+				t.Fatalf("the loopback client: %q %v", line, err)
+			}
+			loopOpen = c.loop
+		}
+		for ; sending < c.sending; sending++ {
+			nc := conns[sending]
+			wg.Go(func() { send(ctx, nc, 512<<10) })
 		}
 		deadline := time.Now().Add(60 * time.Second)
-		for ctCount(p) < n {
+		for ctCount(p) < c.peer {
 			if time.Now().After(deadline) {
-				t.Fatalf("the pod's conntrack table holds %d flows, want >= %d", ctCount(p), n)
+				t.Fatalf("the pod's conntrack table holds %d flows, want >= %d", ctCount(p), c.peer)
 			}
 			time.Sleep(200 * time.Millisecond)
 		}
 		time.Sleep(3 * time.Second)
-		var cpus, rsss, syss []float64
+		var cpus, rsss []float64
+		m0 := []float64{s.metric("hubwarden_conntrack_dumps_total"), s.metric("hubwarden_conntrack_reads_total"), s.metric("hubwarden_conntrack_events_total")}
+		w0 := time.Now()
 		for r := 0; r < reps(); r++ {
 			t0, _, err := usage(s.pid)
-			s0 := sysTicks.Load()
-			w0 := time.Now()
+			r0 := time.Now()
 			if err != nil {
 				t.Fatal(err)
 			}
@@ -325,31 +445,70 @@ func benchResources(t *testing.T) {
 			if err != nil {
 				t.Fatal(err)
 			}
-			cpus = append(cpus, float64(t1-t0)/clkTck/time.Since(w0).Seconds()*100)
-			syss = append(syss, float64(sysTicks.Load()-s0)/clkTck/time.Since(w0).Seconds()*100)
+			cpus = append(cpus, float64(t1-t0)/clkTck/time.Since(r0).Seconds()*100)
 			rsss = append(rsss, float64(rss)/1024)
 		}
-		tracked := s.metric("hubwarden_flows_tracked")
-		results[n] = res{median(cpus), median(rsss)}
-		t.Logf("%d flows (conntrack holds %d, the watcher tracks %.0f): CPU %.2f%% of a core %v (system %.2f%%), RSS %.1f MiB %v", n, ctCount(p), tracked, median(cpus), cpus, median(syss), median(rsss), rsss)
+		secs := time.Since(w0).Seconds()
+		rate := func(name string, v0 float64) float64 {
+			v := s.metric(name)
+			if v < 0 || v0 < 0 {
+				return math.NaN() // an earlier build without the metric
+			}
+			return (v - v0) / secs
+		}
+		res := resResult{cpu: median(cpus), rss: median(rsss),
+			dumps:  rate("hubwarden_conntrack_dumps_total", m0[0]),
+			reads:  rate("hubwarden_conntrack_reads_total", m0[1]),
+			events: rate("hubwarden_conntrack_events_total", m0[2])}
+		out = append(out, res)
+		t.Logf("%s (conntrack holds %d, the watcher tracks %.0f; %.0f demotions, %.0f re-arms): CPU %.2f%% of a core %v, RSS %.1f MiB %v; per second %.2f dumps, %.1f reads, %.1f events",
+			c.name, ctCount(p), s.metric("hubwarden_flows_tracked"), s.metric("hubwarden_demotions_total"), s.metric("hubwarden_rearms_total"),
+			res.cpu, cpus, res.rss, rsss, res.dumps, res.reads, res.events)
 	}
-	lo, hi := levels[0], levels[len(levels)-1]
-	perFlow := (results[hi].cpu - results[lo].cpu) / 100 / float64(hi-lo) * 1e6 // µs CPU per flow per s
-	var fig []string
-	for _, n := range levels {
-		fig = append(fig, fmt.Sprintf("%d flows: %.1f MiB, %.2f%%", n, results[n].rss, results[n].cpu))
+	return out
+}
+
+// knows says whether the hubwarden binary bin lists the variable name in
+// its help.
+func knows(t *testing.T, bin, name string) bool {
+	out, _ := exec.Command(bin, "--help").CombinedOutput()
+	return strings.Contains(string(out), name)
+}
+
+// trickle sends 64 bytes on 1/50 of the connections every 100 ms (each
+// every 5 s) until ctx is done.
+func trickle(ctx context.Context, conns func() []net.Conn) {
+	msg := make([]byte, 64)
+	tick := time.NewTicker(100 * time.Millisecond)
+	defer tick.Stop()
+	for k := 0; ; k++ {
+		select {
+		case <-ctx.Done():
+			return
+		case <-tick.C:
+		}
+		cs := conns()
+		for i := k % 50; i < len(cs); i += 50 {
+			cs[i].SetWriteDeadline(time.Now().Add(50 * time.Millisecond))
+			cs[i].Write(msg)
+		}
 	}
-	// Issue 20's goal: the cost of idle flows near zero, at most 1% of a
-	// core and 24 MiB at 10,000 (the row's flows are idle connections).
-	k := results[hi]
-	met := "met"
-	if k.rss > 24 || k.cpu > 1 {
-		met = "NOT met"
+}
+
+// send writes rate bytes/s on c, in 20 writes a second, until ctx is done.
+func send(ctx context.Context, c net.Conn, rate int) {
+	buf := make([]byte, rate/20)
+	tick := time.NewTicker(50 * time.Millisecond)
+	defer tick.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-tick.C:
+		}
+		c.SetWriteDeadline(time.Now().Add(40 * time.Millisecond))
+		c.Write(buf)
 	}
-	addRow(row{"7", "`hubwarden run` RSS and CPU (% of one core), DUMP_INTERVAL 1 s",
-		strings.Join(fig, "; "),
-		fmt.Sprintf("watcher cost %.1f µs CPU per flow per second (%d vs %d flows)", perFlow, hi, lo),
-		fmt.Sprintf("≤ 1%% of a core and ≤ 24 MiB at %d idle flows (issue 20): %s", hi, met)})
 }
 
 // ctCount returns the number of flows in the pod's conntrack table.
@@ -360,6 +519,25 @@ func ctCount(p *nstest.Pair) int {
 	}
 	n, _ := strconv.Atoi(strings.TrimSpace(out))
 	return n
+}
+
+// dialer is the test binary as row 7's loopback client (BENCH_DIAL=addr,
+// BENCH_DIAL_N=n): it opens n connections to addr, says "ready", and
+// trickles on them until killed.
+func dialer(addr string) {
+	n, _ := strconv.Atoi(os.Getenv("BENCH_DIAL_N"))
+	conns := make([]net.Conn, 0, n)
+	for len(conns) < n {
+		c, err := net.DialTimeout("tcp", addr, 5*time.Second)
+		if err != nil {
+			fmt.Fprintln(os.Stderr, err)
+			os.Exit(1)
+		}
+		conns = append(conns, c)
+	}
+	fmt.Println("ready")
+	trickle(context.Background(), func() []net.Conn { return conns })
+	os.Exit(0)
 }
 
 // ---- row 6: init apply time -------------------------------------------

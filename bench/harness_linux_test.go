@@ -195,7 +195,8 @@ func (s *sidecar) metric(name string) float64 {
 	return -1
 }
 
-// usage is a process's CPU time (user+system, clock ticks) and RSS.
+// usage is a process's CPU time (user+system, clock ticks; its waited-for
+// children's, such as the reconcile's iptables-save, included) and RSS.
 func usage(pid int) (ticks uint64, rssKiB uint64, err error) {
 	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
 	if err != nil {
@@ -203,8 +204,10 @@ func usage(pid int) (ticks uint64, rssKiB uint64, err error) {
 	}
 	s := string(b)
 	f := strings.Fields(s[strings.LastIndexByte(s, ')')+2:])
-	ut, _ := strconv.ParseUint(f[11], 10, 64) // field 14
-	st, _ := strconv.ParseUint(f[12], 10, 64) // field 15
+	ut, _ := strconv.ParseUint(f[11], 10, 64)  // field 14
+	st, _ := strconv.ParseUint(f[12], 10, 64)  // field 15
+	cut, _ := strconv.ParseUint(f[13], 10, 64) // field 16
+	cst, _ := strconv.ParseUint(f[14], 10, 64) // field 17
 	st2, err := os.ReadFile(fmt.Sprintf("/proc/%d/status", pid))
 	if err != nil {
 		return 0, 0, err
@@ -215,7 +218,7 @@ func usage(pid int) (ticks uint64, rssKiB uint64, err error) {
 		}
 	}
 	sysTicks.Store(st)
-	return ut + st, rssKiB, nil
+	return ut + st + cut + cst, rssKiB, nil
 }
 
 // sysTicks is the system part of the last usage read (for the log).

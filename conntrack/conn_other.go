@@ -56,3 +56,6 @@ func Accounting() (acct, timestamps bool, err error) { return false, false, errU
 
 // EnableEvents returns an error wrapping errors.ErrUnsupported on this OS.
 func EnableEvents() error { return errUnsupported }
+
+// EventsForEvery returns an error wrapping errors.ErrUnsupported on this OS.
+func EventsForEvery() (bool, error) { return false, errUnsupported }

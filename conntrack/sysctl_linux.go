@@ -5,6 +5,7 @@ package conntrack
 import (
 	"fmt"
 	"os"
+	"strings"
 )
 
 // EnableAccounting turns on nf_conntrack_acct (per-direction counters) and,
@@ -37,6 +38,17 @@ func EnableEvents() error {
 		return fmt.Errorf("enabling nf_conntrack_events: %w", err)
 	}
 	return nil
+}
+
+// EventsForEvery reports whether nf_conntrack_events is 1 in the network
+// namespace of the calling thread: every flow sends events (with 2, only
+// flows made while some socket listened; with 0, none).
+func EventsForEvery() (bool, error) {
+	b, err := os.ReadFile("/proc/sys/net/netfilter/nf_conntrack_events")
+	if err != nil {
+		return false, fmt.Errorf("reading nf_conntrack_events: %w", err)
+	}
+	return strings.TrimSpace(string(b)) == "1", nil
 }
 
 // Accounting reports whether nf_conntrack_acct and nf_conntrack_timestamp

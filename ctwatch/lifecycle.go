@@ -149,6 +149,9 @@ func (p *Policy) lateForEnded(c *conntrack.Flow) bool {
 // finish writes f's final record and forgets it.
 func (p *Policy) finish(now time.Time, f *flow, unfinished bool) {
 	delete(p.flows, f.key)
+	if f.demoted {
+		p.nDemoted--
+	}
 	p.ended[f.key] = endedFlow{id: f.id, at: now}
 	p.stats.Finished++
 	end := f.seen

@@ -98,6 +98,11 @@ type Policy struct {
 	earliest   time.Time    // a lower bound of the flows' next (zero: none due)
 	pending    map[Key]bool // flows first read (Rearm) and not tracked yet
 	walkStart  time.Time    // when the dump being fed was asked for
+	// readDemoted: demoted flows are read one by one every DumpInterval
+	// (to promote them once idle) rather than found by dumps; the watcher
+	// sets it while the kernel's events bring it every flow it must see.
+	readDemoted bool
+	nDemoted    int // tracked flows that are demoted
 }
 
 // NewPolicy returns a policy for cfg.
@@ -120,6 +125,25 @@ func NewPolicy(cfg Config) *Policy {
 
 // Config returns the configuration with defaults filled in.
 func (p *Policy) Config() Config { return p.cfg }
+
+// SetReadDemoted says whether demoted flows are read one by one, every
+// DumpInterval, to see when they go idle (on), or left to the dumps, which
+// show them as often (off). A flow already scheduled keeps its time.
+func (p *Policy) SetReadDemoted(on bool) { p.readDemoted = on }
+
+// Demoted returns how many tracked flows are demoted.
+func (p *Policy) Demoted() int { return p.nDemoted }
+
+// scheduleDemoted sets when the demoted f is read next: after DumpInterval
+// when demoted flows are read one by one (a dump may not come), else a
+// check after CheckAfter that it still exists.
+func (p *Policy) scheduleDemoted(now time.Time, f *flow) {
+	if p.readDemoted {
+		p.setNext(f, now.Add(p.cfg.DumpInterval))
+	} else {
+		p.setNext(f, now.Add(p.cfg.CheckAfter))
+	}
+}
 
 func (p *Policy) isLocal(a netip.Addr) bool {
 	if a.IsLoopback() {
@@ -234,6 +258,7 @@ func (p *Policy) noteActivity(now time.Time, f *flow, delta uint64) {
 // counters reached its tier's threshold) or the pod gate.
 func (p *Policy) kernelDemoted(now time.Time, f *flow, mark uint32) {
 	f.demoted = true
+	p.nDemoted++
 	f.demotions++
 	f.reason = ReasonPod
 	if f.sent.Bytes >= p.c.Threshold(p.c.Tier(mark)) {
@@ -335,6 +360,8 @@ func (p *Policy) Observe(now time.Time, c *conntrack.Flow) []Action {
 		p.rearm(f, false)
 	case p.promotable(now, f):
 		p.rearm(f, true)
+	case f.demoted && p.readDemoted && (f.next.IsZero() || f.next.After(now.Add(p.cfg.DumpInterval))):
+		p.setNext(f, now.Add(p.cfg.DumpInterval))
 	}
 	p.progressLine(now, f)
 	return p.acts
@@ -389,10 +416,14 @@ func (p *Policy) Zeroed(now time.Time, c *conntrack.Flow) []Action {
 	p.setNext(f, now.Add(p.cfg.CheckAfter))
 	if f.demoted {
 		if !promoting || !p.promotable(now, f) {
-			return p.acts // still demoted; zeroing a demoted flow changes nothing
+			// Still demoted; zeroing a demoted flow changes nothing.
+			p.scheduleDemoted(now, f)
+			p.progressLine(now, f)
+			return p.acts
 		}
 		k, _ := p.c.TierFor(f.tokens)
 		f.demoted = false
+		p.nDemoted--
 		f.tier = k
 		f.promotions++
 		p.stats.Promotions++
@@ -408,6 +439,8 @@ func (p *Policy) Zeroed(now time.Time, c *conntrack.Flow) []Action {
 		// Below the smallest tier: demote now rather than give it more
 		// than its bucket holds.
 		f.demoted = true
+		p.nDemoted++
+		p.scheduleDemoted(now, f)
 		f.demotions++
 		f.reason = ReasonFlow
 		if f.demotedAt == 0 {

@@ -331,3 +331,86 @@ func TestSimEventsLost(t *testing.T) {
 		t.Errorf("flow_end says %.0f bytes, the model %.0f sent", got, f.fast+f.slow)
 	}
 }
+
+// TestSimEventsBackstop is issue 20's watcher: with the kernel's events a
+// dump, which walks the node's whole conntrack hash, comes only every 10 s
+// as a backstop; a demoted flow is read on its own every DumpInterval and
+// promoted as soon after it goes idle as with a dump a DumpInterval.
+func TestSimEventsBackstop(t *testing.T) {
+	for _, dumpOnly := range []bool{false, true} {
+		t.Run(fmt.Sprintf("dumpOnly=%v", dumpOnly), func(t *testing.T) {
+			cfg := testConfig(t)
+			s := &sim{t: t, cfg: cfg, start: t0, dumpOnly: dumpOnly}
+			s.k = newKernel(t, cfg.Contract, uint64(cfg.PodBudget))
+			s.restart()
+			f := s.add(true, 0, xfer{at: 0, size: 66 * mib}, xfer{at: 100 * time.Second, size: 2 * mib})
+			var end time.Duration
+			for d := 100 * time.Millisecond; d < 100*time.Second && end == 0; d += 100 * time.Millisecond {
+				s.run(d)
+				if f.slow > 0 && !f.sending {
+					end = d
+				}
+			}
+			if end == 0 {
+				t.Fatal("the download did not end")
+			}
+			walks0 := s.w.Stats().Walks
+			s.run(100 * time.Second)
+			st := s.w.Stats()
+			walks := st.Walks - walks0
+			p := s.lines("promote")
+			if len(p) == 0 {
+				t.Fatal("no promotion")
+			}
+			at := time.Duration(p[0]["duration_s"].(float64) * float64(time.Second))
+			t.Logf("download ended at %v, promoted at %v (%v later); %d dumps in the %v after, %d reads in all", end, at, at-end, walks, 100*time.Second-end, st.Reads)
+			// Promotion: PromoteIdle after the last read that saw it send,
+			// which is at most DumpInterval before it stopped, plus the
+			// sim's steps.
+			if late := at - end; late > cfg.PromoteIdle+cfg.DumpInterval+200*time.Millisecond {
+				t.Errorf("promoted %v after the download ended, want at most PromoteIdle + DumpInterval", late)
+			}
+			span := 100*time.Second - end
+			if dumpOnly {
+				if min := uint64(span/cfg.DumpInterval) - 2; walks < min {
+					t.Errorf("%d dumps without events in %v, want at least %d", walks, span, min)
+				}
+			} else if max := uint64(span/backstopEvery) + 1; walks > max {
+				t.Errorf("%d dumps with events in %v, want at most %d (one every %v)", walks, span, max, backstopEvery)
+			}
+			if f.slow > 0 && s.lines("promote")[0]["why"] != "idle" {
+				t.Errorf("promotion %v", p[0])
+			}
+		})
+	}
+}
+
+// TestSimManyDemoted: with more demoted flows than the watcher reads one by
+// one, it dumps every DumpInterval again, and reads them one by one once
+// they are few.
+func TestSimManyDemoted(t *testing.T) {
+	cfg := testConfig(t)
+	cfg.Contract = testContract(t, 2*units.MiB)
+	s := newSim(t, cfg)
+	var fs []*kflow
+	for range maxDemotedReads + 44 {
+		fs = append(fs, s.add(true, 0, xfer{at: 0, size: 3 * mib}))
+	}
+	s.run(2 * time.Second)
+	if n := s.w.policy.Demoted(); n <= maxDemotedReads || s.w.reading {
+		t.Fatalf("%d flows demoted, reading them one by one %v; want more than %d, dumps", n, s.w.reading, maxDemotedReads)
+	}
+	w0 := s.w.Stats().Walks
+	s.run(12 * time.Second)
+	if w := s.w.Stats().Walks - w0; w < 9 {
+		t.Errorf("%d dumps in 10 s with %d demoted flows, want one a DumpInterval", w, s.w.policy.Demoted())
+	}
+	// Most of them end: the few left are read one by one again.
+	for _, f := range fs[:100] {
+		f.queue, f.sending, f.closeAt = nil, false, time.Second
+	}
+	s.run(30 * time.Second)
+	if n := s.w.policy.Demoted(); n > maxDemotedReads || !s.w.reading {
+		t.Errorf("%d flows demoted, reading them one by one %v; want at most %d, reading", n, s.w.reading, maxDemotedReads)
+	}
+}

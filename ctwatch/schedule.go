@@ -49,8 +49,9 @@ func (p *Policy) Due(now time.Time, buf []Key) []Key {
 		switch {
 		case f.next.IsZero() || f.rearming:
 		case !now.Before(f.next):
+			// A demoted flow's read may promote it (Zeroed decides).
 			f.next = time.Time{}
-			f.rearming = true
+			f.rearming, f.promoting = true, f.demoted
 			buf = append(buf, f.key)
 		case earliest.IsZero() || f.next.Before(earliest):
 			earliest = f.next

@@ -204,6 +204,9 @@ type sim struct {
 	cfg   Config
 	start time.Time
 	audit bytes.Buffer
+	// dumpOnly: the watcher runs as without events (a dump every
+	// DumpInterval), though the kernel model still sends them.
+	dumpOnly bool
 }
 
 func newSim(t *testing.T, cfg Config) *sim {
@@ -220,6 +223,9 @@ func (s *sim) restart() {
 	if err := s.w.Start(context.Background()); err != nil {
 		s.t.Fatal(err)
 	}
+	// As Run with the kernel's events: dumps only as a backstop. Tests of
+	// the dump-only watcher set s.dumpOnly before.
+	s.w.SetEvents(!s.dumpOnly)
 }
 
 func (s *sim) add(inbound bool, closeAt time.Duration, xs ...xfer) *kflow {

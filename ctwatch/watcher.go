@@ -51,6 +51,16 @@ const (
 	// fullWalkEvery is the shortest gap between two unfiltered dumps, which
 	// find tracked flows whose DESTROY event was lost.
 	fullWalkEvery = 10 * time.Second
+	// backstopEvery is the gap between two filtered dumps while the kernel's
+	// events bring the watcher every flow it must read (Run's events, no
+	// loss): a dump walks the whole conntrack hash of the node, every
+	// namespace's buckets (262,144 on a 24 GiB machine), whatever the pod
+	// holds, so it is the watcher's largest fixed cost.
+	backstopEvery = 10 * time.Second
+	// maxDemotedReads is how many demoted flows the watcher reads one by one
+	// each DumpInterval at most; with more, one dump a DumpInterval is
+	// cheaper than that many reads.
+	maxDemotedReads = 256
 )
 
 // Options are the watcher's injected dependencies besides the table.
@@ -69,6 +79,10 @@ type Options struct {
 	// kernel's whole conntrack hash and must not delay the re-arms of busy
 	// flows. nil: dumps run in the loop.
 	Walker Table
+	// DumpOnly keeps a dump every DumpInterval even while Run has events:
+	// they do not cover every flow (nf_conntrack_events could not be set
+	// to 1, so flows made while no watcher listened send none).
+	DumpOnly bool
 }
 
 type walkResult struct {
@@ -106,6 +120,8 @@ type Watcher struct {
 	lastSave   time.Time
 	failing    bool
 	podFailing bool
+	events     bool // the kernel's events bring every flow to read: dumps are a backstop
+	reading    bool // demoted flows are read one by one (events, and not too many)
 	parking    bool
 	gateOpen   bool
 	gateKnown  bool
@@ -178,6 +194,7 @@ func (w *Watcher) Run(ctx context.Context, events <-chan conntrack.Event, errs <
 	w.mu.Lock()
 	w.tick(ctx)
 	err := w.walk(ctx, false)
+	w.events = events != nil && !w.opts.DumpOnly
 	w.mu.Unlock()
 	if err != nil {
 		return err
@@ -203,6 +220,7 @@ func (w *Watcher) Run(ctx context.Context, events <-chan conntrack.Event, errs <
 		case ev, ok := <-events:
 			if !ok {
 				events = nil
+				w.SetEvents(false)
 				continue
 			}
 			w.HandleEvent(ctx, ev)
@@ -214,6 +232,8 @@ func (w *Watcher) Run(ctx context.Context, events <-chan conntrack.Event, errs <
 				w.EventsLost()
 			default:
 				w.log.Warn().Err(err).Msg("conntrack events stopped; going on with dumps only")
+				events = nil
+				w.SetEvents(false)
 			}
 		case r := <-walkRes:
 			w.mu.Lock()
@@ -245,6 +265,41 @@ func (w *Watcher) nextWakeup() time.Time {
 	return t
 }
 
+// SetEvents says whether the kernel's events bring the watcher every flow
+// it must read (Run sets it from its arguments; tests that drive the
+// watcher with Step and HandleEvent set it themselves). With events the
+// watcher dumps only as a backstop, every 10 s, and reads demoted flows
+// one by one to promote them; without, it dumps every DumpInterval.
+func (w *Watcher) SetEvents(live bool) {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	w.events = live && !w.opts.DumpOnly
+	w.setMode(w.now())
+}
+
+// setMode chooses between reading demoted flows one by one and dumping
+// every DumpInterval, and brings the next dump forward when it switches to
+// dumps.
+func (w *Watcher) setMode(now time.Time) {
+	reading := w.events && w.policy.Demoted() <= maxDemotedReads
+	if reading == w.reading {
+		return
+	}
+	w.reading = reading
+	w.policy.SetReadDemoted(reading)
+	if !reading && w.nextWalk.After(now) {
+		w.nextWalk = now
+	}
+}
+
+// walkEvery is the gap between two filtered dumps.
+func (w *Watcher) walkEvery() time.Duration {
+	if w.reading {
+		return max(w.cfg.DumpInterval, backstopEvery)
+	}
+	return w.cfg.DumpInterval
+}
+
 // Step does what is due at the clock's now: the pod bucket's tick, a dump,
 // re-arms. Run calls it; tests that drive a fake clock call it themselves.
 func (w *Watcher) Step(ctx context.Context) {
@@ -265,6 +320,7 @@ func (w *Watcher) Start(ctx context.Context) error {
 // step does what is due now: the pod bucket's tick, a dump, re-arms.
 func (w *Watcher) step(ctx context.Context) {
 	now := w.now()
+	w.setMode(now)
 	if !now.Before(w.nextTick) {
 		if late := now.Sub(w.nextTick); late > w.late || now.Sub(w.policy.LastRefill()) > 10*time.Second {
 			w.late = late
@@ -288,7 +344,7 @@ func (w *Watcher) step(ctx context.Context) {
 }
 
 func (w *Watcher) afterWalkStarted(now time.Time, full bool) {
-	w.nextWalk = now.Add(w.cfg.DumpInterval)
+	w.nextWalk = now.Add(w.walkEvery())
 	if full {
 		w.fullDue = false
 		w.nextFull = now.Add(fullWalkEvery)

@@ -34,6 +34,8 @@ type WatcherStats struct {
 	RefillAge      float64 // seconds since the pod bucket was last kept
 	RefillLate     float64 // seconds the latest pod bucket tick came late (decaying maximum)
 	DumpSeconds    float64 // duration of the last dump
+	Dumps          uint64  // conntrack dumps read, since start
+	Reads          uint64  // flows read one by one, since start
 }
 
 // Metrics is hubwarden's Prometheus registry and the collectors the sidecar
@@ -171,6 +173,10 @@ var (
 		"How late the watcher's latest pod bucket tick came: a starved watcher refills late (the kernel's bound holds regardless).", nil, nil)
 	descDump = prometheus.NewDesc(namespace+"_dump_seconds",
 		"Duration of the watcher's last conntrack dump.", nil, nil)
+	descDumps = prometheus.NewDesc(namespace+"_conntrack_dumps_total",
+		"Conntrack dumps the watcher read (each walks the node's whole conntrack hash): one every 10 s while events come, one every DUMP_INTERVAL without.", nil, nil)
+	descReads = prometheus.NewDesc(namespace+"_conntrack_reads_total",
+		"Flows the watcher read (and zeroed) one by one.", nil, nil)
 )
 
 // watcherCollector exports a WatcherStats snapshot as const metrics, so the
@@ -179,7 +185,7 @@ type watcherCollector struct{ m *Metrics }
 
 func (c watcherCollector) Describe(ch chan<- *prometheus.Desc) {
 	for _, d := range []*prometheus.Desc{descFlows, descDemotions, descPromotions, descBytes, descPodBucket, descPodGate, descPodGateSets,
-		descRearms, descParked, descEvents, descEventsLost, descWatcherErrors, descRefillAge, descRefillLate, descDump} {
+		descRearms, descParked, descEvents, descEventsLost, descWatcherErrors, descRefillAge, descRefillLate, descDump, descDumps, descReads} {
 		ch <- d
 	}
 }
@@ -210,4 +216,6 @@ func (c watcherCollector) Collect(ch chan<- prometheus.Metric) {
 	ch <- prometheus.MustNewConstMetric(descRefillAge, prometheus.GaugeValue, s.RefillAge)
 	ch <- prometheus.MustNewConstMetric(descRefillLate, prometheus.GaugeValue, s.RefillLate)
 	ch <- prometheus.MustNewConstMetric(descDump, prometheus.GaugeValue, s.DumpSeconds)
+	ch <- prometheus.MustNewConstMetric(descDumps, prometheus.CounterValue, float64(s.Dumps))
+	ch <- prometheus.MustNewConstMetric(descReads, prometheus.CounterValue, float64(s.Reads))
 }

@@ -79,18 +79,24 @@ func TestMetrics(t *testing.T) {
 	m.ObserveApply(250*time.Millisecond, errors.New("x"))
 	m.SetWatcher(func() WatcherStats {
 		return WatcherStats{FlowsTracked: 1000, Demotions: 7, Promotions: 5, BytesFast: 1 << 30, BytesSlow: 4096, PodBucketBytes: 12345, PodGate: true, PodGateSets: 3,
-			Rearms: 11, Parked: 2, Events: 99, EventsLost: 4, Errors: 6, RefillAge: 0.1, RefillLate: 0.002, DumpSeconds: 0.003}
+			Rearms: 11, Parked: 2, Events: 99, EventsLost: 4, Errors: 6, RefillAge: 0.1, RefillLate: 0.002, DumpSeconds: 0.003, Dumps: 13, Reads: 17}
 	})
 	want := `
 # HELP hubwarden_apply_errors_total Applies (at start or on reconcile) that failed.
 # TYPE hubwarden_apply_errors_total counter
 hubwarden_apply_errors_total 1
+# HELP hubwarden_conntrack_dumps_total Conntrack dumps the watcher read (each walks the node's whole conntrack hash): one every 10 s while events come, one every DUMP_INTERVAL without.
+# TYPE hubwarden_conntrack_dumps_total counter
+hubwarden_conntrack_dumps_total 13
 # HELP hubwarden_conntrack_events_lost_total Times the kernel dropped conntrack events because the watcher fell behind (it then dumps the table).
 # TYPE hubwarden_conntrack_events_lost_total counter
 hubwarden_conntrack_events_lost_total 4
 # HELP hubwarden_conntrack_events_total Conntrack events the watcher took.
 # TYPE hubwarden_conntrack_events_total counter
 hubwarden_conntrack_events_total 99
+# HELP hubwarden_conntrack_reads_total Flows the watcher read (and zeroed) one by one.
+# TYPE hubwarden_conntrack_reads_total counter
+hubwarden_conntrack_reads_total 17
 # HELP hubwarden_demotions_total Flows demoted to the slow class.
 # TYPE hubwarden_demotions_total counter
 hubwarden_demotions_total 7

@@ -188,10 +188,15 @@ func startWatcher(ctx context.Context, cfg *Config, log zerolog.Logger, m *healt
 		// self-test checked it); timestamps are a nicety for the audit.
 		log.Debug().Err(err).Msg("cannot write the conntrack accounting sysctls; relying on the connbytes rule")
 	}
+	dumpOnly := false
 	if err := conntrack.EnableEvents(); err != nil {
-		// /proc/sys is read-only in most containers. Events are hints only:
-		// the watcher's dumps find every flow anyway.
-		log.Debug().Err(err).Msg("cannot enable conntrack events for every flow; relying on dumps")
+		// /proc/sys is read-only in most containers. Events are hints: the
+		// watcher's dumps find every flow anyway, but it dumps once a
+		// DUMP_INTERVAL, not every 10 s, unless every flow sends events.
+		if every, rerr := conntrack.EventsForEvery(); rerr != nil || !every {
+			dumpOnly = true
+			log.Info().Err(err).Msg("cannot enable conntrack events for every flow; dumping every DUMP_INTERVAL")
+		}
 	}
 	local, err := ctwatch.LocalAddrs()
 	if err != nil {
@@ -225,6 +230,7 @@ func startWatcher(ctx context.Context, cfg *Config, log zerolog.Logger, m *healt
 	}
 	opts := wd.WatcherOptions()
 	opts.Walker = walker
+	opts.DumpOnly = dumpOnly
 	w := ctwatch.New(wcfg, c, log, opts)
 	m.SetWatcher(func() health.WatcherStats {
 		s := w.Stats()
@@ -249,6 +255,8 @@ func startWatcher(ctx context.Context, cfg *Config, log zerolog.Logger, m *healt
 			RefillAge:      age,
 			RefillLate:     s.RefillLate.Seconds(),
 			DumpSeconds:    s.DumpLatency.Seconds(),
+			Dumps:          s.Walks,
+			Reads:          s.Reads,
 		}
 	})
 	return w, events, errs, nil
