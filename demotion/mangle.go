@@ -120,8 +120,12 @@ func InteractiveLimit(slow units.Rate) (rateKiB, burstKiB uint64, ok bool) {
 //     the attention bit alone at half of it;
 //  4. a packet of a demoted flow gets skb->priority = the slow class's
 //     bulk leaf (CLASSIFY), which HTB reads before any filter; with
-//     r.Interactive, an IPv4 packet of a demoted flow that sends little
-//     (InteractiveLimit) then gets the interactive leaf instead.
+//     r.Interactive, an IPv4 packet of a demoted flow that a peer opened to
+//     the pod (the proxy's connections to the notebook server: the answers
+//     to the user's browser) and that sends little (InteractiveLimit) then
+//     gets the interactive leaf instead. Flows the pod opened (a kernel's
+//     uploads, however many and however paced) never do: they cannot
+//     crowd the browser's answers out of the leaf.
 func MangleTables(r Rules) ([]xtables.Table, error) {
 	if r.Interface == "" {
 		return nil, fmt.Errorf("planning mangle rules: no interface")
@@ -212,6 +216,7 @@ func MangleTables(r Rules) ([]xtables.Table, error) {
 		if rate, burst, ok := InteractiveLimit(r.SlowRate); r.Interactive && ok && f == xtables.IPv4 {
 			shape = append(shape, xtables.Rule{
 				Args: []string{"-o", r.Interface, "-m", "connmark", "--mark", markMask(c.Demoted(), c.Demoted()),
+					"-m", "conntrack", "--ctdir", "REPLY",
 					"-m", "hashlimit", "--hashlimit-upto", fmt.Sprintf("%dkb/s", rate), "--hashlimit-burst", fmt.Sprintf("%dkb", burst),
 					"--hashlimit-mode", "srcip,srcport,dstip,dstport", "--hashlimit-name", InteractiveName, "--hashlimit-rate-match",
 					"-j", "CLASSIFY", "--set-class", classArg(tcshape.InteractiveClass)},

@@ -44,7 +44,7 @@ func TestMangleTables(t *testing.T) {
 		`-A HUBWARDEN-SHAPE -m connbytes --connbytes 0 --connbytes-mode packets --connbytes-dir both -m comment --comment "hubwarden: turns conntrack accounting on"`,
 		`-A HUBWARDEN-SHAPE -o eth0 -m connmark --mark 0x0/0x100000 -m comment --comment "hubwarden: flows not demoted: the tripwire of their tier" -j HUBWARDEN-TRIP`,
 		`-A HUBWARDEN-SHAPE -o eth0 -m connmark --mark 0x100000/0x100000 -m comment --comment "hubwarden: demoted flows to the slow class (bulk)" -j CLASSIFY --set-class 4857:0020`,
-		`-A HUBWARDEN-SHAPE -o eth0 -m connmark --mark 0x100000/0x100000 -m hashlimit --hashlimit-upto 15kb/s --hashlimit-burst 75kb --hashlimit-mode srcip,srcport,dstip,dstport --hashlimit-name hubwarden-ui --hashlimit-rate-match -m comment --comment "hubwarden: demoted flows that send little to the slow class (interactive)" -j CLASSIFY --set-class 4857:0021`,
+		`-A HUBWARDEN-SHAPE -o eth0 -m connmark --mark 0x100000/0x100000 -m conntrack --ctdir REPLY -m hashlimit --hashlimit-upto 15kb/s --hashlimit-burst 75kb --hashlimit-mode srcip,srcport,dstip,dstport --hashlimit-name hubwarden-ui --hashlimit-rate-match -m comment --comment "hubwarden: demoted flows that send little to the slow class (interactive)" -j CLASSIFY --set-class 4857:0021`,
 	}
 	if diff := cmp.Diff(want, chainLines(t, v4, ShapeChain)); diff != "" {
 		t.Errorf("SHAPE (-want +got):\n%s", diff)
