@@ -372,11 +372,11 @@ func TestSimEventsBackstop(t *testing.T) {
 			}
 			span := 100*time.Second - end
 			if dumpOnly {
-				if min := uint64(span/cfg.DumpInterval) - 2; walks < min {
-					t.Errorf("%d dumps without events in %v, want at least %d", walks, span, min)
+				if least := uint64(span/cfg.DumpInterval) - 2; walks < least {
+					t.Errorf("%d dumps without events in %v, want at least %d", walks, span, least)
 				}
-			} else if max := uint64(span/backstopEvery) + 1; walks > max {
-				t.Errorf("%d dumps with events in %v, want at most %d (one every %v)", walks, span, max, backstopEvery)
+			} else if most := uint64(span/backstopEvery) + 1; walks > most {
+				t.Errorf("%d dumps with events in %v, want at most %d (one every %v)", walks, span, most, backstopEvery)
 			}
 			if f.slow > 0 && s.lines("promote")[0]["why"] != "idle" {
 				t.Errorf("promotion %v", p[0])
