@@ -24,7 +24,7 @@ if [ "${BENCH_QUICK:-}" = 1 ]; then
 else
 	out=${BENCH_OUT:-$PWD/BENCHMARKS.md}
 	cmd="make bench"
-	timeout=20m
+	timeout=35m
 fi
 # Row 1 through the real proxy needs the e2e bed (JupyterHub, CHP): run it
 # first; if the bed is unavailable the row says so.
