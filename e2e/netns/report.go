@@ -32,7 +32,8 @@ func (r *Report) Note(format string, args ...any) {
 // Row is one line of the before/after table.
 type Row struct {
 	Part, Measure, Without, With string
-	// Verdict is "PASS", "FAIL" or "SKIP (reason)".
+	// Verdict is "PASS", "FAIL" or "SKIP (reason)"; a row with a goal
+	// that is reported, not asserted, says whether it was met.
 	Verdict string
 }
 
