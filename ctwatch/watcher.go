@@ -53,7 +53,7 @@ const (
 	fullWalkEvery = 10 * time.Second
 	// backstopEvery is the gap between two filtered dumps while the kernel's
 	// events bring the watcher every flow it must read (Run's events, no
-	// loss): a dump walks the whole conntrack hash of the node, every
+	// loss) and no flow has been busy for as long: a dump walks the whole conntrack hash of the node, every
 	// namespace's buckets (262,144 on a 24 GiB machine), whatever the pod
 	// holds, so it is the watcher's largest fixed cost.
 	backstopEvery = 10 * time.Second
@@ -120,8 +120,9 @@ type Watcher struct {
 	lastSave   time.Time
 	failing    bool
 	podFailing bool
-	events     bool // the kernel's events bring every flow to read: dumps are a backstop
-	reading    bool // demoted flows are read one by one (events, and not too many)
+	events     bool      // the kernel's events bring every flow to read: dumps are a backstop
+	reading    bool      // demoted flows are read one by one (events, and not too many)
+	lastBusy   time.Time // the last event that asked for a read (a flow busy at its tier)
 	parking    bool
 	gateOpen   bool
 	gateKnown  bool
@@ -268,8 +269,10 @@ func (w *Watcher) nextWakeup() time.Time {
 // SetEvents says whether the kernel's events bring the watcher every flow
 // it must read (Run sets it from its arguments; tests that drive the
 // watcher with Step and HandleEvent set it themselves). With events the
-// watcher dumps only as a backstop, every 10 s, and reads demoted flows
-// one by one to promote them; without, it dumps every DumpInterval.
+// watcher reads demoted flows one by one to promote them, and dumps every
+// DumpInterval only while a flow is busy (an event asked for a read within
+// the last 10 s), else every 10 s as a backstop; without, it dumps every
+// DumpInterval.
 func (w *Watcher) SetEvents(live bool) {
 	w.mu.Lock()
 	defer w.mu.Unlock()
@@ -292,9 +295,11 @@ func (w *Watcher) setMode(now time.Time) {
 	}
 }
 
-// walkEvery is the gap between two filtered dumps.
-func (w *Watcher) walkEvery() time.Duration {
-	if w.reading {
+// walkEvery is the gap between two filtered dumps at now: every
+// DumpInterval while flows are busy (an event asked for a read within the
+// last backstopEvery) or without events; else the backstop.
+func (w *Watcher) walkEvery(now time.Time) time.Duration {
+	if w.reading && now.Sub(w.lastBusy) > backstopEvery {
 		return max(w.cfg.DumpInterval, backstopEvery)
 	}
 	return w.cfg.DumpInterval
@@ -344,7 +349,7 @@ func (w *Watcher) step(ctx context.Context) {
 }
 
 func (w *Watcher) afterWalkStarted(now time.Time, full bool) {
-	w.nextWalk = now.Add(w.walkEvery())
+	w.nextWalk = now.Add(w.walkEvery(now))
 	if full {
 		w.fullDue = false
 		w.nextFull = now.Add(fullWalkEvery)
@@ -437,7 +442,16 @@ func (w *Watcher) HandleEvent(ctx context.Context, ev conntrack.Event) {
 	now := w.now()
 	switch ev.Type {
 	case conntrack.EventNew, conntrack.EventUpdate:
-		w.apply(ctx, w.policy.Hint(now, &ev.Flow))
+		acts := w.policy.Hint(now, &ev.Flow)
+		if len(acts) > 0 {
+			// A busy flow: dumps every DumpInterval again for a while,
+			// as without events.
+			w.lastBusy = now
+			if next := now.Add(w.cfg.DumpInterval); w.nextWalk.After(next) {
+				w.nextWalk = next
+			}
+		}
+		w.apply(ctx, acts)
 	case conntrack.EventDestroy:
 		w.apply(ctx, w.policy.Destroyed(now, &ev.Flow))
 	}

@@ -174,7 +174,7 @@ var (
 	descDump = prometheus.NewDesc(namespace+"_dump_seconds",
 		"Duration of the watcher's last conntrack dump.", nil, nil)
 	descDumps = prometheus.NewDesc(namespace+"_conntrack_dumps_total",
-		"Conntrack dumps the watcher read (each walks the node's whole conntrack hash): one every 10 s while events come, one every DUMP_INTERVAL without.", nil, nil)
+		"Conntrack dumps the watcher read (each walks the node's whole conntrack hash): one every DUMP_INTERVAL while flows are busy or events do not come, else one every 10 s.", nil, nil)
 	descReads = prometheus.NewDesc(namespace+"_conntrack_reads_total",
 		"Flows the watcher read (and zeroed) one by one.", nil, nil)
 )

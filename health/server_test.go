@@ -85,7 +85,7 @@ func TestMetrics(t *testing.T) {
 # HELP hubwarden_apply_errors_total Applies (at start or on reconcile) that failed.
 # TYPE hubwarden_apply_errors_total counter
 hubwarden_apply_errors_total 1
-# HELP hubwarden_conntrack_dumps_total Conntrack dumps the watcher read (each walks the node's whole conntrack hash): one every 10 s while events come, one every DUMP_INTERVAL without.
+# HELP hubwarden_conntrack_dumps_total Conntrack dumps the watcher read (each walks the node's whole conntrack hash): one every DUMP_INTERVAL while flows are busy or events do not come, else one every 10 s.
 # TYPE hubwarden_conntrack_dumps_total counter
 hubwarden_conntrack_dumps_total 13
 # HELP hubwarden_conntrack_events_lost_total Times the kernel dropped conntrack events because the watcher fell behind (it then dumps the table).

@@ -63,7 +63,7 @@ type rawConfig struct {
 	PodBudget        string `envconfig:"POD_BUDGET" default:"256MiB" desc:"per-pod token bucket burst over all flows: bounds parallel and short connections"`
 	PodRefill        string `envconfig:"POD_REFILL" default:"256KiB/s" desc:"per-pod token bucket refill: the long-run rate a user can move data out (slow bytes count against it too)"`
 	PromoteIdle      string `envconfig:"PROMOTE_IDLE" default:"2s" desc:"a demoted flow idle this long is promoted back to the fast class, if the pod bucket allows"`
-	DumpInterval     string `envconfig:"DUMP_INTERVAL" default:"1s" desc:"how often each demoted flow is read to see whether it went idle (to promote it); also the interval between conntrack dumps when the kernel's events cannot be relied on (with events a dump comes every 10 s, or DUMP_INTERVAL if longer)"`
+	DumpInterval     string `envconfig:"DUMP_INTERVAL" default:"1s" desc:"how often each demoted flow is read to see whether it went idle (to promote it); also the interval between conntrack dumps while a flow is busy or the kernel's events cannot be relied on (otherwise a dump every 10 s, or DUMP_INTERVAL if longer)"`
 	ProgressInterval string `envconfig:"PROGRESS_INTERVAL" default:"60s" desc:"interval of audit progress lines for long-lived flows"`
 
 	Guard            string `envconfig:"GUARD" default:"enforce" desc:"HTTP guard in front of the notebook server: enforce (serve notebooks only, refuse download routes), audit (decide and log every request, refuse nothing) or off (no redirect)"`
