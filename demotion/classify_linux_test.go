@@ -119,6 +119,27 @@ func p95(d []time.Duration) time.Duration {
 	return s[len(s)*95/100]
 }
 
+// idleThenSpent returns the p95 of n exchanges on echo every gap with the
+// pod budget available (the recent gate open; it stays open 2 s at a time,
+// so it is opened again for each third of them), then spends the pod
+// budget: it closes the gate.
+func idleThenSpent(t *testing.T, b *bed, echo net.Conn, n int, gap time.Duration) time.Duration {
+	t.Helper()
+	gate := func(open bool) {
+		t.Helper()
+		if err := b.Pod.Do(func() error { return RecentGate{IPv6: true}.Set(open) }); err != nil {
+			t.Fatal(err)
+		}
+	}
+	var rtt []time.Duration
+	for range 3 {
+		gate(true)
+		rtt = append(rtt, spacedEcho(t, echo, n/3, gap)...)
+	}
+	gate(false)
+	return p95(rtt)
+}
+
 // TestIntegrationInteractiveBesideDemoted is the pod budget spent: every
 // flow that sends is demoted, a bulk transfer and the user's small
 // exchanges alike. The exchanges (512-byte answers every 20 ms, far under
@@ -130,25 +151,11 @@ func TestIntegrationInteractiveBesideDemoted(t *testing.T) {
 	b := newBed(t, 36, 1*units.GiB, GateRecent, xtables.NFT)
 	b.Pod.ServeBulk(8888)
 	b.Pod.ServeBulk(8889)
-	gate := func(open bool) {
-		t.Helper()
-		if err := b.Pod.Do(func() error { return RecentGate{IPv6: true}.Set(open) }); err != nil {
-			t.Fatal(err)
-		}
-	}
 	echo := b.Peer.Echo(net.JoinHostPort(b.PodIP4, "8889"))
 	const n, gap = 150, 20 * time.Millisecond
-	// Idle, with the pod budget available: the gate is open for 2 s at a
-	// time, so it is opened again for each third of the exchanges.
-	var idleRTT []time.Duration
-	for range 3 {
-		gate(true)
-		idleRTT = append(idleRTT, spacedEcho(t, echo, n/3, gap)...)
-	}
-	idle := p95(idleRTT)
-	// The pod budget spent: the gate closed, every flow that sends is
-	// demoted from its next packet, the echo's and the bulk transfer's.
-	gate(false)
+	// The pod budget spent after the idle exchanges: every flow that sends
+	// is demoted from its next packet, the echo's and the bulk transfer's.
+	idle := idleThenSpent(t, b, echo, n, gap)
 	bulk := b.Peer.StartBulk(net.JoinHostPort(b.PodIP4, "8888"), 0)
 	defer bulk.Close()
 	time.Sleep(2 * time.Second) // the bulk flow's first window, and the queues fill
@@ -180,21 +187,9 @@ func TestIntegrationInteractiveNotForOutbound(t *testing.T) {
 	b := newBed(t, 37, 1*units.GiB, GateRecent, xtables.NFT)
 	b.Pod.ServeBulk(8889)
 	sink := b.Peer.Sink(net.JoinHostPort(b.PeerIP4, "7000"))
-	gate := func(open bool) {
-		t.Helper()
-		if err := b.Pod.Do(func() error { return RecentGate{IPv6: true}.Set(open) }); err != nil {
-			t.Fatal(err)
-		}
-	}
 	echo := b.Peer.Echo(net.JoinHostPort(b.PodIP4, "8889"))
 	const n, gap = 150, 20 * time.Millisecond
-	var idleRTT []time.Duration
-	for range 3 {
-		gate(true)
-		idleRTT = append(idleRTT, spacedEcho(t, echo, n/3, gap)...)
-	}
-	idle := p95(idleRTT)
-	gate(false)
+	idle := idleThenSpent(t, b, echo, n, gap)
 	rate, _, ok := InteractiveLimit(slowRate)
 	if !ok {
 		t.Fatal("no interactive allowance")
