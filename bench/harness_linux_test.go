@@ -13,7 +13,6 @@ import (
 	"sort"
 	"strconv"
 	"strings"
-	"sync/atomic"
 	"syscall"
 	"testing"
 	"time"
@@ -217,12 +216,8 @@ func usage(pid int) (ticks uint64, rssKiB uint64, err error) {
 			rssKiB, _ = strconv.ParseUint(strings.Fields(l)[1], 10, 64)
 		}
 	}
-	sysTicks.Store(st)
 	return ut + st + cut + cst, rssKiB, nil
 }
-
-// sysTicks is the system part of the last usage read (for the log).
-var sysTicks atomic.Uint64
 
 const clkTck = 100 // USER_HZ on Linux
 
