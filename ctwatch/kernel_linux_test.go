@@ -9,6 +9,8 @@ import (
 	"net"
 	"net/netip"
 	"path/filepath"
+	"regexp"
+	"strconv"
 	"strings"
 	"sync"
 	"testing"
@@ -128,19 +130,26 @@ func TestIntegrationWatcher(t *testing.T) {
 	p.Pod.MustRun("ip", "link", "set", "dev", "eth0", "gso_max_segs", "1")
 	// A closed connection's entry dies a second after, not two minutes.
 	p.Pod.MustRun("sysctl", "-qw", "net.netfilter.nf_conntrack_tcp_timeout_time_wait=1", "net.netfilter.nf_conntrack_tcp_timeout_fin_wait=1", "net.netfilter.nf_conntrack_tcp_timeout_close_wait=1", "net.netfilter.nf_conntrack_tcp_timeout_last_ack=1")
+	// What eth0 sent and dropped from here on: the flow's packets (and a
+	// few of ARP and neighbour discovery), every retransmission included.
+	wire0, pkts0, drops0 := rootStats(t, p.Pod)
 	s := p.Peer.Sender(net.JoinHostPort(p.PodIP4, "8888"))
 	fast := func() int64 {
 		return nstest.IPBytes(p.Pod.ClassSent("eth0", tcshape.FastClass.String()))
 	}
-	// 40% of the budget, then idle for 4 s: the bucket holds 60% plus 1 MiB
-	// of refill.
+	// 40% of the budget, then idle for 4 s: the bucket holds 60% plus 4 s
+	// of refill. The bound is taken from the clock, not from the sleep: the
+	// bucket was full (it is capped at the budget) when the first fetch
+	// began, so at the burst it holds at most 60% plus the refill of the
+	// time since then, however late a loaded machine wakes the test.
+	t0 := time.Now()
 	if _, err := s.Fetch(uint64(budget) * 2 / 5); err != nil {
 		t.Fatal(err)
 	}
 	sent := uint64(budget) * 2 / 5
 	time.Sleep(4 * time.Second)
-	tokens := float64(budget)*3/5 + 4*float64(cfg.FlowRefill)
 	f0 := fast()
+	tokens := min(float64(budget), float64(budget)*3/5+time.Since(t0).Seconds()*float64(cfg.FlowRefill))
 	burst := uint64(tokens) + 512<<10 // more than the bucket: the tail goes slow (1 MB/s)
 	if _, err := s.Fetch(burst); err != nil {
 		t.Fatal(err)
@@ -193,12 +202,20 @@ func TestIntegrationWatcher(t *testing.T) {
 		t.Fatalf("flow_end lines: %v", ends)
 	}
 	total := uint64(ends[0][FieldSentBytes].(float64))
-	t.Logf("flow_end: %d bytes sent (payload %d; headers and retransmissions on top), rearms %d", total, sent, w.Stats().Rearms)
+	wire1, pkts1, drops1 := rootStats(t, p.Pod)
+	wire := int64(wire1-wire0) - 14*int64(pkts1-pkts0) // IP bytes, as conntrack counts
+	drops := int64(drops1 - drops0)
+	t.Logf("flow_end: %d bytes sent (payload %d); eth0 sent %d IP bytes and dropped %d packets meanwhile; rearms %d", total, sent, wire, drops, w.Stats().Rearms)
 	// Every byte, across the counters' resets at each re-arm, and none
-	// twice (a reset counted twice would add a re-arm's worth each time;
-	// conntrack counts headers and the slow queue's retransmissions too).
-	if total < sent || total > sent+sent/2 {
-		t.Errorf("flow_end says %d bytes sent, want the %d sent plus headers and retransmissions", total, sent)
+	// twice (a reset counted twice would add a re-arm's worth each time).
+	// Conntrack counts the flow's packets before the qdisc: what eth0
+	// sent, plus what the slow queue dropped (a frame each at most:
+	// gso_max_segs 1), less the few packets of ARP and neighbour discovery.
+	// How much TCP retransmits after a line-rate burst meets the slow
+	// queue is TCP's business (up to 11 MB here in one run of 300); the
+	// wire, not the payload, is the reference.
+	if total < sent || int64(total) < wire-16<<10 || int64(total) > wire+drops*1514 {
+		t.Errorf("flow_end says %d bytes sent: want at least the payload %d, and what eth0 sent %d (less 16 KiB) up to that plus %d dropped frames", total, sent, wire, drops)
 	}
 	if !strings.Contains(ends[0][FieldDirection].(string), "in") || ends[0][FieldTracked] != true {
 		t.Errorf("flow_end %v", ends[0])
@@ -207,4 +224,20 @@ func TestIntegrationWatcher(t *testing.T) {
 	if err := <-done; err != nil && ctx.Err() == nil {
 		t.Errorf("watcher: %v", err)
 	}
+}
+
+// rootStats is what the interface's root qdisc sent (bytes and packets,
+// with their Ethernet headers) and dropped (packets), its children's
+// included.
+func rootStats(t *testing.T, ns *nstest.NS) (sent, pkts, drops uint64) {
+	t.Helper()
+	out := ns.MustRun("tc", "-s", "qdisc", "show", "dev", "eth0", "root")
+	m := regexp.MustCompile(`Sent (\d+) bytes (\d+) pkt \(dropped (\d+),`).FindStringSubmatch(out)
+	if m == nil {
+		t.Fatalf("no counters for the root qdisc:\n%s", out)
+	}
+	sent, _ = strconv.ParseUint(m[1], 10, 64)
+	pkts, _ = strconv.ParseUint(m[2], 10, 64)
+	drops, _ = strconv.ParseUint(m[3], 10, 64)
+	return sent, pkts, drops
 }
