@@ -796,12 +796,11 @@ func TestIntegrationInteractiveFlood(t *testing.T) {
 		all := received(bks, t0, to)
 		el := to.Sub(from).Seconds()
 		slow, inter := int64(slow1-slow0), int64(inter1-inter0)
-		// What the slow class may send in that span: its rate, the
-		// interactive leaf's burst, the bulk leaf's and its own (two frames
-		// each), and the one packet HTB lets a class send into debt (a
-		// 64 KiB GSO packet).
-		slowBound := int64(slowRate*span) + tcshape.InteractiveBurst + 4*1514 + 64<<10
-		window := int64((podRefill+slowRate)*el) + tcshape.InteractiveBurst + 1<<20
+		// What the slow class may send in that span: its rate, its own
+		// and its leaves' bursts (tcshape's SlowExcess), and the one packet
+		// HTB lets a class send into debt (a 64 KiB GSO packet).
+		slowBound := int64(slowRate*span) + slowExcess(t) + 64<<10
+		window := int64((podRefill+slowRate)*el) + slowExcess(t) + 1<<20
 		t.Logf("with hubwarden, the pod budget spent: %d flows moved %s in %.2f s (bound %s); the slow class sent %d bytes in at most %.2f s (bound %d), %d of them from the interactive leaf; %s in all since the start (bound %s)",
 			flows, mib(got), el, mib(window), slow, span, slowBound, inter, mib(all), mib(bound(to.Sub(t0))))
 		if slow > slowBound {
@@ -829,9 +828,9 @@ func TestIntegrationInteractiveFlood(t *testing.T) {
 // the pod over the whole run stays within the documented long-run bound:
 // the pod budget, the refill and SLOW_RATE over the run, and the slow
 // class's constant (docs/shaping.md, "The long-run bound": the interactive
-// leaf's 64 KiB burst, the slow class's and the bulk leaf's bursts of
-// max(10 ms of SLOW_RATE, two frames), and the one 64 KiB packet HTB lets
-// a leaf send into debt). Control: the same flow without hubwarden moves
+// leaf's 64 KiB burst, the slow class's, the bulk and the served leaves'
+// bursts of max(10 ms of SLOW_RATE, two frames): tcshape's SlowExcess;
+// and the one 64 KiB packet HTB lets a leaf send into debt). Control: the same flow without hubwarden moves
 // more than that bound.
 func TestIntegrationBurstPause(t *testing.T) {
 	const (
@@ -845,7 +844,7 @@ func TestIntegrationBurstPause(t *testing.T) {
 	}
 	burst := burstKiB << 10
 	over := map[string]string{"HUBWARDEN_POD_BUDGET": "1MiB", "HUBWARDEN_FLOW_BUDGET": "1MiB"}
-	constant := int64(tcshape.InteractiveBurst + 2*max(slowRate/100, 2*1514) + 64<<10)
+	constant := slowExcess(t) + 64<<10
 	limit := func(el float64) int64 { return pod + int64((podRefill+slowRate)*el) + constant }
 	// run alternates bursts and pauses on one connection to the pod's
 	// server for d and returns the bytes received and the seconds from
@@ -898,4 +897,16 @@ func TestIntegrationBurstPause(t *testing.T) {
 			t.Errorf("the slow class sent %s of the %s moved: the flow was not throttled, the bound held for another reason", mib(slow), mib(got))
 		}
 	})
+}
+
+// slowExcess is what the slow class may send above SLOW_RATE × t at the
+// beds' SLOW_RATE (tcshape.Spec.SlowExcess; the fast rate does not enter
+// it).
+func slowExcess(t *testing.T) int64 {
+	t.Helper()
+	spec, err := tcshape.Plan(tcshape.Config{Interface: "eth0", FastRate: 1e9, SlowRate: slowRate})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return int64(spec.SlowExcess())
 }

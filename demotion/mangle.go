@@ -119,11 +119,11 @@ func InteractiveLimit(slow units.Rate) (rateKiB, burstKiB uint64, ok bool) {
 //     its start or its counters' last reset) to the tier's threshold, and
 //     the attention bit alone at half of it;
 //  4. a packet of a demoted flow gets skb->priority = the slow class's
-//     bulk leaf (CLASSIFY), which HTB reads before any filter; with
-//     r.Interactive, an IPv4 packet of a demoted flow that a peer opened to
-//     the pod (the proxy's connections to the notebook server: the answers
-//     to the user's browser) and that sends little (InteractiveLimit) then
-//     gets the interactive leaf instead. Flows the pod opened (a kernel's
+//     bulk leaf (CLASSIFY), which HTB reads before any filter; a packet of
+//     a demoted flow that a peer opened to the pod (the proxy's connections
+//     to the notebook server: the answers to the user's browser) then gets
+//     the served leaf instead, and with r.Interactive, an IPv4 one that
+//     sends little (InteractiveLimit) the interactive leaf. Flows the pod opened (a kernel's
 //     uploads, however many and however paced) never do: they cannot
 //     crowd the browser's answers out of the leaf.
 func MangleTables(r Rules) ([]xtables.Table, error) {
@@ -209,6 +209,18 @@ func MangleTables(r Rules) ([]xtables.Table, error) {
 			Args: []string{"-o", r.Interface, "-m", "connmark", "--mark", markMask(c.Demoted(), c.Demoted()),
 				"-j", "CLASSIFY", "--set-class", classArg(tcshape.BulkClass)},
 			Comment: "demoted flows to the slow class (bulk)",
+		})
+		// A demoted flow a peer opened to the pod (the proxy's connections
+		// to the notebook server) is served from its own slow leaf, beside
+		// the bulk leaf where the flows the pod opened (a kernel's uploads)
+		// stay: HTB shares the slow class between the two round robin, so
+		// the browser's large answers (a notebook, a plot) do not queue
+		// behind the uploads.
+		shape = append(shape, xtables.Rule{
+			Args: []string{"-o", r.Interface, "-m", "connmark", "--mark", markMask(c.Demoted(), c.Demoted()),
+				"-m", "conntrack", "--ctdir", "REPLY",
+				"-j", "CLASSIFY", "--set-class", classArg(tcshape.ServedClass)},
+			Comment: "demoted flows a peer opened to the slow class (served)",
 		})
 		// IPv4 only: nft 1.0.6 (Debian 12) segfaults listing an ip6
 		// table that holds hashlimit's rate match (`nft list ruleset` in

@@ -44,13 +44,15 @@ func TestMangleTables(t *testing.T) {
 		`-A HUBWARDEN-SHAPE -m connbytes --connbytes 0 --connbytes-mode packets --connbytes-dir both -m comment --comment "hubwarden: turns conntrack accounting on"`,
 		`-A HUBWARDEN-SHAPE -o eth0 -m connmark --mark 0x0/0x100000 -m comment --comment "hubwarden: flows not demoted: the tripwire of their tier" -j HUBWARDEN-TRIP`,
 		`-A HUBWARDEN-SHAPE -o eth0 -m connmark --mark 0x100000/0x100000 -m comment --comment "hubwarden: demoted flows to the slow class (bulk)" -j CLASSIFY --set-class 4857:0020`,
+		`-A HUBWARDEN-SHAPE -o eth0 -m connmark --mark 0x100000/0x100000 -m conntrack --ctdir REPLY -m comment --comment "hubwarden: demoted flows a peer opened to the slow class (served)" -j CLASSIFY --set-class 4857:0022`,
 		`-A HUBWARDEN-SHAPE -o eth0 -m connmark --mark 0x100000/0x100000 -m conntrack --ctdir REPLY -m hashlimit --hashlimit-upto 15kb/s --hashlimit-burst 75kb --hashlimit-mode srcip,srcport,dstip,dstport --hashlimit-name hubwarden-ui --hashlimit-rate-match -m comment --comment "hubwarden: demoted flows that send little to the slow class (interactive)" -j CLASSIFY --set-class 4857:0021`,
 	}
 	if diff := cmp.Diff(want, chainLines(t, v4, ShapeChain)); diff != "" {
 		t.Errorf("SHAPE (-want +got):\n%s", diff)
 	}
-	// IPv6 has no interactive rule (nft 1.0.6 crashes listing it).
-	if v6 := strings.Join(chainLines(t, ts[1], ShapeChain), "\n"); strings.Contains(v6, "hashlimit") || !strings.Contains(v6, "--set-class 4857:0020") {
+	// IPv6 has no interactive rule (nft 1.0.6 crashes listing it), but the
+	// served leaf as IPv4.
+	if v6 := strings.Join(chainLines(t, ts[1], ShapeChain), "\n"); strings.Contains(v6, "hashlimit") || !strings.Contains(v6, "--set-class 4857:0020") || !strings.Contains(v6, "--ctdir REPLY -m comment --comment \"hubwarden: demoted flows a peer opened to the slow class (served)\" -j CLASSIFY --set-class 4857:0022") {
 		t.Errorf("IPv6 SHAPE:\n%s", v6)
 	}
 	trip := chainLines(t, v4, TripChain)
@@ -80,14 +82,14 @@ func TestMangleTables(t *testing.T) {
 	}
 	shape6 := chainLines(t, ts[1], ShapeChain)
 	wantGate := `-A HUBWARDEN-SHAPE -o eth0 -m connmark --mark 0x0/0x100000 -m recent ! --rcheck --seconds 2 --name hubwarden-open6 --mask :: --rsource -m comment --comment "hubwarden: gate: unless the watcher keeps the pod budget open, demote every flow that sends" -j CONNMARK --set-xmark 0x300000/0x300000`
-	if len(shape6) != 4 || shape6[1] != wantGate {
+	if len(shape6) != 5 || shape6[1] != wantGate {
 		t.Errorf("SHAPE with the recent gate:\n%s", strings.Join(shape6, "\n"))
 	}
 	ts, err = MangleTables(Rules{Contract: c, Interface: "eth0", Watch: false, Gate: GateNone})
 	if err != nil {
 		t.Fatal(err)
 	}
-	if len(ts) != 1 || len(ts[0].Chains) != 1 || len(ts[0].Chains[0].Rules) != 2 {
+	if len(ts) != 1 || len(ts[0].Chains) != 1 || len(ts[0].Chains[0].Rules) != 3 {
 		t.Errorf("without the watcher: %+v", ts)
 	}
 	if _, err := MangleTables(Rules{Contract: c}); err == nil {

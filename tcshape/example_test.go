@@ -70,10 +70,12 @@ func ExamplePlan() {
 	// class htb 4857:10 parent 4857:1 rate 999999mbit ceil 1tbit burst 250000000b cburst 250000000b buffer 31251 cbuffer 31250 quantum 200000 prio 1 # fast
 	// class htb 4857:2 parent 4857:1 rate 1mbit ceil 1mbit burst 3028b cburst 3028b buffer 378500 cbuffer 378500 quantum 12500 prio 0 # slow
 	// class htb 4857:20 parent 4857:2 rate 250kbit ceil 1mbit burst 3028b cburst 3028b buffer 1514000 cbuffer 378500 quantum 3125 prio 1 # slow bulk
-	// class htb 4857:21 parent 4857:2 rate 750kbit ceil 1mbit burst 65536b cburst 65536b buffer 10922667 cbuffer 8192000 quantum 9375 prio 0 # slow interactive
+	// class htb 4857:21 parent 4857:2 rate 500kbit ceil 1mbit burst 65536b cburst 65536b buffer 16384000 cbuffer 8192000 quantum 6250 prio 0 # slow interactive
+	// class htb 4857:22 parent 4857:2 rate 250kbit ceil 1mbit burst 3028b cburst 3028b buffer 1514000 cbuffer 378500 quantum 3125 prio 1 # slow served
 	// qdisc bfifo 4858: parent 4857:10 limit 25000000b
 	// qdisc bfifo 4859: parent 4857:20 limit 131072b
 	// qdisc bfifo 485a: parent 4857:21 limit 131072b
+	// qdisc bfifo 485b: parent 4857:22 limit 131072b
 }
 
 // fresh is an interface with only the root qdisc the kernel attached by
@@ -110,9 +112,11 @@ func ExampleApply() {
 	// add class htb 4857:10 parent 4857:1 rate 999999mbit ceil 1tbit burst 250000000b cburst 250000000b buffer 31251 cbuffer 31250 quantum 200000 prio 1 # fast
 	// add class htb 4857:2 parent 4857:1 rate 1mbit ceil 1mbit burst 3028b cburst 3028b buffer 378500 cbuffer 378500 quantum 12500 prio 0 # slow
 	// add class htb 4857:20 parent 4857:2 rate 250kbit ceil 1mbit burst 3028b cburst 3028b buffer 1514000 cbuffer 378500 quantum 3125 prio 1 # slow bulk
-	// add class htb 4857:21 parent 4857:2 rate 750kbit ceil 1mbit burst 65536b cburst 65536b buffer 10922667 cbuffer 8192000 quantum 9375 prio 0 # slow interactive
+	// add class htb 4857:21 parent 4857:2 rate 500kbit ceil 1mbit burst 65536b cburst 65536b buffer 16384000 cbuffer 8192000 quantum 6250 prio 0 # slow interactive
+	// add class htb 4857:22 parent 4857:2 rate 250kbit ceil 1mbit burst 3028b cburst 3028b buffer 1514000 cbuffer 378500 quantum 3125 prio 1 # slow served
 	// add qdisc bfifo 4858: parent 4857:10 limit 25000000b
 	// add qdisc bfifo 4859: parent 4857:20 limit 131072b
 	// add qdisc bfifo 485a: parent 4857:21 limit 131072b
-	// 9 ops done
+	// add qdisc bfifo 485b: parent 4857:22 limit 131072b
+	// 11 ops done
 }

@@ -59,14 +59,22 @@ const (
 	ParentClass = Handle(RootMajor<<16 | 1) // 4857:1, rate = ceil = FastRate
 	FastClass   = Handle(RootMajor<<16 | 0x10)
 	// SlowClass (4857:2) is the slow class: rate = ceil = SlowRate, the
-	// parent of the two slow leaves. Its byte counter is everything the
+	// parent of the three slow leaves. Its byte counter is everything the
 	// demoted flows sent (HTB charges an inner class with its children's
 	// packets).
 	SlowClass = Handle(RootMajor<<16 | 2)
 	// BulkClass (4857:20) is the slow leaf every demoted flow is classified
-	// into. It has the id of the single slow class of earlier versions, so
-	// that their rules still classify into a slow leaf.
+	// into, and where the flows the pod opened (a kernel's uploads) stay. It
+	// has the id of the single slow class of earlier versions, so that their
+	// rules still classify into a slow leaf.
 	BulkClass = Handle(RootMajor<<16 | 0x20)
+	// ServedClass (4857:22) is the slow leaf of the demoted flows a peer
+	// opened to the pod (the proxy's connections to the notebook server:
+	// the answers to the user's browser) that send too much for the
+	// interactive leaf: a notebook, a plot. It shares the slow class with
+	// the bulk leaf round robin, so such an answer does not wait behind a
+	// kernel's uploads in one queue.
+	ServedClass = Handle(RootMajor<<16 | 0x22)
 	// InteractiveClass (4857:21) is the slow leaf of demoted flows that send
 	// little (package demotion's rules decide which): it has the priority,
 	// most of the guaranteed rate and a burst of one interactive answer, so
@@ -76,6 +84,7 @@ const (
 	FastLeafHandle        = Handle(0x4858 << 16)
 	BulkLeafHandle        = Handle(0x4859 << 16)
 	InteractiveLeafHandle = Handle(0x485a << 16)
+	ServedLeafHandle      = Handle(0x485b << 16)
 )
 
 const (
@@ -94,19 +103,22 @@ const (
 	slowLimitTime = 0.100 // seconds of SlowRate a slow leaf fifo holds
 	minRate       = 1000  // bytes/s (8 kbit): below, HTB buffers overflow u32 ticks
 	defaultMTU    = 1500
-	// The slow class's split: the interactive leaf is guaranteed 3/4 of
-	// SlowRate and has the priority, the bulk leaf the rest; each may
-	// borrow up to SlowRate from the slow class.
-	interactiveShareNum, interactiveShareDen = 3, 4
+	// The slow class's split: the interactive leaf is guaranteed 1/2 of
+	// SlowRate and has the priority, the served leaf 1/4, the bulk leaf the
+	// rest; each may borrow up to SlowRate from the slow class. The served
+	// and bulk leaves' quarters are above the interactive allowance (1/8,
+	// package demotion), so a flow alone in either stays above it.
+	interactiveShareNum, interactiveShareDen = 1, 2
+	servedShareNum, servedShareDen           = 1, 4
 )
 
 // InteractiveBurst is the interactive leaf's burst: one answer of up to
 // 64 KiB (a JupyterLab action's: a directory listing, a cell's output, a
 // small notebook) leaves at once, whatever the slow rate. It is also, with
-// the bulk leaf's and the slow class's own bursts (10 ms of SlowRate, at
-// least two frames each), what the slow class can send above SlowRate after
-// an idle spell: the long-run bound on what leaves the slow class grows by
-// this constant, not with time. Package demotion lets a flow send this
+// the bulk and served leaves' and the slow class's own bursts (10 ms of
+// SlowRate, at least two frames each), what the slow class can send above
+// SlowRate after an idle spell (Spec.SlowExcess): the long-run bound on
+// what leaves the slow class grows by this constant, not with time. Package demotion lets a flow send this
 // much in a window and stay interactive.
 const InteractiveBurst = 64 * 1024
 
@@ -277,16 +289,23 @@ func Plan(cfg Config) (Spec, error) {
 	if err != nil {
 		return Spec{}, err
 	}
-	// The slow class's two leaves. Their guaranteed rates sum to SlowRate
-	// and each borrows up to it from the slow class (rate = ceil =
-	// SlowRate, which never borrows), so that what leaves the slow class
+	// The slow class's three leaves. Their guaranteed rates sum to
+	// SlowRate and each borrows up to it from the slow class (rate = ceil
+	// = SlowRate, which never borrows), so that what leaves the slow class
 	// in the long run is SlowRate, as with one leaf, plus the leaves'
 	// bursts. The interactive leaf has the priority (0): HTB serves it
-	// before the bulk leaf whenever it has tokens, and lends to it first;
-	// its burst is one interactive answer. The bulk leaf has the id, burst
-	// and queue of the single slow class of earlier versions.
+	// before the others whenever it has tokens, and lends to it first; its
+	// burst is one interactive answer. The served and bulk leaves have the
+	// same priority (1): HTB shares what they borrow round robin, by
+	// quantum. The bulk leaf has the id, burst and queue of the single slow
+	// class of earlier versions; the served leaf the same burst and queue.
 	interRate := slow * interactiveShareNum / interactiveShareDen
-	bulkC, err := class("slow bulk", BulkClass, SlowClass, slow-interRate, slow, slowBurstTime, 2*frame, 1)
+	servedRate := slow * servedShareNum / servedShareDen
+	bulkC, err := class("slow bulk", BulkClass, SlowClass, slow-interRate-servedRate, slow, slowBurstTime, 2*frame, 1)
+	if err != nil {
+		return Spec{}, err
+	}
+	servedC, err := class("slow served", ServedClass, SlowClass, servedRate, slow, slowBurstTime, 2*frame, 1)
 	if err != nil {
 		return Spec{}, err
 	}
@@ -306,12 +325,28 @@ func Plan(cfg Config) (Spec, error) {
 	// queue holds at least one burst.
 	bulkLeaf := Leaf{Handle: BulkLeafHandle, Parent: BulkClass, Kind: "bfifo", Limit: slowLimit}
 	interLeaf := Leaf{Handle: InteractiveLeafHandle, Parent: InteractiveClass, Kind: "bfifo", Limit: max(slowLimit, clampU32(interC.Burst))}
+	servedLeaf := Leaf{Handle: ServedLeafHandle, Parent: ServedClass, Kind: "bfifo", Limit: slowLimit}
 	return Spec{
 		Interface: cfg.Interface,
 		Root:      Root{Handle: RootHandle, Default: FastClass, R2Q: defaultR2Q},
-		Classes:   []Class{parent, fastC, slowC, bulkC, interC},
-		Leaves:    []Leaf{fastLeaf, bulkLeaf, interLeaf},
+		Classes:   []Class{parent, fastC, slowC, bulkC, interC, servedC},
+		Leaves:    []Leaf{fastLeaf, bulkLeaf, interLeaf, servedLeaf},
 	}, nil
+}
+
+// SlowExcess is what the slow class can send above SlowRate × t in any
+// span t: the bursts of the slow class and of its leaves, the tokens HTB
+// holds after an idle spell (docs/shaping.md, "The long-run bound"). On top
+// of it HTB lets a leaf send one packet into token debt. It is the one
+// source of the constant the tests and the documentation state.
+func (s Spec) SlowExcess() uint64 {
+	var n uint64
+	for _, c := range s.Classes {
+		if c.ID == SlowClass || c.Parent == SlowClass {
+			n += c.Burst
+		}
+	}
+	return n
 }
 
 func clampU32(v uint64) uint32 {

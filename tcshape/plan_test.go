@@ -44,10 +44,12 @@ class htb 4857:1 parent 4857: rate 1tbit ceil 1tbit burst 250000000b cburst 2500
 class htb 4857:10 parent 4857:1 rate 999999mbit ceil 1tbit burst 250000000b cburst 250000000b buffer 31251 cbuffer 31250 quantum 200000 prio 1 # fast
 class htb 4857:2 parent 4857:1 rate 1mbit ceil 1mbit burst 3028b cburst 3028b buffer 378500 cbuffer 378500 quantum 12500 prio 0 # slow
 class htb 4857:20 parent 4857:2 rate 250kbit ceil 1mbit burst 3028b cburst 3028b buffer 1514000 cbuffer 378500 quantum 3125 prio 1 # slow bulk
-class htb 4857:21 parent 4857:2 rate 750kbit ceil 1mbit burst 65536b cburst 65536b buffer 10922667 cbuffer 8192000 quantum 9375 prio 0 # slow interactive
+class htb 4857:21 parent 4857:2 rate 500kbit ceil 1mbit burst 65536b cburst 65536b buffer 16384000 cbuffer 8192000 quantum 6250 prio 0 # slow interactive
+class htb 4857:22 parent 4857:2 rate 250kbit ceil 1mbit burst 3028b cburst 3028b buffer 1514000 cbuffer 378500 quantum 3125 prio 1 # slow served
 qdisc bfifo 4858: parent 4857:10 limit 25000000b
 qdisc bfifo 4859: parent 4857:20 limit 131072b
 qdisc bfifo 485a: parent 4857:21 limit 131072b
+qdisc bfifo 485b: parent 4857:22 limit 131072b
 `,
 		},
 		{
@@ -59,10 +61,12 @@ class htb 4857:1 parent 4857: rate 10gbit ceil 10gbit burst 2500000b cburst 2500
 class htb 4857:10 parent 4857:1 rate 9999mbit ceil 10gbit burst 2500000b cburst 2500000b buffer 31254 cbuffer 31250 quantum 200000 prio 1 # fast
 class htb 4857:2 parent 4857:1 rate 1mbit ceil 1mbit burst 3028b cburst 3028b buffer 378500 cbuffer 378500 quantum 12500 prio 0 # slow
 class htb 4857:20 parent 4857:2 rate 250kbit ceil 1mbit burst 3028b cburst 3028b buffer 1514000 cbuffer 378500 quantum 3125 prio 1 # slow bulk
-class htb 4857:21 parent 4857:2 rate 750kbit ceil 1mbit burst 65536b cburst 65536b buffer 10922667 cbuffer 8192000 quantum 9375 prio 0 # slow interactive
+class htb 4857:21 parent 4857:2 rate 500kbit ceil 1mbit burst 65536b cburst 65536b buffer 16384000 cbuffer 8192000 quantum 6250 prio 0 # slow interactive
+class htb 4857:22 parent 4857:2 rate 250kbit ceil 1mbit burst 3028b cburst 3028b buffer 1514000 cbuffer 378500 quantum 3125 prio 1 # slow served
 qdisc bfifo 4858: parent 4857:10 limit 25000000b
 qdisc bfifo 4859: parent 4857:20 limit 131072b
 qdisc bfifo 485a: parent 4857:21 limit 131072b
+qdisc bfifo 485b: parent 4857:22 limit 131072b
 `,
 		},
 		{
@@ -75,10 +79,12 @@ class htb 4857:1 parent 4857: rate 2gbit ceil 2gbit burst 500000b cburst 500000b
 class htb 4857:10 parent 4857:1 rate 1999900kbit ceil 2gbit burst 500000b cburst 500000b buffer 31252 cbuffer 31250 quantum 200000 prio 1 # fast
 class htb 4857:2 parent 4857:1 rate 100kbit ceil 100kbit burst 18028b cburst 18028b buffer 22535000 cbuffer 22535000 quantum 9014 prio 0 # slow
 class htb 4857:20 parent 4857:2 rate 25kbit ceil 100kbit burst 18028b cburst 18028b buffer 90140000 cbuffer 22535000 quantum 9014 prio 1 # slow bulk
-class htb 4857:21 parent 4857:2 rate 75kbit ceil 100kbit burst 65536b cburst 65536b buffer 109226667 cbuffer 81920000 quantum 9014 prio 0 # slow interactive
+class htb 4857:21 parent 4857:2 rate 50kbit ceil 100kbit burst 65536b cburst 65536b buffer 163840000 cbuffer 81920000 quantum 9014 prio 0 # slow interactive
+class htb 4857:22 parent 4857:2 rate 25kbit ceil 100kbit burst 18028b cburst 18028b buffer 90140000 cbuffer 22535000 quantum 9014 prio 1 # slow served
 qdisc fq 4858: parent 4857:10 limit 10000
 qdisc bfifo 4859: parent 4857:20 limit 131072b
 qdisc bfifo 485a: parent 4857:21 limit 131072b
+qdisc bfifo 485b: parent 4857:22 limit 131072b
 `,
 		},
 	}
@@ -231,6 +237,28 @@ func BenchmarkPlan(b *testing.B) {
 	for b.Loop() {
 		if _, err := Plan(cfg); err != nil {
 			b.Fatal(err)
+		}
+	}
+}
+
+// TestSlowExcess pins the constant docs/shaping.md states for the defaults:
+// the interactive leaf's 64 KiB, and max(10 ms of SLOW_RATE, two frames)
+// for the slow class and for each of the bulk and served leaves.
+func TestSlowExcess(t *testing.T) {
+	for _, tt := range []struct {
+		slow string
+		want uint64
+	}{
+		{"1mbit", 65536 + 3*3028},
+		{"8mbit", 65536 + 3*10000},
+		{"100mbit", 65536 + 3*125000},
+	} {
+		spec, err := Plan(Config{Interface: "eth0", FastRate: rate(t, "1tbit"), SlowRate: rate(t, tt.slow)})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if got := spec.SlowExcess(); got != tt.want {
+			t.Errorf("SlowExcess at %s = %d, want %d", tt.slow, got, tt.want)
 		}
 	}
 }

@@ -235,18 +235,18 @@ func (p *proof) throttledUI(t *testing.T) {
 		stopFlows(phase.flows, 6)
 		// Let the flows demoted at the gate settle into the slow class.
 		time.Sleep(3 * time.Second)
-		inter0, bulk0 := p.leafBytes("4857:21"), p.leafBytes("4857:20")
+		inter0, bulk0, served0 := p.leafBytes("4857:21"), p.leafBytes("4857:20"), p.leafBytes("4857:22")
 		sinkT0, tT0 := p.b.SinkBytes.Load(), time.Now()
 		throttled := map[string][]time.Duration{}
 		rounds("throttled", throttled)
 		upRate := float64(p.b.SinkBytes.Load()-sinkT0) / time.Since(tT0).Seconds()
-		inter, bulk := p.leafBytes("4857:21")-inter0, p.leafBytes("4857:20")-bulk0
+		inter, bulk, served := p.leafBytes("4857:21")-inter0, p.leafBytes("4857:20")-bulk0, p.leafBytes("4857:22")-served0
 		reopened := gateState(tail(logPath, 1<<30)) != "closed"
 		// The set-up held: the uploads throttled to the slow class (1 mbit)
 		// and the gate closed to the end.
 		ok := upRate <= 2*SlowRateBytes && !reopened
 		p.rep.Add(Row{"9 UI, pod budget spent", fmt.Sprintf("%s: POD_REFILL=%s, uploads from a kernel to the allowed server; gate closed %s after they began (idle rounds: the bed's configuration, gate open, closed %d times)", phase.name, throttledRefill, gateAfter.Round(100*time.Millisecond), closedIdle),
-			"-", fmt.Sprintf("uploads %s during the rounds; gate reopened: %v; slow class: interactive leaf %s, bulk leaf %s", HumanRate(upRate), reopened, HumanBytes(float64(inter)), HumanBytes(float64(bulk))), verdict(ok)})
+			"-", fmt.Sprintf("uploads %s during the rounds; gate reopened: %v; slow class: interactive leaf %s, served leaf %s, bulk leaf %s", HumanRate(upRate), reopened, HumanBytes(float64(inter)), HumanBytes(float64(served)), HumanBytes(float64(bulk))), verdict(ok)})
 		if !ok {
 			t.Errorf("%s: the uploads ran at %s (slow rate %s), gate reopened %v", phase.name, HumanRate(upRate), HumanRate(SlowRateBytes), reopened)
 		}
