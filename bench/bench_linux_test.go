@@ -200,13 +200,16 @@ between the two namespaces.
   watched flow measured with an earlier build.
 - 1: iperf3 (2 s, pod → peer) through hubwarden's HTB and rules (budgets
   too large to demote, default FAST_RATE), through the same with
-  FAST_RATE=10gbit (the default before issue 20), and in a pair with no
-  qdisc, one after another with the order rotating each round (one flow on
-  this shared machine swings by ±30 % from second to second, and load only
-  ever slows it: the figure is each setup's best round, the ratio theirs;
-  the median of the per-round ratios is shown too); and the default and the bare
-  pair at the same time (6 rounds), whose ratio is the cost per byte,
-  insensitive to the machine's load. Through the
+  FAST_RATE=10gbit (the default before issue 20), in a pair with no
+  qdisc and no netfilter (bare), and in a bare pair with conntrack on (one
+  -m conntrack --ctstate INVALID -j DROP rule in OUTPUT: what any
+  stateful filter costs), one after another with the order rotating each
+  round (one flow on this shared machine swings by ±30 % from second to
+  second, and load only ever slows it: the figure is each setup's best
+  round, the ratio theirs; the median of the per-round ratios is shown
+  too); and two pairs at the same time (6 rounds each: hubwarden and bare,
+  conntrack and bare, hubwarden and conntrack), whose ratio is the cost
+  per byte, insensitive to the machine's load. Through the
   proxy: e2e's TestE2EBenchProxy (the JupyterHub bed of docs/e2e.md), a
   128 MiB /files/ download through the hub's CHP from the bare pod and from
   the warden pod (hubwarden run, budgets too large to demote), alternating,
@@ -903,7 +906,12 @@ func benchFastPath(t *testing.T) {
 	hw := nstest.NewPair(t, 76)
 	bare := nstest.NewPair(t, 77)
 	hw10 := nstest.NewPair(t, 79)
-	for _, p := range []*nstest.Pair{hw, bare, hw10} {
+	// ct: the bare pod with conntrack on and nothing else (one rule that
+	// needs it), the floor under any stateful egress filter: what
+	// conntrack alone costs, apart from hubwarden's rules and qdisc.
+	ct := nstest.NewPair(t, 75)
+	ct.Pod.MustRun("iptables", "-A", "OUTPUT", "-m", "conntrack", "--ctstate", "INVALID", "-j", "DROP")
+	for _, p := range []*nstest.Pair{hw, bare, hw10, ct} {
 		p.Peer.Start("iperf3", "-s", "-B", p.PeerIP4, "-p", fmt.Sprint(portIperf))
 	}
 	big := map[string]string{"HUBWARDEN_FLOW_BUDGET": "1TiB", "HUBWARDEN_POD_BUDGET": "1TiB"}
@@ -915,26 +923,30 @@ func benchFastPath(t *testing.T) {
 	// to the next: many short rounds, the order rotating, and the median
 	// of the per-round ratios.
 	secs := pick(1, 2)
-	var a, b, c, ratios, ratios10 []float64
+	var a, b, c, d, ratios, ratios10, ratiosCT []float64
 	for r := 0; r < pick(1, 3*reps()); r++ {
 		got := map[*nstest.Pair]float64{}
-		order := []*nstest.Pair{hw, bare, hw10}
+		order := []*nstest.Pair{hw, bare, hw10, ct}
 		for k := range order {
 			p := order[(k+r)%len(order)]
 			got[p] = iperf(t, p, secs)
 		}
-		x, y, z := got[hw], got[bare], got[hw10]
-		a, b, c = append(a, x), append(b, y), append(c, z)
-		ratios, ratios10 = append(ratios, x/y), append(ratios10, z/y)
+		x, y, z, w := got[hw], got[bare], got[hw10], got[ct]
+		a, b, c, d = append(a, x), append(b, y), append(c, z), append(d, w)
+		ratios, ratios10, ratiosCT = append(ratios, x/y), append(ratios10, z/y), append(ratiosCT, w/y)
 	}
 	// The same two pairs at the same time: both flows share the machine's
 	// CPUs, so the ratio is what hubwarden costs per byte, whatever else
 	// the machine does in that second (a cross-check of the figure above,
 	// which a shared machine's load swings).
-	var together []float64
+	var together, togetherCT, togetherHWCT []float64
 	for r := 0; r < pick(1, 2*reps()); r++ {
 		x, y := iperfTogether(t, hw, bare, secs)
 		together = append(together, x/y)
+		x, y = iperfTogether(t, ct, bare, secs)
+		togetherCT = append(togetherCT, x/y)
+		x, y = iperfTogether(t, hw, ct, secs)
+		togetherHWCT = append(togetherHWCT, x/y)
 	}
 	// The machine's load only ever slows a flow down: the best round of
 	// each setup is the closest to what it can do, and their ratio is the
@@ -945,10 +957,11 @@ func benchFastPath(t *testing.T) {
 	if rt < 0.95 {
 		met = "NOT met"
 	}
-	t.Logf("rounds: hubwarden %v, no qdisc %v, 10gbit %v (bit/s); at the same time: %v", a, b, c, together)
+	t.Logf("rounds: hubwarden %v, no qdisc %v, 10gbit %v, conntrack only %v (bit/s); at the same time: hubwarden/bare %v, conntrack/bare %v, hubwarden/conntrack %v", a, b, c, d, together, togetherCT, togetherHWCT)
 	addRow(row{"1", fmt.Sprintf("fast-path throughput, raw veth (iperf3 pod → peer, one flow, best of %d rounds of %d s)", len(a), secs),
-		fmt.Sprintf("hubwarden (default FAST_RATE 1tbit) %.2f Gbit/s; hubwarden FAST_RATE=10gbit (the default before) %.2f Gbit/s; no qdisc %.2f Gbit/s", best(a)/1e9, best(c)/1e9, best(b)/1e9),
-		fmt.Sprintf("%.2f× (FAST_RATE=10gbit: %.2f×); median of the per-round ratios %.2f× (10gbit: %.2f×); both flows at the same time, sharing the CPUs: %.2f×", rt, best(c)/best(b), median(ratios), median(ratios10), median(together)),
+		fmt.Sprintf("hubwarden (default FAST_RATE 1tbit) %.2f Gbit/s; hubwarden FAST_RATE=10gbit (the default before) %.2f Gbit/s; no qdisc (a bare pod, no netfilter) %.2f Gbit/s; the bare pod with conntrack on (one rule) %.2f Gbit/s", best(a)/1e9, best(c)/1e9, best(b)/1e9, best(d)/1e9),
+		fmt.Sprintf("%.2f× (FAST_RATE=10gbit: %.2f×); median of the per-round ratios %.2f× (10gbit: %.2f×); both flows at the same time, sharing the CPUs: %.2f×. Where it goes: conntrack alone / bare %.2f× (best rounds), %.2f× (same time); hubwarden / conntrack alone %.2f× (best rounds), %.2f× (same time)",
+			rt, best(c)/best(b), median(ratios), median(ratios10), median(together), best(d)/best(b), median(togetherCT), best(a)/best(d), median(togetherHWCT)),
 		"≥ 0.95× on the raw veth: " + met})
 	// Through the real proxy: scripts/bench.sh runs e2e's TestE2EBenchProxy
 	// first and passes its row in BENCH_PROXY_ROW; issue 20's target for
