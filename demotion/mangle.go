@@ -57,10 +57,11 @@ type Rules struct {
 	// Without it, only CLASSIFY is planned.
 	Watch bool
 	Gate  Gate
-	// Interactive classifies the demoted packets of a flow that sends
-	// little into the slow class's interactive leaf (xt_hashlimit, see
-	// InteractiveLimit); without it (a kernel that refused hashlimit) every
-	// demoted packet goes to the bulk leaf, one queue as before.
+	// Interactive classifies the demoted packets of a flow a peer opened
+	// that sends little into the slow class's interactive leaf
+	// (xt_hashlimit, see InteractiveLimit); without it (a kernel that
+	// refused hashlimit) they go to the served leaf with the rest of such
+	// flows.
 	Interactive bool
 	// SlowRate is the slow class's rate, which the interactive allowance
 	// is derived from.
@@ -73,17 +74,17 @@ const InteractiveName = "hubwarden-ui"
 
 // interactiveShare: a flow counts as sending little while its demoted
 // packets averaged at most this share of SLOW_RATE over the last window.
-// It is below the bulk leaf's guaranteed share (1/4), so a demoted bulk
-// flow that has the bulk leaf to itself, even with the interactive leaf
-// busy, is always above it and stays in the bulk queue.
+// It is below the served leaf's guaranteed share (1/4), so a demoted bulk
+// flow that has the served leaf to itself, even with the interactive leaf
+// busy, is always above it and stays in the served queue.
 const interactiveShare = 8
 
 // InteractiveLimit returns the allowance of the interactive rule for a
 // slow rate: a flow's demoted packets go to the interactive leaf while the
 // flow sent at most rate bytes/s on average over its last window of a
 // second (hashlimit's rate match, per 5-tuple) and at most burst bytes in
-// the current window; then to the bulk leaf until a window averages below
-// rate again. Both are whole KiB (and below 1 MiB) so that iptables-save
+// the current window; then to the served leaf until a window averages
+// below rate again. Both are whole KiB (and below 1 MiB) so that iptables-save
 // prints them back as planned. ok is false when SLOW_RATE/8 is below
 // 1 KiB/s (SLOW_RATE below 64 kbit): too little to share, one queue.
 func InteractiveLimit(slow units.Rate) (rateKiB, burstKiB uint64, ok bool) {
@@ -224,7 +225,8 @@ func MangleTables(r Rules) ([]xtables.Table, error) {
 		})
 		// IPv4 only: nft 1.0.6 (Debian 12) segfaults listing an ip6
 		// table that holds hashlimit's rate match (`nft list ruleset` in
-		// the pod would crash), so demoted IPv6 flows share the bulk leaf.
+		// the pod would crash), so demoted IPv6 flows a peer opened share
+		// the served leaf.
 		if rate, burst, ok := InteractiveLimit(r.SlowRate); r.Interactive && ok && f == xtables.IPv4 {
 			shape = append(shape, xtables.Rule{
 				Args: []string{"-o", r.Interface, "-m", "connmark", "--mark", markMask(c.Demoted(), c.Demoted()),

@@ -34,8 +34,8 @@ type Detected struct {
 	// Leaves is the leaf qdisc kind the kernel offered.
 	Leaves tcshape.LeafKind `json:"leaves,omitempty"`
 	// HashlimitRefused records that the kernel refused the interactive
-	// classification's hashlimit match: demoted flows share the slow
-	// class's bulk leaf, one queue.
+	// classification's hashlimit match: the demoted flows peers opened
+	// share the slow class's served leaf, the others its bulk leaf.
 	HashlimitRefused bool `json:"hashlimit_refused,omitempty"`
 }
 

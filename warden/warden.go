@@ -355,7 +355,7 @@ func (w *Warden) Apply(ctx context.Context) error {
 // more but applies without one of them, that is what the kernel refused,
 // and hubwarden goes on without it (logged, and recorded so that check and
 // a restart plan the same). The interactive classification is given up
-// first: it only spares the user's own requests the bulk queue, while the
+// first: it only spares the user's own requests the served queue, while the
 // gate bounds the pod. Every apply is atomic per table, so nothing of a
 // refused plan is left in place. Otherwise first is returned, the plan
 // kept.
@@ -390,7 +390,7 @@ func (w *Warden) applyDegraded(ctx context.Context, first error) (xtables.Result
 		}
 		w.plan = p
 		if e.Interactive != env.Interactive {
-			w.log.Warn().Err(first).Msg("the kernel refused hashlimit's rate match (Linux 4.10): every demoted flow shares the slow class's bulk queue, the user's own requests too (the bounds are the same)")
+			w.log.Warn().Err(first).Msg("the kernel refused hashlimit's rate match (Linux 4.10): the user's own requests share the slow class's served queue with the other flows peers opened, the uploads keep the bulk queue (the bounds are the same)")
 		}
 		if e.Gate != env.Gate {
 			w.log.Warn().Err(first).Msg("the kernel has neither an nftables quota nor xt_recent: no pod gate; each flow's tripwire still holds, but parallel and short connections are bounded only by their number")

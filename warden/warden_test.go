@@ -192,7 +192,7 @@ func TestApplyWithoutRecent(t *testing.T) {
 // TestApplyWithoutHashlimit: a kernel that refuses the interactive
 // classification's hashlimit rate match (revision 3, Linux 4.10; the DNS
 // limit's older hashlimit it takes), without naming it. Start-up applies
-// the rest, demoted flows all going to the bulk leaf, records the refusal,
+// the rest, demoted flows going to the served and bulk leaves, records the refusal,
 // and check and a restart plan the same; with neither the quota nor
 // xt_recent either, both are given up.
 func TestApplyWithoutHashlimit(t *testing.T) {
