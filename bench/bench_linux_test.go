@@ -209,7 +209,9 @@ between the two namespaces.
   round, the ratio theirs; the median of the per-round ratios is shown
   too); and two pairs at the same time (6 rounds each: hubwarden and bare,
   conntrack and bare, hubwarden and conntrack), whose ratio is the cost
-  per byte, insensitive to the machine's load. Through the
+  per byte, insensitive to the machine's load. BENCH_BEFORE=<binary> adds
+  an earlier build in a pair of its own, in the rotation and at the same
+  time as this one. Through the
   proxy: e2e's TestE2EBenchProxy (the JupyterHub bed of docs/e2e.md), a
   128 MiB /files/ download through the hub's CHP from the bare pod and from
   the warden pod (hubwarden run, budgets too large to demote), alternating,
@@ -911,11 +913,26 @@ func benchFastPath(t *testing.T) {
 	// conntrack alone costs, apart from hubwarden's rules and qdisc.
 	ct := nstest.NewPair(t, 75)
 	ct.Pod.MustRun("iptables", "-A", "OUTPUT", "-m", "conntrack", "--ctstate", "INVALID", "-j", "DROP")
-	for _, p := range []*nstest.Pair{hw, bare, hw10, ct} {
+	pairs := []*nstest.Pair{hw, bare, hw10, ct}
+	// before: BENCH_BEFORE, an earlier build, measured the same way.
+	var before *nstest.Pair
+	beforeBin := os.Getenv("BENCH_BEFORE")
+	if beforeBin != "" {
+		before = nstest.NewPair(t, 71)
+		pairs = append(pairs, before)
+	}
+	for _, p := range pairs {
 		p.Peer.Start("iperf3", "-s", "-B", p.PeerIP4, "-p", fmt.Sprint(portIperf))
 	}
 	big := map[string]string{"HUBWARDEN_FLOW_BUDGET": "1TiB", "HUBWARDEN_POD_BUDGET": "1TiB"}
 	startSidecar(t, hw, podEnv(t, hw, big))
+	if before != nil {
+		over := maps.Clone(big)
+		if !knows(t, beforeBin, "HUBWARDEN_GUARD") {
+			over["HUBWARDEN_GUARD"] = "" // 15f64e2 refuses a variable it does not know
+		}
+		startSidecarBin(t, before, podEnv(t, before, over), beforeBin)
+	}
 	big["HUBWARDEN_FAST_RATE"] = "10gbit" // the default before issue 20
 	startSidecar(t, hw10, podEnv(t, hw10, big))
 	time.Sleep(300 * time.Millisecond)
@@ -923,23 +940,25 @@ func benchFastPath(t *testing.T) {
 	// to the next: many short rounds, the order rotating, and the median
 	// of the per-round ratios.
 	secs := pick(1, 2)
-	var a, b, c, d, ratios, ratios10, ratiosCT []float64
+	var a, b, c, d, e, ratios, ratios10, ratiosCT []float64
 	for r := 0; r < pick(1, 3*reps()); r++ {
 		got := map[*nstest.Pair]float64{}
-		order := []*nstest.Pair{hw, bare, hw10, ct}
-		for k := range order {
-			p := order[(k+r)%len(order)]
+		for k := range pairs {
+			p := pairs[(k+r)%len(pairs)]
 			got[p] = iperf(t, p, secs)
 		}
 		x, y, z, w := got[hw], got[bare], got[hw10], got[ct]
 		a, b, c, d = append(a, x), append(b, y), append(c, z), append(d, w)
+		if before != nil {
+			e = append(e, got[before])
+		}
 		ratios, ratios10, ratiosCT = append(ratios, x/y), append(ratios10, z/y), append(ratiosCT, w/y)
 	}
 	// The same two pairs at the same time: both flows share the machine's
 	// CPUs, so the ratio is what hubwarden costs per byte, whatever else
 	// the machine does in that second (a cross-check of the figure above,
 	// which a shared machine's load swings).
-	var together, togetherCT, togetherHWCT []float64
+	var together, togetherCT, togetherHWCT, togetherBefore []float64
 	for r := 0; r < pick(1, 2*reps()); r++ {
 		x, y := iperfTogether(t, hw, bare, secs)
 		together = append(together, x/y)
@@ -947,6 +966,10 @@ func benchFastPath(t *testing.T) {
 		togetherCT = append(togetherCT, x/y)
 		x, y = iperfTogether(t, hw, ct, secs)
 		togetherHWCT = append(togetherHWCT, x/y)
+		if before != nil {
+			x, y = iperfTogether(t, hw, before, secs)
+			togetherBefore = append(togetherBefore, x/y)
+		}
 	}
 	// The machine's load only ever slows a flow down: the best round of
 	// each setup is the closest to what it can do, and their ratio is the
@@ -957,12 +980,18 @@ func benchFastPath(t *testing.T) {
 	if rt < 0.95 {
 		met = "NOT met"
 	}
-	t.Logf("rounds: hubwarden %v, no qdisc %v, 10gbit %v, conntrack only %v (bit/s); at the same time: hubwarden/bare %v, conntrack/bare %v, hubwarden/conntrack %v", a, b, c, d, together, togetherCT, togetherHWCT)
+	t.Logf("rounds: hubwarden %v, no qdisc %v, 10gbit %v, conntrack only %v, before %v (bit/s); at the same time: hubwarden/bare %v, conntrack/bare %v, hubwarden/conntrack %v, hubwarden/before %v",
+		a, b, c, d, e, together, togetherCT, togetherHWCT, togetherBefore)
 	addRow(row{"1", fmt.Sprintf("fast-path throughput, raw veth (iperf3 pod → peer, one flow, best of %d rounds of %d s)", len(a), secs),
 		fmt.Sprintf("hubwarden (default FAST_RATE 1tbit) %.2f Gbit/s; hubwarden FAST_RATE=10gbit (the default before) %.2f Gbit/s; no qdisc (a bare pod, no netfilter) %.2f Gbit/s; the bare pod with conntrack on (one rule) %.2f Gbit/s", best(a)/1e9, best(c)/1e9, best(b)/1e9, best(d)/1e9),
 		fmt.Sprintf("%.2f× (FAST_RATE=10gbit: %.2f×); median of the per-round ratios %.2f× (10gbit: %.2f×); both flows at the same time, sharing the CPUs: %.2f×. Where it goes: conntrack alone / bare %.2f× (best rounds), %.2f× (median per round), %.2f× (same time); hubwarden / conntrack alone %.2f× (best rounds), %.2f× (same time)",
 			rt, best(c)/best(b), median(ratios), median(ratios10), median(together), best(d)/best(b), median(ratiosCT), median(togetherCT), best(a)/best(d), median(togetherHWCT)),
 		"≥ 0.95× on the raw veth: " + met})
+	if before != nil {
+		addRow(row{"1", "fast-path throughput, raw veth: this build and BENCH_BEFORE (the rotation and the same-time rounds of the row above)",
+			fmt.Sprintf("hubwarden %.2f Gbit/s, before %.2f Gbit/s (best rounds)", best(a)/1e9, best(e)/1e9),
+			fmt.Sprintf("hubwarden / before %.2f× (best rounds), %.2f× (same time)", best(a)/best(e), median(togetherBefore)), "—"})
+	}
 	// Through the real proxy: scripts/bench.sh runs e2e's TestE2EBenchProxy
 	// first and passes its row in BENCH_PROXY_ROW; issue 20's target for
 	// it is 0.98×, judged here from the row's ratio.
