@@ -13,6 +13,7 @@ package health
 
 import (
 	"fmt"
+	"maps"
 	"slices"
 	"sync"
 	"time"
@@ -31,6 +32,7 @@ type Status struct {
 	applyErr string
 	selftest []Check // nil: not run yet
 	loops    map[string]*loop
+	waiting  map[string]bool // start-up steps ready waits for (Await)
 }
 
 // Check is the outcome of one named self-test check.
@@ -49,7 +51,23 @@ type loop struct {
 // NewStatus returns a Status that is neither ready nor tracking any loop.
 // now is the clock (time.Now in production).
 func NewStatus(now func() time.Time) *Status {
-	return &Status{now: now, loops: map[string]*loop{}}
+	return &Status{now: now, loops: map[string]*loop{}, waiting: map[string]bool{}}
+}
+
+// Await makes ready wait for a start-up step until Arrived(name): the
+// conntrack watcher's first dump, so that every flow opened once the pod
+// is ready is one the watcher sees begin.
+func (s *Status) Await(name string) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.waiting[name] = true
+}
+
+// Arrived records that the start-up step name is done.
+func (s *Status) Arrived(name string) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	delete(s.waiting, name)
 }
 
 // SetApplied records the outcome of an apply. A failed re-apply after a
@@ -130,9 +148,10 @@ func (s *Status) Healthy() (bool, []string) {
 	return len(reasons) == 0, reasons
 }
 
-// Ready reports whether the rules are applied and the self-test passed, and
-// the names of the failing checks when not ("applied", "selftest", then
-// "selftest/<check>" for each failed check).
+// Ready reports whether the rules are applied, the self-test passed and no
+// start-up step is awaited, and the names of the failing checks when not
+// ("applied", "selftest", then "selftest/<check>" for each failed check,
+// then "waiting: <step>" for each awaited step).
 func (s *Status) Ready() (bool, []string) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
@@ -147,6 +166,9 @@ func (s *Status) Ready() (bool, []string) {
 		if !c.Passed {
 			failing = append(failing, "selftest/"+c.Name)
 		}
+	}
+	for _, name := range slices.Sorted(maps.Keys(s.waiting)) {
+		failing = append(failing, "waiting: "+name)
 	}
 	return len(failing) == 0, failing
 }

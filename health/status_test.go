@@ -90,3 +90,19 @@ func TestReasonShortened(t *testing.T) {
 		t.Fatalf("reason not shortened: %d bytes", len(reasons[0]))
 	}
 }
+
+// TestReadyAwaits: an awaited start-up step keeps ready false, and names
+// itself, until it arrives.
+func TestReadyAwaits(t *testing.T) {
+	st := NewStatus(time.Now)
+	st.Await("watcher")
+	st.SetApplied(nil)
+	st.SetSelftest([]Check{{Name: "chains", Passed: true}})
+	if ok, why := st.Ready(); ok || len(why) != 1 || why[0] != "waiting: watcher" {
+		t.Fatalf("Ready() = %v, %v; want false, [waiting: watcher]", ok, why)
+	}
+	st.Arrived("watcher")
+	if ok, why := st.Ready(); !ok {
+		t.Fatalf("Ready() after Arrived = false, %v", why)
+	}
+}

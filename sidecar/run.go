@@ -35,6 +35,14 @@ const (
 // after apply and self-test passed. The rules stay when it exits.
 func cmdRun(ctx context.Context, cfg *Config, log zerolog.Logger) error {
 	st := health.NewStatus(time.Now)
+	if cfg.Watch && cfg.Shape {
+		// Ready only once the watcher has read the table: a flow the
+		// notebook opens after that (a native sidecar's start-up probe
+		// holds the notebook until then) is one the watcher sees begin,
+		// and a demotion of it is audited with its reason, not adopted as
+		// found at start.
+		st.Await(loopWatcher)
+	}
 	m := health.NewMetrics(version)
 	mux := http.NewServeMux()
 	health.Register(mux, st, m)
@@ -135,6 +143,7 @@ func cmdRun(ctx context.Context, cfg *Config, log zerolog.Logger) error {
 			}
 		})
 		wg.Go(func() { beatWatcher(ctx, st, w, log) })
+		wg.Go(func() { awaitFirstWalk(ctx, st, w) })
 	}
 	if cfg.Egress {
 		r, err := nflog.Open(nflog.Config{Group: cfg.NFLogGroup, ReadBuffer: 1 << 20})
@@ -270,6 +279,21 @@ const watcherStale = 15 * time.Second
 // beatWatcher tells /healthz the watcher is alive while it keeps the pod
 // bucket, and logs when it falls behind (a starved watcher refills late;
 // the kernel's bounds hold regardless) or the kernel drops its events.
+// awaitFirstWalk marks the watcher's start-up step done once its first
+// dump has been read (Run reads it before anything else).
+func awaitFirstWalk(ctx context.Context, st *health.Status, w *ctwatch.Watcher) {
+	t := time.NewTicker(5 * time.Millisecond)
+	defer t.Stop()
+	for w.Stats().Walks == 0 {
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+		}
+	}
+	st.Arrived(loopWatcher)
+}
+
 func beatWatcher(ctx context.Context, st *health.Status, w *ctwatch.Watcher, log zerolog.Logger) {
 	t := time.NewTicker(time.Second)
 	defer t.Stop()
