@@ -278,3 +278,66 @@ func TestIntegrationServedBesideUploads(t *testing.T) {
 		t.Errorf("the answers came at %.0f B/s, under the served leaf's guaranteed quarter of %.0f B/s", got, b.slow)
 	}
 }
+
+// TestIntegrationInteractiveNotForOutbound is part 9's case of the e2e
+// proof (issue 20): the pod budget spent, six uploads from a kernel (flows
+// the pod opened), each paced under the interactive allowance, beside the
+// browser's exchanges with the notebook server (a flow the peer opened).
+// Only flows a peer opened to the pod may use the interactive leaf, so the
+// uploads go to the bulk leaf, however they are paced, and the leaf is left
+// to the exchanges. (A peer's paced flows into the pod do get the leaf, and
+// still not past the slow class: adversary's TestIntegrationInteractiveFlood.)
+func TestIntegrationInteractiveNotForOutbound(t *testing.T) {
+	b := newBed(t, 37, 1*units.GiB, GateRecent, xtables.NFT)
+	b.Pod.ServeBulk(8889)
+	sink := b.Peer.Sink(net.JoinHostPort(b.PeerIP4, "7000"))
+	echo := b.Peer.Echo(net.JoinHostPort(b.PodIP4, "8889"))
+	const n, gap = 150, 20 * time.Millisecond
+	idle := idleThenSpent(t, b, echo, n, gap)
+	rate, _, ok := InteractiveLimit(slowRate)
+	if !ok {
+		t.Fatal("no interactive allowance")
+	}
+	// Six uploads at 80% of the allowance each: under it, one by one.
+	pace := int(rate) * 1024 * 8 / 10
+	done := make(chan struct{})
+	var wg sync.WaitGroup
+	defer func() { close(done); wg.Wait() }()
+	for range 6 {
+		c, err := b.Pod.DialTimeout("tcp", net.JoinHostPort(b.PeerIP4, "7000"), 2*time.Second)
+		if err != nil {
+			t.Fatal(err)
+		}
+		wg.Go(func() {
+			defer c.Close()
+			buf := make([]byte, pace/10)
+			tk := time.NewTicker(100 * time.Millisecond)
+			defer tk.Stop()
+			for {
+				select {
+				case <-done:
+					return
+				case <-tk.C:
+				}
+				c.SetWriteDeadline(time.Now().Add(90 * time.Millisecond))
+				c.Write(buf)
+			}
+		})
+	}
+	time.Sleep(2 * time.Second) // the uploads' first window
+	inter0 := nstest.IPBytes(b.Pod.ClassSent("eth0", tcshape.InteractiveClass.String()))
+	bulk0 := nstest.IPBytes(b.Pod.ClassSent("eth0", tcshape.BulkClass.String()))
+	sunk0 := sink.Bytes()
+	loaded := spacedEcho(t, echo, n, gap)
+	inter := nstest.IPBytes(b.Pod.ClassSent("eth0", tcshape.InteractiveClass.String())) - inter0
+	bulkBytes := nstest.IPBytes(b.Pod.ClassSent("eth0", tcshape.BulkClass.String())) - bulk0
+	sunk := sink.Bytes() - sunk0
+	t.Logf("echo p95: idle %v; beside six uploads at %d B/s each (under the %d KiB/s allowance), all demoted: %v (max %v); the uploads delivered %d bytes; the interactive leaf sent %d IP bytes, the bulk leaf %d",
+		idle, pace, rate, p95(loaded), slices.Max(loaded), sunk, inter, bulkBytes)
+	if inter < n*512 || inter > n*(512+200) {
+		t.Errorf("the interactive leaf sent %d bytes while the echo's %d answers of 512 bytes were sent: want those alone, no upload bytes", inter, n)
+	}
+	if bulkBytes < sunk/2 || sunk == 0 {
+		t.Errorf("the bulk leaf sent %d bytes while the uploads delivered %d: want the uploads there", bulkBytes, sunk)
+	}
+}
