@@ -63,6 +63,14 @@ func gateFor(cfg *Config) demotion.Gate {
 	return demotion.GateNone
 }
 
+// tableOrder is the order of the plan's tables (per family, one
+// iptables-restore with one commit per table). raw comes first: its rules
+// need no connection tracking and keep the pod's loopback out of it, and
+// every later table (filter's state matches, nat, mangle's connmark) turns
+// conntrack on in the pod's namespace (Warden.Apply applies raw before
+// anything else for the same reason).
+var tableOrder = []string{"raw", "filter", "nat", "mangle"}
+
 // NewPlan plans the kernel state for cfg in env, with resolved the current
 // answers for the allow-list's host names (nil: none; a name without an
 // answer allows nothing). It is pure.
@@ -72,7 +80,7 @@ func NewPlan(cfg *Config, env Env, resolved map[string][]netip.Addr) (Plan, erro
 	// Every table hubwarden owns chains in, per family; the parts below add
 	// their chains and hooks.
 	tables := map[string][]xtables.Table{}
-	for _, name := range []string{"filter", "raw", "nat", "mangle"} {
+	for _, name := range tableOrder {
 		for _, f := range fams {
 			tables[name] = append(tables[name], xtables.Table{Family: f, Name: name})
 		}
@@ -131,7 +139,7 @@ func NewPlan(cfg *Config, env Env, resolved map[string][]netip.Addr) (Plan, erro
 	}
 	// A table with no chains stays in the plan: applying it removes what an
 	// earlier configuration of the same pod put there.
-	for _, name := range []string{"filter", "raw", "nat", "mangle"} {
+	for _, name := range tableOrder {
 		for _, t := range tables[name] {
 			if err := t.Validate(); err != nil {
 				return Plan{}, err

@@ -308,6 +308,22 @@ func (w *Warden) Apply(ctx context.Context) error {
 	}
 	w.mu.Lock()
 	defer w.mu.Unlock()
+	// The raw tables first, before anything that turns conntrack on in the
+	// pod's namespace (the pod gate's ct expressions, filter's state
+	// matches, nat, mangle's connmark): they keep the pod's loopback out of
+	// conntrack, and a loopback connection open across the apply (a
+	// kernel's sockets when the sidecar restarts) would otherwise be picked
+	// up mid-stream in between and kept for days. They need no match a
+	// kernel may lack, so the degraded plans share them.
+	var raw []xtables.Table
+	for _, t := range w.plan.Tables {
+		if t.Name == "raw" {
+			raw = append(raw, t)
+		}
+	}
+	if _, err := w.ipt.Apply(ctx, raw); err != nil {
+		return fmt.Errorf("applying the raw tables: %w", err)
+	}
 	if p := w.plan; p.TC != nil {
 		if _, err := tcshape.Apply(ctx, w.tc, *p.TC, w.log.With().Str("component", "tcshape").Logger(), false); err != nil {
 			return err

@@ -19,6 +19,7 @@ import (
 	"github.com/hubwarden/hubwarden/guard"
 	"github.com/hubwarden/hubwarden/tcshape"
 	"github.com/hubwarden/hubwarden/units"
+	"github.com/hubwarden/hubwarden/xtables"
 )
 
 // testConfig is a configuration with every feature on, explicit values
@@ -91,10 +92,11 @@ func lastIndex(writes []string, prefix string) int {
 	return -1
 }
 
-// TestApplyOrder: the qdisc tree first (the classify rules need its
-// classes), then the pod gate (the tripwire must never run without the pod
-// budget), then the iptables tables; the result checks clean, and applying
-// again writes nothing.
+// TestApplyOrder: the raw tables first (they keep loopback out of
+// conntrack, and everything after turns it on), then the qdisc tree (the
+// classify rules need its classes), then the pod gate (the tripwire must
+// never run without the pod budget), then the other iptables tables; the
+// result checks clean, and applying again writes nothing.
 func TestApplyOrder(t *testing.T) {
 	f := newFakes()
 	f.setAnswer("files.example", "198.18.0.7")
@@ -103,12 +105,24 @@ func TestApplyOrder(t *testing.T) {
 	if err := w.Apply(context.Background()); err != nil {
 		t.Fatal(err)
 	}
-	tc, nft, ipt := lastIndex(f.writes, "tc eth0"), firstIndex(f.writes, "nft: gate"), firstIndex(f.writes, "iptables-nft-restore")
-	if tc < 0 || nft < 0 || ipt < 0 || tc > nft || nft > ipt {
-		t.Errorf("apply order: last qdisc op %d, pod gate %d, first iptables restore %d; writes:\n%s", tc, nft, ipt, strings.Join(f.writes, "\n"))
+	raw, tc, nft, ipt := firstIndex(f.writes, "iptables-nft-restore"), lastIndex(f.writes, "tc eth0"), firstIndex(f.writes, "nft: gate"), lastIndex(f.writes, "iptables-nft-restore")
+	if raw < 0 || tc < 0 || nft < 0 || ipt < 0 || raw > tc || tc > nft || nft > ipt || raw == ipt {
+		t.Errorf("apply order: raw restore %d, last qdisc op %d, pod gate %d, last iptables restore %d; writes:\n%s", raw, tc, nft, ipt, strings.Join(f.writes, "\n"))
 	}
 	if f.nft.limit != uint64(64*units.MiB) {
 		t.Errorf("the new quota holds %d, want the whole pod budget", f.nft.limit)
+	}
+	// Per family, raw is applied before any table that turns conntrack on
+	// (tableOrder): a loopback connection open across the apply is never
+	// tracked (sidecar's TestIntegrationInitLeavesLoopbackUntracked).
+	seen := map[xtables.Family][]string{}
+	for _, tb := range w.Plan().Tables {
+		seen[tb.Family] = append(seen[tb.Family], tb.Name)
+	}
+	for fam, names := range seen {
+		if len(names) == 0 || names[0] != "raw" {
+			t.Errorf("%s tables apply in the order %v: raw must come first", fam, names)
+		}
 	}
 	mustClean(t, w)
 	for _, tool := range []string{"iptables-nft", "ip6tables-nft"} {
