@@ -201,6 +201,50 @@ func TestIntegrationInteractiveBesideDemoted(t *testing.T) {
 	}
 }
 
+// uploads opens n connections from the pod to the peer's sink on port
+// 7000, each writing chunk bytes every period (0: as fast as it may, each
+// write given 100 ms), until the test ends.
+func uploads(t *testing.T, b *bed, n, chunk int, period time.Duration) {
+	t.Helper()
+	done := make(chan struct{})
+	var wg sync.WaitGroup
+	t.Cleanup(func() { close(done); wg.Wait() })
+	for range n {
+		c, err := b.Pod.DialTimeout("tcp", net.JoinHostPort(b.PeerIP4, "7000"), 2*time.Second)
+		if err != nil {
+			t.Fatal(err)
+		}
+		wg.Go(func() {
+			defer c.Close()
+			buf := make([]byte, chunk)
+			var tick <-chan time.Time
+			wait := 100 * time.Millisecond
+			if period > 0 {
+				tk := time.NewTicker(period)
+				defer tk.Stop()
+				tick, wait = tk.C, period*9/10
+			}
+			for {
+				if tick != nil {
+					select {
+					case <-done:
+						return
+					case <-tick:
+					}
+				} else {
+					select {
+					case <-done:
+						return
+					default:
+					}
+				}
+				c.SetWriteDeadline(time.Now().Add(wait))
+				c.Write(buf)
+			}
+		})
+	}
+}
+
 // TestIntegrationServedBesideUploads is the rest of part 9's case (issue
 // 20): the pod budget spent, a kernel's uploads sending as fast as they
 // may (flows the pod opened), and the browser's answers too large for the
@@ -223,28 +267,7 @@ func TestIntegrationServedBesideUploads(t *testing.T) {
 	if err := b.Pod.Do(func() error { return RecentGate{IPv6: true}.Set(false) }); err != nil {
 		t.Fatal(err)
 	}
-	done := make(chan struct{})
-	var wg sync.WaitGroup
-	defer func() { close(done); wg.Wait() }()
-	for range 6 {
-		c, err := b.Pod.DialTimeout("tcp", net.JoinHostPort(b.PeerIP4, "7000"), 2*time.Second)
-		if err != nil {
-			t.Fatal(err)
-		}
-		wg.Go(func() {
-			defer c.Close()
-			buf := make([]byte, 64<<10)
-			for {
-				select {
-				case <-done:
-					return
-				default:
-				}
-				c.SetWriteDeadline(time.Now().Add(100 * time.Millisecond))
-				c.Write(buf)
-			}
-		})
-	}
+	uploads(t, b, 6, 64<<10, 0)
 	time.Sleep(2 * time.Second) // the uploads demoted, the bulk queue full
 	read := func(h tcshape.Handle) int64 { return nstest.IPBytes(b.Pod.ClassSent("eth0", h.String())) }
 	slow0, bulk0, served0, sunk0 := read(tcshape.SlowClass), read(tcshape.BulkClass), read(tcshape.ServedClass), sink.Bytes()
@@ -300,30 +323,7 @@ func TestIntegrationInteractiveNotForOutbound(t *testing.T) {
 	}
 	// Six uploads at 80% of the allowance each: under it, one by one.
 	pace := int(rate) * 1024 * 8 / 10
-	done := make(chan struct{})
-	var wg sync.WaitGroup
-	defer func() { close(done); wg.Wait() }()
-	for range 6 {
-		c, err := b.Pod.DialTimeout("tcp", net.JoinHostPort(b.PeerIP4, "7000"), 2*time.Second)
-		if err != nil {
-			t.Fatal(err)
-		}
-		wg.Go(func() {
-			defer c.Close()
-			buf := make([]byte, pace/10)
-			tk := time.NewTicker(100 * time.Millisecond)
-			defer tk.Stop()
-			for {
-				select {
-				case <-done:
-					return
-				case <-tk.C:
-				}
-				c.SetWriteDeadline(time.Now().Add(90 * time.Millisecond))
-				c.Write(buf)
-			}
-		})
-	}
+	uploads(t, b, 6, pace/10, 100*time.Millisecond)
 	time.Sleep(2 * time.Second) // the uploads' first window
 	inter0 := nstest.IPBytes(b.Pod.ClassSent("eth0", tcshape.InteractiveClass.String()))
 	bulk0 := nstest.IPBytes(b.Pod.ClassSent("eth0", tcshape.BulkClass.String()))
