@@ -3,7 +3,6 @@ package demotion
 import (
 	"fmt"
 	"strconv"
-	"strings"
 
 	"github.com/hubwarden/hubwarden/tcshape"
 	"github.com/hubwarden/hubwarden/units"
@@ -16,12 +15,26 @@ const (
 	ShapeChain = xtables.Prefix + "SHAPE"
 	// TripChain dispatches a flow that is not demoted to its tier's chain.
 	TripChain = xtables.Prefix + "TRIP"
-	// tierChainPrefix + k is the chain of tier k.
+	// SlowChain classifies a demoted flow's packets into a slow leaf.
+	SlowChain = xtables.Prefix + "SLOW"
+	// DemoteChain demotes a flow and sends its packet to SlowChain.
+	DemoteChain = xtables.Prefix + "DEMOTE"
+	// AcctChain holds the rule that turns conntrack accounting on; no
+	// chain jumps to it.
+	AcctChain = xtables.Prefix + "ACCT"
+	// tierChainPrefix + k is the chain of tier k (the original direction);
+	// with tierReplySuffix, of its reply direction.
 	tierChainPrefix = xtables.Prefix + "TIER"
+	tierReplySuffix = "-R"
 )
 
-// TierChain returns the name of tier k's chain.
+// TierChain returns the name of tier k's chain: the packets of the flows
+// the pod opened (the original direction).
 func TierChain(k int) string { return tierChainPrefix + strconv.Itoa(k) }
+
+// TierReplyChain returns the name of tier k's chain for the packets of the
+// flows a peer opened (the reply direction).
+func TierReplyChain(k int) string { return TierChain(k) + tierReplySuffix }
 
 // Gate says how the pod's aggregate budget is held in the kernel.
 type Gate string
@@ -111,22 +124,32 @@ func InteractiveLimit(slow units.Rate) (rateKiB, burstKiB uint64, ok bool) {
 // opened, the reply direction of the flows its peers opened, such as the
 // proxy's connections to the notebook server):
 //
-//  1. a connbytes match without a target, which makes the kernel keep
-//     byte counters for every flow of the namespace;
-//  2. the recent gate (GateRecent only);
-//  3. a flow that is not demoted goes (HUBWARDEN-TRIP) to the chain of its
-//     tier, which sets the demoted and attention bits at the packet that
-//     takes what the flow has sent (in the pod's sending direction, since
-//     its start or its counters' last reset) to the tier's threshold, and
-//     the attention bit alone at half of it;
-//  4. a packet of a demoted flow gets skb->priority = the slow class's
-//     bulk leaf (CLASSIFY), which HTB reads before any filter; a packet of
-//     a demoted flow that a peer opened to the pod (the proxy's connections
-//     to the notebook server: the answers to the user's browser) then gets
-//     the served leaf instead, and with r.Interactive, an IPv4 one that
-//     sends little (InteractiveLimit) the interactive leaf. Flows the pod opened (a kernel's
-//     uploads, however many and however paced) never do: they cannot
-//     crowd the browser's answers out of the leaf.
+//  1. a packet of a demoted flow goes (HUBWARDEN-SLOW) to the slow class:
+//     skb->priority = the slow class's bulk leaf (CLASSIFY), which HTB
+//     reads before any filter; a packet of a flow a peer opened to the pod
+//     (the proxy's connections to the notebook server: the answers to the
+//     user's browser) then gets the served leaf instead, and with
+//     r.Interactive, an IPv4 one that sends little (InteractiveLimit) the
+//     interactive leaf. Flows the pod opened (a kernel's uploads, however
+//     many and however paced) never do: they cannot crowd the browser's
+//     answers out of the leaf;
+//  2. the recent gate (GateRecent only) demotes the packet's flow
+//     (HUBWARDEN-DEMOTE) unless the watcher keeps it open;
+//  3. any other packet goes (HUBWARDEN-TRIP) to the chain of its flow's
+//     tier, and from there to the chain of its direction, which demotes
+//     the flow (HUBWARDEN-DEMOTE: the demoted and attention bits, then the
+//     slow class from that packet on) at the packet that takes what the
+//     flow has sent (in the pod's sending direction, since its start or its
+//     counters' last reset) to the tier's threshold, and sets the attention
+//     bit alone at half of it.
+//
+// Every jump from SHAPE on is a goto, and each test is made once: a packet
+// of a flow that is not demoted meets five matches at tier 0 (demoted?
+// tier? direction? threshold? half?), where the rules of one chain per
+// tier that tested the direction in each rule took fourteen. The connbytes
+// match that makes the kernel keep byte counters for every flow of the
+// namespace sits in a chain nothing jumps to (HUBWARDEN-ACCT): the kernel
+// turns accounting on when the rule is added, and no packet pays for it.
 func MangleTables(r Rules) ([]xtables.Table, error) {
 	if r.Interface == "" {
 		return nil, fmt.Errorf("planning mangle rules: no interface")
@@ -138,7 +161,6 @@ func MangleTables(r Rules) ([]xtables.Table, error) {
 	hex := func(v uint32) string { return fmt.Sprintf("%#x", v) }
 	markMask := func(v, m uint32) string { return hex(v) + "/" + hex(m) }
 	demote := markMask(c.Demoted()|c.Attention(), c.Demoted()|c.Attention())
-	notDemoted := markMask(0, c.Demoted())
 
 	fams := []xtables.Family{xtables.IPv4}
 	if r.IPv6 {
@@ -151,24 +173,66 @@ func MangleTables(r Rules) ([]xtables.Table, error) {
 		// be enabled"). A new netns starts with accounting off, and a
 		// container usually cannot write /proc/sys, so this rule, not a
 		// sysctl, is what guarantees the byte counters the tripwire, the
-		// watcher and the audit need. It has no target: it only counts.
-		shape := []xtables.Rule{{
+		// watcher and the audit need. It has no target and no chain jumps
+		// to it: the kernel checks it when it is added, no packet meets it.
+		acct := xtables.Chain{Name: AcctChain, Rules: []xtables.Rule{{
 			Args:    []string{"-m", "connbytes", "--connbytes", "0", "--connbytes-mode", "packets", "--connbytes-dir", "both"},
 			Comment: "turns conntrack accounting on",
+		}}}
+		// CLASSIFY must name a leaf: HTB sends a packet whose priority
+		// names an inner class or no class to the default (fast) class.
+		// Every demoted packet is classified into the bulk leaf first, so
+		// that the other rules only ever move packets from one slow leaf to
+		// another.
+		slow := []xtables.Rule{{
+			Args:    []string{"-j", "CLASSIFY", "--set-class", classArg(tcshape.BulkClass)},
+			Comment: "demoted flows to the slow class (bulk)",
+		}, {
+			// A demoted flow a peer opened to the pod (the proxy's
+			// connections to the notebook server) is served from its own
+			// slow leaf, beside the bulk leaf where the flows the pod
+			// opened (a kernel's uploads) stay: HTB shares the slow class
+			// between the two round robin, so the browser's large answers
+			// (a notebook, a plot) do not queue behind the uploads.
+			Args:    []string{"-m", "conntrack", "--ctdir", "REPLY", "-j", "CLASSIFY", "--set-class", classArg(tcshape.ServedClass)},
+			Comment: "demoted flows a peer opened to the slow class (served)",
 		}}
-		chains := []xtables.Chain{}
+		// IPv4 only: nft 1.0.6 (Debian 12) segfaults listing an ip6
+		// table that holds hashlimit's rate match (`nft list ruleset` in
+		// the pod would crash), so demoted IPv6 flows a peer opened share
+		// the served leaf.
+		if rate, burst, ok := InteractiveLimit(r.SlowRate); r.Interactive && ok && f == xtables.IPv4 {
+			slow = append(slow, xtables.Rule{
+				Args: []string{"-m", "conntrack", "--ctdir", "REPLY",
+					"-m", "hashlimit", "--hashlimit-upto", fmt.Sprintf("%dkb/s", rate), "--hashlimit-burst", fmt.Sprintf("%dkb", burst),
+					"--hashlimit-mode", "srcip,srcport,dstip,dstport", "--hashlimit-name", InteractiveName, "--hashlimit-rate-match",
+					"-j", "CLASSIFY", "--set-class", classArg(tcshape.InteractiveClass)},
+				Comment: "demoted flows that send little to the slow class (interactive)",
+			})
+		}
+		shape := []xtables.Rule{{
+			Args:    []string{"-o", r.Interface, "-m", "connmark", "--mark", markMask(c.Demoted(), c.Demoted()), "-g", SlowChain},
+			Comment: "demoted flows: the slow class",
+		}}
+		chains := []xtables.Chain{{Name: SlowChain, Rules: slow}, acct}
 		if r.Watch {
+			// The flow that meets its threshold, or the closed gate, is
+			// demoted, and that packet already goes to the slow class.
+			chains = append(chains, xtables.Chain{Name: DemoteChain, Rules: []xtables.Rule{
+				{Args: []string{"-j", "CONNMARK", "--set-xmark", demote}, Comment: "the demoted and attention bits"},
+				{Args: []string{"-g", SlowChain}, Comment: "from this packet on, the slow class"},
+			}})
 			if r.Gate == GateRecent {
 				shape = append(shape, xtables.Rule{
-					Args: []string{"-o", r.Interface, "-m", "connmark", "--mark", notDemoted,
+					Args: []string{"-o", r.Interface,
 						"-m", "recent", "!", "--rcheck", "--seconds", strconv.Itoa(RecentWindowSeconds),
 						"--name", RecentName(f), "--mask", recentAddr(f), "--rsource",
-						"-j", "CONNMARK", "--set-xmark", demote},
+						"-g", DemoteChain},
 					Comment: "gate: unless the watcher keeps the pod budget open, demote every flow that sends",
 				})
 			}
 			shape = append(shape, xtables.Rule{
-				Args:    []string{"-o", r.Interface, "-m", "connmark", "--mark", notDemoted, "-j", TripChain},
+				Args:    []string{"-o", r.Interface, "-g", TripChain},
 				Comment: "flows not demoted: the tripwire of their tier",
 			})
 			var trip []xtables.Rule
@@ -180,62 +244,30 @@ func MangleTables(r Rules) ([]xtables.Table, error) {
 			}
 			chains = append(chains, xtables.Chain{Name: TripChain, Rules: trip})
 			for k := range Tiers {
-				var rules []xtables.Rule
-				for _, dir := range []string{"original", "reply"} {
-					rules = append(rules, xtables.Rule{
-						Args: []string{"-m", "conntrack", "--ctdir", strings.ToUpper(dir),
-							"-m", "connbytes", "--connbytes", strconv.FormatUint(c.Threshold(k), 10), "--connbytes-mode", "bytes", "--connbytes-dir", dir,
-							"-j", "CONNMARK", "--set-xmark", demote},
+				// The pod sends in the original direction of the flows it
+				// opened and in the reply direction of those a peer opened:
+				// the direction is tested once, and the counters of that
+				// direction compared.
+				dirRules := func(dir string) []xtables.Rule {
+					return []xtables.Rule{{
+						Args: []string{"-m", "connbytes", "--connbytes", strconv.FormatUint(c.Threshold(k), 10), "--connbytes-mode", "bytes", "--connbytes-dir", dir,
+							"-g", DemoteChain},
 						Comment: fmt.Sprintf("tripwire: demote at %d bytes (%s direction)", c.Threshold(k), dir),
-					})
-				}
-				for _, dir := range []string{"original", "reply"} {
-					rules = append(rules, xtables.Rule{
-						Args: []string{"-m", "connmark", "--mark", markMask(0, c.Attention()),
-							"-m", "conntrack", "--ctdir", strings.ToUpper(dir),
-							"-m", "connbytes", "--connbytes", strconv.FormatUint(c.BusyAt(k), 10), "--connbytes-mode", "bytes", "--connbytes-dir", dir,
+					}, {
+						Args: []string{"-m", "connbytes", "--connbytes", strconv.FormatUint(c.BusyAt(k), 10), "--connbytes-mode", "bytes", "--connbytes-dir", dir,
+							"-m", "connmark", "--mark", markMask(0, c.Attention()),
 							"-j", "CONNMARK", "--set-xmark", markMask(c.Attention(), c.Attention())},
 						Comment: fmt.Sprintf("busy: ask the watcher at %d bytes (%s direction)", c.BusyAt(k), dir),
-					})
+					}}
 				}
-				chains = append(chains, xtables.Chain{Name: TierChain(k), Rules: rules})
+				orig := append([]xtables.Rule{{
+					Args:    []string{"-m", "conntrack", "--ctdir", "REPLY", "-g", TierReplyChain(k)},
+					Comment: "flows a peer opened: the reply direction",
+				}}, dirRules("original")...)
+				chains = append(chains,
+					xtables.Chain{Name: TierChain(k), Rules: orig},
+					xtables.Chain{Name: TierReplyChain(k), Rules: dirRules("reply")})
 			}
-		}
-		// CLASSIFY must name a leaf: HTB sends a packet whose priority
-		// names an inner class or no class to the default (fast) class.
-		// Every demoted packet is classified into the bulk leaf first, so
-		// that the interactive rule only ever moves packets from one slow
-		// leaf to the other.
-		shape = append(shape, xtables.Rule{
-			Args: []string{"-o", r.Interface, "-m", "connmark", "--mark", markMask(c.Demoted(), c.Demoted()),
-				"-j", "CLASSIFY", "--set-class", classArg(tcshape.BulkClass)},
-			Comment: "demoted flows to the slow class (bulk)",
-		})
-		// A demoted flow a peer opened to the pod (the proxy's connections
-		// to the notebook server) is served from its own slow leaf, beside
-		// the bulk leaf where the flows the pod opened (a kernel's uploads)
-		// stay: HTB shares the slow class between the two round robin, so
-		// the browser's large answers (a notebook, a plot) do not queue
-		// behind the uploads.
-		shape = append(shape, xtables.Rule{
-			Args: []string{"-o", r.Interface, "-m", "connmark", "--mark", markMask(c.Demoted(), c.Demoted()),
-				"-m", "conntrack", "--ctdir", "REPLY",
-				"-j", "CLASSIFY", "--set-class", classArg(tcshape.ServedClass)},
-			Comment: "demoted flows a peer opened to the slow class (served)",
-		})
-		// IPv4 only: nft 1.0.6 (Debian 12) segfaults listing an ip6
-		// table that holds hashlimit's rate match (`nft list ruleset` in
-		// the pod would crash), so demoted IPv6 flows a peer opened share
-		// the served leaf.
-		if rate, burst, ok := InteractiveLimit(r.SlowRate); r.Interactive && ok && f == xtables.IPv4 {
-			shape = append(shape, xtables.Rule{
-				Args: []string{"-o", r.Interface, "-m", "connmark", "--mark", markMask(c.Demoted(), c.Demoted()),
-					"-m", "conntrack", "--ctdir", "REPLY",
-					"-m", "hashlimit", "--hashlimit-upto", fmt.Sprintf("%dkb/s", rate), "--hashlimit-burst", fmt.Sprintf("%dkb", burst),
-					"--hashlimit-mode", "srcip,srcport,dstip,dstport", "--hashlimit-name", InteractiveName, "--hashlimit-rate-match",
-					"-j", "CLASSIFY", "--set-class", classArg(tcshape.InteractiveClass)},
-				Comment: "demoted flows that send little to the slow class (interactive)",
-			})
 		}
 		t := xtables.Table{
 			Family: f,

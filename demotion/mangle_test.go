@@ -1,6 +1,7 @@
 package demotion
 
 import (
+	"slices"
 	"strings"
 	"testing"
 
@@ -37,23 +38,50 @@ func TestMangleTables(t *testing.T) {
 		t.Fatalf("tables %+v", ts)
 	}
 	v4 := ts[0]
-	if len(v4.Chains) != 2+Tiers {
-		t.Errorf("%d chains, want SHAPE, TRIP and %d tiers", len(v4.Chains), Tiers)
+	if len(v4.Chains) != 5+2*Tiers {
+		t.Errorf("%d chains, want SHAPE, SLOW, ACCT, DEMOTE, TRIP and two per tier (%d tiers)", len(v4.Chains), Tiers)
 	}
 	want := []string{
-		`-A HUBWARDEN-SHAPE -m connbytes --connbytes 0 --connbytes-mode packets --connbytes-dir both -m comment --comment "hubwarden: turns conntrack accounting on"`,
-		`-A HUBWARDEN-SHAPE -o eth0 -m connmark --mark 0x0/0x100000 -m comment --comment "hubwarden: flows not demoted: the tripwire of their tier" -j HUBWARDEN-TRIP`,
-		`-A HUBWARDEN-SHAPE -o eth0 -m connmark --mark 0x100000/0x100000 -m comment --comment "hubwarden: demoted flows to the slow class (bulk)" -j CLASSIFY --set-class 4857:0020`,
-		`-A HUBWARDEN-SHAPE -o eth0 -m connmark --mark 0x100000/0x100000 -m conntrack --ctdir REPLY -m comment --comment "hubwarden: demoted flows a peer opened to the slow class (served)" -j CLASSIFY --set-class 4857:0022`,
-		`-A HUBWARDEN-SHAPE -o eth0 -m connmark --mark 0x100000/0x100000 -m conntrack --ctdir REPLY -m hashlimit --hashlimit-upto 15kb/s --hashlimit-burst 75kb --hashlimit-mode srcip,srcport,dstip,dstport --hashlimit-name hubwarden-ui --hashlimit-rate-match -m comment --comment "hubwarden: demoted flows that send little to the slow class (interactive)" -j CLASSIFY --set-class 4857:0021`,
+		`-A HUBWARDEN-SHAPE -o eth0 -m connmark --mark 0x100000/0x100000 -m comment --comment "hubwarden: demoted flows: the slow class" -g HUBWARDEN-SLOW`,
+		`-A HUBWARDEN-SHAPE -o eth0 -m comment --comment "hubwarden: flows not demoted: the tripwire of their tier" -g HUBWARDEN-TRIP`,
 	}
 	if diff := cmp.Diff(want, chainLines(t, v4, ShapeChain)); diff != "" {
 		t.Errorf("SHAPE (-want +got):\n%s", diff)
 	}
+	want = []string{
+		`-A HUBWARDEN-SLOW -m comment --comment "hubwarden: demoted flows to the slow class (bulk)" -j CLASSIFY --set-class 4857:0020`,
+		`-A HUBWARDEN-SLOW -m conntrack --ctdir REPLY -m comment --comment "hubwarden: demoted flows a peer opened to the slow class (served)" -j CLASSIFY --set-class 4857:0022`,
+		`-A HUBWARDEN-SLOW -m conntrack --ctdir REPLY -m hashlimit --hashlimit-upto 15kb/s --hashlimit-burst 75kb --hashlimit-mode srcip,srcport,dstip,dstport --hashlimit-name hubwarden-ui --hashlimit-rate-match -m comment --comment "hubwarden: demoted flows that send little to the slow class (interactive)" -j CLASSIFY --set-class 4857:0021`,
+	}
+	if diff := cmp.Diff(want, chainLines(t, v4, SlowChain)); diff != "" {
+		t.Errorf("SLOW (-want +got):\n%s", diff)
+	}
+	want = []string{
+		`-A HUBWARDEN-ACCT -m connbytes --connbytes 0 --connbytes-mode packets --connbytes-dir both -m comment --comment "hubwarden: turns conntrack accounting on"`,
+	}
+	if diff := cmp.Diff(want, chainLines(t, v4, AcctChain)); diff != "" {
+		t.Errorf("ACCT (-want +got):\n%s", diff)
+	}
+	want = []string{
+		`-A HUBWARDEN-DEMOTE -m comment --comment "hubwarden: the demoted and attention bits" -j CONNMARK --set-xmark 0x300000/0x300000`,
+		`-A HUBWARDEN-DEMOTE -m comment --comment "hubwarden: from this packet on, the slow class" -g HUBWARDEN-SLOW`,
+	}
+	if diff := cmp.Diff(want, chainLines(t, v4, DemoteChain)); diff != "" {
+		t.Errorf("DEMOTE (-want +got):\n%s", diff)
+	}
+	// No rule jumps to ACCT: the kernel checks its rule when it is added
+	// (and turns accounting on), no packet meets it.
+	for _, ch := range v4.Chains {
+		for _, r := range ch.Rules {
+			if slices.Contains(r.Args, AcctChain) {
+				t.Errorf("chain %s jumps to %s: %v", ch.Name, AcctChain, r.Args)
+			}
+		}
+	}
 	// IPv6 has no interactive rule (nft 1.0.6 crashes listing it), but the
 	// served leaf as IPv4.
-	if v6 := strings.Join(chainLines(t, ts[1], ShapeChain), "\n"); strings.Contains(v6, "hashlimit") || !strings.Contains(v6, "--set-class 4857:0020") || !strings.Contains(v6, "--ctdir REPLY -m comment --comment \"hubwarden: demoted flows a peer opened to the slow class (served)\" -j CLASSIFY --set-class 4857:0022") {
-		t.Errorf("IPv6 SHAPE:\n%s", v6)
+	if v6 := strings.Join(chainLines(t, ts[1], SlowChain), "\n"); strings.Contains(v6, "hashlimit") || !strings.Contains(v6, "--set-class 4857:0020") || !strings.Contains(v6, "--ctdir REPLY -m comment --comment \"hubwarden: demoted flows a peer opened to the slow class (served)\" -j CLASSIFY --set-class 4857:0022") {
+		t.Errorf("IPv6 SLOW:\n%s", v6)
 	}
 	trip := chainLines(t, v4, TripChain)
 	if len(trip) != Tiers ||
@@ -62,15 +90,21 @@ func TestMangleTables(t *testing.T) {
 		t.Errorf("TRIP:\n%s", strings.Join(trip, "\n"))
 	}
 	want = []string{
-		`-A HUBWARDEN-TIER15 -m conntrack --ctdir ORIGINAL -m connbytes --connbytes 1048576 --connbytes-mode bytes --connbytes-dir original -m comment --comment "hubwarden: tripwire: demote at 1048576 bytes (original direction)" -j CONNMARK --set-xmark 0x300000/0x300000`,
-		`-A HUBWARDEN-TIER15 -m conntrack --ctdir REPLY -m connbytes --connbytes 1048576 --connbytes-mode bytes --connbytes-dir reply -m comment --comment "hubwarden: tripwire: demote at 1048576 bytes (reply direction)" -j CONNMARK --set-xmark 0x300000/0x300000`,
-		`-A HUBWARDEN-TIER15 -m connmark --mark 0x0/0x200000 -m conntrack --ctdir ORIGINAL -m connbytes --connbytes 524288 --connbytes-mode bytes --connbytes-dir original -m comment --comment "hubwarden: busy: ask the watcher at 524288 bytes (original direction)" -j CONNMARK --set-xmark 0x200000/0x200000`,
-		`-A HUBWARDEN-TIER15 -m connmark --mark 0x0/0x200000 -m conntrack --ctdir REPLY -m connbytes --connbytes 524288 --connbytes-mode bytes --connbytes-dir reply -m comment --comment "hubwarden: busy: ask the watcher at 524288 bytes (reply direction)" -j CONNMARK --set-xmark 0x200000/0x200000`,
+		`-A HUBWARDEN-TIER15 -m conntrack --ctdir REPLY -m comment --comment "hubwarden: flows a peer opened: the reply direction" -g HUBWARDEN-TIER15-R`,
+		`-A HUBWARDEN-TIER15 -m connbytes --connbytes 1048576 --connbytes-mode bytes --connbytes-dir original -m comment --comment "hubwarden: tripwire: demote at 1048576 bytes (original direction)" -g HUBWARDEN-DEMOTE`,
+		`-A HUBWARDEN-TIER15 -m connbytes --connbytes 524288 --connbytes-mode bytes --connbytes-dir original -m connmark --mark 0x0/0x200000 -m comment --comment "hubwarden: busy: ask the watcher at 524288 bytes (original direction)" -j CONNMARK --set-xmark 0x200000/0x200000`,
 	}
 	if diff := cmp.Diff(want, chainLines(t, v4, TierChain(15))); diff != "" {
 		t.Errorf("TIER15 (-want +got):\n%s", diff)
 	}
-	if got := chainLines(t, v4, TierChain(0))[0]; !strings.Contains(got, "--connbytes 67108864 ") {
+	want = []string{
+		`-A HUBWARDEN-TIER15-R -m connbytes --connbytes 1048576 --connbytes-mode bytes --connbytes-dir reply -m comment --comment "hubwarden: tripwire: demote at 1048576 bytes (reply direction)" -g HUBWARDEN-DEMOTE`,
+		`-A HUBWARDEN-TIER15-R -m connbytes --connbytes 524288 --connbytes-mode bytes --connbytes-dir reply -m connmark --mark 0x0/0x200000 -m comment --comment "hubwarden: busy: ask the watcher at 524288 bytes (reply direction)" -j CONNMARK --set-xmark 0x200000/0x200000`,
+	}
+	if diff := cmp.Diff(want, chainLines(t, v4, TierReplyChain(15))); diff != "" {
+		t.Errorf("TIER15-R (-want +got):\n%s", diff)
+	}
+	if got := chainLines(t, v4, TierChain(0))[1]; !strings.Contains(got, "--connbytes 67108864 ") {
 		t.Errorf("TIER0 trips at the flow budget: %s", got)
 	}
 
@@ -81,15 +115,15 @@ func TestMangleTables(t *testing.T) {
 		t.Fatal(err)
 	}
 	shape6 := chainLines(t, ts[1], ShapeChain)
-	wantGate := `-A HUBWARDEN-SHAPE -o eth0 -m connmark --mark 0x0/0x100000 -m recent ! --rcheck --seconds 2 --name hubwarden-open6 --mask :: --rsource -m comment --comment "hubwarden: gate: unless the watcher keeps the pod budget open, demote every flow that sends" -j CONNMARK --set-xmark 0x300000/0x300000`
-	if len(shape6) != 5 || shape6[1] != wantGate {
+	wantGate := `-A HUBWARDEN-SHAPE -o eth0 -m recent ! --rcheck --seconds 2 --name hubwarden-open6 --mask :: --rsource -m comment --comment "hubwarden: gate: unless the watcher keeps the pod budget open, demote every flow that sends" -g HUBWARDEN-DEMOTE`
+	if len(shape6) != 3 || shape6[1] != wantGate {
 		t.Errorf("SHAPE with the recent gate:\n%s", strings.Join(shape6, "\n"))
 	}
 	ts, err = MangleTables(Rules{Contract: c, Interface: "eth0", Watch: false, Gate: GateNone})
 	if err != nil {
 		t.Fatal(err)
 	}
-	if len(ts) != 1 || len(ts[0].Chains) != 1 || len(ts[0].Chains[0].Rules) != 3 {
+	if len(ts) != 1 || len(ts[0].Chains) != 3 || len(ts[0].Chains[0].Rules) != 1 {
 		t.Errorf("without the watcher: %+v", ts)
 	}
 	if _, err := MangleTables(Rules{Contract: c}); err == nil {

@@ -73,8 +73,8 @@ func TestIntegrationRunHealsDrift(t *testing.T) {
 	// default) in both directions, and the pod's quota gate, open at start.
 	mangle := p.Pod.MustRun("iptables-nft-save", "-t", "mangle")
 	for _, want := range []string{
-		"-A HUBWARDEN-TIER0 -m conntrack --ctdir REPLY -m connbytes --connbytes 67108864 --connbytes-mode bytes --connbytes-dir reply",
-		"-A HUBWARDEN-TIER0 -m conntrack --ctdir ORIGINAL -m connbytes --connbytes 67108864 --connbytes-mode bytes --connbytes-dir original",
+		"-A HUBWARDEN-TIER0-R -m connbytes --connbytes 67108864 --connbytes-mode bytes --connbytes-dir reply",
+		"-A HUBWARDEN-TIER0 -m connbytes --connbytes 67108864 --connbytes-mode bytes --connbytes-dir original",
 	} {
 		if !strings.Contains(mangle, want) {
 			t.Errorf("mangle table lacks %q:\n%s", want, mangle)
