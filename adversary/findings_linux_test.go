@@ -19,6 +19,7 @@ import (
 
 	"github.com/hubwarden/hubwarden/ctwatch"
 	"github.com/hubwarden/hubwarden/demotion"
+	"github.com/hubwarden/hubwarden/egress"
 	"github.com/hubwarden/hubwarden/health"
 	"github.com/hubwarden/hubwarden/internal/hwtest"
 	"github.com/hubwarden/hubwarden/internal/nstest"
@@ -275,23 +276,38 @@ print("sent", sent)
 `
 
 // TestIntegrationSpoofedSource is finding 3: with hubwarden, not a byte of
-// the "replies" reaches the forbidden host, in either family. Control: the
-// same attack with the raw table's hooks removed (the rules before this
-// fix) gets through.
+// the "replies" reaches the forbidden host, in either family. Two rules
+// stop it, and each alone does: the loopback notrack (the raw table's
+// hooks: the opening datagram, sent to the pod's own address, opens no
+// flow) and the egress filter's spoof rule (it is dropped). Control: the
+// same attack with both removed (the rules before this fix) gets through.
 func TestIntegrationSpoofedSource(t *testing.T) {
-	for i, control := range []bool{true, false} {
-		name := "hubwarden"
-		if control {
-			name = "control: without the raw rules"
-		}
-		t.Run(name, func(t *testing.T) {
-			b := newBed(t, 84+i, true, map[string]string{"HUBWARDEN_RECONCILE_INTERVAL": "1h"})
-			if control {
-				for _, ipt := range []string{"iptables", "ip6tables"} {
-					backend := strings.TrimSpace(b.Pod.MustRun("cat", b.s.Env["HUBWARDEN_STATE_DIR"]+"/"+warden.BackendFile))
-					tool := ipt + "-" + backend
+	for i, tc := range []struct {
+		name           string
+		noRaw, noSpoof bool
+		control        bool
+	}{
+		{"hubwarden", false, false, false},
+		{"without the loopback notrack", true, false, false},
+		{"without the spoof rule", false, true, false},
+		{"control: without both", true, true, true},
+	} {
+		control := tc.control
+		t.Run(tc.name, func(t *testing.T) {
+			b := newBed(t, 150+i, true, map[string]string{"HUBWARDEN_RECONCILE_INTERVAL": "1h"})
+			for _, ipt := range []string{"iptables", "ip6tables"} {
+				backend := strings.TrimSpace(b.Pod.MustRun("cat", b.s.Env["HUBWARDEN_STATE_DIR"]+"/"+warden.BackendFile))
+				tool := ipt + "-" + backend
+				if tc.noRaw {
 					b.Pod.MustRun(tool, "-t", "raw", "-D", "OUTPUT", "-m", "comment", "--comment", "hubwarden: hook", "-j", "HUBWARDEN-RAW-OUT")
 					b.Pod.MustRun(tool, "-t", "raw", "-D", "PREROUTING", "-m", "comment", "--comment", "hubwarden: hook", "-j", "HUBWARDEN-RAW-IN")
+				}
+				if tc.noSpoof {
+					rules := strings.Split(b.Pod.MustRun(tool, "-t", "filter", "-S", egress.ChainEgress), "\n")
+					if len(rules) < 2 || !strings.Contains(rules[1], "(spoofed)") {
+						t.Fatalf("%s: the egress chain does not begin with the spoof rule: %q", tool, rules)
+					}
+					b.Pod.MustRun(tool, "-t", "filter", "-D", egress.ChainEgress, "1")
 				}
 			}
 			for _, fam := range []struct {

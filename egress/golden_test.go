@@ -7,6 +7,7 @@ const goldenDefaults = `
 :HUBWARDEN-EGRESS - [0:0]
 :HUBWARDEN-EGRESS-DNS - [0:0]
 :HUBWARDEN-EGRESS-BLOCK - [0:0]
+-A HUBWARDEN-EGRESS -m conntrack ! --ctstate ESTABLISHED -m addrtype ! --src-type LOCAL -m owner --uid-owner 0-4294967294 -m comment --comment "hubwarden: a user socket sending from an address that is not the pod address (spoofed)" -j DROP
 -A HUBWARDEN-EGRESS -o lo -m comment --comment "hubwarden: loopback" -j ACCEPT
 -A HUBWARDEN-EGRESS -d 169.254.169.254/32 -m comment --comment "hubwarden: cloud metadata, always rejected: 169.254.169.254/32" -j HUBWARDEN-EGRESS-BLOCK
 -A HUBWARDEN-EGRESS -d 10.96.0.10/32 -p udp -m udp --dport 53 -m comment --comment "hubwarden: dns to resolver 10.96.0.10 (udp)" -j HUBWARDEN-EGRESS-DNS
@@ -28,6 +29,7 @@ COMMIT
 :HUBWARDEN-EGRESS - [0:0]
 :HUBWARDEN-EGRESS-DNS - [0:0]
 :HUBWARDEN-EGRESS-BLOCK - [0:0]
+-A HUBWARDEN-EGRESS -m conntrack ! --ctstate ESTABLISHED -m addrtype ! --src-type LOCAL -m owner --uid-owner 0-4294967294 -m comment --comment "hubwarden: a user socket sending from an address that is not the pod address (spoofed)" -j DROP
 -A HUBWARDEN-EGRESS -o lo -m comment --comment "hubwarden: loopback" -j ACCEPT
 -A HUBWARDEN-EGRESS -d fd00:ec2::254/128 -m comment --comment "hubwarden: cloud metadata, always rejected: fd00:ec2::254/128" -j HUBWARDEN-EGRESS-BLOCK
 -A HUBWARDEN-EGRESS -m conntrack --ctstate ESTABLISHED -m comment --comment "hubwarden: replies" -j ACCEPT
@@ -53,6 +55,7 @@ const goldenAllowList = `
 :HUBWARDEN-EGRESS - [0:0]
 :HUBWARDEN-EGRESS-DNS - [0:0]
 :HUBWARDEN-EGRESS-BLOCK - [0:0]
+-A HUBWARDEN-EGRESS -m conntrack ! --ctstate ESTABLISHED -m addrtype ! --src-type LOCAL -m owner --uid-owner 0-4294967294 -m comment --comment "hubwarden: a user socket sending from an address that is not the pod address (spoofed)" -j DROP
 -A HUBWARDEN-EGRESS -o lo -m comment --comment "hubwarden: loopback" -j ACCEPT
 -A HUBWARDEN-EGRESS -d 169.254.169.254/32 -m comment --comment "hubwarden: cloud metadata, always rejected: 169.254.169.254/32" -j HUBWARDEN-EGRESS-BLOCK
 -A HUBWARDEN-EGRESS -d 10.96.0.10/32 -p udp -m udp --dport 53 -m comment --comment "hubwarden: dns to resolver 10.96.0.10 (udp)" -j HUBWARDEN-EGRESS-DNS
@@ -77,6 +80,7 @@ COMMIT
 :HUBWARDEN-EGRESS - [0:0]
 :HUBWARDEN-EGRESS-DNS - [0:0]
 :HUBWARDEN-EGRESS-BLOCK - [0:0]
+-A HUBWARDEN-EGRESS -m conntrack ! --ctstate ESTABLISHED -m addrtype ! --src-type LOCAL -m owner --uid-owner 0-4294967294 -m comment --comment "hubwarden: a user socket sending from an address that is not the pod address (spoofed)" -j DROP
 -A HUBWARDEN-EGRESS -o lo -m comment --comment "hubwarden: loopback" -j ACCEPT
 -A HUBWARDEN-EGRESS -d fd00:ec2::254/128 -m comment --comment "hubwarden: cloud metadata, always rejected: fd00:ec2::254/128" -j HUBWARDEN-EGRESS-BLOCK
 -A HUBWARDEN-EGRESS -d fd00:10::a/128 -p udp -m udp --dport 53 -m comment --comment "hubwarden: dns to resolver fd00:10::a (udp)" -j HUBWARDEN-EGRESS-DNS
@@ -107,6 +111,7 @@ const goldenIPv6Off = `
 :HUBWARDEN-EGRESS - [0:0]
 :HUBWARDEN-EGRESS-DNS - [0:0]
 :HUBWARDEN-EGRESS-BLOCK - [0:0]
+-A HUBWARDEN-EGRESS -m conntrack ! --ctstate ESTABLISHED -m addrtype ! --src-type LOCAL -m owner --uid-owner 0-4294967294 -m comment --comment "hubwarden: a user socket sending from an address that is not the pod address (spoofed)" -j DROP
 -A HUBWARDEN-EGRESS -o lo -m comment --comment "hubwarden: loopback" -j ACCEPT
 -A HUBWARDEN-EGRESS -d 169.254.169.254/32 -m comment --comment "hubwarden: cloud metadata, always rejected: 169.254.169.254/32" -j HUBWARDEN-EGRESS-BLOCK
 -A HUBWARDEN-EGRESS -d 10.96.0.10/32 -p udp -m udp --dport 53 -m comment --comment "hubwarden: dns to resolver 10.96.0.10 (udp)" -j HUBWARDEN-EGRESS-DNS
@@ -131,6 +136,7 @@ const goldenMetadata = `
 :HUBWARDEN-EGRESS - [0:0]
 :HUBWARDEN-EGRESS-DNS - [0:0]
 :HUBWARDEN-EGRESS-BLOCK - [0:0]
+-A HUBWARDEN-EGRESS -m conntrack ! --ctstate ESTABLISHED -m addrtype ! --src-type LOCAL -m owner --uid-owner 0-4294967294 -m comment --comment "hubwarden: a user socket sending from an address that is not the pod address (spoofed)" -j DROP
 -A HUBWARDEN-EGRESS -o lo -m comment --comment "hubwarden: loopback" -j ACCEPT
 -A HUBWARDEN-EGRESS -d 169.254.169.254/32 -p udp -m udp --dport 53 -m comment --comment "hubwarden: dns to resolver 169.254.169.254 inside a blocked range, port 53 only (udp)" -j HUBWARDEN-EGRESS-DNS
 -A HUBWARDEN-EGRESS -d 169.254.169.254/32 -p tcp -m tcp --dport 53 -m comment --comment "hubwarden: dns to resolver 169.254.169.254 inside a blocked range, port 53 only (tcp)" -j HUBWARDEN-EGRESS-DNS
@@ -155,6 +161,7 @@ COMMIT
 :HUBWARDEN-EGRESS - [0:0]
 :HUBWARDEN-EGRESS-DNS - [0:0]
 :HUBWARDEN-EGRESS-BLOCK - [0:0]
+-A HUBWARDEN-EGRESS -m conntrack ! --ctstate ESTABLISHED -m addrtype ! --src-type LOCAL -m owner --uid-owner 0-4294967294 -m comment --comment "hubwarden: a user socket sending from an address that is not the pod address (spoofed)" -j DROP
 -A HUBWARDEN-EGRESS -o lo -m comment --comment "hubwarden: loopback" -j ACCEPT
 -A HUBWARDEN-EGRESS -d fd00:ec2::254/128 -m comment --comment "hubwarden: cloud metadata, always rejected: fd00:ec2::254/128" -j HUBWARDEN-EGRESS-BLOCK
 -A HUBWARDEN-EGRESS -m conntrack --ctstate ESTABLISHED -m comment --comment "hubwarden: replies" -j ACCEPT

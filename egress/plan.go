@@ -261,7 +261,12 @@ func planFamily(cfg Config, f xtables.Family, resolved map[string][]netip.Addr) 
 		return slices.ContainsFunc(blocked, func(p netip.Prefix) bool { return p.Contains(a) })
 	}
 
-	var eg []xtables.Rule
+	// A packet a socket of the pod sends with a source that is not the
+	// pod's is dropped ahead of every rule that accepts (SpoofArgs). The
+	// packets of established flows skip the test: their source is the
+	// pod's by construction (below), and they are nearly all the packets,
+	// so the FIB lookup is paid by a flow's first packets only.
+	eg := []xtables.Rule{rule(spoofComment, SpoofArgs(true)...)}
 	if cfg.ProbePort != 0 {
 		var args []string
 		if !v6 {
@@ -389,35 +394,62 @@ func planFamily(cfg Config, f xtables.Family, resolved map[string][]netip.Addr) 
 	}
 }
 
+// spoofComment is the spoof rule's comment, in the raw and filter tables.
+const spoofComment = "a user socket sending from an address that is not the pod address (spoofed)"
+
+// SpoofArgs is the rule that drops a packet a socket of the pod sends with
+// a source address that is not the pod's (one type only: for IPv6, addrtype
+// requires every type it is given, so "UNSPEC,LOCAL" would match no
+// ordinary address). Sent to the pod's own address with a forbidden host as
+// its source, such a packet would make conntrack record the forbidden host
+// as the opener of a flow, and the pod's "replies" to it would pass as
+// established (IPV6_FREEBIND needs no privilege; a raw socket needs the
+// NET_RAW a container has by default). The kernel's own packets with a
+// foreign source pass (userSocket).
+//
+// afterConntrack: the rule sits in the filter table, after conntrack, and
+// skips the packets of established flows. That is safe because no packet
+// with a foreign source can belong to one: a flow on the pod's interface
+// has the pod's address on the pod's side of both its tuples (the pod
+// neither forwards nor rewrites sources), a packet to the pod's own
+// address leaves over loopback, which is not tracked, and the packet that
+// would have opened a flow for a foreign source is this rule's to drop
+// before conntrack confirms it.
+func SpoofArgs(afterConntrack bool) []string {
+	var args []string
+	if afterConntrack {
+		args = []string{"-m", "conntrack", "!", "--ctstate", "ESTABLISHED"}
+	}
+	return slices.Concat(args, []string{"-m", "addrtype", "!", "--src-type", "LOCAL"}, userSocket, []string{"-j", "DROP"})
+}
+
 // RawTables returns the raw tables (IPv4, and IPv6 when ipv6) that run
 // before conntrack sees a packet:
 //
-//   - a packet a socket of the pod sends with a source address that is not
-//     the pod's is dropped (one type only: for IPv6, addrtype requires
-//     every type it is given, so "UNSPEC,LOCAL" would match no ordinary
-//     address): sent to the pod's own address with a forbidden host as its
-//     source, it would make conntrack record the forbidden host as the
-//     opener of a flow, and the pod's "replies" to it would pass as
-//     established (IPV6_FREEBIND needs no privilege; a raw socket needs the
-//     NET_RAW a container has by default);
+//   - with spoof, the spoof rule (SpoofArgs); the egress filter holds it
+//     instead when there is one, where the packets of established flows
+//     skip it (a FIB lookup per packet here);
 //   - the pod's loopback traffic is not tracked: it never leaves the pod, so
 //     it must cost the conntrack table and hubwarden nothing (a notebook can
-//     open hundreds of thousands of loopback UDP flows in a second).
-func RawTables(ipv6 bool) ([]xtables.Table, error) {
+//     open hundreds of thousands of loopback UDP flows in a second), and a
+//     packet to the pod's own address, whatever its source, opens no flow.
+func RawTables(ipv6, spoof bool) ([]xtables.Table, error) {
 	fams := []xtables.Family{xtables.IPv4}
 	if ipv6 {
 		fams = append(fams, xtables.IPv6)
 	}
 	var out []xtables.Table
 	for _, f := range fams {
+		var rawOut []xtables.Rule
+		if spoof {
+			rawOut = append(rawOut, xtables.Rule{Args: SpoofArgs(false), Comment: spoofComment})
+		}
+		rawOut = append(rawOut, xtables.Rule{Args: []string{"-o", "lo", "-j", "CT", "--notrack"}, Comment: "loopback: never leaves the pod, not tracked"})
 		t := xtables.Table{
 			Family: f,
 			Name:   "raw",
 			Chains: []xtables.Chain{
-				{Name: ChainRawOut, Rules: []xtables.Rule{
-					{Args: slices.Concat([]string{"-m", "addrtype", "!", "--src-type", "LOCAL"}, userSocket, []string{"-j", "DROP"}), Comment: "a user socket sending from an address that is not the pod address (spoofed)"},
-					{Args: []string{"-o", "lo", "-j", "CT", "--notrack"}, Comment: "loopback: never leaves the pod, not tracked"},
-				}},
+				{Name: ChainRawOut, Rules: rawOut},
 				{Name: ChainRawIn, Rules: []xtables.Rule{
 					{Args: []string{"-i", "lo", "-j", "CT", "--notrack"}, Comment: "loopback: never leaves the pod, not tracked"},
 				}},

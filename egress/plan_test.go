@@ -169,6 +169,9 @@ func checkInvariants(t *testing.T, cfg Config, ts []xtables.Table) {
 		if eg.Name != ChainEgress {
 			t.Fatalf("first chain %s", eg.Name)
 		}
+		if got, want := strings.Join(eg.Rules[0].Args, " "), strings.Join(SpoofArgs(true), " "); got != want {
+			t.Errorf("%s: first rule %q, want the spoof rule %q", tb.Family, got, want)
+		}
 		firstBlock, lastBlock, established := -1, -1, -1
 		for i, r := range eg.Rules {
 			line := strings.Join(r.Args, " ")
@@ -198,7 +201,8 @@ func checkInvariants(t *testing.T, cfg Config, ts []xtables.Table) {
 		for _, r := range eg.Rules[:lastBlock] {
 			line := strings.Join(r.Args, " ")
 			switch {
-			case line == "-o lo -j ACCEPT",
+			case line == strings.Join(SpoofArgs(true), " "),
+				line == "-o lo -j ACCEPT",
 				strings.HasSuffix(line, "-j "+ChainBlock),
 				strings.Contains(line, "--dport 53 -j "+ChainDNS):
 			default:
@@ -286,29 +290,70 @@ func BenchmarkPlan(b *testing.B) {
 }
 
 func TestRawTables(t *testing.T) {
-	ts, err := RawTables(true)
-	if err != nil {
-		t.Fatal(err)
-	}
-	var got []string
-	for _, tb := range ts {
-		got = append(got, "# "+tb.Family.String(), xtables.RenderWithHooks(tb, tb.Hooks, nil))
-	}
-	want := []string{"# ipv4", `*raw
-:HUBWARDEN-RAW-OUT - [0:0]
-:HUBWARDEN-RAW-IN - [0:0]
--A HUBWARDEN-RAW-OUT -m addrtype ! --src-type LOCAL -m owner --uid-owner 0-4294967294 -m comment --comment "hubwarden: a user socket sending from an address that is not the pod address (spoofed)" -j DROP
--A HUBWARDEN-RAW-OUT -o lo -m comment --comment "hubwarden: loopback: never leaves the pod, not tracked" -j CT --notrack
+	loopback := `-A HUBWARDEN-RAW-OUT -o lo -m comment --comment "hubwarden: loopback: never leaves the pod, not tracked" -j CT --notrack
 -A HUBWARDEN-RAW-IN -i lo -m comment --comment "hubwarden: loopback: never leaves the pod, not tracked" -j CT --notrack
 -I OUTPUT 1 -m comment --comment "hubwarden: hook" -j HUBWARDEN-RAW-OUT
 -I PREROUTING 1 -m comment --comment "hubwarden: hook" -j HUBWARDEN-RAW-IN
 COMMIT
-`, "# ipv6"}
-	if diff := cmp.Diff(want, got[:3]); diff != "" {
-		t.Errorf("raw tables (-want +got):\n%s", diff)
+`
+	spoof := `-A HUBWARDEN-RAW-OUT -m addrtype ! --src-type LOCAL -m owner --uid-owner 0-4294967294 -m comment --comment "hubwarden: a user socket sending from an address that is not the pod address (spoofed)" -j DROP
+`
+	head := `*raw
+:HUBWARDEN-RAW-OUT - [0:0]
+:HUBWARDEN-RAW-IN - [0:0]
+`
+	for _, tc := range []struct {
+		spoof bool
+		want  string
+	}{
+		// Without the egress filter, raw holds the spoof rule.
+		{true, head + spoof + loopback},
+		// With it, the filter does (TestSpoofRule).
+		{false, head + loopback},
+	} {
+		ts, err := RawTables(true, tc.spoof)
+		if err != nil {
+			t.Fatal(err)
+		}
+		var got []string
+		for _, tb := range ts {
+			got = append(got, "# "+tb.Family.String(), xtables.RenderWithHooks(tb, tb.Hooks, nil))
+		}
+		if diff := cmp.Diff([]string{"# ipv4", tc.want, "# ipv6"}, got[:3]); diff != "" {
+			t.Errorf("raw tables, spoof %v (-want +got):\n%s", tc.spoof, diff)
+		}
+		if ts[1].Name != "raw" || len(ts[1].Chains) != 2 {
+			t.Errorf("ipv6 table %+v", ts[1])
+		}
 	}
-	if ts[1].Name != "raw" || len(ts[1].Chains) != 2 {
-		t.Errorf("ipv6 table %+v", ts[1])
+}
+
+// TestSpoofRule: in the egress filter the spoof rule is the first rule of
+// both families, ahead of every rule that accepts (loopback, DNS, replies,
+// the allow-list), and skips only the packets of established flows.
+func TestSpoofRule(t *testing.T) {
+	cfg := Config{DNSServers: []netip.Addr{netip.MustParseAddr("198.18.1.53"), netip.MustParseAddr("2001:2::53")}, DNSRate: 20, DNSBurst: 100, IPv6: true, ProbePort: 9280}
+	for _, a := range []string{"198.18.7.0/24", "2001:2:7::/48"} {
+		e, err := ParseEntry(a)
+		if err != nil {
+			t.Fatal(err)
+		}
+		cfg.Allow = append(cfg.Allow, e)
+	}
+	ts, err := Plan(cfg, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := `-A HUBWARDEN-EGRESS -m conntrack ! --ctstate ESTABLISHED -m addrtype ! --src-type LOCAL -m owner --uid-owner 0-4294967294 -m comment --comment "hubwarden: a user socket sending from an address that is not the pod address (spoofed)" -j DROP`
+	for _, tb := range ts {
+		if got := xtables.RuleLine(ChainEgress, tb.Chains[0].Rules[0]); got != want {
+			t.Errorf("%s: first rule\n got %s\nwant %s", tb.Family, got, want)
+		}
+		for i, r := range tb.Chains[0].Rules[1:] {
+			if strings.Contains(strings.Join(r.Args, " "), "src-type") {
+				t.Errorf("%s: a second spoof rule at %d: %v", tb.Family, i+1, r.Args)
+			}
+		}
 	}
 }
 
@@ -322,7 +367,7 @@ func TestProbePort(t *testing.T) {
 		t.Fatal(err)
 	}
 	for _, tb := range ts {
-		first := xtables.RuleLine(ChainEgress, tb.Chains[0].Rules[0])
+		first := xtables.RuleLine(ChainEgress, tb.Chains[0].Rules[1]) // after the spoof rule
 		want := `-A HUBWARDEN-EGRESS ! -d 127.0.0.1/32 -o lo -p tcp -m tcp --dport 9280 -m comment --comment "hubwarden: the probe port is for the kubelet; the pod has 127.0.0.1" -j REJECT --reject-with tcp-reset`
 		if tb.Family == xtables.IPv6 {
 			want = `-A HUBWARDEN-EGRESS -o lo -p tcp -m tcp --dport 9280 -m comment --comment "hubwarden: the probe port is for the kubelet; the pod has 127.0.0.1" -j REJECT --reject-with tcp-reset`

@@ -170,7 +170,7 @@ func (b *jupyterBed) applyRules(t *testing.T, socketRule bool, guardRaw ...bool)
 	// does (warden's Apply): nat and filter turn conntrack on in the pod,
 	// and a loopback packet in between (the server's, this bed's) would be
 	// tracked mid-stream.
-	raw, err := egress.RawTables(true)
+	raw, err := egress.RawTables(true, true) // no egress filter here: the spoof rule in raw
 	if err != nil {
 		t.Fatal(err)
 	}

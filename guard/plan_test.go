@@ -106,7 +106,7 @@ func TestPlanMergesWithEgress(t *testing.T) {
 	if err := MergeTables(filter, r.Filter[0]).Validate(); err != nil {
 		t.Fatal(err)
 	}
-	raw, err := egress.RawTables(true)
+	raw, err := egress.RawTables(true, false) // with the egress filter, which holds the spoof rule
 	if err != nil {
 		t.Fatal(err)
 	}

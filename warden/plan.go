@@ -104,7 +104,9 @@ func NewPlan(cfg *Config, env Env, resolved map[string][]netip.Addr) (Plan, erro
 	}
 	merge(tables["filter"], gr.Filter)
 	if cfg.Egress || cfg.Shape {
-		raw, err := egress.RawTables(env.IPv6)
+		// The spoof rule goes in raw only without the egress filter, which
+		// holds it otherwise (egress.SpoofArgs).
+		raw, err := egress.RawTables(env.IPv6, !cfg.Egress)
 		if err != nil {
 			return Plan{}, err
 		}
