@@ -64,15 +64,24 @@ var throttledActions = []browserAction{
 	}},
 }
 
-// leafBytes is the bytes sent by one HTB class of eth0 in ns (0 if absent).
-func (p *proof) leafBytes(class string) int64 {
+// leafStats is what one HTB class of eth0 in the warden pod sent and how
+// many packets its leaf dropped (zeros if absent).
+type leafStats struct{ bytes, drops int64 }
+
+func (p *proof) leafStats(class string) leafStats {
 	out, _ := p.b.Exec(p.b.Warden, "tc", "-s", "class", "show", "dev", "eth0")
-	m := regexp.MustCompile(`class htb ` + regexp.QuoteMeta(class) + ` [^\n]*\n\s*Sent (\d+) bytes`).FindStringSubmatch(out)
+	m := regexp.MustCompile(`class htb ` + regexp.QuoteMeta(class) + ` [^\n]*\n\s*Sent (\d+) bytes \d+ pkt \(dropped (\d+),`).FindStringSubmatch(out)
 	if m == nil {
-		return 0
+		return leafStats{}
 	}
-	n, _ := strconv.ParseInt(m[1], 10, 64)
-	return n
+	b, _ := strconv.ParseInt(m[1], 10, 64)
+	d, _ := strconv.ParseInt(m[2], 10, 64)
+	return leafStats{b, d}
+}
+
+// leaves is the three slow leaves' stats: interactive, served, bulk.
+func (p *proof) leaves() [3]leafStats {
+	return [3]leafStats{p.leafStats("4857:21"), p.leafStats("4857:22"), p.leafStats("4857:20")}
 }
 
 // gateState is the pod gate's state by the last pod_gate line of the log
@@ -235,18 +244,22 @@ func (p *proof) throttledUI(t *testing.T) {
 		stopFlows(phase.flows, 6)
 		// Let the flows demoted at the gate settle into the slow class.
 		time.Sleep(3 * time.Second)
-		inter0, bulk0, served0 := p.leafBytes("4857:21"), p.leafBytes("4857:20"), p.leafBytes("4857:22")
+		leaves0 := p.leaves()
 		sinkT0, tT0 := p.b.SinkBytes.Load(), time.Now()
 		throttled := map[string][]time.Duration{}
 		rounds("throttled", throttled)
 		upRate := float64(p.b.SinkBytes.Load()-sinkT0) / time.Since(tT0).Seconds()
-		inter, bulk, served := p.leafBytes("4857:21")-inter0, p.leafBytes("4857:20")-bulk0, p.leafBytes("4857:22")-served0
+		leaves1 := p.leaves()
+		var sent, drops [3]int64
+		for i := range leaves1 {
+			sent[i], drops[i] = leaves1[i].bytes-leaves0[i].bytes, leaves1[i].drops-leaves0[i].drops
+		}
 		reopened := gateState(tail(logPath, 1<<30)) != "closed"
 		// The set-up held: the uploads throttled to the slow class (1 mbit)
 		// and the gate closed to the end.
 		ok := upRate <= 2*SlowRateBytes && !reopened
 		p.rep.Add(Row{"9 UI, pod budget spent", fmt.Sprintf("%s: POD_REFILL=%s, uploads from a kernel to the allowed server; gate closed %s after they began (idle rounds: the bed's configuration, gate open, closed %d times)", phase.name, throttledRefill, gateAfter.Round(100*time.Millisecond), closedIdle),
-			"-", fmt.Sprintf("uploads %s during the rounds; gate reopened: %v; slow class: interactive leaf %s, served leaf %s, bulk leaf %s", HumanRate(upRate), reopened, HumanBytes(float64(inter)), HumanBytes(float64(served)), HumanBytes(float64(bulk))), verdict(ok)})
+			"-", fmt.Sprintf("uploads %s during the rounds; gate reopened: %v; slow class: interactive leaf %s (%d packets dropped), served leaf %s (%d dropped), bulk leaf %s (%d dropped)", HumanRate(upRate), reopened, HumanBytes(float64(sent[0])), drops[0], HumanBytes(float64(sent[1])), drops[1], HumanBytes(float64(sent[2])), drops[2]), verdict(ok)})
 		if !ok {
 			t.Errorf("%s: the uploads ran at %s (slow rate %s), gate reopened %v", phase.name, HumanRate(upRate), HumanRate(SlowRateBytes), reopened)
 		}
