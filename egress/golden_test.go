@@ -8,8 +8,9 @@ const goldenDefaults = `
 :HUBWARDEN-EGRESS-DNS - [0:0]
 :HUBWARDEN-EGRESS-BLOCK - [0:0]
 -A HUBWARDEN-EGRESS -m conntrack ! --ctstate ESTABLISHED -m addrtype ! --src-type LOCAL -m owner --uid-owner 0-4294967294 -m comment --comment "hubwarden: a user socket sending from an address that is not the pod address (spoofed)" -j DROP
--A HUBWARDEN-EGRESS -o lo -m comment --comment "hubwarden: loopback" -j ACCEPT
 -A HUBWARDEN-EGRESS -d 169.254.169.254/32 -m comment --comment "hubwarden: cloud metadata, always rejected: 169.254.169.254/32" -j HUBWARDEN-EGRESS-BLOCK
+-A HUBWARDEN-EGRESS -p tcp -m conntrack --ctstate ESTABLISHED -m tcp ! --dport 53 -m comment --comment "hubwarden: replies and established tcp flows, but dns" -j ACCEPT
+-A HUBWARDEN-EGRESS -o lo -m comment --comment "hubwarden: loopback" -j ACCEPT
 -A HUBWARDEN-EGRESS -d 10.96.0.10/32 -p udp -m udp --dport 53 -m comment --comment "hubwarden: dns to resolver 10.96.0.10 (udp)" -j HUBWARDEN-EGRESS-DNS
 -A HUBWARDEN-EGRESS -d 10.96.0.10/32 -p tcp -m tcp --dport 53 -m comment --comment "hubwarden: dns to resolver 10.96.0.10 (tcp)" -j HUBWARDEN-EGRESS-DNS
 -A HUBWARDEN-EGRESS -m conntrack --ctstate ESTABLISHED -m comment --comment "hubwarden: replies" -j ACCEPT
@@ -30,8 +31,9 @@ COMMIT
 :HUBWARDEN-EGRESS-DNS - [0:0]
 :HUBWARDEN-EGRESS-BLOCK - [0:0]
 -A HUBWARDEN-EGRESS -m conntrack ! --ctstate ESTABLISHED -m addrtype ! --src-type LOCAL -m owner --uid-owner 0-4294967294 -m comment --comment "hubwarden: a user socket sending from an address that is not the pod address (spoofed)" -j DROP
--A HUBWARDEN-EGRESS -o lo -m comment --comment "hubwarden: loopback" -j ACCEPT
 -A HUBWARDEN-EGRESS -d fd00:ec2::254/128 -m comment --comment "hubwarden: cloud metadata, always rejected: fd00:ec2::254/128" -j HUBWARDEN-EGRESS-BLOCK
+-A HUBWARDEN-EGRESS -p tcp -m conntrack --ctstate ESTABLISHED -m tcp ! --dport 53 -m comment --comment "hubwarden: replies and established tcp flows, but dns" -j ACCEPT
+-A HUBWARDEN-EGRESS -o lo -m comment --comment "hubwarden: loopback" -j ACCEPT
 -A HUBWARDEN-EGRESS -m conntrack --ctstate ESTABLISHED -m comment --comment "hubwarden: replies" -j ACCEPT
 -A HUBWARDEN-EGRESS -m conntrack --ctstate RELATED -m owner ! --uid-owner 0-4294967294 -m comment --comment "hubwarden: errors about a flow, from the kernel" -j ACCEPT
 -A HUBWARDEN-EGRESS -p ipv6-icmp -m icmp6 --icmpv6-type 133 -m owner ! --uid-owner 0-4294967294 -m comment --comment "hubwarden: ndp router solicitation from the kernel" -j ACCEPT
@@ -56,8 +58,9 @@ const goldenAllowList = `
 :HUBWARDEN-EGRESS-DNS - [0:0]
 :HUBWARDEN-EGRESS-BLOCK - [0:0]
 -A HUBWARDEN-EGRESS -m conntrack ! --ctstate ESTABLISHED -m addrtype ! --src-type LOCAL -m owner --uid-owner 0-4294967294 -m comment --comment "hubwarden: a user socket sending from an address that is not the pod address (spoofed)" -j DROP
--A HUBWARDEN-EGRESS -o lo -m comment --comment "hubwarden: loopback" -j ACCEPT
 -A HUBWARDEN-EGRESS -d 169.254.169.254/32 -m comment --comment "hubwarden: cloud metadata, always rejected: 169.254.169.254/32" -j HUBWARDEN-EGRESS-BLOCK
+-A HUBWARDEN-EGRESS -p tcp -m conntrack --ctstate ESTABLISHED -m tcp ! --dport 53 -m comment --comment "hubwarden: replies and established tcp flows, but dns" -j ACCEPT
+-A HUBWARDEN-EGRESS -o lo -m comment --comment "hubwarden: loopback" -j ACCEPT
 -A HUBWARDEN-EGRESS -d 10.96.0.10/32 -p udp -m udp --dport 53 -m comment --comment "hubwarden: dns to resolver 10.96.0.10 (udp)" -j HUBWARDEN-EGRESS-DNS
 -A HUBWARDEN-EGRESS -d 10.96.0.10/32 -p tcp -m tcp --dport 53 -m comment --comment "hubwarden: dns to resolver 10.96.0.10 (tcp)" -j HUBWARDEN-EGRESS-DNS
 -A HUBWARDEN-EGRESS -m conntrack --ctstate ESTABLISHED -m comment --comment "hubwarden: replies" -j ACCEPT
@@ -81,8 +84,9 @@ COMMIT
 :HUBWARDEN-EGRESS-DNS - [0:0]
 :HUBWARDEN-EGRESS-BLOCK - [0:0]
 -A HUBWARDEN-EGRESS -m conntrack ! --ctstate ESTABLISHED -m addrtype ! --src-type LOCAL -m owner --uid-owner 0-4294967294 -m comment --comment "hubwarden: a user socket sending from an address that is not the pod address (spoofed)" -j DROP
--A HUBWARDEN-EGRESS -o lo -m comment --comment "hubwarden: loopback" -j ACCEPT
 -A HUBWARDEN-EGRESS -d fd00:ec2::254/128 -m comment --comment "hubwarden: cloud metadata, always rejected: fd00:ec2::254/128" -j HUBWARDEN-EGRESS-BLOCK
+-A HUBWARDEN-EGRESS -p tcp -m conntrack --ctstate ESTABLISHED -m tcp ! --dport 53 -m comment --comment "hubwarden: replies and established tcp flows, but dns" -j ACCEPT
+-A HUBWARDEN-EGRESS -o lo -m comment --comment "hubwarden: loopback" -j ACCEPT
 -A HUBWARDEN-EGRESS -d fd00:10::a/128 -p udp -m udp --dport 53 -m comment --comment "hubwarden: dns to resolver fd00:10::a (udp)" -j HUBWARDEN-EGRESS-DNS
 -A HUBWARDEN-EGRESS -d fd00:10::a/128 -p tcp -m tcp --dport 53 -m comment --comment "hubwarden: dns to resolver fd00:10::a (tcp)" -j HUBWARDEN-EGRESS-DNS
 -A HUBWARDEN-EGRESS -m conntrack --ctstate ESTABLISHED -m comment --comment "hubwarden: replies" -j ACCEPT
@@ -112,8 +116,9 @@ const goldenIPv6Off = `
 :HUBWARDEN-EGRESS-DNS - [0:0]
 :HUBWARDEN-EGRESS-BLOCK - [0:0]
 -A HUBWARDEN-EGRESS -m conntrack ! --ctstate ESTABLISHED -m addrtype ! --src-type LOCAL -m owner --uid-owner 0-4294967294 -m comment --comment "hubwarden: a user socket sending from an address that is not the pod address (spoofed)" -j DROP
--A HUBWARDEN-EGRESS -o lo -m comment --comment "hubwarden: loopback" -j ACCEPT
 -A HUBWARDEN-EGRESS -d 169.254.169.254/32 -m comment --comment "hubwarden: cloud metadata, always rejected: 169.254.169.254/32" -j HUBWARDEN-EGRESS-BLOCK
+-A HUBWARDEN-EGRESS -p tcp -m conntrack --ctstate ESTABLISHED -m tcp ! --dport 53 -m comment --comment "hubwarden: replies and established tcp flows, but dns" -j ACCEPT
+-A HUBWARDEN-EGRESS -o lo -m comment --comment "hubwarden: loopback" -j ACCEPT
 -A HUBWARDEN-EGRESS -d 10.96.0.10/32 -p udp -m udp --dport 53 -m comment --comment "hubwarden: dns to resolver 10.96.0.10 (udp)" -j HUBWARDEN-EGRESS-DNS
 -A HUBWARDEN-EGRESS -d 10.96.0.10/32 -p tcp -m tcp --dport 53 -m comment --comment "hubwarden: dns to resolver 10.96.0.10 (tcp)" -j HUBWARDEN-EGRESS-DNS
 -A HUBWARDEN-EGRESS -m conntrack --ctstate ESTABLISHED -m comment --comment "hubwarden: replies" -j ACCEPT
@@ -137,11 +142,12 @@ const goldenMetadata = `
 :HUBWARDEN-EGRESS-DNS - [0:0]
 :HUBWARDEN-EGRESS-BLOCK - [0:0]
 -A HUBWARDEN-EGRESS -m conntrack ! --ctstate ESTABLISHED -m addrtype ! --src-type LOCAL -m owner --uid-owner 0-4294967294 -m comment --comment "hubwarden: a user socket sending from an address that is not the pod address (spoofed)" -j DROP
--A HUBWARDEN-EGRESS -o lo -m comment --comment "hubwarden: loopback" -j ACCEPT
 -A HUBWARDEN-EGRESS -d 169.254.169.254/32 -p udp -m udp --dport 53 -m comment --comment "hubwarden: dns to resolver 169.254.169.254 inside a blocked range, port 53 only (udp)" -j HUBWARDEN-EGRESS-DNS
 -A HUBWARDEN-EGRESS -d 169.254.169.254/32 -p tcp -m tcp --dport 53 -m comment --comment "hubwarden: dns to resolver 169.254.169.254 inside a blocked range, port 53 only (tcp)" -j HUBWARDEN-EGRESS-DNS
 -A HUBWARDEN-EGRESS -d 169.254.169.254/32 -m comment --comment "hubwarden: cloud metadata, always rejected: 169.254.169.254/32" -j HUBWARDEN-EGRESS-BLOCK
 -A HUBWARDEN-EGRESS -d 10.1.0.0/16 -m comment --comment "hubwarden: blocked by HUBWARDEN_BLOCK: 10.1.0.0/16" -j HUBWARDEN-EGRESS-BLOCK
+-A HUBWARDEN-EGRESS -p tcp -m conntrack --ctstate ESTABLISHED -m tcp ! --dport 53 -m comment --comment "hubwarden: replies and established tcp flows, but dns" -j ACCEPT
+-A HUBWARDEN-EGRESS -o lo -m comment --comment "hubwarden: loopback" -j ACCEPT
 -A HUBWARDEN-EGRESS -m conntrack --ctstate ESTABLISHED -m comment --comment "hubwarden: replies" -j ACCEPT
 -A HUBWARDEN-EGRESS -m conntrack --ctstate RELATED -m owner ! --uid-owner 0-4294967294 -m comment --comment "hubwarden: errors about a flow, from the kernel" -j ACCEPT
 -A HUBWARDEN-EGRESS -d 169.254.0.0/16 -m comment --comment "hubwarden: allow 169.254.0.0/16" -j ACCEPT
@@ -162,8 +168,9 @@ COMMIT
 :HUBWARDEN-EGRESS-DNS - [0:0]
 :HUBWARDEN-EGRESS-BLOCK - [0:0]
 -A HUBWARDEN-EGRESS -m conntrack ! --ctstate ESTABLISHED -m addrtype ! --src-type LOCAL -m owner --uid-owner 0-4294967294 -m comment --comment "hubwarden: a user socket sending from an address that is not the pod address (spoofed)" -j DROP
--A HUBWARDEN-EGRESS -o lo -m comment --comment "hubwarden: loopback" -j ACCEPT
 -A HUBWARDEN-EGRESS -d fd00:ec2::254/128 -m comment --comment "hubwarden: cloud metadata, always rejected: fd00:ec2::254/128" -j HUBWARDEN-EGRESS-BLOCK
+-A HUBWARDEN-EGRESS -p tcp -m conntrack --ctstate ESTABLISHED -m tcp ! --dport 53 -m comment --comment "hubwarden: replies and established tcp flows, but dns" -j ACCEPT
+-A HUBWARDEN-EGRESS -o lo -m comment --comment "hubwarden: loopback" -j ACCEPT
 -A HUBWARDEN-EGRESS -m conntrack --ctstate ESTABLISHED -m comment --comment "hubwarden: replies" -j ACCEPT
 -A HUBWARDEN-EGRESS -m conntrack --ctstate RELATED -m owner ! --uid-owner 0-4294967294 -m comment --comment "hubwarden: errors about a flow, from the kernel" -j ACCEPT
 -A HUBWARDEN-EGRESS -p ipv6-icmp -m icmp6 --icmpv6-type 133 -m owner ! --uid-owner 0-4294967294 -m comment --comment "hubwarden: ndp router solicitation from the kernel" -j ACCEPT

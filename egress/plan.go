@@ -267,6 +267,27 @@ func planFamily(cfg Config, f xtables.Family, resolved map[string][]netip.Addr) 
 	// pod's by construction (below), and they are nearly all the packets,
 	// so the FIB lookup is paid by a flow's first packets only.
 	eg := []xtables.Rule{rule(spoofComment, SpoofArgs(true)...)}
+	// A resolver inside a blocked range (GKE's Cloud DNS answers on the
+	// metadata address) gets port 53 and nothing else, ahead of the block.
+	for _, a := range resolvers {
+		if inBlocked(a) {
+			eg = append(eg, dns(a, " inside a blocked range, port 53 only")...)
+		}
+	}
+	// The blocks come before any established flow passes: a flow that was
+	// open before a range was blocked stops with the block.
+	for _, p := range blocked {
+		why := "blocked by HUBWARDEN_BLOCK: "
+		if slices.Contains(MetadataPrefixes, p) {
+			why = "cloud metadata, always rejected: "
+		}
+		eg = append(eg, rule(why+p.String(), "-d", p.String(), "-j", ChainBlock))
+	}
+	// The packets of established TCP flows, nearly all the packets the pod
+	// sends, pass here, after three tests, except those to port 53, which
+	// go on to the DNS rate limit below. Loopback is not tracked (RawTables):
+	// its packets never match, and go on to the loopback rules.
+	eg = append(eg, rule("replies and established tcp flows, but dns", "-p", "tcp", "-m", "conntrack", "--ctstate", "ESTABLISHED", "-m", "tcp", "!", "--dport", "53", "-j", "ACCEPT"))
 	if cfg.ProbePort != 0 {
 		var args []string
 		if !v6 {
@@ -276,20 +297,6 @@ func planFamily(cfg Config, f xtables.Family, resolved map[string][]netip.Addr) 
 		eg = append(eg, rule("the probe port is for the kubelet; the pod has 127.0.0.1", args...))
 	}
 	eg = append(eg, rule("loopback", "-o", "lo", "-j", "ACCEPT"))
-	// A resolver inside a blocked range (GKE's Cloud DNS answers on the
-	// metadata address) gets port 53 and nothing else, ahead of the block.
-	for _, a := range resolvers {
-		if inBlocked(a) {
-			eg = append(eg, dns(a, " inside a blocked range, port 53 only")...)
-		}
-	}
-	for _, p := range blocked {
-		why := "blocked by HUBWARDEN_BLOCK: "
-		if slices.Contains(MetadataPrefixes, p) {
-			why = "cloud metadata, always rejected: "
-		}
-		eg = append(eg, rule(why+p.String(), "-d", p.String(), "-j", ChainBlock))
-	}
 	// DNS comes before ESTABLISHED so that every packet to a resolver counts
 	// against the rate limit, including queries pipelined on an established
 	// TCP connection.

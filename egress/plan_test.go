@@ -2,6 +2,7 @@ package egress
 
 import (
 	"net/netip"
+	"slices"
 	"strconv"
 	"strings"
 	"testing"
@@ -367,13 +368,18 @@ func TestProbePort(t *testing.T) {
 		t.Fatal(err)
 	}
 	for _, tb := range ts {
-		first := xtables.RuleLine(ChainEgress, tb.Chains[0].Rules[1]) // after the spoof rule
+		rules := tb.Chains[0].Rules
+		lo := slices.IndexFunc(rules, func(r xtables.Rule) bool { return strings.Join(r.Args, " ") == "-o lo -j ACCEPT" })
+		if lo < 1 {
+			t.Fatalf("%s: no loopback accept after a first rule: %v", tb.Family, rules)
+		}
+		first := xtables.RuleLine(ChainEgress, rules[lo-1]) // right before the loopback accept
 		want := `-A HUBWARDEN-EGRESS ! -d 127.0.0.1/32 -o lo -p tcp -m tcp --dport 9280 -m comment --comment "hubwarden: the probe port is for the kubelet; the pod has 127.0.0.1" -j REJECT --reject-with tcp-reset`
 		if tb.Family == xtables.IPv6 {
 			want = `-A HUBWARDEN-EGRESS -o lo -p tcp -m tcp --dport 9280 -m comment --comment "hubwarden: the probe port is for the kubelet; the pod has 127.0.0.1" -j REJECT --reject-with tcp-reset`
 		}
 		if first != want {
-			t.Errorf("%s: first rule\n%s\nwant\n%s", tb.Family, first, want)
+			t.Errorf("%s: the rule before the loopback accept\n%s\nwant\n%s", tb.Family, first, want)
 		}
 	}
 }
