@@ -211,7 +211,15 @@ between the two namespaces.
   conntrack and bare, hubwarden and conntrack), whose ratio is the cost
   per byte, insensitive to the machine's load. BENCH_BEFORE=<binary> adds
   an earlier build in a pair of its own, in the rotation and at the same
-  time as this one. Through the
+  time as this one. Where the cycles go: perf samples every CPU
+  (cpu-clock in a VM) for 4 s in the middle of one iperf3 flow through the
+  bare pod, conntrack alone, conntrack and an HTB root with hubwarden's fast
+  class and leaf (the floor of any design that tracks flows and shapes
+  with HTB), hubwarden and BENCH_BEFORE, in turn, 3 rounds; each symbol is
+  counted in netfilter's rules (nft_*, xt matches, nf_hook_slow),
+  conntrack (nf_conntrack_*, nf_ct_*), the qdisc (htb_*, the fifos,
+  __dev_xmit_skb) or FIB lookups (fib_*), as a share of the samples that
+  were not idle; the median per part. Through the
   proxy: e2e's TestE2EBenchProxy (the JupyterHub bed of docs/e2e.md), a
   128 MiB /files/ download through the hub's CHP from the bare pod and from
   the warden pod (hubwarden run, budgets too large to demote), alternating,
