@@ -68,20 +68,36 @@ func perfUsable() string {
 
 // cycleShares runs one iperf3 flow pod → peer in p and samples every CPU
 // with perf (cpu-clock where the CPU's counters are not available, as in
-// most VMs) for secs in its middle.
-func cycleShares(t *testing.T, p *nstest.Pair, secs int) (cycleShare, error) {
+// most VMs) for secs in its middle. It returns the shares and the flow's
+// rate (bit/s): shares compare only between flows that both ran as fast as
+// the CPU let them.
+func cycleShares(t *testing.T, p *nstest.Pair, secs int) (cycleShare, float64, error) {
 	t.Helper()
 	data := filepath.Join(t.TempDir(), "perf.data")
-	flow := p.Pod.Start("iperf3", "-c", p.PeerIP4, "-p", fmt.Sprint(portIperf), "-t", fmt.Sprint(secs+2))
+	type result struct {
+		bps float64
+		err error
+	}
+	flow := make(chan result, 1)
+	go func() {
+		bps, err := iperfRun(p, secs+2)
+		flow <- result{bps, err}
+	}()
 	time.Sleep(time.Second)
 	out, err := exec.Command("perf", "record", "-a", "-F", "999", "-o", data, "--", "sleep", fmt.Sprint(secs)).CombinedOutput()
-	werr := flow.Wait()
+	r := <-flow
 	if err != nil {
-		return nil, fmt.Errorf("perf record: %w: %s", err, out)
+		return nil, 0, fmt.Errorf("perf record: %w: %s", err, out)
 	}
-	if werr != nil {
-		return nil, fmt.Errorf("iperf3: %w", werr)
+	if r.err != nil {
+		return nil, 0, fmt.Errorf("iperf3: %w", r.err)
 	}
+	c, err := perfReport(data)
+	return c, r.bps, err
+}
+
+// perfReport reads perf's samples by symbol into a cycleShare.
+func perfReport(data string) (cycleShare, error) {
 	rep := exec.Command("perf", "report", "-i", data, "--sort", "sym", "--stdio")
 	rep.Stderr = os.Stderr
 	stdout, err := rep.StdoutPipe()
@@ -170,34 +186,43 @@ func fastPathCycles(t *testing.T, setups []cycleSetup) {
 	secs := pick(2, 4)
 	n := pick(1, reps())
 	got := map[string][]cycleShare{}
+	rates := map[string][]float64{}
 	for r := 0; r < n; r++ {
 		for k := range setups {
 			s := setups[(k+r)%len(setups)]
 			if s.p == nil {
 				continue
 			}
-			c, err := cycleShares(t, s.p, secs)
+			c, bps, err := cycleShares(t, s.p, secs)
 			if err != nil {
 				t.Fatalf("%s: %v", s.name, err)
 			}
-			t.Logf("cycles, %s: %s", s.name, c)
+			t.Logf("cycles, %s: %s at %.1f Gbit/s", s.name, c, bps/1e9)
 			got[s.name] = append(got[s.name], c)
+			rates[s.name] = append(rates[s.name], bps)
 		}
 	}
 	var figs []string
 	med := map[string]cycleShare{}
+	rate := map[string]float64{}
 	for _, s := range setups {
 		if s.p == nil {
 			continue
 		}
-		med[s.name] = medianShare(got[s.name])
-		figs = append(figs, fmt.Sprintf("%s %s", s.name, med[s.name]))
+		med[s.name], rate[s.name] = medianShare(got[s.name]), median(rates[s.name])
+		figs = append(figs, fmt.Sprintf("%s %s at %.1f Gbit/s", s.name, med[s.name], rate[s.name]/1e9))
 	}
 	floor, hw := med[setups[2].name].total(), med["hubwarden"].total()
 	side := fmt.Sprintf("hubwarden %.1f points above the floor of conntrack and an HTB root (%.1f%%); a flow bound by the CPU: hubwarden about %.2f×, the floor %.2f× of the bare pod",
 		hw-floor, floor, 1-hw/100, 1-floor/100)
 	if b, ok := med["before"]; ok {
-		side += fmt.Sprintf("; hubwarden / before: %.2f× the cycles (%.1f%% against %.1f%%)", hw/b.total(), hw, b.total())
+		// A flow held below what the CPU can do (an earlier build's rate
+		// cap) leaves the CPU idle: its shares are of a different mix.
+		if rate["before"] >= 0.8*rate["hubwarden"] {
+			side += fmt.Sprintf("; hubwarden / before: %.2f× the cycles (%.1f%% against %.1f%%)", hw/b.total(), hw, b.total())
+		} else {
+			side += fmt.Sprintf("; before ran at %.1f Gbit/s (its rate cap), not as fast as the CPU lets it: its shares do not compare", rate["before"]/1e9)
+		}
 	}
 	addRow(row{"1", fmt.Sprintf("%s, median of %d samplings of %d s per setup", what, n, secs), strings.Join(figs, "; "), side, "—"})
 }
