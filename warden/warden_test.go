@@ -3,6 +3,7 @@ package warden
 import (
 	"context"
 	"errors"
+	"fmt"
 	"net/netip"
 	"os"
 	"path/filepath"
@@ -517,4 +518,51 @@ func dirSnapshot(t *testing.T, dir string) map[string]string {
 		out[e.Name()] = string(b)
 	}
 	return out
+}
+
+// TestSpoofRulePlacement: the spoof rule is in exactly one place per
+// family: the egress filter's first rule when egress is on (established
+// flows skip it there), the raw table's when only shaping is (no filter to
+// hold it).
+func TestSpoofRulePlacement(t *testing.T) {
+	for _, tc := range []struct {
+		name   string
+		egress bool
+		table  string // where the rule must be
+	}{
+		{"egress on", true, "filter"},
+		{"shaping only", false, "raw"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			cfg := testConfig(t)
+			cfg.Egress = tc.egress
+			env := Env{IPv6: true, Shape: tcshape.Config{Interface: "eth0", FastRate: cfg.FastRate, SlowRate: cfg.SlowRate}, Gate: demotion.GateQuota, Interactive: true}
+			p, err := NewPlan(cfg, env, nil)
+			if err != nil {
+				t.Fatal(err)
+			}
+			for _, f := range []xtables.Family{xtables.IPv4, xtables.IPv6} {
+				var in []string
+				for _, tb := range p.Tables {
+					if tb.Family != f {
+						continue
+					}
+					for _, c := range tb.Chains {
+						for i, r := range c.Rules {
+							if strings.Contains(strings.Join(r.Args, " "), "--src-type LOCAL") {
+								in = append(in, fmt.Sprintf("%s/%s#%d", tb.Name, c.Name, i))
+							}
+						}
+					}
+				}
+				want := []string{tc.table + "/" + egress.ChainRawOut + "#0"}
+				if tc.table == "filter" {
+					want = []string{"filter/" + egress.ChainEgress + "#0"}
+				}
+				if diff := cmp.Diff(want, in); diff != "" {
+					t.Errorf("%s: the spoof rule (-want +got):\n%s", f, diff)
+				}
+			}
+		})
+	}
 }
