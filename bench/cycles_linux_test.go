@@ -5,6 +5,7 @@ package bench
 import (
 	"bufio"
 	"fmt"
+	"io"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -15,6 +16,8 @@ import (
 	"time"
 
 	"github.com/hubwarden/hubwarden/internal/nstest"
+	"github.com/hubwarden/hubwarden/tcshape"
+	"github.com/hubwarden/hubwarden/units"
 )
 
 // The parts of the kernel's path that a pod's egress rules and qdisc add
@@ -117,7 +120,7 @@ func perfReport(data string) (cycleShare, error) {
 // line is one line of `perf report --sort sym --stdio`: "  3.12%  [k] nft_do_chain".
 var perfLine = regexp.MustCompile(`^\s*([\d.]+)%\s+\[[^\]]+\]\s+(\S+)`)
 
-func parseCycles(r interface{ Read([]byte) (int, error) }) (cycleShare, error) {
+func parseCycles(r io.Reader) (cycleShare, error) {
 	var total, idle float64
 	parts := map[string]float64{}
 	sc := bufio.NewScanner(r)
@@ -173,6 +176,13 @@ type cycleSetup struct {
 	p    *nstest.Pair // nil: not measured (no BENCH_BEFORE)
 }
 
+// The setups fastPathCycles compares by name.
+const (
+	cyclesFloor     = "conntrack and an HTB root with hubwarden's fast class"
+	cyclesHubwarden = "hubwarden"
+	cyclesBefore    = "before"
+)
+
 // fastPathCycles is row 1's cost in cycles: where a flow's CPU goes, setup
 // by setup, sampled in turn. A flow bound by the CPU runs at about
 // 1 − share of the bare pod's rate, so the shares say what each layer
@@ -212,17 +222,43 @@ func fastPathCycles(t *testing.T, setups []cycleSetup) {
 		med[s.name], rate[s.name] = medianShare(got[s.name]), median(rates[s.name])
 		figs = append(figs, fmt.Sprintf("%s %s at %.1f Gbit/s", s.name, med[s.name], rate[s.name]/1e9))
 	}
-	floor, hw := med[setups[2].name].total(), med["hubwarden"].total()
+	floor, hw := med[cyclesFloor].total(), med[cyclesHubwarden].total()
 	side := fmt.Sprintf("hubwarden %.1f points above the floor of conntrack and an HTB root (%.1f%%); a flow bound by the CPU: hubwarden about %.2f×, the floor %.2f× of the bare pod",
 		hw-floor, floor, 1-hw/100, 1-floor/100)
-	if b, ok := med["before"]; ok {
+	if b, ok := med[cyclesBefore]; ok {
 		// A flow held below what the CPU can do (an earlier build's rate
 		// cap) leaves the CPU idle: its shares are of a different mix.
-		if rate["before"] >= 0.8*rate["hubwarden"] {
+		if rate[cyclesBefore] >= 0.8*rate[cyclesHubwarden] {
 			side += fmt.Sprintf("; hubwarden / before: %.2f× the cycles (%.1f%% against %.1f%%)", hw/b.total(), hw, b.total())
 		} else {
-			side += fmt.Sprintf("; before ran at %.1f Gbit/s (its rate cap), not as fast as the CPU lets it: its shares do not compare", rate["before"]/1e9)
+			side += fmt.Sprintf("; before ran at %.1f Gbit/s (its rate cap), not as fast as the CPU lets it: its shares do not compare", rate[cyclesBefore]/1e9)
 		}
 	}
 	addRow(row{"1", fmt.Sprintf("%s, median of %d samplings of %d s per setup", what, n, secs), strings.Join(figs, "; "), side, "—"})
+}
+
+// fastLeafOf is the fast class's leaf qdisc as tcshape plans it for the
+// default FAST_RATE (1tbit) on a kernel without sch_fq, so that the floor
+// setup has hubwarden's leaf, not a copy of its size.
+func fastLeafOf(t *testing.T) tcshape.Leaf {
+	t.Helper()
+	fast, err := units.ParseRate("1tbit")
+	if err != nil {
+		t.Fatal(err)
+	}
+	slow, err := units.ParseRate("1mbit")
+	if err != nil {
+		t.Fatal(err)
+	}
+	spec, err := tcshape.Plan(tcshape.Config{Interface: "eth0", FastRate: fast, SlowRate: slow, Leaves: tcshape.LeafFIFO})
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, l := range spec.Leaves {
+		if l.Parent == tcshape.FastClass {
+			return l
+		}
+	}
+	t.Fatal("tcshape planned no fast leaf")
+	return tcshape.Leaf{}
 }
