@@ -76,11 +76,52 @@ func TestE2EBed(t *testing.T) {
 			t.Fatalf("kernel: %+v %v", r, err)
 		}
 		t.Logf("%s: kernel print(6*7) -> %q in %s", u, r.Stdout, r.Elapsed)
+		if u == b.BareUser {
+			testHungKernel(t, c, k)
+			continue
+		}
 		k.Close(ctx)
 	}
 	c6 := b.NewClient("")
 	if _, err := c6.Do(ctx, "GET", "http://["+ProxyIP6+"]:8000/hub/api", nil, nil); err != nil {
 		t.Fatalf("hub over IPv6: %v", err)
+	}
+}
+
+// hangOnceCell sleeps through its timeout the first time it runs in the
+// user's home, the way a frozen kernel keeps a cell running, and prints
+// "second" the next time.
+const hangOnceCell = `import os, time
+if not os.path.exists(".hwe2e-hang"):
+    open(".hwe2e-hang", "w").close()
+    time.sleep(600)
+os.remove(".hwe2e-hang")
+print("second")`
+
+// testHungKernel checks the proof's execute: a cell still running at its
+// timeout, on a kernel the server answers for, is run again in a new kernel
+// and the retry is noted; a cell that fails otherwise is not retried.
+func testHungKernel(t *testing.T, c *Client, k *Kernel) {
+	ctx := context.Background()
+	p := &proof{rep: &Report{}}
+	s := &side{name: "without", c: c, k: k}
+	r, err := p.execute(t, s, "bed", hangOnceCell, 5*time.Second)
+	defer s.k.Close(ctx)
+	if err != nil || strings.TrimSpace(r.Stdout) != "second" {
+		t.Fatalf("the hung cell, run again: %+v %v", r, err)
+	}
+	if s.k == k {
+		t.Error("the hung kernel was not replaced")
+	}
+	if len(p.rep.notes) != 1 || !strings.Contains(p.rep.notes[0], "the kernel hung") || !strings.Contains(p.rep.notes[0], `"busy"`) {
+		t.Errorf("the retry's note: %q", p.rep.notes)
+	}
+	t.Logf("hung kernel: %s", p.rep.notes)
+	// A cell that raises is the cell's fault: returned, not retried.
+	k2 := s.k
+	r, err = p.execute(t, s, "bed", "raise ValueError('x')", 30*time.Second)
+	if err != nil || r.Status != "error" || s.k != k2 || len(p.rep.notes) != 1 {
+		t.Errorf("a raising cell: %+v %v (kernel replaced: %v, notes %d)", r, err, s.k != k2, len(p.rep.notes))
 	}
 }
 

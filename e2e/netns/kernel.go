@@ -5,6 +5,7 @@ package netns
 import (
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"net/http"
 	"strings"
@@ -90,6 +91,27 @@ type ExecResult struct {
 	Elapsed time.Duration
 }
 
+// ErrStillRunning is Execute's error for a cell with no reply and no idle
+// status by its timeout, over a websocket that is still up.
+var ErrStillRunning = errors.New("cell still running")
+
+// State asks the server, over the REST API, for the kernel's execution
+// state ("idle", "busy", ...): the server's view, which needs neither the
+// kernel's websocket nor an answer from the kernel.
+func (k *Kernel) State(ctx context.Context) (string, error) {
+	data, err := k.c.Do(ctx, "GET", k.c.UserURL()+"/api/kernels/"+k.ID, nil, nil)
+	if err != nil {
+		return "", err
+	}
+	var m struct {
+		ExecutionState string `json:"execution_state"`
+	}
+	if err := json.Unmarshal(data, &m); err != nil {
+		return "", fmt.Errorf("decoding the kernel's model: %w", err)
+	}
+	return m.ExecutionState, nil
+}
+
 // Execute runs code and waits for both execute_reply and the idle status
 // (their order is not guaranteed).
 func (k *Kernel) Execute(ctx context.Context, code string, timeout time.Duration) (ExecResult, error) {
@@ -119,7 +141,7 @@ func (k *Kernel) Execute(ctx context.Context, code string, timeout time.Duration
 		case <-k.done:
 			return r, fmt.Errorf("reading kernel messages: %w", k.err)
 		case <-timer.C:
-			return r, fmt.Errorf("cell still running after %s", timeout)
+			return r, fmt.Errorf("%w after %s", ErrStillRunning, timeout)
 		case <-ctx.Done():
 			return r, ctx.Err()
 		}

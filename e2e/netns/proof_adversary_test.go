@@ -95,8 +95,8 @@ print(opened, sent, echoed)`
 func (p *proof) adversary(t *testing.T) {
 	ctx := context.Background()
 	pods6 := map[string]string{"without": "2001:2:0:2::2", "with": "2001:2:0:4::2"}
-	run := func(s *side, code string, timeout time.Duration) (string, error) {
-		r, err := s.k.Execute(ctx, code, timeout)
+	run := func(s *side, what, code string, timeout time.Duration) (string, error) {
+		r, err := p.execute(t, s, "part 8 ("+what+")", code, timeout)
 		if err != nil {
 			return "", err
 		}
@@ -111,7 +111,7 @@ func (p *proof) adversary(t *testing.T) {
 	var entries [2]string
 	var sent [2]string
 	for i, s := range []*side{p.bare, p.warden} {
-		out, err := run(s, strings.Replace(sprayCell, "SECS", "3", 1), 60*time.Second)
+		out, err := run(s, "the spray", strings.Replace(sprayCell, "SECS", "3", 1), 60*time.Second)
 		if err != nil {
 			t.Fatalf("%s: the spray: %v", s.name, err)
 		}
@@ -192,7 +192,7 @@ func (p *proof) adversary(t *testing.T) {
 	var echoed [2]int
 	for i, s := range []*side{p.bare, p.warden} {
 		cell := strings.NewReplacer("FORBID", fmt.Sprintf("%q", Forbid6), "POD", fmt.Sprintf("%q", pods6[s.name])).Replace(spoofCell)
-		out, err := run(s, cell, 60*time.Second)
+		out, err := run(s, "the spoofed source", cell, 60*time.Second)
 		if err != nil {
 			t.Fatalf("%s: the spoofed source: %v", s.name, err)
 		}
