@@ -14,12 +14,19 @@ import (
 // also runs when the test panics).
 func newBed(t *testing.T) *Bed {
 	t.Helper()
+	return newBedWith(t, Options{})
+}
+
+// newBedWith is newBed with options (Logf is the test's).
+func newBedWith(t *testing.T, opts Options) *Bed {
+	t.Helper()
 	if err := Preflight(); err != nil {
 		t.Skipf("e2e bed unavailable: %v", err)
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
 	defer cancel()
-	b, err := New(ctx, Options{Logf: t.Logf})
+	opts.Logf = t.Logf
+	b, err := New(ctx, opts)
 	if err != nil {
 		t.Fatalf("building the bed: %v", err)
 	}

@@ -12,13 +12,20 @@ import (
 	"time"
 )
 
-// TestE2EBenchProxy is issue 8 row 1 through the real proxy: the same
-// 128 MiB /files/ download through JupyterHub and CHP from the bare pod and
-// from the warden pod (hubwarden run with budgets too large to demote),
-// alternating, and the ratio of the median rates. HWE2E_BENCH_OUT, when
-// set, receives the BENCHMARKS.md row.
+// proxyBigFile is the download of TestE2EBenchProxy: large enough that a
+// round lasts about a second through CHP (128 MiB took 0.15 s, and the
+// ratio swung from 0.87x to 1.06x between runs).
+const proxyBigFile = 1 << 30
+
+// TestE2EBenchProxy is issue 20's fast-path row through the real proxy:
+// the same 1 GiB /files/ download through JupyterHub and CHP from the bare
+// pod and from the warden pod (hubwarden run with budgets too large to
+// demote), back to back in each round, who goes first alternating. The
+// figure judged is the median of the per-round ratios (both downloads of a
+// round see about the same machine); the ratio of the median rates is shown
+// beside it. HWE2E_BENCH_OUT, when set, receives the BENCHMARKS.md row.
 func TestE2EBenchProxy(t *testing.T) {
-	b := newBed(t)
+	b := newBedWith(t, Options{BigFile: proxyBigFile})
 	ctx := context.Background()
 	bin, err := BuildHubwarden(ctx, b.Dir)
 	if err != nil {
@@ -41,43 +48,54 @@ func TestE2EBenchProxy(t *testing.T) {
 		}
 		clients[u] = c
 	}
-	// A download takes well under a second here: many rounds, the first
-	// (cold page cache, cold connections) dropped.
-	n := 10
+	// The first round (cold page cache, cold connections) is dropped.
+	n := 16
 	if os.Getenv("BENCH_QUICK") == "1" {
-		n = 2
+		n = 3
 	}
 	rates := map[string][]float64{}
+	var ratios []float64
 	for r := 0; r < n; r++ {
 		order := []string{b.BareUser, b.WardenUser}
 		if r%2 == 1 {
 			order[0], order[1] = order[1], order[0]
 		}
+		got := map[string]float64{}
 		for _, u := range order {
 			c := clients[u]
 			tr := c.Download(ctx, c.UserURL()+"/files/big.bin", 60*time.Second, nil)
-			if tr.Err != nil || tr.Status != 200 {
-				t.Fatalf("%s: download: status %d, %v", u, tr.Status, tr.Err)
+			if tr.Err != nil || tr.Status != 200 || tr.Bytes != proxyBigFile {
+				t.Fatalf("%s: download: status %d, %d bytes, %v", u, tr.Status, tr.Bytes, tr.Err)
 			}
-			if r > 0 {
-				rates[u] = append(rates[u], tr.Rate())
+			got[u] = tr.Rate()
+			t.Logf("round %d, %s: %d bytes in %s, %.0f MB/s", r, u, tr.Bytes, tr.Elapsed.Round(time.Millisecond), tr.Rate()/1e6)
+		}
+		if r > 0 {
+			for u, v := range got {
+				rates[u] = append(rates[u], v)
 			}
-			t.Logf("%s: %d bytes in %s, %.0f MB/s", u, tr.Bytes, tr.Elapsed.Round(time.Millisecond), tr.Rate()/1e6)
+			ratios = append(ratios, got[b.WardenUser]/got[b.BareUser])
 		}
 	}
 	med := func(v []float64) float64 {
 		s := append([]float64(nil), v...)
 		sort.Float64s(s)
+		if len(s)%2 == 0 {
+			return (s[len(s)/2-1] + s[len(s)/2]) / 2
+		}
 		return s[len(s)/2]
 	}
 	bare, with := med(rates[b.BareUser]), med(rates[b.WardenUser])
-	ratio := with / bare
+	ratio := med(ratios)
 	met := "met"
-	if ratio < 0.95 {
+	if ratio < 0.98 {
 		met = "NOT met"
 	}
-	line := fmt.Sprintf("| 1 | fast-path throughput through the real proxy (JupyterHub + CHP %s, 128 MiB /files/ download, e2e bed, %d rounds) | hubwarden %.0f MB/s; no qdisc (bare pod) %.0f MB/s | %.2f× | ≥ 0.95×: %s |",
-		CHPVersion, n-1, with/1e6, bare/1e6, ratio, met)
+	sorted := append([]float64(nil), ratios...)
+	sort.Float64s(sorted)
+	t.Logf("per-round ratios, sorted: %.3f", sorted)
+	line := fmt.Sprintf("| 1 | fast-path throughput through the real proxy (JupyterHub + CHP %s, 1 GiB /files/ download, e2e bed, %d rounds, both pods back to back in each) | hubwarden %.0f MB/s; no qdisc (bare pod) %.0f MB/s (medians) | %.2f× (median of the per-round ratios, from %.2f× to %.2f×); ratio of the medians %.2f× | ≥ 0.98×: %s |",
+		CHPVersion, n-1, with/1e6, bare/1e6, ratio, sorted[0], sorted[len(sorted)-1], with/bare, met)
 	t.Log(line)
 	if out := os.Getenv("HWE2E_BENCH_OUT"); out != "" {
 		if err := os.WriteFile(out, []byte(strings.TrimSpace(line)+"\n"), 0o644); err != nil {
