@@ -207,7 +207,8 @@ between the two namespaces.
   round (one flow on this shared machine swings by ±30 % from second to
   second, and load only ever slows it: the figure is each setup's best
   round, the ratio theirs; the median of the per-round ratios is shown
-  too); and two pairs at the same time (6 rounds each: hubwarden and bare,
+  too; a second bare pair in the same rotation is the control, an A/A
+  ratio that is 1 but for the noise); and two pairs at the same time (6 rounds each: hubwarden and bare,
   conntrack and bare, hubwarden and conntrack), whose ratio is the cost
   per byte, insensitive to the machine's load. BENCH_BEFORE=<binary> adds
   an earlier build in a pair of its own, in the rotation and at the same
@@ -221,9 +222,12 @@ between the two namespaces.
   __dev_xmit_skb) or FIB lookups (fib_*), as a share of the samples that
   were not idle; the median per part. Through the
   proxy: e2e's TestE2EBenchProxy (the JupyterHub bed of docs/e2e.md), a
-  128 MiB /files/ download through the hub's CHP from the bare pod and from
-  the warden pod (hubwarden run, budgets too large to demote), alternating,
-  10 rounds, the first dropped.
+  1 GiB /files/ download through the hub's CHP from the bare pod and from
+  the warden pod (hubwarden run with its default configuration, budgets
+  too large to demote, the HTTP guard off), back to back, who goes first
+  alternating, 31 rounds, the first dropped; the figure is the median of
+  the per-round ratios (one round swings by ±25 %; an A/A run with no
+  sidecar: median 1.00×), with the machine's busy CPU time per GiB.
 - 5: 64-byte ping-pong every 20 ms over a TCP connection the peer opens
   to an echo server in the pod (as the proxy does to the notebook server),
   p50 and p95 of the round trip; idle vs while a bulk upload from the pod
@@ -936,7 +940,10 @@ func benchFastPath(t *testing.T) {
 	} {
 		cthtb.Pod.MustRun("tc", c...)
 	}
-	pairs := []*nstest.Pair{hw, bare, hw10, ct}
+	// bare2: a second bare pod, the control: bare2 / bare is what the
+	// rounds' noise alone makes of a ratio that is 1 (an A/A figure).
+	bare2 := nstest.NewPair(t, 78)
+	pairs := []*nstest.Pair{hw, bare, hw10, ct, bare2}
 	// before: BENCH_BEFORE, an earlier build, measured the same way.
 	var before *nstest.Pair
 	beforeBin := os.Getenv("BENCH_BEFORE")
@@ -963,7 +970,7 @@ func benchFastPath(t *testing.T) {
 	// to the next: many short rounds, the order rotating, and the median
 	// of the per-round ratios.
 	secs := pick(1, 2)
-	var a, b, c, d, e, ratios, ratios10, ratiosCT []float64
+	var a, b, c, d, e, aa, ratios, ratios10, ratiosCT, ratiosAA []float64
 	for r := 0; r < pick(1, 3*reps()); r++ {
 		got := map[*nstest.Pair]float64{}
 		for k := range pairs {
@@ -972,6 +979,7 @@ func benchFastPath(t *testing.T) {
 		}
 		x, y, z, w := got[hw], got[bare], got[hw10], got[ct]
 		a, b, c, d = append(a, x), append(b, y), append(c, z), append(d, w)
+		aa, ratiosAA = append(aa, got[bare2]), append(ratiosAA, got[bare2]/y)
 		if before != nil {
 			e = append(e, got[before])
 		}
@@ -1003,12 +1011,12 @@ func benchFastPath(t *testing.T) {
 	if rt < 0.95 {
 		met = "NOT met"
 	}
-	t.Logf("rounds: hubwarden %v, no qdisc %v, 10gbit %v, conntrack only %v, before %v (bit/s); at the same time: hubwarden/bare %v, conntrack/bare %v, hubwarden/conntrack %v, hubwarden/before %v",
-		a, b, c, d, e, together, togetherCT, togetherHWCT, togetherBefore)
+	t.Logf("rounds: hubwarden %v, no qdisc %v, 10gbit %v, conntrack only %v, before %v, a second bare pod %v (bit/s); at the same time: hubwarden/bare %v, conntrack/bare %v, hubwarden/conntrack %v, hubwarden/before %v",
+		a, b, c, d, e, aa, together, togetherCT, togetherHWCT, togetherBefore)
 	addRow(row{"1", fmt.Sprintf("fast-path throughput, raw veth (iperf3 pod → peer, one flow, best of %d rounds of %d s)", len(a), secs),
 		fmt.Sprintf("hubwarden (default FAST_RATE 1tbit) %.2f Gbit/s; hubwarden FAST_RATE=10gbit (the default before) %.2f Gbit/s; no qdisc (a bare pod, no netfilter) %.2f Gbit/s; the bare pod with conntrack on (one rule) %.2f Gbit/s", best(a)/1e9, best(c)/1e9, best(b)/1e9, best(d)/1e9),
-		fmt.Sprintf("%.2f× (FAST_RATE=10gbit: %.2f×); median of the per-round ratios %.2f× (10gbit: %.2f×); both flows at the same time, sharing the CPUs: %.2f×. Where it goes: conntrack alone / bare %.2f× (best rounds), %.2f× (median per round), %.2f× (same time); hubwarden / conntrack alone %.2f× (best rounds), %.2f× (same time)",
-			rt, best(c)/best(b), median(ratios), median(ratios10), median(together), best(d)/best(b), median(ratiosCT), median(togetherCT), best(a)/best(d), median(togetherHWCT)),
+		fmt.Sprintf("%.2f× (FAST_RATE=10gbit: %.2f×); median of the per-round ratios %.2f× (10gbit: %.2f×); both flows at the same time, sharing the CPUs: %.2f×. Where it goes: conntrack alone / bare %.2f× (best rounds), %.2f× (median per round), %.2f× (same time); hubwarden / conntrack alone %.2f× (best rounds), %.2f× (same time). Control: a second bare pod in the same rotation, %.2f× of the first (best rounds), %.2f× (median per round)",
+			rt, best(c)/best(b), median(ratios), median(ratios10), median(together), best(d)/best(b), median(ratiosCT), median(togetherCT), best(a)/best(d), median(togetherHWCT), best(aa)/best(b), median(ratiosAA)),
 		"≥ 0.95× on the raw veth: " + met})
 	if before != nil {
 		addRow(row{"1", "fast-path throughput, raw veth: this build and BENCH_BEFORE (the rotation and the same-time rounds of the row above)",
