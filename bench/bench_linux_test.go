@@ -208,9 +208,10 @@ between the two namespaces.
   second, and load only ever slows it: the figure is each setup's best
   round, the ratio theirs; the median of the per-round ratios is shown
   too; a second bare pair in the same rotation is the control, an A/A
-  ratio that is 1 but for the noise); and two pairs at the same time (6 rounds each: hubwarden and bare,
-  conntrack and bare, hubwarden and conntrack), whose ratio is the cost
-  per byte, insensitive to the machine's load. BENCH_BEFORE=<binary> adds
+  ratio that is 1 but for the noise); and two pairs at the same time (6
+  rounds each: hubwarden and bare, conntrack and bare, hubwarden and
+  conntrack), whose ratio is the cost per byte, insensitive to the
+  machine's load. BENCH_BEFORE=<binary> adds
   an earlier build in a pair of its own, in the rotation and at the same
   time as this one. Where the cycles go: perf samples every CPU
   (cpu-clock in a VM) for 4 s in the middle of one iperf3 flow through the
