@@ -51,9 +51,9 @@ type rawConfig struct {
 	NFLogGroup    string `envconfig:"NFLOG_GROUP" default:"1987" desc:"NFLOG group that denied packets are logged to (0-65535)"`
 	ResolveMinTTL string `envconfig:"RESOLVE_MIN_TTL" default:"30s" desc:"shortest interval between re-resolutions of an allow-list host name, whatever its TTL"`
 
-	Shape     string `envconfig:"SHAPE" default:"true" desc:"shape pod egress with HTB: a fast default class and a slow class for demoted flows"`
+	Shape     string `envconfig:"SHAPE" default:"true" desc:"shape pod egress with HTB: a slow class for demoted flows; the rest leaves unshaped (HTB's direct queue) unless FAST_RATE caps it"`
 	Interface string `envconfig:"INTERFACE" default:"" desc:"interface to shape; empty: the interface of the default route"`
-	FastRate  string `envconfig:"FAST_RATE" default:"1tbit" desc:"rate of the fast (default) class; by default above what any pod interface sends, so that it never limits the fast path"`
+	FastRate  string `envconfig:"FAST_RATE" default:"" desc:"a cap on everything the pod sends (a fast class for what is not demoted); empty: no cap, what is not demoted takes HTB's direct queue, with no class and no rate"`
 	SlowRate  string `envconfig:"SLOW_RATE" default:"1mbit" desc:"rate shared by all demoted flows of the pod"`
 	CTMark    string `envconfig:"CTMARK" default:"0x100000" desc:"the connection-mark bit of demoted flows (exactly one bit, at most 0x4000000); hubwarden also owns the five bits above it (attention and the tripwire tier) and leaves every other bit alone"`
 
@@ -284,7 +284,13 @@ func (r *rawConfig) parse(resolvConf string) (*Config, []string) {
 	}
 
 	c.Shape = boolean("SHAPE", r.Shape)
-	c.FastRate = rate("FAST_RATE", r.FastRate)
+	if r.FastRate != "" { // empty: no cap
+		if f, err := units.ParseRate(r.FastRate); err == nil && f == 0 {
+			bad("FAST_RATE", errors.New("must be > 0; leave it empty for no cap"))
+		} else {
+			c.FastRate = rate("FAST_RATE", r.FastRate)
+		}
+	}
 	c.SlowRate = rate("SLOW_RATE", r.SlowRate)
 	if c.Shape && c.SlowRate >= c.FastRate && c.FastRate != 0 {
 		bad("SLOW_RATE", fmt.Errorf("%s must be below HUBWARDEN_FAST_RATE (%s)", c.SlowRate, c.FastRate))

@@ -75,7 +75,6 @@ func TestLoadConfigDefaults(t *testing.T) {
 		NFLogGroup:       1987,
 		ResolveMinTTL:    30 * time.Second,
 		Shape:            true,
-		FastRate:         1_000_000_000_000 / 8,
 		SlowRate:         1_000_000 / 8,
 		CTMark:           0x100000,
 		Contract:         mustContract(t, 0x100000, 64*units.MiB),
@@ -250,6 +249,12 @@ func TestLoadConfigErrors(t *testing.T) {
 			want:       []string{"HUBWARDEN_ALOW: unknown variable (a typo? see hubwarden --help)"},
 		},
 		{
+			name:       "FAST_RATE 0: the way to no cap is empty",
+			env:        map[string]string{"HUBWARDEN_FAST_RATE": "0bit", "HUBWARDEN_DNS_SERVERS": "198.18.0.53", "HUBWARDEN_GUARD": "off"},
+			resolvConf: "nameserver 10.96.0.10\n",
+			want:       []string{"HUBWARDEN_FAST_RATE: must be > 0; leave it empty for no cap"},
+		},
+		{
 			name: "every problem at once, each named",
 			env: map[string]string{
 				"HUBWARDEN_LOG_LEVEL":        "verbose",
@@ -264,6 +269,7 @@ func TestLoadConfigErrors(t *testing.T) {
 				"HUBWARDEN_NFLOG_GROUP":      "70000",
 				"HUBWARDEN_CTMARK":           "0x3",
 				"HUBWARDEN_SLOW_RATE":        "2tbit",
+				"HUBWARDEN_FAST_RATE":        "1tbit",
 				"HUBWARDEN_FLOW_BUDGET":      "1GiB",
 				"HUBWARDEN_POD_BUDGET":       "512MiB",
 				"HUBWARDEN_HEALTH_ADDR":      "9280",

@@ -31,9 +31,9 @@
 //	HUBWARDEN_BLOCK               -                   extra CIDRs always rejected, even if an allow entry covers them (169.254.169.254 and fd00:ec2::254 always are)
 //	HUBWARDEN_NFLOG_GROUP         1987                NFLOG group that denied packets are logged to (0-65535)
 //	HUBWARDEN_RESOLVE_MIN_TTL     30s                 shortest interval between re-resolutions of an allow-list host name, whatever its TTL
-//	HUBWARDEN_SHAPE               true                shape pod egress with HTB: a fast default class and a slow class for demoted flows
+//	HUBWARDEN_SHAPE               true                shape pod egress with HTB: a slow class for demoted flows; the rest leaves unshaped (HTB's direct queue) unless FAST_RATE caps it
 //	HUBWARDEN_INTERFACE           -                   interface to shape; empty: the interface of the default route
-//	HUBWARDEN_FAST_RATE           1tbit               rate of the fast (default) class; by default above what any pod interface sends, so that it never limits the fast path
+//	HUBWARDEN_FAST_RATE           -                   a cap on everything the pod sends (a fast class for what is not demoted); empty: no cap, what is not demoted takes HTB's direct queue, with no class and no rate
 //	HUBWARDEN_SLOW_RATE           1mbit               rate shared by all demoted flows of the pod
 //	HUBWARDEN_CTMARK              0x100000            the connection-mark bit of demoted flows (exactly one bit, at most 0x4000000); hubwarden also owns the five bits above it (attention and the tripwire tier) and leaves every other bit alone
 //	HUBWARDEN_WATCH               true                run the conntrack watcher (budgets, demotion, promotion, audit)

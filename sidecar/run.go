@@ -19,6 +19,7 @@ import (
 	"github.com/hubwarden/hubwarden/health"
 	"github.com/hubwarden/hubwarden/nflog"
 	"github.com/hubwarden/hubwarden/selftest"
+	"github.com/hubwarden/hubwarden/units"
 	"github.com/hubwarden/hubwarden/warden"
 )
 
@@ -234,7 +235,7 @@ func startWatcher(ctx context.Context, cfg *Config, log zerolog.Logger, m *healt
 		DumpInterval:     cfg.DumpInterval,
 		ProgressInterval: cfg.ProgressInterval,
 		LocalAddrs:       local,
-		LineRate:         cfg.FastRate,
+		LineRate:         lineRate(cfg.FastRate),
 		StateDir:         cfg.StateDir,
 	}
 	opts := wd.WatcherOptions()
@@ -367,4 +368,13 @@ func driftErr(drift string, err error) error {
 		return errors.New(drift)
 	}
 	return nil
+}
+
+// lineRate is the fastest the pod can send, for the watcher: FAST_RATE when
+// it caps the pod, else the fastest rate a userspace pod bucket is read for.
+func lineRate(fast units.Rate) units.Rate {
+	if fast == 0 {
+		return ctwatch.MaxLineRate
+	}
+	return fast
 }

@@ -164,7 +164,13 @@ func (k *TC) Read(iface string) (State, error) {
 		if q.Parent == tc.HandleRoot {
 			s.RootKind, s.RootHandle = q.Kind, Handle(q.Handle)
 			if q.Kind == "htb" && q.Htb != nil && q.Htb.Init != nil {
-				s.Root = Root{Handle: Handle(q.Handle), Default: NewHandle(Handle(q.Handle).Major(), uint16(q.Htb.Init.Defcls)), R2Q: q.Htb.Init.Rate2Quantum}
+				s.Root = Root{Handle: Handle(q.Handle), R2Q: q.Htb.Init.Rate2Quantum}
+				if q.Htb.Init.Defcls != 0 { // 0: no default class, the direct queue
+					s.Root.Default = NewHandle(Handle(q.Handle).Major(), uint16(q.Htb.Init.Defcls))
+				}
+				if q.Htb.DirectQlen != nil {
+					s.Root.DirectQlen = *q.Htb.DirectQlen
+				}
 			}
 			continue
 		}
@@ -256,7 +262,8 @@ func (k *TC) Do(iface string, op Op) error {
 		return k.tc.Qdisc().Add(&tc.Object{
 			Msg: tc.Msg{Family: unix.AF_UNSPEC, Ifindex: idx, Handle: uint32(op.Root.Handle), Parent: tc.HandleRoot},
 			Attribute: tc.Attribute{Kind: "htb", Htb: &tc.Htb{
-				Init: &tc.HtbGlob{Version: 3, Rate2Quantum: op.Root.R2Q, Defcls: uint32(op.Root.Default.Minor())},
+				Init:       &tc.HtbGlob{Version: 3, Rate2Quantum: op.Root.R2Q, Defcls: uint32(op.Root.Default.Minor())},
+				DirectQlen: &op.Root.DirectQlen,
 			}},
 		})
 	case OpAddClass, OpChangeClass:

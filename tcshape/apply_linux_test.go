@@ -45,8 +45,9 @@ func TestIntegrationApply(t *testing.T) {
 	p := nstest.NewPair(t, 30)
 	p.Pod.MustRun("tc", "qdisc", "add", "dev", "eth0", "clsact") // someone else's: must survive
 	log := zerolog.New(zerolog.NewTestWriter(t))
-	// FAST_RATE's default, 1 tbit: rates of 2^32 B/s and more travel in
-	// the 64-bit attributes, and must read back as planned.
+	// A 1 tbit cap (FAST_RATE's default before the direct queue): rates of
+	// 2^32 B/s and more travel in the 64-bit attributes, and must read back
+	// as planned.
 	k, cfg := openPod(t, p, Config{FastRate: mustRate(t, "1tbit"), SlowRate: mustRate(t, "8mbit")})
 	if cfg.Interface != "eth0" {
 		t.Fatalf("default route interface = %q, want eth0", cfg.Interface)
@@ -131,6 +132,31 @@ func TestIntegrationApply(t *testing.T) {
 	}
 	if out := p.Pod.MustRun("tc", "qdisc", "show", "dev", "eth0"); !strings.Contains(out, "clsact") {
 		t.Errorf("the foreign clsact qdisc is gone:\n%s", out)
+	}
+
+	// No FAST_RATE (the default): the root has no default class and a set
+	// direct queue length, reads back as planned (defcls 0 is "no default
+	// class", not class 4857:0), and converges; from the capped tree it is
+	// a rebuild, and so is the way back.
+	cfg.FastRate = 0
+	direct, err := Plan(cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if ops, err = Apply(context.Background(), k, direct, log, false); err != nil || len(ops) == 0 || ops[0].Kind != OpDeleteRoot {
+		t.Fatalf("capped to direct: ops %v, err %v; want a rebuild", ops, err)
+	}
+	if diff, err := Check(k, direct); err != nil || diff != "" {
+		t.Fatalf("check of the direct tree: %v\n%s", err, diff)
+	}
+	if ops, err = Apply(context.Background(), k, direct, log, false); err != nil || len(ops) != 0 {
+		t.Fatalf("direct again: ops %v, err %v; want none", ops, err)
+	}
+	if out := p.Pod.MustRun("tc", "qdisc", "show", "dev", "eth0"); !strings.Contains(out, "default 0 ") || !strings.Contains(out, "direct_qlen 1000") {
+		t.Errorf("direct tree as tc shows it:\n%s", out)
+	}
+	if ops, err = Apply(context.Background(), k, spec2, log, false); err != nil || len(ops) == 0 || ops[0].Kind != OpDeleteRoot {
+		t.Fatalf("direct to capped: ops %v, err %v; want a rebuild", ops, err)
 	}
 
 	// Someone else's root is refused, by name.

@@ -87,7 +87,7 @@ func (o Op) String() string {
 	case OpDeleteRoot:
 		return "delete qdisc htb " + RootHandle.String() + " root"
 	case OpAddRoot:
-		return fmt.Sprintf("add qdisc htb %s root default %s r2q %d", o.Root.Handle, o.Root.Default, o.Root.R2Q)
+		return "add " + o.Root.String()
 	case OpAddClass, OpChangeClass:
 		return strings.SplitN(o.Kind.String(), " ", 2)[0] + " " + o.Class.String()
 	default:

@@ -112,7 +112,7 @@ func TestCheckText(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	const golden = `eth0: add qdisc htb 4857: root default 4857:10 r2q 10
+	const golden = `eth0: add qdisc htb 4857: root default 4857:10 r2q 10 direct_qlen 1000
 eth0: add class htb 4857:1 parent 4857: rate 1gbit ceil 1gbit burst 250000b cburst 250000b buffer 31250 cbuffer 31250 quantum 200000 prio 0 # all
 eth0: add class htb 4857:10 parent 4857:1 rate 999mbit ceil 1gbit burst 250000b cburst 250000b buffer 31282 cbuffer 31250 quantum 200000 prio 1 # fast
 eth0: add class htb 4857:2 parent 4857:1 rate 1mbit ceil 1mbit burst 3028b cburst 3028b buffer 378500 cbuffer 378500 quantum 12500 prio 0 # slow
@@ -126,5 +126,49 @@ eth0: add qdisc bfifo 485b: parent 4857:22 limit 131072b
 `
 	if d := cmp.Diff(golden, got); d != "" {
 		t.Errorf("check text (-want +got):\n%s", d)
+	}
+}
+
+// TestApplyFakeDirect: a tree of the default before the direct queue (a
+// fast class at 1tbit) is rebuilt into the direct queue's tree, which then
+// converges with no ops; and back when a FAST_RATE is set again.
+func TestApplyFakeDirect(t *testing.T) {
+	log := zerolog.New(zerolog.NewTestWriter(t))
+	capped := Config{Interface: "eth0", FastRate: rate(t, "1tbit"), SlowRate: rate(t, "1mbit")}
+	direct := Config{Interface: "eth0", SlowRate: rate(t, "1mbit")}
+	k := &fakeKernel{s: State{RootKind: "noqueue"}}
+	for i, cfg := range []Config{capped, direct, direct, capped} {
+		want, err := Plan(cfg)
+		if err != nil {
+			t.Fatal(err)
+		}
+		ops, err := Apply(context.Background(), k, want, log, false)
+		if err != nil {
+			t.Fatal(err)
+		}
+		switch i {
+		case 0:
+			if len(ops) != 1+len(want.Classes)+len(want.Leaves) {
+				t.Fatalf("first apply: %v", ops)
+			}
+		case 2:
+			if len(ops) != 0 {
+				t.Fatalf("direct again: %v, want no ops", ops)
+			}
+		default: // the shape changes: delete the root, add the whole tree
+			if len(ops) != 2+len(want.Classes)+len(want.Leaves) || ops[0].Kind != OpDeleteRoot {
+				t.Fatalf("apply %d: %v, want a rebuild", i, ops)
+			}
+		}
+		if want.Root.Direct() != (cfg.FastRate == 0) || k.s.Root != want.Root {
+			t.Fatalf("apply %d: root %+v, want %+v", i, k.s.Root, want.Root)
+		}
+	}
+	// A direct queue of another length (an earlier build left it to the
+	// interface's txqueuelen) is a different root: rebuilt.
+	want, _ := Plan(direct)
+	k.s.Root.DirectQlen = 2
+	if ops, _ := Apply(context.Background(), k, want, log, true); len(ops) == 0 || ops[0].Kind != OpDeleteRoot {
+		t.Errorf("direct_qlen 2: %v, want a rebuild", ops)
 	}
 }

@@ -52,12 +52,12 @@ func Example() {
 	fmt.Print(diff)
 }
 
-// The tree for the default rates on a kernel without sch_fq (FIFO leaves),
-// as docs/shaping.md shows it.
+// The tree for the defaults (no FAST_RATE, SLOW_RATE 1mbit), as
+// docs/shaping.md shows it: what is not demoted takes the root's direct
+// queue.
 func ExamplePlan() {
-	fast, _ := units.ParseRate("1tbit")
 	slow, _ := units.ParseRate("1mbit")
-	spec, err := tcshape.Plan(tcshape.Config{Interface: "eth0", FastRate: fast, SlowRate: slow})
+	spec, err := tcshape.Plan(tcshape.Config{Interface: "eth0", SlowRate: slow}) // no FAST_RATE: the direct queue
 	if err != nil {
 		fmt.Println(err)
 		return
@@ -65,14 +65,11 @@ func ExamplePlan() {
 	fmt.Print(spec)
 	// Output:
 	// dev eth0
-	// qdisc htb 4857: root default 4857:10 r2q 10
-	// class htb 4857:1 parent 4857: rate 1tbit ceil 1tbit burst 250000000b cburst 250000000b buffer 31250 cbuffer 31250 quantum 200000 prio 0 # all
-	// class htb 4857:10 parent 4857:1 rate 999999mbit ceil 1tbit burst 250000000b cburst 250000000b buffer 31251 cbuffer 31250 quantum 200000 prio 1 # fast
-	// class htb 4857:2 parent 4857:1 rate 1mbit ceil 1mbit burst 3028b cburst 3028b buffer 378500 cbuffer 378500 quantum 12500 prio 0 # slow
+	// qdisc htb 4857: root default 0 r2q 10 direct_qlen 1000
+	// class htb 4857:2 parent 4857: rate 1mbit ceil 1mbit burst 3028b cburst 3028b buffer 378500 cbuffer 378500 quantum 12500 prio 0 # slow
 	// class htb 4857:20 parent 4857:2 rate 250kbit ceil 1mbit burst 3028b cburst 3028b buffer 1514000 cbuffer 378500 quantum 3125 prio 1 # slow bulk
 	// class htb 4857:21 parent 4857:2 rate 500kbit ceil 1mbit burst 65536b cburst 65536b buffer 16384000 cbuffer 8192000 quantum 6250 prio 0 # slow interactive
 	// class htb 4857:22 parent 4857:2 rate 250kbit ceil 1mbit burst 3028b cburst 3028b buffer 1514000 cbuffer 378500 quantum 3125 prio 1 # slow served
-	// qdisc bfifo 4858: parent 4857:10 limit 25000000b
 	// qdisc bfifo 4859: parent 4857:20 limit 131072b
 	// qdisc bfifo 485a: parent 4857:21 limit 131072b
 	// qdisc bfifo 485b: parent 4857:22 limit 131072b
@@ -89,9 +86,8 @@ func (f *fresh) Do(_ string, op tcshape.Op) error { f.ops = append(f.ops, op); r
 // Apply over a kernel default changes only what differs from the plan: here,
 // everything. With dryRun it logs the ops and changes nothing.
 func ExampleApply() {
-	fast, _ := units.ParseRate("1tbit")
 	slow, _ := units.ParseRate("1mbit")
-	spec, err := tcshape.Plan(tcshape.Config{Interface: "eth0", FastRate: fast, SlowRate: slow})
+	spec, err := tcshape.Plan(tcshape.Config{Interface: "eth0", SlowRate: slow}) // no FAST_RATE: the direct queue
 	if err != nil {
 		fmt.Println(err)
 		return
@@ -107,16 +103,13 @@ func ExampleApply() {
 	}
 	fmt.Println(len(k.ops), "ops done")
 	// Output:
-	// add qdisc htb 4857: root default 4857:10 r2q 10
-	// add class htb 4857:1 parent 4857: rate 1tbit ceil 1tbit burst 250000000b cburst 250000000b buffer 31250 cbuffer 31250 quantum 200000 prio 0 # all
-	// add class htb 4857:10 parent 4857:1 rate 999999mbit ceil 1tbit burst 250000000b cburst 250000000b buffer 31251 cbuffer 31250 quantum 200000 prio 1 # fast
-	// add class htb 4857:2 parent 4857:1 rate 1mbit ceil 1mbit burst 3028b cburst 3028b buffer 378500 cbuffer 378500 quantum 12500 prio 0 # slow
+	// add qdisc htb 4857: root default 0 r2q 10 direct_qlen 1000
+	// add class htb 4857:2 parent 4857: rate 1mbit ceil 1mbit burst 3028b cburst 3028b buffer 378500 cbuffer 378500 quantum 12500 prio 0 # slow
 	// add class htb 4857:20 parent 4857:2 rate 250kbit ceil 1mbit burst 3028b cburst 3028b buffer 1514000 cbuffer 378500 quantum 3125 prio 1 # slow bulk
 	// add class htb 4857:21 parent 4857:2 rate 500kbit ceil 1mbit burst 65536b cburst 65536b buffer 16384000 cbuffer 8192000 quantum 6250 prio 0 # slow interactive
 	// add class htb 4857:22 parent 4857:2 rate 250kbit ceil 1mbit burst 3028b cburst 3028b buffer 1514000 cbuffer 378500 quantum 3125 prio 1 # slow served
-	// add qdisc bfifo 4858: parent 4857:10 limit 25000000b
 	// add qdisc bfifo 4859: parent 4857:20 limit 131072b
 	// add qdisc bfifo 485a: parent 4857:21 limit 131072b
 	// add qdisc bfifo 485b: parent 4857:22 limit 131072b
-	// 11 ops done
+	// 8 ops done
 }

@@ -1,7 +1,9 @@
-// Package tcshape shapes the pod's egress with HTB: a fast default class and
-// one slow class shared by every demoted flow, classified without tc filter
-// modules by iptables mangle CLASSIFY from the connection mark (package
-// demotion plans those rules).
+// Package tcshape shapes the pod's egress with HTB: one slow class shared by
+// every demoted flow, classified without tc filter modules by iptables
+// mangle CLASSIFY from the connection mark (package demotion plans those
+// rules). Every other packet takes HTB's direct queue, which has no rate and
+// no class to account (Config.FastRate zero, the default), or a fast class
+// capped at FastRate when one is set.
 //
 // Plan and Diff are pure: they turn a Config (plus what apply code read from
 // the kernel: the psched clock and the available leaf qdisc) into a Spec,
@@ -54,9 +56,13 @@ const HandleRoot Handle = 0xFFFFFFFF
 
 // The handles hubwarden owns. 0x4857 is "HW" in ASCII.
 const (
-	RootMajor   = 0x4857
-	RootHandle  = Handle(RootMajor << 16)   // the HTB qdisc, 4857:
-	ParentClass = Handle(RootMajor<<16 | 1) // 4857:1, rate = ceil = FastRate
+	RootMajor  = 0x4857
+	RootHandle = Handle(RootMajor << 16) // the HTB qdisc, 4857:
+	// ParentClass (4857:1, rate = ceil = FastRate) and FastClass (4857:10,
+	// the default class) exist only when a FastRate caps the fast path.
+	// Without one, packets that are not classified take the root's direct
+	// queue.
+	ParentClass = Handle(RootMajor<<16 | 1)
 	FastClass   = Handle(RootMajor<<16 | 0x10)
 	// SlowClass (4857:2) is the slow class: rate = ceil = SlowRate, the
 	// parent of the three slow leaves. Its byte counter is everything the
@@ -88,7 +94,14 @@ const (
 )
 
 const (
-	defaultR2Q    = 10
+	defaultR2Q = 10
+	// directQlen is how many packets HTB's direct queue (the fast path
+	// without a FastRate) holds when the interface pushes back: a veth's
+	// and pfifo_fast's default txqueuelen. A queue only forms where the
+	// interface is slower than what the pod sends; it is set rather than
+	// left to the interface's txqueuelen, which may be 0 (the kernel then
+	// takes 2).
+	directQlen    = 1000
 	maxQuantum    = 200000 // the kernel's own clamp for computed quanta
 	gsoMax        = 64 * 1024
 	ethHeader     = 14
@@ -190,9 +203,12 @@ func (c Clock) ticks(size, rate uint64) (uint32, error) {
 // Leaves).
 type Config struct {
 	Interface string
-	FastRate  units.Rate
-	SlowRate  units.Rate
-	MTU       uint32 // 0: 1500
+	// FastRate caps everything the interface sends (bytes/s). Zero, the
+	// default, means no cap: packets that are not demoted take HTB's direct
+	// queue, without a class or a rate.
+	FastRate units.Rate
+	SlowRate units.Rate
+	MTU      uint32 // 0: 1500
 
 	Clock  Clock    // from /proc/net/psched; zero value: DefaultClock
 	Leaves LeafKind // detected; empty: LeafFIFO
@@ -208,10 +224,16 @@ type Spec struct {
 
 // Root is the HTB root qdisc.
 type Root struct {
-	Handle  Handle
-	Default Handle // class of unclassified packets
-	R2Q     uint32
+	Handle Handle
+	// Default is the class of unclassified packets; 0: none, they take the
+	// direct queue (HTB_DIRECT), which has no rate.
+	Default    Handle
+	R2Q        uint32
+	DirectQlen uint32 // packets the direct queue holds
 }
+
+// Direct reports whether unclassified packets take the root's direct queue.
+func (r Root) Direct() bool { return r.Default == 0 }
 
 // Class is one HTB class. Rates are in bytes per second, buffers in psched
 // ticks, as the kernel takes and reports them.
@@ -241,7 +263,7 @@ func Plan(cfg Config) (Spec, error) {
 	if slow < minRate {
 		return Spec{}, fmt.Errorf("planning shaping: slow rate %s is below the minimum 8kbit", cfg.SlowRate)
 	}
-	if fast <= slow {
+	if fast != 0 && fast <= slow {
 		return Spec{}, fmt.Errorf("planning shaping: fast rate %s must be above the slow rate %s", cfg.FastRate, cfg.SlowRate)
 	}
 	mtu := uint64(cfg.MTU)
@@ -272,20 +294,38 @@ func Plan(cfg Config) (Spec, error) {
 		c.Quantum = uint32(min(max(rate/defaultR2Q, frame, 1000), maxQuantum))
 		return c, nil
 	}
-	parent, err := class("all", ParentClass, RootHandle, fast, fast, fastBurstTime, 2*gsoMax+frame, 0)
-	if err != nil {
-		return Spec{}, err
+	var classes []Class
+	var leaves []Leaf
+	root := Root{Handle: RootHandle, R2Q: defaultR2Q, DirectQlen: directQlen}
+	slowParent := RootHandle
+	if fast != 0 {
+		parent, err := class("all", ParentClass, RootHandle, fast, fast, fastBurstTime, 2*gsoMax+frame, 0)
+		if err != nil {
+			return Spec{}, err
+		}
+		// The fast class is guaranteed what the slow class is not, and may
+		// borrow the rest. It has the lower priority (1): the slow class is
+		// capped at its own small rate so it can never starve the fast
+		// class, while a fast class that always has tokens (a link slower
+		// than FastRate) would starve a slow class of lower priority.
+		fastC, err := class("fast", FastClass, ParentClass, fast-slow, fast, fastBurstTime, 2*gsoMax+frame, 1)
+		if err != nil {
+			return Spec{}, err
+		}
+		fastLeaf := Leaf{Handle: FastLeafHandle, Parent: FastClass, Kind: "bfifo", Limit: uint32(max(min(uint64(float64(fast)*fastLimitTime), fastLimitMax), 10*gsoMax))}
+		if cfg.Leaves == LeafFQ {
+			fastLeaf = Leaf{Handle: FastLeafHandle, Parent: FastClass, Kind: "fq", Limit: 10000} // fq's default packet limit
+		}
+		classes, leaves = []Class{parent, fastC}, []Leaf{fastLeaf}
+		root.Default, slowParent = FastClass, ParentClass
 	}
-	// The fast class is guaranteed what the slow class is not, and may borrow
-	// the rest. It has the lower priority (1): the slow class is capped at
-	// its own small rate so it can never starve the fast class, while a fast
-	// class that always has tokens (a link slower than FastRate) would
-	// starve a slow class of lower priority.
-	fastC, err := class("fast", FastClass, ParentClass, fast-slow, fast, fastBurstTime, 2*gsoMax+frame, 1)
-	if err != nil {
-		return Spec{}, err
-	}
-	slowC, err := class("slow", SlowClass, ParentClass, slow, slow, slowBurstTime, 2*frame, 0)
+	// Without a FastRate the slow class hangs from the root, and HTB
+	// dequeues the direct queue before any class: what is not demoted
+	// leaves as it would with no qdisc but for the root's lock. The slow
+	// class is not starved on a veth, which takes every packet at once;
+	// where an interface pushes back, the pod's own fast traffic goes first,
+	// and the demoted flows wait.
+	slowC, err := class("slow", SlowClass, slowParent, slow, slow, slowBurstTime, 2*frame, 0)
 	if err != nil {
 		return Spec{}, err
 	}
@@ -316,10 +356,6 @@ func Plan(cfg Config) (Spec, error) {
 	// Fifo limits are in bytes: veth carries 64 KB GSO packets, so a packet
 	// limit would mean seconds of backlog at the slow rate.
 	slowLimit := clampU32(max(uint64(float64(slow)*slowLimitTime), 2*gsoMax))
-	fastLeaf := Leaf{Handle: FastLeafHandle, Parent: FastClass, Kind: "bfifo", Limit: uint32(max(min(uint64(float64(fast)*fastLimitTime), fastLimitMax), 10*gsoMax))}
-	if cfg.Leaves == LeafFQ {
-		fastLeaf = Leaf{Handle: FastLeafHandle, Parent: FastClass, Kind: "fq", Limit: 10000} // fq's default packet limit
-	}
 	// The slow leaves stay byte fifos even where fq exists: fq limits only
 	// packets, and the slow queues must be short in bytes. The interactive
 	// queue holds at least one burst.
@@ -328,9 +364,9 @@ func Plan(cfg Config) (Spec, error) {
 	servedLeaf := Leaf{Handle: ServedLeafHandle, Parent: ServedClass, Kind: "bfifo", Limit: slowLimit}
 	return Spec{
 		Interface: cfg.Interface,
-		Root:      Root{Handle: RootHandle, Default: FastClass, R2Q: defaultR2Q},
-		Classes:   []Class{parent, fastC, slowC, bulkC, interC, servedC},
-		Leaves:    []Leaf{fastLeaf, bulkLeaf, interLeaf, servedLeaf},
+		Root:      root,
+		Classes:   append(classes, slowC, bulkC, interC, servedC),
+		Leaves:    append(leaves, bulkLeaf, interLeaf, servedLeaf),
 	}, nil
 }
 

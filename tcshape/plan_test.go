@@ -36,10 +36,26 @@ func TestPlanGolden(t *testing.T) {
 		tc   string
 	}{
 		{
-			name: "the defaults: 1tbit/1mbit fifo",
+			// No FAST_RATE: the fast path is the root's direct queue, fq or
+			// not.
+			name: "the defaults: no fast rate, 1mbit, fq",
+			cfg:  Config{Interface: "eth0", SlowRate: rate(t, "1mbit"), Leaves: LeafFQ},
+			tc: `dev eth0
+qdisc htb 4857: root default 0 r2q 10 direct_qlen 1000
+class htb 4857:2 parent 4857: rate 1mbit ceil 1mbit burst 3028b cburst 3028b buffer 378500 cbuffer 378500 quantum 12500 prio 0 # slow
+class htb 4857:20 parent 4857:2 rate 250kbit ceil 1mbit burst 3028b cburst 3028b buffer 1514000 cbuffer 378500 quantum 3125 prio 1 # slow bulk
+class htb 4857:21 parent 4857:2 rate 500kbit ceil 1mbit burst 65536b cburst 65536b buffer 16384000 cbuffer 8192000 quantum 6250 prio 0 # slow interactive
+class htb 4857:22 parent 4857:2 rate 250kbit ceil 1mbit burst 3028b cburst 3028b buffer 1514000 cbuffer 378500 quantum 3125 prio 1 # slow served
+qdisc bfifo 4859: parent 4857:20 limit 131072b
+qdisc bfifo 485a: parent 4857:21 limit 131072b
+qdisc bfifo 485b: parent 4857:22 limit 131072b
+`,
+		},
+		{
+			name: "1tbit/1mbit fifo (the default before the direct queue)",
 			cfg:  Config{Interface: "eth0", FastRate: rate(t, "1tbit"), SlowRate: rate(t, "1mbit"), Leaves: LeafFIFO},
 			tc: `dev eth0
-qdisc htb 4857: root default 4857:10 r2q 10
+qdisc htb 4857: root default 4857:10 r2q 10 direct_qlen 1000
 class htb 4857:1 parent 4857: rate 1tbit ceil 1tbit burst 250000000b cburst 250000000b buffer 31250 cbuffer 31250 quantum 200000 prio 0 # all
 class htb 4857:10 parent 4857:1 rate 999999mbit ceil 1tbit burst 250000000b cburst 250000000b buffer 31251 cbuffer 31250 quantum 200000 prio 1 # fast
 class htb 4857:2 parent 4857:1 rate 1mbit ceil 1mbit burst 3028b cburst 3028b buffer 378500 cbuffer 378500 quantum 12500 prio 0 # slow
@@ -56,7 +72,7 @@ qdisc bfifo 485b: parent 4857:22 limit 131072b
 			name: "10gbit/1mbit fifo",
 			cfg:  Config{Interface: "eth0", FastRate: rate(t, "10gbit"), SlowRate: rate(t, "1mbit"), Leaves: LeafFIFO},
 			tc: `dev eth0
-qdisc htb 4857: root default 4857:10 r2q 10
+qdisc htb 4857: root default 4857:10 r2q 10 direct_qlen 1000
 class htb 4857:1 parent 4857: rate 10gbit ceil 10gbit burst 2500000b cburst 2500000b buffer 31250 cbuffer 31250 quantum 200000 prio 0 # all
 class htb 4857:10 parent 4857:1 rate 9999mbit ceil 10gbit burst 2500000b cburst 2500000b buffer 31254 cbuffer 31250 quantum 200000 prio 1 # fast
 class htb 4857:2 parent 4857:1 rate 1mbit ceil 1mbit burst 3028b cburst 3028b buffer 378500 cbuffer 378500 quantum 12500 prio 0 # slow
@@ -74,7 +90,7 @@ qdisc bfifo 485b: parent 4857:22 limit 131072b
 			cfg: Config{Interface: "net1", FastRate: rate(t, "2gbit"), SlowRate: rate(t, "100kbit"),
 				MTU: 9000, Leaves: LeafFQ, Clock: DefaultClock},
 			tc: `dev net1
-qdisc htb 4857: root default 4857:10 r2q 10
+qdisc htb 4857: root default 4857:10 r2q 10 direct_qlen 1000
 class htb 4857:1 parent 4857: rate 2gbit ceil 2gbit burst 500000b cburst 500000b buffer 31250 cbuffer 31250 quantum 200000 prio 0 # all
 class htb 4857:10 parent 4857:1 rate 1999900kbit ceil 2gbit burst 500000b cburst 500000b buffer 31252 cbuffer 31250 quantum 200000 prio 1 # fast
 class htb 4857:2 parent 4857:1 rate 100kbit ceil 100kbit burst 18028b cburst 18028b buffer 22535000 cbuffer 22535000 quantum 9014 prio 0 # slow

@@ -12,7 +12,8 @@ import (
 func (s Spec) String() string {
 	var b strings.Builder
 	fmt.Fprintf(&b, "dev %s\n", s.Interface)
-	fmt.Fprintf(&b, "qdisc htb %s root default %s r2q %d\n", s.Root.Handle, s.Root.Default, s.Root.R2Q)
+	b.WriteString(s.Root.String())
+	b.WriteByte('\n')
 	for _, c := range s.Classes {
 		b.WriteString(c.String())
 		b.WriteByte('\n')
@@ -22,6 +23,16 @@ func (s Spec) String() string {
 		b.WriteByte('\n')
 	}
 	return b.String()
+}
+
+// String renders the root as tc-like text. "default 0" is tc's way of
+// saying that unclassified packets take the direct queue.
+func (r Root) String() string {
+	def := "0"
+	if !r.Direct() {
+		def = r.Default.String()
+	}
+	return fmt.Sprintf("qdisc htb %s root default %s r2q %d direct_qlen %d", r.Handle, def, r.R2Q, r.DirectQlen)
 }
 
 // String renders one class as tc-like text.

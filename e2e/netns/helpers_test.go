@@ -57,6 +57,19 @@ class htb 4857:21 parent 4857:2 leaf 485a: prio 0 rate 750Kbit ceil 1Mbit burst 
 	if id, sent, ok := slowClass(out); id != "4857:2" || sent != 4000 || !ok {
 		t.Errorf("two slow leaves: %s %d %v, want 4857:2 4000 true", id, sent, ok)
 	}
+	// The default tree: no fast class, the slow class at the root.
+	direct := `class htb 4857:2 root rate 1Mbit ceil 1Mbit burst 15Kb cburst 15Kb
+ Sent 4000 bytes 20 pkt (dropped 0, overlimits 0 requeues 0)
+class htb 4857:20 parent 4857:2 leaf 4859: prio 1 rate 250Kbit ceil 1Mbit burst 15Kb cburst 15Kb
+ Sent 3000 bytes 12 pkt (dropped 0, overlimits 0 requeues 0)
+class htb 4857:21 parent 4857:2 leaf 485a: prio 0 rate 500Kbit ceil 1Mbit burst 64Kb cburst 64Kb
+ Sent 1000 bytes 8 pkt (dropped 0, overlimits 0 requeues 0)
+class htb 4857:22 parent 4857:2 leaf 485b: prio 1 rate 250Kbit ceil 1Mbit burst 15Kb cburst 15Kb
+ Sent 0 bytes 0 pkt (dropped 0, overlimits 0 requeues 0)
+`
+	if id, sent, ok := slowClass(direct); id != "4857:2" || sent != 4000 || !ok {
+		t.Errorf("the slow class at the root: %s %d %v, want 4857:2 4000 true", id, sent, ok)
+	}
 }
 
 func TestTransferRates(t *testing.T) {
