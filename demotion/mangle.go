@@ -144,9 +144,12 @@ func InteractiveLimit(slow units.Rate) (rateKiB, burstKiB uint64, ok bool) {
 //     bit alone at half of it.
 //
 // Every jump from SHAPE on is a goto, and each test is made once: a packet
-// of a flow that is not demoted meets five matches at tier 0 (demoted?
-// tier? direction? threshold? half?), where the rules of one chain per
-// tier that tested the direction in each rule took fourteen. The connbytes
+// of a flow that is neither demoted nor promoted meets four matches (tier 0
+// and not demoted? direction? threshold? half?), where the rules of one
+// chain per tier that tested the direction in each rule took fourteen.
+// Without the recent gate, a first rule in SHAPE sends such a packet to
+// tier 0's chain at once; the rules above, in their order, are for the
+// others. The connbytes
 // match that makes the kernel keep byte counters for every flow of the
 // namespace sits in a chain nothing jumps to (HUBWARDEN-ACCT): the kernel
 // turns accounting on when the rule is added, and no packet pays for it.
@@ -235,6 +238,19 @@ func MangleTables(r Rules) ([]xtables.Table, error) {
 				Args:    []string{"-o", r.Interface, "-g", TripChain},
 				Comment: "flows not demoted: the tripwire of their tier",
 			})
+			if r.Gate != GateRecent {
+				// The common packet, of a flow neither demoted nor ever
+				// promoted (tier 0), takes one test to its tier's chain
+				// instead of three (demoted? the recent gate? which
+				// tier?). Without a recent gate nothing else in SHAPE
+				// applies to it; the quota gate, in its own chain before
+				// this one, has already set the demoted bit where it
+				// demotes.
+				shape = append([]xtables.Rule{{
+					Args:    []string{"-o", r.Interface, "-m", "connmark", "--mark", markMask(c.TierMark(0), c.Demoted()|c.TierMask()), "-g", TierChain(0)},
+					Comment: "flows neither demoted nor promoted: the tripwire of tier 0",
+				}}, shape...)
+			}
 			var trip []xtables.Rule
 			for k := range Tiers {
 				trip = append(trip, xtables.Rule{
