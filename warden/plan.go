@@ -186,7 +186,10 @@ func (p Plan) Write(w io.Writer) error {
 		b.WriteString("# tc: shaping is off (HUBWARDEN_SHAPE=false)\n")
 	} else {
 		leaves := "leaves " + string(p.Env.Shape.Leaves)
-		if !p.Env.Probed {
+		switch {
+		case p.TC.Root.Direct():
+			leaves = "what is not demoted takes the root's direct queue"
+		case !p.Env.Probed:
 			leaves = "FIFO leaves shown; init uses fq where the kernel has it"
 		}
 		fmt.Fprintf(&b, "# tc on %s (%s)\n%s", p.TC.Interface, leaves, p.TC.String())
