@@ -62,7 +62,7 @@ type rawConfig struct {
 	FlowRefill       string `envconfig:"FLOW_REFILL" default:"1MiB/s" desc:"per-flow token bucket refill"`
 	PodBudget        string `envconfig:"POD_BUDGET" default:"256MiB" desc:"per-pod token bucket burst over all flows: bounds parallel and short connections"`
 	PodRefill        string `envconfig:"POD_REFILL" default:"256KiB/s" desc:"per-pod token bucket refill: the long-run rate a user can move data out (slow bytes count against it too)"`
-	PromoteIdle      string `envconfig:"PROMOTE_IDLE" default:"2s" desc:"a demoted flow idle this long is promoted back to the fast class, if the pod bucket allows"`
+	PromoteIdle      string `envconfig:"PROMOTE_IDLE" default:"2s" desc:"a demoted flow idle this long is promoted back to the fast path, if the pod bucket allows"`
 	DumpInterval     string `envconfig:"DUMP_INTERVAL" default:"1s" desc:"how often each demoted flow is read to see whether it went idle (to promote it); also the interval between conntrack dumps while a flow is busy or the kernel's events cannot be relied on (otherwise a dump every 10 s, or DUMP_INTERVAL if longer)"`
 	ProgressInterval string `envconfig:"PROGRESS_INTERVAL" default:"60s" desc:"interval of audit progress lines for long-lived flows"`
 

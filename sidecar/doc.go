@@ -41,7 +41,7 @@
 //	HUBWARDEN_FLOW_REFILL         1MiB/s              per-flow token bucket refill
 //	HUBWARDEN_POD_BUDGET          256MiB              per-pod token bucket burst over all flows: bounds parallel and short connections
 //	HUBWARDEN_POD_REFILL          256KiB/s            per-pod token bucket refill: the long-run rate a user can move data out (slow bytes count against it too)
-//	HUBWARDEN_PROMOTE_IDLE        2s                  a demoted flow idle this long is promoted back to the fast class, if the pod bucket allows
+//	HUBWARDEN_PROMOTE_IDLE        2s                  a demoted flow idle this long is promoted back to the fast path, if the pod bucket allows
 //	HUBWARDEN_DUMP_INTERVAL       1s                  how often each demoted flow is read to see whether it went idle (to promote it); also the interval between conntrack dumps while a flow is busy or the kernel's events cannot be relied on (otherwise a dump every 10 s, or DUMP_INTERVAL if longer)
 //	HUBWARDEN_PROGRESS_INTERVAL   60s                 interval of audit progress lines for long-lived flows
 //	HUBWARDEN_GUARD               enforce             HTTP guard in front of the notebook server: enforce (serve notebooks only, refuse download routes), audit (decide and log every request, refuse nothing) or off (no redirect)
