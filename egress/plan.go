@@ -461,7 +461,13 @@ func RawTables(ipv6, spoof bool) ([]xtables.Table, error) {
 					{Args: []string{"-i", "lo", "-j", "CT", "--notrack"}, Comment: "loopback: never leaves the pod, not tracked"},
 				}},
 			},
-			Hooks: []xtables.Hook{{Base: "OUTPUT", Target: ChainRawOut}, {Base: "PREROUTING", Target: ChainRawIn}},
+			// Only loopback packets jump: every other packet of the pod (and
+			// each ACK it receives) meets one rule in raw, not a jump and a
+			// chain. With the spoof rule here, every packet out must see it.
+			Hooks: []xtables.Hook{{Base: "OUTPUT", Match: []string{"-o", "lo"}, Target: ChainRawOut}, {Base: "PREROUTING", Match: []string{"-i", "lo"}, Target: ChainRawIn}},
+		}
+		if spoof {
+			t.Hooks[0].Match = nil
 		}
 		if err := t.Validate(); err != nil {
 			return nil, fmt.Errorf("planning raw rules: %w", err)

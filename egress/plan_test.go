@@ -163,7 +163,7 @@ func checkInvariants(t *testing.T, cfg Config, ts []xtables.Table) {
 		if err := tb.Validate(); err != nil {
 			t.Fatal(err)
 		}
-		if tb.Name != "filter" || len(tb.Hooks) != 1 || tb.Hooks[0] != (xtables.Hook{Base: "OUTPUT", Target: ChainEgress}) {
+		if tb.Name != "filter" || len(tb.Hooks) != 1 || !cmp.Equal(tb.Hooks[0], xtables.Hook{Base: "OUTPUT", Target: ChainEgress}) {
 			t.Fatalf("table %s/%s hooks = %v", tb.Family, tb.Name, tb.Hooks)
 		}
 		eg := tb.Chains[0]
@@ -291,10 +291,17 @@ func BenchmarkPlan(b *testing.B) {
 }
 
 func TestRawTables(t *testing.T) {
-	loopback := `-A HUBWARDEN-RAW-OUT -o lo -m comment --comment "hubwarden: loopback: never leaves the pod, not tracked" -j CT --notrack
+	rules := `-A HUBWARDEN-RAW-OUT -o lo -m comment --comment "hubwarden: loopback: never leaves the pod, not tracked" -j CT --notrack
 -A HUBWARDEN-RAW-IN -i lo -m comment --comment "hubwarden: loopback: never leaves the pod, not tracked" -j CT --notrack
--I OUTPUT 1 -m comment --comment "hubwarden: hook" -j HUBWARDEN-RAW-OUT
--I PREROUTING 1 -m comment --comment "hubwarden: hook" -j HUBWARDEN-RAW-IN
+`
+	// Only loopback packets jump into the chains, but with the spoof rule
+	// in raw every packet out must reach it.
+	hooksAll := `-I OUTPUT 1 -m comment --comment "hubwarden: hook" -j HUBWARDEN-RAW-OUT
+-I PREROUTING 1 -i lo -m comment --comment "hubwarden: hook" -j HUBWARDEN-RAW-IN
+COMMIT
+`
+	hooksLo := `-I OUTPUT 1 -o lo -m comment --comment "hubwarden: hook" -j HUBWARDEN-RAW-OUT
+-I PREROUTING 1 -i lo -m comment --comment "hubwarden: hook" -j HUBWARDEN-RAW-IN
 COMMIT
 `
 	spoof := `-A HUBWARDEN-RAW-OUT -m addrtype ! --src-type LOCAL -m owner --uid-owner 0-4294967294 -m comment --comment "hubwarden: a user socket sending from an address that is not the pod address (spoofed)" -j DROP
@@ -308,9 +315,9 @@ COMMIT
 		want  string
 	}{
 		// Without the egress filter, raw holds the spoof rule.
-		{true, head + spoof + loopback},
+		{true, head + spoof + rules + hooksAll},
 		// With it, the filter does (TestSpoofRule).
-		{false, head + loopback},
+		{false, head + rules + hooksLo},
 	} {
 		ts, err := RawTables(true, tc.spoof)
 		if err != nil {

@@ -110,7 +110,7 @@ func Plan(cfg Config) (Rules, error) {
 					Comment: "guard: answers from the guard port on loopback are tracked (those to the probe come back through the redirect)",
 				},
 			}}}
-			raw.Hooks = []xtables.Hook{{Base: "OUTPUT", Target: ChainRaw}}
+			raw.Hooks = []xtables.Hook{{Base: "OUTPUT", Match: []string{"-o", "lo"}, Target: ChainRaw}} // its rules are all for loopback
 		}
 		for _, t := range []xtables.Table{nat, filter, raw} {
 			if err := t.Validate(); err != nil {

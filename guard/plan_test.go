@@ -67,7 +67,7 @@ COMMIT
 :HUBWARDEN-GUARD-RAW - [0:0]
 -A HUBWARDEN-GUARD-RAW -o lo -p tcp -m mark --mark 0x4857 -m comment --comment "hubwarden: guard: the self-test probe is tracked (so it can be redirected)" -j ACCEPT
 -A HUBWARDEN-GUARD-RAW -o lo -p tcp -m tcp --sport 9281 -m comment --comment "hubwarden: guard: answers from the guard port on loopback are tracked (those to the probe come back through the redirect)" -j ACCEPT
--I OUTPUT 1 -m comment --comment "hubwarden: hook" -j HUBWARDEN-GUARD-RAW
+-I OUTPUT 1 -o lo -m comment --comment "hubwarden: hook" -j HUBWARDEN-GUARD-RAW
 COMMIT
 `
 		if diff := cmp.Diff(wantRaw, xtables.RenderWithHooks(r.Raw[i], r.Raw[i].Hooks, nil)); diff != "" {

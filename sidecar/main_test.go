@@ -48,7 +48,7 @@ func TestRunPlan(t *testing.T) {
 				"-I PREROUTING 1 -m comment --comment \"hubwarden: hook\" -j HUBWARDEN-GUARD\n",
 				"-I INPUT 1 -m comment --comment \"hubwarden: hook\" -j HUBWARDEN-GUARD-IN\n",
 				// Each hook is inserted at the top: the last line's comes first.
-				"-I OUTPUT 1 -m comment --comment \"hubwarden: hook\" -j HUBWARDEN-RAW-OUT\n-I OUTPUT 1 -m comment --comment \"hubwarden: hook\" -j HUBWARDEN-GUARD-RAW\n",
+				"-I OUTPUT 1 -o lo -m comment --comment \"hubwarden: hook\" -j HUBWARDEN-RAW-OUT\n-I OUTPUT 1 -o lo -m comment --comment \"hubwarden: hook\" -j HUBWARDEN-GUARD-RAW\n",
 			},
 		},
 		{

@@ -500,3 +500,41 @@ func TestParseSaveErrors(t *testing.T) {
 		}
 	}
 }
+
+// TestApplyHookMatch: a hook with a match renders and checks as
+// iptables-save prints it, and the hook an earlier build left (the same
+// jump without the match) is drift that one apply replaces.
+func TestApplyHookMatch(t *testing.T) {
+	const v4 = "iptables-nft"
+	plan := []Table{{Family: IPv4, Name: "raw", Hooks: []Hook{{Base: "OUTPUT", Match: []string{"-o", "lo"}, Target: "HUBWARDEN-RAW-OUT"}}, Chains: []Chain{
+		{Name: "HUBWARDEN-RAW-OUT", Rules: []Rule{{Args: []string{"-o", "lo", "-j", "CT", "--notrack"}, Comment: "loopback"}}},
+	}}}
+	k := xtablestest.New()
+	x := newTest(t, k)
+	mustApply(t, x, plan)
+	mustCheckClean(t, x, plan)
+	const matched = `-A OUTPUT -o lo -m comment --comment "hubwarden: hook" -j HUBWARDEN-RAW-OUT` + "\n"
+	if got := k.Save(v4); !strings.Contains(got, matched) {
+		t.Fatalf("the hook is not %q:\n%s", matched, got)
+	}
+	// The earlier build's hook: every packet jumps.
+	k.Tables[v4]["raw"].Chains["OUTPUT"].Rules[0] = []string{"-m", "comment", "--comment", "hubwarden: hook", "-j", "HUBWARDEN-RAW-OUT"}
+	drift, err := x.Check(context.Background(), plan)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(drift) != 1 || !strings.Contains(drift[0].String(), "hook OUTPUT -> HUBWARDEN-RAW-OUT") {
+		t.Fatalf("drift of the old hook: %v", drift)
+	}
+	mustApply(t, x, plan)
+	mustCheckClean(t, x, plan)
+	if got := k.Save(v4); !strings.Contains(got, matched) || strings.Count(got, "hubwarden: hook") != 1 {
+		t.Errorf("after converging:\n%s", got)
+	}
+	// A match that holds a jump is not a match.
+	bad := plan[0]
+	bad.Hooks = []Hook{{Base: "OUTPUT", Match: []string{"-j", "ACCEPT"}, Target: "HUBWARDEN-RAW-OUT"}}
+	if err := bad.Validate(); err == nil {
+		t.Error("a hook match holding -j validated")
+	}
+}

@@ -53,7 +53,13 @@ type Chain struct {
 // Hook is the single jump rule from a base chain into an owned chain. Hooks
 // are inserted at position 1 so that hubwarden's policy runs before others'.
 type Hook struct {
-	Base   string // built-in chain: OUTPUT, POSTROUTING, ...
+	Base string // built-in chain: OUTPUT, POSTROUTING, ...
+	// Match is what the jump tests before it is taken, as iptables-save
+	// prints it (e.g. "-o", "lo"); empty: every packet jumps. A packet that
+	// cannot match any rule of the owned chain need not jump into it: the
+	// test in the hook costs one rule where the jump and the chain cost
+	// two or more, for every packet of the hook.
+	Match  []string
 	Target string // owned chain
 }
 
@@ -84,6 +90,11 @@ func (t Table) Validate() error {
 		}
 		if strings.HasPrefix(h.Base, Prefix) {
 			return fmt.Errorf("table %s/%s: hook base %q must be a built-in chain", t.Family, t.Name, h.Base)
+		}
+		for _, a := range h.Match {
+			if a == "-j" || a == "-g" || a == "--comment" {
+				return fmt.Errorf("table %s/%s: hook %s -> %s: its match %q holds %s", t.Family, t.Name, h.Base, h.Target, h.Match, a)
+			}
 		}
 	}
 	for _, c := range t.Chains {
@@ -146,13 +157,17 @@ func quoteAll(ss []string) []string {
 
 // HookLine renders a hook's jump rule (without -A/-I) as iptables-save prints it.
 func HookLine(h Hook) string {
-	return fmt.Sprintf("-A %s -m comment --comment %s -j %s", h.Base, quote("hubwarden: hook"), h.Target)
+	match := ""
+	if len(h.Match) > 0 {
+		match = " " + strings.Join(quoteAll(h.Match), " ")
+	}
+	return fmt.Sprintf("-A %s%s -m comment --comment %s -j %s", h.Base, match, quote("hubwarden: hook"), h.Target)
 }
 
 // HookArgs returns the arguments of a hook's jump rule after the chain name,
 // as go-iptables' Exists/Insert/Delete take them.
 func HookArgs(h Hook) []string {
-	return []string{"-m", "comment", "--comment", "hubwarden: hook", "-j", h.Target}
+	return append(append([]string{}, h.Match...), "-m", "comment", "--comment", "hubwarden: hook", "-j", h.Target)
 }
 
 // Render returns the table's owned chains as an iptables-restore --noflush
