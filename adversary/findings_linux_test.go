@@ -25,6 +25,7 @@ import (
 	"github.com/hubwarden/hubwarden/internal/nstest"
 	"github.com/hubwarden/hubwarden/tcshape"
 	"github.com/hubwarden/hubwarden/warden"
+	"github.com/hubwarden/hubwarden/xtables"
 )
 
 // Subnet indexes for nstest.NewPair: this package owns 80-99.
@@ -299,8 +300,15 @@ func TestIntegrationSpoofedSource(t *testing.T) {
 				backend := strings.TrimSpace(b.Pod.MustRun("cat", b.s.Env["HUBWARDEN_STATE_DIR"]+"/"+warden.BackendFile))
 				tool := ipt + "-" + backend
 				if tc.noRaw {
-					b.Pod.MustRun(tool, "-t", "raw", "-D", "OUTPUT", "-m", "comment", "--comment", "hubwarden: hook", "-j", "HUBWARDEN-RAW-OUT")
-					b.Pod.MustRun(tool, "-t", "raw", "-D", "PREROUTING", "-m", "comment", "--comment", "hubwarden: hook", "-j", "HUBWARDEN-RAW-IN")
+					// The hooks as the sidecar plans them (egress on: the spoof
+					// rule is in the filter, the raw hooks match loopback).
+					raw, err := egress.RawTables(false, false)
+					if err != nil {
+						t.Fatal(err)
+					}
+					for _, h := range raw[0].Hooks {
+						b.Pod.MustRun(tool, append([]string{"-t", "raw", "-D", h.Base}, xtables.HookArgs(h)...)...)
+					}
 				}
 				if tc.noSpoof {
 					rules := strings.Split(b.Pod.MustRun(tool, "-t", "filter", "-S", egress.ChainEgress), "\n")
