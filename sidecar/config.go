@@ -285,10 +285,13 @@ func (r *rawConfig) parse(resolvConf string) (*Config, []string) {
 
 	c.Shape = boolean("SHAPE", r.Shape)
 	if r.FastRate != "" { // empty: no cap
-		if f, err := units.ParseRate(r.FastRate); err == nil && f == 0 {
+		switch f, err := units.ParseRate(r.FastRate); {
+		case err != nil:
+			bad("FAST_RATE", err)
+		case f == 0:
 			bad("FAST_RATE", errors.New("must be > 0; leave it empty for no cap"))
-		} else {
-			c.FastRate = rate("FAST_RATE", r.FastRate)
+		default:
+			c.FastRate = f
 		}
 	}
 	c.SlowRate = rate("SLOW_RATE", r.SlowRate)
