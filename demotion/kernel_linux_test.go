@@ -149,8 +149,26 @@ func TestIntegrationTiers(t *testing.T) {
 		t.Run(fam.name, func(t *testing.T) {
 			addr := net.JoinHostPort(fam.addr, "8888")
 
-			// A new flow: tier 0, the budget from the flow's start.
+			// A new flow below tier 0's busy mark takes the early return
+			// in SHAPE: nothing set; past it, the attention bit alone (the
+			// return must never hide the busy mark). The counters hold
+			// the headers too (up to 8 % more than the payload here).
 			s := b.Peer.Sender(addr)
+			if _, err := s.Fetch(b.c.BusyAt(0) * 7 / 8); err != nil {
+				t.Fatal(err)
+			}
+			if f := b.flow(t, s); f.Mark&b.c.Owned() != 0 {
+				t.Errorf("below the busy mark (%d bytes): mark %#x, want no bit of the contract; counters %+v %+v", b.c.BusyAt(0), f.Mark, f.OrigCounter, f.ReplyCounter)
+			}
+			if _, err := s.Fetch(b.c.BusyAt(0) / 4); err != nil {
+				t.Fatal(err)
+			}
+			if f := b.flow(t, s); f.Mark&b.c.Owned() != b.c.Attention() {
+				t.Errorf("past the busy mark (%d bytes): mark %#x, want A alone (%#x)", b.c.BusyAt(0), f.Mark, b.c.Attention())
+			}
+
+			// A new flow: tier 0, the budget from the flow's start.
+			s = b.Peer.Sender(addr)
 			f0 := b.fastBytes()
 			if _, err := s.Fetch(uint64(budget) + 512<<10); err != nil { // the last 512 KiB at the slow rate
 				t.Fatal(err)

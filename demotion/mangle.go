@@ -147,9 +147,11 @@ func InteractiveLimit(slow units.Rate) (rateKiB, burstKiB uint64, ok bool) {
 // of a flow that is neither demoted nor promoted meets four matches (tier 0
 // and not demoted? direction? threshold? half?), where the rules of one
 // chain per tier that tested the direction in each rule took fourteen.
-// Without the recent gate, a first rule in SHAPE sends such a packet to
-// tier 0's chain at once; the rules above, in their order, are for the
-// others. The connbytes
+// Without the recent gate, the first rules in SHAPE are for such a packet:
+// one returns at once while its flow has sent less than tier 0's busy mark
+// in both directions together (then no rule of tier 0 can act on it), the
+// next sends it to tier 0's chain; the rules above, in their order, are
+// for the others. The connbytes
 // match that makes the kernel keep byte counters for every flow of the
 // namespace sits in a chain nothing jumps to (HUBWARDEN-ACCT): the kernel
 // turns accounting on when the rule is added, and no packet pays for it.
@@ -246,10 +248,25 @@ func MangleTables(r Rules) ([]xtables.Table, error) {
 				// applies to it; the quota gate, in its own chain before
 				// this one, has already set the demoted bit where it
 				// demotes.
-				shape = append([]xtables.Rule{{
-					Args:    []string{"-o", r.Interface, "-m", "connmark", "--mark", markMask(c.TierMark(0), c.Demoted()|c.TierMask()), "-g", TierChain(0)},
+				lane := markMask(c.TierMark(0), c.Demoted()|c.TierMask())
+				first := []xtables.Rule{{
+					Args:    []string{"-o", r.Interface, "-m", "connmark", "--mark", lane, "-g", TierChain(0)},
 					Comment: "flows neither demoted nor promoted: the tripwire of tier 0",
-				}}, shape...)
+				}}
+				// Before it, such a packet of a flow that has not yet
+				// sent tier 0's busy mark in both directions together
+				// returns at once: neither of its directions can have
+				// reached the busy mark or the threshold above it, so no
+				// rule of tier 0's chains would act on it. Most packets
+				// of most flows take one rule in this table.
+				if b := c.BusyAt(0); b > 0 {
+					first = append([]xtables.Rule{{
+						Args: []string{"-o", r.Interface, "-m", "connmark", "--mark", lane,
+							"-m", "connbytes", "--connbytes", "0:" + strconv.FormatUint(b-1, 10), "--connbytes-mode", "bytes", "--connbytes-dir", "both", "-j", "RETURN"},
+						Comment: fmt.Sprintf("flows of tier 0 below %d bytes in all: nothing to do", b),
+					}}, first...)
+				}
+				shape = append(first, shape...)
 			}
 			var trip []xtables.Rule
 			for k := range Tiers {

@@ -42,6 +42,7 @@ func TestMangleTables(t *testing.T) {
 		t.Errorf("%d chains, want SHAPE, SLOW, ACCT, DEMOTE, TRIP and two per tier (%d tiers)", len(v4.Chains), Tiers)
 	}
 	want := []string{
+		`-A HUBWARDEN-SHAPE -o eth0 -m connmark --mark 0x0/0x3d00000 -m connbytes --connbytes 0:8388607 --connbytes-mode bytes --connbytes-dir both -m comment --comment "hubwarden: flows of tier 0 below 8388608 bytes in all: nothing to do" -j RETURN`,
 		`-A HUBWARDEN-SHAPE -o eth0 -m connmark --mark 0x0/0x3d00000 -m comment --comment "hubwarden: flows neither demoted nor promoted: the tripwire of tier 0" -g HUBWARDEN-TIER0`,
 		`-A HUBWARDEN-SHAPE -o eth0 -m connmark --mark 0x100000/0x100000 -m comment --comment "hubwarden: demoted flows: the slow class" -g HUBWARDEN-SLOW`,
 		`-A HUBWARDEN-SHAPE -o eth0 -m comment --comment "hubwarden: flows not demoted: the tripwire of their tier" -g HUBWARDEN-TRIP`,
