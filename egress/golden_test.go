@@ -7,9 +7,9 @@ const goldenDefaults = `
 :HUBWARDEN-EGRESS - [0:0]
 :HUBWARDEN-EGRESS-DNS - [0:0]
 :HUBWARDEN-EGRESS-BLOCK - [0:0]
+-A HUBWARDEN-EGRESS ! -d 169.254.169.254/32 -p tcp -m conntrack --ctstate ESTABLISHED -m tcp ! --dport 53 -m comment --comment "hubwarden: established tcp flows, but dns and 169.254.169.254/32" -j ACCEPT
 -A HUBWARDEN-EGRESS -m conntrack ! --ctstate ESTABLISHED -m addrtype ! --src-type LOCAL -m owner --uid-owner 0-4294967294 -m comment --comment "hubwarden: a user socket sending from an address that is not the pod address (spoofed)" -j DROP
 -A HUBWARDEN-EGRESS -d 169.254.169.254/32 -m comment --comment "hubwarden: cloud metadata, always rejected: 169.254.169.254/32" -j HUBWARDEN-EGRESS-BLOCK
--A HUBWARDEN-EGRESS -p tcp -m conntrack --ctstate ESTABLISHED -m tcp ! --dport 53 -m comment --comment "hubwarden: replies and established tcp flows, but dns" -j ACCEPT
 -A HUBWARDEN-EGRESS -o lo -m comment --comment "hubwarden: loopback" -j ACCEPT
 -A HUBWARDEN-EGRESS -d 10.96.0.10/32 -p udp -m udp --dport 53 -m comment --comment "hubwarden: dns to resolver 10.96.0.10 (udp)" -j HUBWARDEN-EGRESS-DNS
 -A HUBWARDEN-EGRESS -d 10.96.0.10/32 -p tcp -m tcp --dport 53 -m comment --comment "hubwarden: dns to resolver 10.96.0.10 (tcp)" -j HUBWARDEN-EGRESS-DNS
@@ -30,9 +30,9 @@ COMMIT
 :HUBWARDEN-EGRESS - [0:0]
 :HUBWARDEN-EGRESS-DNS - [0:0]
 :HUBWARDEN-EGRESS-BLOCK - [0:0]
+-A HUBWARDEN-EGRESS ! -d fd00:ec2::254/128 -p tcp -m conntrack --ctstate ESTABLISHED -m tcp ! --dport 53 -m comment --comment "hubwarden: established tcp flows, but dns and fd00:ec2::254/128" -j ACCEPT
 -A HUBWARDEN-EGRESS -m conntrack ! --ctstate ESTABLISHED -m addrtype ! --src-type LOCAL -m owner --uid-owner 0-4294967294 -m comment --comment "hubwarden: a user socket sending from an address that is not the pod address (spoofed)" -j DROP
 -A HUBWARDEN-EGRESS -d fd00:ec2::254/128 -m comment --comment "hubwarden: cloud metadata, always rejected: fd00:ec2::254/128" -j HUBWARDEN-EGRESS-BLOCK
--A HUBWARDEN-EGRESS -p tcp -m conntrack --ctstate ESTABLISHED -m tcp ! --dport 53 -m comment --comment "hubwarden: replies and established tcp flows, but dns" -j ACCEPT
 -A HUBWARDEN-EGRESS -o lo -m comment --comment "hubwarden: loopback" -j ACCEPT
 -A HUBWARDEN-EGRESS -m conntrack --ctstate ESTABLISHED -m comment --comment "hubwarden: replies" -j ACCEPT
 -A HUBWARDEN-EGRESS -m conntrack --ctstate RELATED -m owner ! --uid-owner 0-4294967294 -m comment --comment "hubwarden: errors about a flow, from the kernel" -j ACCEPT
@@ -57,9 +57,9 @@ const goldenAllowList = `
 :HUBWARDEN-EGRESS - [0:0]
 :HUBWARDEN-EGRESS-DNS - [0:0]
 :HUBWARDEN-EGRESS-BLOCK - [0:0]
+-A HUBWARDEN-EGRESS ! -d 169.254.169.254/32 -p tcp -m conntrack --ctstate ESTABLISHED -m tcp ! --dport 53 -m comment --comment "hubwarden: established tcp flows, but dns and 169.254.169.254/32" -j ACCEPT
 -A HUBWARDEN-EGRESS -m conntrack ! --ctstate ESTABLISHED -m addrtype ! --src-type LOCAL -m owner --uid-owner 0-4294967294 -m comment --comment "hubwarden: a user socket sending from an address that is not the pod address (spoofed)" -j DROP
 -A HUBWARDEN-EGRESS -d 169.254.169.254/32 -m comment --comment "hubwarden: cloud metadata, always rejected: 169.254.169.254/32" -j HUBWARDEN-EGRESS-BLOCK
--A HUBWARDEN-EGRESS -p tcp -m conntrack --ctstate ESTABLISHED -m tcp ! --dport 53 -m comment --comment "hubwarden: replies and established tcp flows, but dns" -j ACCEPT
 -A HUBWARDEN-EGRESS -o lo -m comment --comment "hubwarden: loopback" -j ACCEPT
 -A HUBWARDEN-EGRESS -d 10.96.0.10/32 -p udp -m udp --dport 53 -m comment --comment "hubwarden: dns to resolver 10.96.0.10 (udp)" -j HUBWARDEN-EGRESS-DNS
 -A HUBWARDEN-EGRESS -d 10.96.0.10/32 -p tcp -m tcp --dport 53 -m comment --comment "hubwarden: dns to resolver 10.96.0.10 (tcp)" -j HUBWARDEN-EGRESS-DNS
@@ -83,9 +83,9 @@ COMMIT
 :HUBWARDEN-EGRESS - [0:0]
 :HUBWARDEN-EGRESS-DNS - [0:0]
 :HUBWARDEN-EGRESS-BLOCK - [0:0]
+-A HUBWARDEN-EGRESS ! -d fd00:ec2::254/128 -p tcp -m conntrack --ctstate ESTABLISHED -m tcp ! --dport 53 -m comment --comment "hubwarden: established tcp flows, but dns and fd00:ec2::254/128" -j ACCEPT
 -A HUBWARDEN-EGRESS -m conntrack ! --ctstate ESTABLISHED -m addrtype ! --src-type LOCAL -m owner --uid-owner 0-4294967294 -m comment --comment "hubwarden: a user socket sending from an address that is not the pod address (spoofed)" -j DROP
 -A HUBWARDEN-EGRESS -d fd00:ec2::254/128 -m comment --comment "hubwarden: cloud metadata, always rejected: fd00:ec2::254/128" -j HUBWARDEN-EGRESS-BLOCK
--A HUBWARDEN-EGRESS -p tcp -m conntrack --ctstate ESTABLISHED -m tcp ! --dport 53 -m comment --comment "hubwarden: replies and established tcp flows, but dns" -j ACCEPT
 -A HUBWARDEN-EGRESS -o lo -m comment --comment "hubwarden: loopback" -j ACCEPT
 -A HUBWARDEN-EGRESS -d fd00:10::a/128 -p udp -m udp --dport 53 -m comment --comment "hubwarden: dns to resolver fd00:10::a (udp)" -j HUBWARDEN-EGRESS-DNS
 -A HUBWARDEN-EGRESS -d fd00:10::a/128 -p tcp -m tcp --dport 53 -m comment --comment "hubwarden: dns to resolver fd00:10::a (tcp)" -j HUBWARDEN-EGRESS-DNS
@@ -115,9 +115,9 @@ const goldenIPv6Off = `
 :HUBWARDEN-EGRESS - [0:0]
 :HUBWARDEN-EGRESS-DNS - [0:0]
 :HUBWARDEN-EGRESS-BLOCK - [0:0]
+-A HUBWARDEN-EGRESS ! -d 169.254.169.254/32 -p tcp -m conntrack --ctstate ESTABLISHED -m tcp ! --dport 53 -m comment --comment "hubwarden: established tcp flows, but dns and 169.254.169.254/32" -j ACCEPT
 -A HUBWARDEN-EGRESS -m conntrack ! --ctstate ESTABLISHED -m addrtype ! --src-type LOCAL -m owner --uid-owner 0-4294967294 -m comment --comment "hubwarden: a user socket sending from an address that is not the pod address (spoofed)" -j DROP
 -A HUBWARDEN-EGRESS -d 169.254.169.254/32 -m comment --comment "hubwarden: cloud metadata, always rejected: 169.254.169.254/32" -j HUBWARDEN-EGRESS-BLOCK
--A HUBWARDEN-EGRESS -p tcp -m conntrack --ctstate ESTABLISHED -m tcp ! --dport 53 -m comment --comment "hubwarden: replies and established tcp flows, but dns" -j ACCEPT
 -A HUBWARDEN-EGRESS -o lo -m comment --comment "hubwarden: loopback" -j ACCEPT
 -A HUBWARDEN-EGRESS -d 10.96.0.10/32 -p udp -m udp --dport 53 -m comment --comment "hubwarden: dns to resolver 10.96.0.10 (udp)" -j HUBWARDEN-EGRESS-DNS
 -A HUBWARDEN-EGRESS -d 10.96.0.10/32 -p tcp -m tcp --dport 53 -m comment --comment "hubwarden: dns to resolver 10.96.0.10 (tcp)" -j HUBWARDEN-EGRESS-DNS
@@ -167,9 +167,9 @@ COMMIT
 :HUBWARDEN-EGRESS - [0:0]
 :HUBWARDEN-EGRESS-DNS - [0:0]
 :HUBWARDEN-EGRESS-BLOCK - [0:0]
+-A HUBWARDEN-EGRESS ! -d fd00:ec2::254/128 -p tcp -m conntrack --ctstate ESTABLISHED -m tcp ! --dport 53 -m comment --comment "hubwarden: established tcp flows, but dns and fd00:ec2::254/128" -j ACCEPT
 -A HUBWARDEN-EGRESS -m conntrack ! --ctstate ESTABLISHED -m addrtype ! --src-type LOCAL -m owner --uid-owner 0-4294967294 -m comment --comment "hubwarden: a user socket sending from an address that is not the pod address (spoofed)" -j DROP
 -A HUBWARDEN-EGRESS -d fd00:ec2::254/128 -m comment --comment "hubwarden: cloud metadata, always rejected: fd00:ec2::254/128" -j HUBWARDEN-EGRESS-BLOCK
--A HUBWARDEN-EGRESS -p tcp -m conntrack --ctstate ESTABLISHED -m tcp ! --dport 53 -m comment --comment "hubwarden: replies and established tcp flows, but dns" -j ACCEPT
 -A HUBWARDEN-EGRESS -o lo -m comment --comment "hubwarden: loopback" -j ACCEPT
 -A HUBWARDEN-EGRESS -m conntrack --ctstate ESTABLISHED -m comment --comment "hubwarden: replies" -j ACCEPT
 -A HUBWARDEN-EGRESS -m conntrack --ctstate RELATED -m owner ! --uid-owner 0-4294967294 -m comment --comment "hubwarden: errors about a flow, from the kernel" -j ACCEPT

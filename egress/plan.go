@@ -262,11 +262,25 @@ func planFamily(cfg Config, f xtables.Family, resolved map[string][]netip.Addr) 
 	}
 
 	// A packet a socket of the pod sends with a source that is not the
-	// pod's is dropped ahead of every rule that accepts (SpoofArgs). The
-	// packets of established flows skip the test: their source is the
-	// pod's by construction (below), and they are nearly all the packets,
-	// so the FIB lookup is paid by a flow's first packets only.
-	eg := []xtables.Rule{rule(spoofComment, SpoofArgs(true)...)}
+	// pod's is dropped ahead of every rule that accepts a packet that is
+	// not established (SpoofArgs). The packets of established flows skip
+	// the test: their source is the pod's by construction (below), and
+	// they are nearly all the packets, so the FIB lookup is paid by a
+	// flow's first packets only.
+	//
+	// The packets of established TCP flows (but DNS) pass with one rule
+	// where the family has a single blocked range (the metadata address,
+	// unless HUBWARDEN_BLOCK adds more): ahead of the spoof rule, which
+	// never matches them, and of the block, whose range the rule leaves
+	// out. Those to the range go on to the block below, as every packet
+	// did before; with more ranges (iptables negates one address only)
+	// the same rule comes after the blocks instead.
+	estArgs := []string{"-p", "tcp", "-m", "conntrack", "--ctstate", "ESTABLISHED", "-m", "tcp", "!", "--dport", "53", "-j", "ACCEPT"}
+	var eg []xtables.Rule
+	if len(blocked) == 1 {
+		eg = append(eg, rule("established tcp flows, but dns and "+blocked[0].String(), slices.Concat([]string{"!", "-d", blocked[0].String()}, estArgs)...))
+	}
+	eg = append(eg, rule(spoofComment, SpoofArgs(true)...))
 	// A resolver inside a blocked range (GKE's Cloud DNS answers on the
 	// metadata address) gets port 53 and nothing else, ahead of the block.
 	for _, a := range resolvers {
@@ -287,7 +301,9 @@ func planFamily(cfg Config, f xtables.Family, resolved map[string][]netip.Addr) 
 	// sends, pass here, after three tests, except those to port 53, which
 	// go on to the DNS rate limit below. Loopback is not tracked (RawTables):
 	// its packets never match, and go on to the loopback rules.
-	eg = append(eg, rule("replies and established tcp flows, but dns", "-p", "tcp", "-m", "conntrack", "--ctstate", "ESTABLISHED", "-m", "tcp", "!", "--dport", "53", "-j", "ACCEPT"))
+	if len(blocked) != 1 {
+		eg = append(eg, rule("replies and established tcp flows, but dns", estArgs...))
+	}
 	if cfg.ProbePort != 0 {
 		var args []string
 		if !v6 {

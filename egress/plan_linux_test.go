@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io"
 	"net"
 	"net/netip"
 	"path/filepath"
@@ -738,5 +739,78 @@ func TestIntegrationEgressApplyTime(t *testing.T) {
 			t.Fatal(err)
 		}
 		t.Logf("%s: plan+apply of 20 entries, both families: %s; re-apply (no change): %s", be, first.Round(time.Millisecond), again.Round(time.Millisecond))
+	})
+}
+
+// TestIntegrationEgressBlockStopsEstablished: the established accept comes
+// first where a family has one blocked range, and leaves that range out: a
+// TCP flow open to an address before its range is blocked stops with the
+// block, as it did when the blocks came first. The range is the metadata
+// address in a pod; here MetadataPrefixes is set to the test's own
+// addresses (the peer's) for the test. The control: the same flows go on
+// while the blocked range is another address.
+func TestIntegrationEgressBlockStopsEstablished(t *testing.T) {
+	saved := MetadataPrefixes
+	t.Cleanup(func() { MetadataPrefixes = saved })
+	forBackends(t, func(t *testing.T, be xtables.Backend) {
+		b := newBed(t, 27, be)
+		echo := func(c net.Conn) { _, _ = io.Copy(c, c) }
+		var conns []net.Conn
+		cfg := baseConfig(b)
+		cfg.Allow = entries(t, fmt.Sprintf("tcp://%s:8082, tcp://[%s]:8082", b.PeerIP4, b.PeerIP6))
+		for _, a := range []string{b.PeerIP4, b.PeerIP6} {
+			b.Peer.Serve(hostPort(a, 8082), echo)
+		}
+		MetadataPrefixes = []netip.Prefix{netip.MustParsePrefix(b.Denied4 + "/32"), netip.MustParsePrefix(b.Denied6 + "/128")}
+		b.apply(t, cfg, nil)
+		for _, a := range []string{b.PeerIP4, b.PeerIP6} {
+			c, err := b.Pod.DialTimeout("tcp", hostPort(a, 8082), 2*time.Second)
+			if err != nil {
+				t.Fatal(err)
+			}
+			t.Cleanup(func() { c.Close() })
+			conns = append(conns, c)
+		}
+		roundTrip := func(c net.Conn) error {
+			_ = c.SetDeadline(time.Now().Add(2 * time.Second))
+			if _, err := c.Write([]byte("x")); err != nil {
+				return err
+			}
+			_, err := io.ReadFull(c, make([]byte, 1))
+			return err
+		}
+		for _, c := range conns {
+			if err := roundTrip(c); err != nil {
+				t.Fatalf("control: %s: %v", c.RemoteAddr(), err)
+			}
+		}
+		// The control: another plan whose blocked range is not the peer's
+		// (the established accept first) leaves the flows open.
+		MetadataPrefixes = []netip.Prefix{netip.MustParsePrefix(b.Another4 + "/32"), netip.MustParsePrefix(b.Another6 + "/128")}
+		b.apply(t, cfg, nil)
+		for _, c := range conns {
+			if err := roundTrip(c); err != nil {
+				t.Fatalf("control: %s after a re-apply: %v", c.RemoteAddr(), err)
+			}
+		}
+		MetadataPrefixes = []netip.Prefix{netip.MustParsePrefix(b.PeerIP4 + "/32"), netip.MustParsePrefix(b.PeerIP6 + "/128")}
+		tables, err := Plan(cfg, nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		for _, tb := range tables {
+			first := strings.Join(tb.Chains[0].Rules[0].Args, " ")
+			if !strings.HasPrefix(first, "! -d ") || !strings.Contains(first, "--ctstate ESTABLISHED") {
+				t.Fatalf("%s: the plan does not accept established flows first: %s", tb.Family, first)
+			}
+		}
+		b.apply(t, cfg, nil)
+		for _, c := range conns {
+			if err := roundTrip(c); err == nil {
+				t.Errorf("%s: the flow open before its range was blocked still passes", c.RemoteAddr())
+			} else {
+				t.Logf("%s after the block: %v", c.RemoteAddr(), err)
+			}
+		}
 	})
 }
