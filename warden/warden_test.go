@@ -521,8 +521,9 @@ func dirSnapshot(t *testing.T, dir string) map[string]string {
 }
 
 // TestSpoofRulePlacement: the spoof rule is in exactly one place per
-// family: the egress filter's first rule when egress is on (established
-// flows skip it there), the raw table's when only shaping is (no filter to
+// family: the egress filter's second rule when egress is on, after the
+// accept of established TCP flows (which it never drops: established
+// flows skip it), the raw table's first when only shaping is (no filter to
 // hold it).
 func TestSpoofRulePlacement(t *testing.T) {
 	for _, tc := range []struct {
@@ -557,7 +558,7 @@ func TestSpoofRulePlacement(t *testing.T) {
 				}
 				want := []string{tc.table + "/" + egress.ChainRawOut + "#0"}
 				if tc.table == "filter" {
-					want = []string{"filter/" + egress.ChainEgress + "#0"}
+					want = []string{"filter/" + egress.ChainEgress + "#1"}
 				}
 				if diff := cmp.Diff(want, in); diff != "" {
 					t.Errorf("%s: the spoof rule (-want +got):\n%s", f, diff)
