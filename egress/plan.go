@@ -297,10 +297,12 @@ func planFamily(cfg Config, f xtables.Family, resolved map[string][]netip.Addr) 
 		}
 		eg = append(eg, rule(why+p.String(), "-d", p.String(), "-j", ChainBlock))
 	}
-	// The packets of established TCP flows, nearly all the packets the pod
-	// sends, pass here, after three tests, except those to port 53, which
-	// go on to the DNS rate limit below. Loopback is not tracked (RawTables):
-	// its packets never match, and go on to the loopback rules.
+	// With more than one blocked range, the packets of established TCP
+	// flows, nearly all the packets the pod sends, pass here, after the
+	// blocks, except those to port 53, which go on to the DNS rate limit
+	// below (the first rule, with one range, leaves port 53 out as well).
+	// Loopback is not tracked (RawTables): its packets never match, and go
+	// on to the loopback rules.
 	if len(blocked) != 1 {
 		eg = append(eg, rule("replies and established tcp flows, but dns", estArgs...))
 	}
