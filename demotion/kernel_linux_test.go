@@ -152,7 +152,8 @@ func TestIntegrationTiers(t *testing.T) {
 			// A new flow below tier 0's busy mark takes the early return
 			// in SHAPE: nothing set; past it, the attention bit alone (the
 			// return must never hide the busy mark). The counters hold
-			// the headers too (up to 8 % more than the payload here).
+			// the headers too (IPv6 one segment per packet: about 9 % more than
+			// the payload).
 			s := b.Peer.Sender(addr)
 			if _, err := s.Fetch(b.c.BusyAt(0) * 7 / 8); err != nil {
 				t.Fatal(err)
