@@ -74,7 +74,7 @@ class Outcome:
     error: str = ""  # the harness failed (a server that did not start clean, a kernel that did not answer)
 
 
-async def observe(hub: LocalHub, user: User, attempt: Attempt | None) -> list[str]:
+async def observe(hub: LocalHub, user: User, attempt: Attempt | None, log=None) -> list[str]:
     """What is broken in the running server; [] means the lockdown held."""
     base = hub.server_url(user)
     probes = attempt.probes if attempt else ()
@@ -111,7 +111,7 @@ async def observe(hub: LocalHub, user: User, attempt: Attempt | None) -> list[st
             broken.append("data.csv served as the kernelspec's logo")
     if "ptrace" in probes:
         out = await hub.run_as_user(user, "import os\ntry:\n    open('/proc/%d/mem' % os.getppid(), 'r+b').close()\n"
-                                          "    print('OPENED')\nexcept OSError as e:\n    print('refused', e.errno)")
+                                          "    print('OPENED')\nexcept OSError as e:\n    print('refused', e.errno)", log=log)
         if "OPENED" in out:
             broken.append("the server's memory is writable by the user's kernel")
     return broken
@@ -139,7 +139,7 @@ async def run_attempt(hub: LocalHub, user: User, a: Attempt | None, log, browser
         o.started = True
     else:
         if a.apply:
-            o.applied = (await hub.run_as_user(user, PRELUDE + a.apply)).strip()
+            o.applied = (await hub.run_as_user(user, PRELUDE + a.apply, log=log)).strip()
             log(f"  {user.name} {a.id}: applied: {o.applied[-300:]!r}")
         o.started = True
         if a.restart:
@@ -147,7 +147,7 @@ async def run_attempt(hub: LocalHub, user: User, a: Attempt | None, log, browser
             start_env = {k: expand(v, user.name, user.home) for k, v in a.start_env.items()}
             o.started = await hub.start_server(user, start_env)
     if o.started:
-        o.broken = await observe(hub, user, a)
+        o.broken = await observe(hub, user, a, log)
         if browser and (a is None or a.restart):
             o.broken += await browser.check(user, first=a is None)
     else:

@@ -219,17 +219,52 @@ class LocalHub:
     def server_url(self, user: User) -> str:
         return f"{self.url}/user/{user.name}/"
 
-    async def run_as_user(self, user: User, code: str, timeout: float = 240) -> str:
+    def kernel_log(self, user: User, kid: str, limit: int = 8) -> str:
+        """The lines of the user's server log about one kernel (its start,
+        restarts, errors), the last few."""
+        lines = [ln.strip()[:240] for ln in self.server_log(user).splitlines()
+                 if kid in ln or "KernelRestarter" in ln or "Address already in use" in ln]
+        return " | ".join(lines[-limit:])
+
+    async def run_as_user(self, user: User, code: str, timeout: float = 240, log=None) -> str:
         """Run Python code in a new kernel of the user's running server (as a
-        user does from a notebook); returns its stdout and stderr."""
+        user does from a notebook); returns its stdout and stderr.
+
+        A kernel can be lost to the harness rather than to the lockdown. A
+        kernel that dies in its first 10 s (one of the ports its server chose
+        taken on the loopback all the proof's servers share, say) is started
+        again on new ports, and a websocket opened before that keeps the old
+        ones: jupyter-server sends it "restarting" and nothing more. So, as a
+        user would: on "restarting", or no kernel_info reply within 30 s,
+        connect again; after that, a new kernel, at most three in all. Each
+        retry is logged with what the server's log says of the kernel, and
+        the last error names it. The code runs once: only kernel_info is
+        asked again."""
+        deadline = time.monotonic() + timeout
+        say = log or (lambda s: None)
+        problem = ""
+        for kernel in range(3):
+            left = deadline - time.monotonic()
+            if left <= 0:
+                break
+            kid, ready, out, problem = await self._run_in_new_kernel(user, code, left)
+            if ready:
+                return out
+            problem = f"{problem}; the server's log of it: {self.kernel_log(user, kid) or '(nothing)'}"
+            say(f"  {user.name}: kernel {kernel + 1} of 3 lost: {problem}")
+        raise RuntimeError(f"{user.name}'s kernel never answered kernel_info: {problem}")
+
+    async def _run_in_new_kernel(self, user: User, code: str, timeout: float) -> tuple[str, bool, str, str]:
+        """(kernel id, whether it answered kernel_info, the output, what went
+        wrong when it did not)."""
         base = self.server_url(user)
         r = await http("POST", base + "api/kernels", user.token, {"name": "python3"})
         if r.code != 201:
             raise RuntimeError(f"starting a kernel for {user.name}: {r.code} {r.body[:300]!r}")
         kid = r.json()["id"]
         ws_url = base.replace("http://", "ws://") + f"api/kernels/{kid}/channels"
-        conn = await websocket_connect(HTTPRequest(ws_url, headers={"Authorization": f"token {user.token}"}))
-        session = uuid.uuid4().hex
+        session = ""
+        conn = None
 
         def send(msg_type: str, content: dict) -> str:
             msg_id = uuid.uuid4().hex
@@ -240,8 +275,11 @@ class LocalHub:
             }))
             return msg_id
 
+        restarted = []
+
         async def replies(msg_id: str, wait: float):
-            """The messages answering msg_id, until wait seconds pass without one."""
+            """The messages answering msg_id, until wait seconds pass without
+            one or the kernel restarts (noted in restarted)."""
             while True:
                 try:
                     raw = await asyncio.wait_for(conn.read_message(), wait)
@@ -250,26 +288,50 @@ class LocalHub:
                 if raw is None:
                     raise RuntimeError(f"{user.name}'s kernel websocket closed")
                 m = json.loads(raw)
+                if m.get("msg_type") == "status" and m["content"].get("execution_state") in ("restarting", "dead"):
+                    restarted.append(m["content"]["execution_state"])
+                    return
                 if m.get("parent_header", {}).get("msg_id") == msg_id:
                     yield m
 
         out = []
+        problem = ""
         try:
             async with asyncio.timeout(timeout):
                 # kernel_info first, as JupyterLab does: a request sent before
                 # the kernel's channels are connected goes unanswered; ask
-                # again, a bounded number of times.
+                # again every 10 s for 30 s, on one websocket and then, if
+                # that fails, on a second.
                 ready = False
-                for _ in range(20):
-                    info = send("kernel_info_request", {})
-                    async for m in replies(info, 10):
-                        if m.get("msg_type") == "kernel_info_reply":
-                            ready = True
+                for connection in range(2):
+                    if conn is not None:
+                        conn.close()
+                    session = uuid.uuid4().hex  # a new session: nothing of the old connection is restored
+                    # The server answers the upgrade once the kernel has
+                    # answered it, or after its kernel_info_timeout (60 s).
+                    try:
+                        conn = await websocket_connect(HTTPRequest(
+                            ws_url, headers={"Authorization": f"token {user.token}"},
+                            connect_timeout=70, request_timeout=70))
+                    except (HTTPClientError, OSError) as e:
+                        conn = None
+                        problem = f"websocket {connection + 1} of 2 not opened: {e}"
+                        continue
+                    restarted.clear()
+                    for _ in range(3):
+                        info = send("kernel_info_request", {})
+                        async for m in replies(info, 10):
+                            if m.get("msg_type") == "kernel_info_reply":
+                                ready = True
+                                break
+                        if ready or restarted:
                             break
                     if ready:
                         break
+                    problem = (f"the kernel went {restarted[0]}" if restarted
+                               else "no kernel_info reply in 30 s") + f" (websocket {connection + 1} of 2)"
                 if not ready:
-                    raise RuntimeError(f"{user.name}'s kernel never answered kernel_info")
+                    return kid, False, "", problem
                 run = send("execute_request", {"code": code, "silent": False, "store_history": False,
                                                "user_expressions": {}, "allow_stdin": False,
                                                "stop_on_error": True})
@@ -288,7 +350,10 @@ class LocalHub:
                         idle = True
                     if replied and idle:
                         break
+                if restarted:
+                    raise RuntimeError(f"{user.name}'s kernel went {restarted[0]} while running the code")
         finally:
-            conn.close()
+            if conn is not None:
+                conn.close()
             await http("DELETE", base + f"api/kernels/{kid}", user.token)
-        return "".join(out)
+        return kid, True, "".join(out), ""
