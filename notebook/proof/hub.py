@@ -235,11 +235,11 @@ class LocalHub:
         taken on the loopback all the proof's servers share, say) is started
         again on new ports, and a websocket opened before that keeps the old
         ones: jupyter-server sends it "restarting" and nothing more. So, as a
-        user would: on "restarting", or no kernel_info reply within 30 s,
-        connect again; after that, a new kernel, at most three in all. Each
-        retry is logged with what the server's log says of the kernel, and
-        the last error names it. The code runs once: only kernel_info is
-        asked again."""
+        user would: on "restarting" or "dead", a closed websocket, or no
+        kernel_info reply within 30 s, connect again; after that, a new
+        kernel, at most three in all. Each retry is logged with what the
+        server's log says of the kernel, and the last error names it. The
+        code runs once: only kernel_info is asked again."""
         deadline = time.monotonic() + timeout
         say = log or (lambda s: None)
         problem = ""
@@ -275,21 +275,22 @@ class LocalHub:
             }))
             return msg_id
 
-        restarted = []
+        lost = []  # what ended a connection's use: the kernel restarting or dying, the websocket closing
 
         async def replies(msg_id: str, wait: float):
             """The messages answering msg_id, until wait seconds pass without
-            one or the kernel restarts (noted in restarted)."""
+            one, or the connection is lost (noted in lost)."""
             while True:
                 try:
                     raw = await asyncio.wait_for(conn.read_message(), wait)
                 except TimeoutError:
                     return
                 if raw is None:
-                    raise RuntimeError(f"{user.name}'s kernel websocket closed")
+                    lost.append("the websocket closed")
+                    return
                 m = json.loads(raw)
                 if m.get("msg_type") == "status" and m["content"].get("execution_state") in ("restarting", "dead"):
-                    restarted.append(m["content"]["execution_state"])
+                    lost.append(f"the kernel went {m['content']['execution_state']}")
                     return
                 if m.get("parent_header", {}).get("msg_id") == msg_id:
                     yield m
@@ -317,19 +318,18 @@ class LocalHub:
                         conn = None
                         problem = f"websocket {connection + 1} of 2 not opened: {e}"
                         continue
-                    restarted.clear()
+                    lost.clear()
                     for _ in range(3):
                         info = send("kernel_info_request", {})
                         async for m in replies(info, 10):
                             if m.get("msg_type") == "kernel_info_reply":
                                 ready = True
                                 break
-                        if ready or restarted:
+                        if ready or lost:
                             break
                     if ready:
                         break
-                    problem = (f"the kernel went {restarted[0]}" if restarted
-                               else "no kernel_info reply in 30 s") + f" (websocket {connection + 1} of 2)"
+                    problem = (lost[0] if lost else "no kernel_info reply in 30 s") + f" (websocket {connection + 1} of 2)"
                 if not ready:
                     return kid, False, "", problem
                 run = send("execute_request", {"code": code, "silent": False, "store_history": False,
@@ -350,8 +350,8 @@ class LocalHub:
                         idle = True
                     if replied and idle:
                         break
-                if restarted:
-                    raise RuntimeError(f"{user.name}'s kernel went {restarted[0]} while running the code")
+                if lost:
+                    raise RuntimeError(f"{user.name}'s kernel, while running the code: {lost[0]}")
         finally:
             if conn is not None:
                 conn.close()
