@@ -152,20 +152,29 @@ func TestIntegrationTiers(t *testing.T) {
 			// A new flow below tier 0's busy mark takes the early return
 			// in SHAPE: nothing set; past it, the attention bit alone (the
 			// return must never hide the busy mark). The counters hold
-			// the headers too (IPv6 one segment per packet: about 9 % more than
-			// the payload).
+			// the headers and any retransmission too (IPv6, one segment
+			// per packet: about 9 % more than the payload; a loaded
+			// machine's retransmissions once made it 15 %), so the first
+			// fetch is half the mark, and what is expected of it follows
+			// the counters.
 			s := b.Peer.Sender(addr)
-			if _, err := s.Fetch(b.c.BusyAt(0) * 7 / 8); err != nil {
+			if _, err := s.Fetch(b.c.BusyAt(0) / 2); err != nil {
 				t.Fatal(err)
 			}
-			if f := b.flow(t, s); f.Mark&b.c.Owned() != 0 {
-				t.Errorf("below the busy mark (%d bytes): mark %#x, want no bit of the contract; counters %+v %+v", b.c.BusyAt(0), f.Mark, f.OrigCounter, f.ReplyCounter)
+			below := b.flow(t, s)
+			want := uint32(0)
+			if below.OrigCounter.Bytes >= b.c.BusyAt(0) || below.ReplyCounter.Bytes >= b.c.BusyAt(0) {
+				want = b.c.Attention()
+				t.Logf("half the busy mark fetched, but the counters passed it: %+v %+v", below.OrigCounter, below.ReplyCounter)
 			}
-			if _, err := s.Fetch(b.c.BusyAt(0) / 4); err != nil {
+			if below.Mark&b.c.Owned() != want {
+				t.Errorf("below the busy mark (%d bytes): mark %#x, want %#x; counters %+v %+v", b.c.BusyAt(0), below.Mark, want, below.OrigCounter, below.ReplyCounter)
+			}
+			if _, err := s.Fetch(b.c.BusyAt(0) * 5 / 8); err != nil {
 				t.Fatal(err)
 			}
 			if f := b.flow(t, s); f.Mark&b.c.Owned() != b.c.Attention() {
-				t.Errorf("past the busy mark (%d bytes): mark %#x, want A alone (%#x)", b.c.BusyAt(0), f.Mark, b.c.Attention())
+				t.Errorf("past the busy mark (%d bytes): mark %#x, want A alone (%#x); counters %+v %+v", b.c.BusyAt(0), f.Mark, b.c.Attention(), f.OrigCounter, f.ReplyCounter)
 			}
 
 			// A new flow: tier 0, the budget from the flow's start.
