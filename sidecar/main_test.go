@@ -32,12 +32,16 @@ func TestRunPlan(t *testing.T) {
 			notWant: []string{"ip6tables-restore", "2001:2::7"},
 		},
 		{
+			// Only the backend probe's chain stays in filter (no hook jumps
+			// to it; xtables.ProbeTables).
 			name: "egress and the guard off remove the chains",
 			env:  map[string]string{"HUBWARDEN_EGRESS": "false", "HUBWARDEN_IPV6": "false", "HUBWARDEN_SHAPE": "false", "HUBWARDEN_GUARD": "off"},
 			want: []string{
-				"# ipv4 filter: iptables-restore --noflush\n# nothing: hubwarden removes its chains from this table\n",
+				"# ipv4 filter: iptables-restore --noflush\n*filter\n:HUBWARDEN-PROBE - [0:0]\n" +
+					`-A HUBWARDEN-PROBE -m comment --comment "hubwarden: backend probe: proves this backend writes the table; no hook jumps here" -j RETURN` + "\nCOMMIT\n",
 				"# ipv4 nat: iptables-restore --noflush\n# nothing: hubwarden removes its chains from this table\n",
 			},
+			notWant: []string{"HUBWARDEN-EGRESS", "-j HUBWARDEN-PROBE"},
 		},
 		{
 			name: "the guard's redirect, its socket rule beside egress, its raw hook first",

@@ -139,6 +139,12 @@ func NewPlan(cfg *Config, env Env, resolved map[string][]netip.Addr) (Plan, erro
 			p.Quota = &q
 		}
 	}
+	// The backend probe's chains stay where it wrote them (see
+	// xtables.ProbeTables): every table it proves holds one.
+	for _, f := range fams {
+		merge(tables["filter"], xtables.ProbeTables(f))
+		merge(tables["mangle"], xtables.ProbeTables(f))
+	}
 	// A table with no chains stays in the plan: applying it removes what an
 	// earlier configuration of the same pod put there.
 	for _, name := range tableOrder {

@@ -5,6 +5,7 @@ import (
 	"os"
 	"path/filepath"
 	"regexp"
+	"slices"
 	"strings"
 	"testing"
 
@@ -249,7 +250,7 @@ func TestIntegrationDetect(t *testing.T) {
 		return strings.TrimSpace(string(data))
 	}
 
-	t.Run("fresh namespace: nft, persisted, and the probe leaves nothing", func(t *testing.T) {
+	t.Run("fresh namespace: nft, persisted, the probe's chains kept, and a restart writes nothing", func(t *testing.T) {
 		ns := nstest.New(t)
 		state := filepath.Join(t.TempDir(), "iptables-backend")
 		if got := detect(t, ns, Detector{StateFile: state}); got != NFT {
@@ -258,9 +259,32 @@ func TestIntegrationDetect(t *testing.T) {
 		if got := persisted(t, state); got != "nft" {
 			t.Errorf("state file holds %q, want nft", got)
 		}
+		line := RuleLine(probeChain, probeRule)
 		for _, tool := range []string{"iptables-nft-save", "ip6tables-nft-save", "iptables-legacy-save", "ip6tables-legacy-save"} {
-			if out := ns.MustRun(tool); strings.Contains(out, "-A ") || strings.Contains(out, probeChain) {
-				t.Errorf("%s after the probe:\n%s", tool, out)
+			out := ns.MustRun(tool)
+			var rules []string
+			for _, l := range strings.Split(out, "\n") {
+				if strings.HasPrefix(l, "-A ") {
+					rules = append(rules, l)
+				}
+			}
+			want := []string{line, line} // filter and mangle
+			if strings.Contains(tool, "legacy") {
+				want = nil
+			}
+			if !slices.Equal(rules, want) {
+				t.Errorf("%s after the probe: rules %q, want %q\n%s", tool, rules, want, out)
+			}
+		}
+		// A restart finds the probe's chains and runs no restore.
+		rec := &recordingRunner{Runner: ExecRunner{LockFile: filepath.Join(t.TempDir(), "xtables.lock")}}
+		d := Detector{Runner: rec, StateFile: state, IPv6: true, Log: log}
+		if err := ns.Do(func() error { _, err := d.Detect(context.Background()); return err }); err != nil {
+			t.Fatalf("Detect on restart: %v", err)
+		}
+		for _, c := range rec.calls {
+			if strings.HasSuffix(c, "-restore") {
+				t.Errorf("Detect on restart ran %s (calls %q)", c, rec.calls)
 			}
 		}
 	})
@@ -309,4 +333,15 @@ func TestIntegrationDetect(t *testing.T) {
 			t.Errorf("Detect after restart = %s, want legacy", got)
 		}
 	})
+}
+
+// recordingRunner records the tools it runs.
+type recordingRunner struct {
+	Runner
+	calls []string
+}
+
+func (r *recordingRunner) Run(ctx context.Context, stdin []byte, name string, args ...string) ([]byte, error) {
+	r.calls = append(r.calls, name)
+	return r.Runner.Run(ctx, stdin, name, args...)
 }

@@ -411,15 +411,39 @@ func TestDetect(t *testing.T) {
 			if err != nil || string(data) != string(tt.want)+"\n" {
 				t.Errorf("state file holds %q (%v), want %q", data, err, tt.want+"\n")
 			}
-			// The probe leaves no rules and no chains behind.
-			for tool, tables := range k.Tables {
-				for name, tb := range tables {
-					for c, ch := range tb.Chains {
-						if c == probeChain || (strings.HasPrefix(tool, string(got)) && len(ch.Rules) > 0 && tt.setup == nil) {
-							t.Errorf("probe left %s %s %s with %d rules", tool, name, c, len(ch.Rules))
-						}
+			// The probe leaves its chain, with its one rule, in filter and
+			// mangle of the chosen backend and nowhere else; it deletes
+			// nothing (see ProbeTables).
+			line := RuleLine(probeChain, probeRule)
+			for tool := range k.Tables {
+				chosen := strings.HasSuffix(tool, "-"+string(got))
+				f := IPv4
+				if strings.HasPrefix(tool, "ip6") {
+					f = IPv6
+				}
+				tables, err := ParseSave(f, k.Save(tool))
+				if err != nil {
+					t.Fatal(err)
+				}
+				for _, name := range []string{"filter", "mangle", "raw", "nat"} {
+					c := tables[name].Chain(probeChain)
+					switch {
+					case c == nil && chosen && (name == "filter" || name == "mangle"):
+						t.Errorf("no probe chain in %s %s", tool, name)
+					case c != nil && (!chosen || (name != "filter" && name != "mangle")):
+						t.Errorf("probe chain in %s %s", tool, name)
+					case c != nil && (len(c.Rules) != 1 || c.Rules[0] != line):
+						t.Errorf("probe chain in %s %s holds %q, want %q", tool, name, c.Rules, line)
 					}
 				}
+			}
+			// A second probe finds its chains and writes nothing.
+			restores := k.Restores()
+			if err := d.probe(ctx, got); err != nil {
+				t.Errorf("second probe: %v", err)
+			}
+			if n := k.Restores() - restores; n != 0 {
+				t.Errorf("second probe ran %d restores, want none", n)
 			}
 			// A restart detects the same backend, even if legacy tables now
 			// exist (the probe primed them) and the file is gone.

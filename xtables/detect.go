@@ -8,16 +8,35 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
+	"time"
 
 	"github.com/rs/zerolog"
 )
 
-// probeChain is the chain the backend probe creates and removes again.
+// probeChain is the chain the backend probe writes: one rule in filter and
+// in mangle that no hook jumps to.
 const probeChain = Prefix + "PROBE"
 
 // probeTables are the tables hubwarden writes, and so the tables the probe
 // proves: a backend that can program filter may still lack mangle.
 var probeTables = []string{"filter", "mangle"}
+
+// ProbeTables returns the probe's chain in each table it proves, for family
+// f. Every plan holds them: the probe's rule stays where the probe wrote it,
+// because deleting anything from an nftables-backed table costs a wait for
+// an RCU grace period when the tool closes its netlink socket (the kernel
+// flushes its deferred destroy work then: tens of milliseconds per family on
+// a loaded node, most of a fresh pod's start-up), and a rule no hook jumps
+// to costs no packet anything.
+func ProbeTables(f Family) []Table {
+	var out []Table
+	for _, t := range probeTables {
+		out = append(out, Table{Family: f, Name: t, Chains: []Chain{{Name: probeChain, Rules: []Rule{probeRule}}}})
+	}
+	return out
+}
+
+var probeRule = Rule{Args: []string{"-j", "RETURN"}, Comment: "backend probe: proves this backend writes the table; no hook jumps here"}
 
 // Detector chooses the iptables backend for a pod and remembers the choice.
 //
@@ -157,23 +176,88 @@ func (d Detector) count(ctx context.Context, b Backend, tolerateMissing bool) (r
 }
 
 // probe proves that a backend can program filter and mangle of every family
-// in use: in one restore per family, it creates a chain with one rule and
-// commits (so the kernel accepts a real rule), then deletes the rule and the
-// chain in a second transaction.
+// in use with a real rule: per family, it reads the tables with the
+// backend's save tool and, where the probe's chain is missing or differs,
+// writes it in one restore (so the kernel accepted a real rule in each
+// table; an nftables batch is atomic). A chain already in place, written by
+// an earlier start of this pod, is proof enough: the backend's tools run and
+// the kernel holds the rule. Nothing is deleted (see ProbeTables).
+// A backend that fails its probe in one family is left as it was found:
+// what the probe wrote with it in the families before is removed again.
 func (d Detector) probe(ctx context.Context, b Backend) error {
-	var doc strings.Builder
-	rule := probeChain + ` -m comment --comment "hubwarden: probe" -j RETURN`
-	for _, t := range probeTables {
-		fmt.Fprintf(&doc, "*%s\n:%s - [0:0]\n-A %s\nCOMMIT\n", t, probeChain, rule)
-		fmt.Fprintf(&doc, "*%s\n-D %s\n-X %s\nCOMMIT\n", t, rule, probeChain)
-	}
+	var wrote []Family
 	for _, f := range d.families() {
-		tool := b.Tool(f, "restore")
-		if _, err := d.Runner.Run(ctx, []byte(doc.String()), tool, "-w", "--noflush"); err != nil {
-			return fmt.Errorf("probing %s: %w", tool, err)
+		w, err := d.probeFamily(ctx, b, f)
+		if w {
+			wrote = append(wrote, f)
+		}
+		if err != nil {
+			d.unprobe(b, wrote)
+			return err
 		}
 	}
 	return nil
+}
+
+// probeFamily probes one family; wrote reports whether it ran a restore.
+func (d Detector) probeFamily(ctx context.Context, b Backend, f Family) (wrote bool, err error) {
+	line := RuleLine(probeChain, probeRule)
+	tool := b.Tool(f, "save")
+	out, err := d.Runner.Run(ctx, nil, tool)
+	if err != nil {
+		return false, fmt.Errorf("probing %s: %w", tool, err)
+	}
+	cur, err := ParseSave(f, string(out))
+	if err != nil {
+		return false, fmt.Errorf("probing %s: %w", tool, err)
+	}
+	var doc strings.Builder
+	for _, t := range probeTables {
+		if c := cur[t].Chain(probeChain); c != nil && len(c.Rules) == 1 && c.Rules[0] == line {
+			continue
+		}
+		fmt.Fprintf(&doc, "*%s\n:%s - [0:0]\n%s\nCOMMIT\n", t, probeChain, line)
+	}
+	if doc.Len() == 0 {
+		return false, nil
+	}
+	tool = b.Tool(f, "restore")
+	// A restore that fails may still have committed its first tables
+	// (legacy commits each table on its own), so it counts as written.
+	if _, err := d.Runner.Run(ctx, []byte(doc.String()), tool, "-w", "--noflush"); err != nil {
+		return true, fmt.Errorf("probing %s: %w", tool, err)
+	}
+	return true, nil
+}
+
+// unprobe removes the probe's chains from the families of a backend that
+// failed its probe, so that a backend hubwarden does not use holds nothing
+// of it (Detect's preference counts owned chains). It runs on the way out
+// of a failure, with its own deadline; what it cannot remove is logged.
+func (d Detector) unprobe(b Backend, fams []Family) {
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	for _, f := range fams {
+		out, err := d.Runner.Run(ctx, nil, b.Tool(f, "save"))
+		if err != nil {
+			d.Log.Warn().Err(err).Str("backend", string(b)).Msg("removing the probe's chains of a backend that failed its probe")
+			continue
+		}
+		cur, err := ParseSave(f, string(out))
+		if err != nil {
+			d.Log.Warn().Err(err).Str("backend", string(b)).Msg("removing the probe's chains of a backend that failed its probe")
+			continue
+		}
+		for _, t := range probeTables {
+			if cur[t].Chain(probeChain) == nil {
+				continue
+			}
+			doc := fmt.Sprintf("*%s\n-F %s\n-X %s\nCOMMIT\n", t, probeChain, probeChain)
+			if _, err := d.Runner.Run(ctx, []byte(doc), b.Tool(f, "restore"), "-w", "--noflush"); err != nil {
+				d.Log.Warn().Err(err).Str("backend", string(b)).Str("table", t).Msg("removing the probe's chain of a backend that failed its probe")
+			}
+		}
+	}
 }
 
 func (d Detector) families() []Family {
