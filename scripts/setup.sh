@@ -11,7 +11,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 # linux-perf: bench row 1 samples where a flow's cycles go (without it the
 # row says so and the rest runs).
-need=(iptables nftables conntrack iperf3 curl iproute2 tcpdump iputils-ping procps util-linux python3-venv linux-perf)
+need=(iptables nftables conntrack iperf3 curl iproute2 tcpdump iputils-ping procps util-linux libcap2-bin python3-venv linux-perf)
 if [ "${HUBWARDEN_SETUP_E2E:-1}" = 1 ]; then
   # python3-websocket: the guard's capture driver (guard/testdata/capture).
   need+=(dnsmasq-base bind9-dnsutils python3-yaml python3-websocket chromium chromium-driver)

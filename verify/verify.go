@@ -3,7 +3,9 @@
 // lockdown holds. Each check prints PASS or FAIL with its name; any FAIL
 // makes Run report false (the command exits non-zero).
 //
-// Checks: the user is not root and has no CAP_NET_ADMIN; requests to change
+// Checks: the user is not root and has neither CAP_NET_ADMIN nor
+// CAP_NET_RAW, and runs with no_new_privs (nothing in the container can
+// become root); requests to change
 // tc and netfilter state are refused by the kernel (EPERM); a connection to
 // a non-allowed address is refused; the cloud metadata endpoints are blocked
 // (refused or unreachable, fast, never connected); the Python environment
@@ -53,8 +55,11 @@ const (
 // DefaultMetadata are the cloud metadata endpoints hubwarden always blocks.
 var DefaultMetadata = []string{"169.254.169.254:80", "[fd00:ec2::254]:80"}
 
-// capNetAdmin is CAP_NET_ADMIN's bit in the capability sets.
-const capNetAdmin = 12
+// CAP_NET_ADMIN's and CAP_NET_RAW's bits in the capability sets.
+const (
+	capNetAdmin = 12
+	capNetRaw   = 13
+)
 
 // Options configure Run. Zero values mean the defaults.
 type Options struct {
@@ -167,8 +172,12 @@ func Checks(ctx context.Context, opts Options) []Result {
 	} else {
 		add("not-root", fmt.Sprintf("uid %d", uid), nil)
 	}
-	detail, err := checkCaps(e)
+	detail, err := checkCaps(e, capNetAdmin, "CAP_NET_ADMIN")
 	add("no-cap-net-admin", detail, err)
+	detail, err = checkCaps(e, capNetRaw, "CAP_NET_RAW")
+	add("no-cap-net-raw", detail, err)
+	detail, err = checkNoNewPrivs(e)
+	add("no-privilege-gain", detail, err)
 	for _, p := range e.KernelProbes(ctx) {
 		if errors.Is(p.Err, errEPERM) {
 			add(p.Name, "refused by the kernel (operation not permitted)", nil)
@@ -322,7 +331,12 @@ func withDefaults(o Options) Options {
 	return o
 }
 
-func checkCaps(e *Env) (string, error) {
+// checkCaps fails when the capability (bit, name) is in the process's
+// effective, permitted or ambient set. CAP_NET_RAW matters as much as
+// CAP_NET_ADMIN: a packet socket's frames go to the device without passing
+// any netfilter hook, past the egress filter and the tripwire
+// (docs/adversary.md).
+func checkCaps(e *Env, bit uint, name string) (string, error) {
 	b, err := e.ReadFile("/proc/self/status")
 	if err != nil {
 		return "", fmt.Errorf("reading /proc/self/status: %w", err)
@@ -339,11 +353,34 @@ func checkCaps(e *Env) (string, error) {
 		if err != nil {
 			return "", fmt.Errorf("parsing %s %q: %w", set, v, err)
 		}
-		if caps&(1<<capNetAdmin) != 0 {
-			return "", fmt.Errorf("CAP_NET_ADMIN is in %s (%s)", set, v)
+		if caps&(1<<bit) != 0 {
+			return "", fmt.Errorf("%s is in %s (%s)", name, set, v)
 		}
 	}
-	return "CAP_NET_ADMIN in none of CapEff, CapPrm, CapAmb", nil
+	return name + " in none of CapEff, CapPrm, CapAmb", nil
+}
+
+// checkNoNewPrivs passes when the process runs with no_new_privs, which its
+// children inherit and cannot drop: then no setuid program (sudo) and no
+// file capability can make a process of this container root, or give it
+// the CAP_NET_RAW that Kubernetes grants root by default. Kubernetes sets
+// it for allowPrivilegeEscalation: false (z2jh's
+// singleuser.allowPrivilegeEscalation, false by default).
+func checkNoNewPrivs(e *Env) (string, error) {
+	b, err := e.ReadFile("/proc/self/status")
+	if err != nil {
+		return "", fmt.Errorf("reading /proc/self/status: %w", err)
+	}
+	v, ok := statusField(string(b), "NoNewPrivs")
+	switch {
+	case !ok:
+		return "", errors.New("no NoNewPrivs in /proc/self/status (Linux 4.10 shows it)")
+	case v != "1":
+		return "", fmt.Errorf("NoNewPrivs is %s: a setuid program (sudo) or a file capability can make a process of this container root, "+
+			"with CAP_NET_RAW, whose packet sockets pass no netfilter hook; run the notebook container with allowPrivilegeEscalation: false "+
+			"(z2jh: singleuser.allowPrivilegeEscalation, false by default)", v)
+	}
+	return "NoNewPrivs 1: no setuid program or file capability raises a process of this container", nil
 }
 
 func statusField(status, key string) (string, bool) {

@@ -121,9 +121,19 @@ func TestIntegrationVerify(t *testing.T) {
 	p.Pod.MustRun("iptables", "-A", "OUTPUT", "-d", p.PeerIP4, "-p", "tcp", "--dport", "80", "-j", "REJECT")
 	p.Pod.MustRun("ip6tables", "-A", "OUTPUT", "-d", p.PeerIP6, "-j", "REJECT")
 
-	run := func(asNobody bool) (string, bool) {
+	// run runs verify as nobody with no_new_privs (what Kubernetes sets for
+	// allowPrivilegeEscalation: false), as nobody without it, or as root.
+	const (
+		nobody = iota
+		nobodyEscalation
+		root
+	)
+	run := func(as int) (string, bool) {
 		args := []string{exe, "-test.run=^TestVerifyHelperProcess$"}
-		if asNobody {
+		switch as {
+		case nobody:
+			args = append([]string{"setpriv", "--reuid=65534", "--regid=65534", "--clear-groups", "--no-new-privs", "--"}, args...)
+		case nobodyEscalation:
 			args = append([]string{"setpriv", "--reuid=65534", "--regid=65534", "--clear-groups", "--"}, args...)
 		}
 		ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
@@ -148,22 +158,28 @@ func TestIntegrationVerify(t *testing.T) {
 		return string(out), err == nil
 	}
 
-	out, ok := run(true)
+	out, ok := run(nobody)
 	t.Logf("as nobody, rules in place:\n%s", out)
-	if !ok || !strings.Contains(out, "verify: all 11 checks passed") {
+	if !ok || !strings.Contains(out, "verify: all 13 checks passed") {
 		t.Fatalf("verify as nobody failed:\n%s", out)
 	}
 
-	out, ok = run(false)
+	out, ok = run(nobodyEscalation)
+	t.Logf("as nobody without no_new_privs:\n%s", out)
+	if ok || !strings.Contains(out, "FAIL no-privilege-gain: NoNewPrivs is 0") || strings.Count(out, "FAIL") != 1 {
+		t.Errorf("verify as nobody without no_new_privs: want exactly no-privilege-gain to fail:\n%s", out)
+	}
+
+	out, ok = run(root)
 	t.Logf("as root:\n%s", out)
-	for _, want := range []string{"FAIL not-root", "FAIL no-cap-net-admin", "FAIL tc-change-denied", "FAIL netfilter-change-denied"} {
+	for _, want := range []string{"FAIL not-root", "FAIL no-cap-net-admin", "FAIL no-cap-net-raw", "FAIL tc-change-denied", "FAIL netfilter-change-denied"} {
 		if ok || !strings.Contains(out, want) {
 			t.Errorf("verify as root: want %q and failure:\n%s", want, out)
 		}
 	}
 
 	p.Pod.MustRun("iptables", "-D", "OUTPUT", "-d", p.PeerIP4, "-p", "tcp", "--dport", "443", "-j", "REJECT", "--reject-with", "tcp-reset")
-	out, ok = run(true)
+	out, ok = run(nobody)
 	t.Logf("as nobody, egress rule missing:\n%s", out)
 	if ok || !strings.Contains(out, "FAIL egress-blocked: connecting to "+p.PeerIP4+":443: connected: not blocked") ||
 		strings.Count(out, "FAIL") != 1 {

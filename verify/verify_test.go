@@ -14,7 +14,7 @@ import (
 	"github.com/google/go-cmp/cmp"
 )
 
-const statusNoCaps = "Name:\tpython3\nUid:\t1000\t1000\t1000\t1000\nCapInh:\t0000000000000000\nCapPrm:\t0000000000000000\nCapEff:\t0000000000000000\nCapBnd:\t000001ffffffffff\nCapAmb:\t0000000000000000\n"
+const statusNoCaps = "Name:\tpython3\nUid:\t1000\t1000\t1000\t1000\nCapInh:\t0000000000000000\nCapPrm:\t0000000000000000\nCapEff:\t0000000000000000\nCapBnd:\t000001ffffffffff\nCapAmb:\t0000000000000000\nNoNewPrivs:\t1\n"
 
 // goodEnv is a notebook container where the lockdown holds.
 func goodEnv() *Env {
@@ -94,7 +94,7 @@ func notebookAnswer(status int, body string) func(*Env) {
 	}
 }
 
-var allChecks = []string{"not-root", "no-cap-net-admin", "tc-change-denied", "netfilter-change-denied", "egress-blocked",
+var allChecks = []string{"not-root", "no-cap-net-admin", "no-cap-net-raw", "no-privilege-gain", "tc-change-denied", "netfilter-change-denied", "egress-blocked",
 	"metadata-blocked 169.254.169.254:80", "metadata-blocked [fd00:ec2::254]:80", "python-env-readonly", "jupyter-paths-readonly", "notebook-extension", "hubwarden-ready"}
 
 func TestChecks(t *testing.T) {
@@ -130,9 +130,36 @@ func TestChecks(t *testing.T) {
 				if p != "/proc/self/status" {
 					return rf(p)
 				}
-				return []byte(strings.Replace(statusNoCaps, "CapAmb:\t0000000000000000", "CapAmb:\t0000000000003000", 1)), nil
+				return []byte(strings.Replace(statusNoCaps, "CapAmb:\t0000000000000000", "CapAmb:\t0000000000001000", 1)), nil
 			}
 		}, map[string]string{"no-cap-net-admin": "CAP_NET_ADMIN is in CapAmb"}},
+		{"net raw", func(e *Env) {
+			rf := e.ReadFile
+			e.ReadFile = func(p string) ([]byte, error) {
+				if p != "/proc/self/status" {
+					return rf(p)
+				}
+				return []byte(strings.Replace(statusNoCaps, "CapPrm:\t0000000000000000", "CapPrm:\t0000000000002000", 1)), nil
+			}
+		}, map[string]string{"no-cap-net-raw": "CAP_NET_RAW is in CapPrm"}},
+		{"privilege escalation allowed", func(e *Env) {
+			rf := e.ReadFile
+			e.ReadFile = func(p string) ([]byte, error) {
+				if p != "/proc/self/status" {
+					return rf(p)
+				}
+				return []byte(strings.Replace(statusNoCaps, "NoNewPrivs:\t1", "NoNewPrivs:\t0", 1)), nil
+			}
+		}, map[string]string{"no-privilege-gain": "NoNewPrivs is 0: a setuid program (sudo)"}},
+		{"no NoNewPrivs line", func(e *Env) {
+			rf := e.ReadFile
+			e.ReadFile = func(p string) ([]byte, error) {
+				if p != "/proc/self/status" {
+					return rf(p)
+				}
+				return []byte(strings.Replace(statusNoCaps, "NoNewPrivs:\t1\n", "", 1)), nil
+			}
+		}, map[string]string{"no-privilege-gain": "no NoNewPrivs in /proc/self/status"}},
 		{"kernel accepts tc change", func(e *Env) {
 			e.KernelProbes = func(context.Context) []KernelProbe {
 				return []KernelProbe{{"tc-change-denied", nil}, {"netfilter-change-denied", syscall.ENODEV}}
@@ -253,7 +280,7 @@ func TestNotebookExtensionNotInstalled(t *testing.T) {
 	}
 	for _, want := range []string{
 		"SKIP notebook-extension: hubwarden_notebook is not installed for /opt/conda/bin/python3.11",
-		"verify: all 10 checks that apply passed (1 skipped)\n",
+		"verify: all 12 checks that apply passed (1 skipped)\n",
 	} {
 		if !strings.Contains(b.String(), want) {
 			t.Errorf("output lacks %q:\n%s", want, b.String())
@@ -271,7 +298,7 @@ func TestRunOutput(t *testing.T) {
 		"PASS not-root: uid 1000\n",
 		"PASS python-env-readonly: /opt/conda/bin/python3.11: /opt/conda, /opt/conda/bin, /opt/conda/lib/python3.11/site-packages, /opt/conda/lib/python3.11 not writable\n",
 		"PASS jupyter-paths-readonly: 6 paths outside /home/jovyan not writable\n",
-		"verify: all 11 checks passed\n",
+		"verify: all 13 checks passed\n",
 	} {
 		if !strings.Contains(out, want) {
 			t.Errorf("output lacks %q:\n%s", want, out)
@@ -281,7 +308,7 @@ func TestRunOutput(t *testing.T) {
 	e.Geteuid = func() int { return 0 }
 	b.Reset()
 	if Run(context.Background(), Options{Env: e}, &b) || !strings.Contains(b.String(), "FAIL not-root: running as root") ||
-		!strings.Contains(b.String(), "verify: 1 of 11 checks failed") {
+		!strings.Contains(b.String(), "verify: 1 of 13 checks failed") {
 		t.Errorf("Run as root:\n%s", b.String())
 	}
 }

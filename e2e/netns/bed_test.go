@@ -83,6 +83,12 @@ func TestE2EBed(t *testing.T) {
 			t.Fatalf("kernel: %+v %v", r, err)
 		}
 		t.Logf("%s: kernel print(6*7) -> %q in %s", u, r.Stdout, r.Elapsed)
+		// The user's processes run with no_new_privs, as z2jh's default
+		// (allowPrivilegeEscalation: false) makes Kubernetes start them.
+		r, err = k.Execute(ctx, `print([l.split()[1] for l in open("/proc/self/status") if l.startswith("NoNewPrivs:")][0])`, 30*time.Second)
+		if err != nil || strings.TrimSpace(r.Stdout) != "1" {
+			t.Fatalf("kernel NoNewPrivs: %+v %v", r, err)
+		}
 		if u == b.BareUser {
 			testHungKernel(t, c, k)
 			continue

@@ -15,6 +15,7 @@ SINGLEUSER = os.environ["E2E_SINGLEUSER_VENV"]   # /opt/hubwarden/venv/singleuse
 _libc = ctypes.CDLL(None, use_errno=True)
 CLONE_NEWNET, CLONE_NEWNS = 0x40000000, 0x00020000
 MS_BIND, MS_REC, MS_SLAVE, MNT_DETACH = 4096, 16384, 1 << 19, 2
+PR_SET_NO_NEW_PRIVS = 38
 
 
 def _check(rc, what):
@@ -54,6 +55,10 @@ class NetnsSpawner(LocalProcessSpawner):
             if os.path.exists(resolv):
                 _check(_libc.mount(resolv.encode(), b"/etc/resolv.conf", None, MS_BIND, None), "bind resolv.conf")
             drop_privs()
+            # z2jh's singleuser.allowPrivilegeEscalation: false (its default):
+            # Kubernetes starts the notebook container with no_new_privs, so
+            # no setuid program or file capability raises a user's process.
+            _check(_libc.prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0), "prctl(PR_SET_NO_NEW_PRIVS)")
 
         return preexec
 
