@@ -16,6 +16,20 @@ import (
 
 const statusNoCaps = "Name:\tpython3\nUid:\t1000\t1000\t1000\t1000\nCapInh:\t0000000000000000\nCapPrm:\t0000000000000000\nCapEff:\t0000000000000000\nCapBnd:\t000001ffffffffff\nCapAmb:\t0000000000000000\nNoNewPrivs:\t1\n"
 
+// status makes /proc/self/status read as statusNoCaps with old replaced
+// by repl.
+func status(old, repl string) func(*Env) {
+	return func(e *Env) {
+		rf := e.ReadFile
+		e.ReadFile = func(p string) ([]byte, error) {
+			if p != "/proc/self/status" {
+				return rf(p)
+			}
+			return []byte(strings.Replace(statusNoCaps, old, repl, 1)), nil
+		}
+	}
+}
+
 // goodEnv is a notebook container where the lockdown holds.
 func goodEnv() *Env {
 	writable := map[string]bool{"/home/jovyan": true, "/tmp": true}
@@ -115,51 +129,11 @@ func TestChecks(t *testing.T) {
 		{"not in a notebook server", func(e *Env) { e.Getenv = func(string) string { return "" } },
 			map[string]string{"notebook-extension": "no JUPYTERHUB_SERVICE_URL"}},
 		{"root", func(e *Env) { e.Geteuid = func() int { return 0 } }, map[string]string{"not-root": "running as root"}},
-		{"net admin", func(e *Env) {
-			rf := e.ReadFile
-			e.ReadFile = func(p string) ([]byte, error) {
-				if p != "/proc/self/status" {
-					return rf(p)
-				}
-				return []byte(strings.Replace(statusNoCaps, "CapEff:\t0000000000000000", "CapEff:\t0000000000001000", 1)), nil
-			}
-		}, map[string]string{"no-cap-net-admin": "CAP_NET_ADMIN is in CapEff"}},
-		{"ambient net admin", func(e *Env) {
-			rf := e.ReadFile
-			e.ReadFile = func(p string) ([]byte, error) {
-				if p != "/proc/self/status" {
-					return rf(p)
-				}
-				return []byte(strings.Replace(statusNoCaps, "CapAmb:\t0000000000000000", "CapAmb:\t0000000000001000", 1)), nil
-			}
-		}, map[string]string{"no-cap-net-admin": "CAP_NET_ADMIN is in CapAmb"}},
-		{"net raw", func(e *Env) {
-			rf := e.ReadFile
-			e.ReadFile = func(p string) ([]byte, error) {
-				if p != "/proc/self/status" {
-					return rf(p)
-				}
-				return []byte(strings.Replace(statusNoCaps, "CapPrm:\t0000000000000000", "CapPrm:\t0000000000002000", 1)), nil
-			}
-		}, map[string]string{"no-cap-net-raw": "CAP_NET_RAW is in CapPrm"}},
-		{"privilege escalation allowed", func(e *Env) {
-			rf := e.ReadFile
-			e.ReadFile = func(p string) ([]byte, error) {
-				if p != "/proc/self/status" {
-					return rf(p)
-				}
-				return []byte(strings.Replace(statusNoCaps, "NoNewPrivs:\t1", "NoNewPrivs:\t0", 1)), nil
-			}
-		}, map[string]string{"no-privilege-gain": "NoNewPrivs is 0: a setuid program (sudo)"}},
-		{"no NoNewPrivs line", func(e *Env) {
-			rf := e.ReadFile
-			e.ReadFile = func(p string) ([]byte, error) {
-				if p != "/proc/self/status" {
-					return rf(p)
-				}
-				return []byte(strings.Replace(statusNoCaps, "NoNewPrivs:\t1\n", "", 1)), nil
-			}
-		}, map[string]string{"no-privilege-gain": "no NoNewPrivs in /proc/self/status"}},
+		{"net admin", status("CapEff:\t0000000000000000", "CapEff:\t0000000000001000"), map[string]string{"no-cap-net-admin": "CAP_NET_ADMIN is in CapEff"}},
+		{"ambient net admin", status("CapAmb:\t0000000000000000", "CapAmb:\t0000000000001000"), map[string]string{"no-cap-net-admin": "CAP_NET_ADMIN is in CapAmb"}},
+		{"net raw", status("CapPrm:\t0000000000000000", "CapPrm:\t0000000000002000"), map[string]string{"no-cap-net-raw": "CAP_NET_RAW is in CapPrm"}},
+		{"privilege escalation allowed", status("NoNewPrivs:\t1", "NoNewPrivs:\t0"), map[string]string{"no-privilege-gain": "NoNewPrivs is 0: a setuid program (sudo)"}},
+		{"no NoNewPrivs line", status("NoNewPrivs:\t1\n", ""), map[string]string{"no-privilege-gain": "no NoNewPrivs in /proc/self/status"}},
 		{"kernel accepts tc change", func(e *Env) {
 			e.KernelProbes = func(context.Context) []KernelProbe {
 				return []KernelProbe{{"tc-change-denied", nil}, {"netfilter-change-denied", syscall.ENODEV}}
