@@ -174,17 +174,22 @@ func (w *Warden) shapeEnv(rec Detected) (tcshape.Config, error) {
 		return cfg, fmt.Errorf("detecting the shaping environment (set HUBWARDEN_INTERFACE, or HUBWARDEN_SHAPE=false): %w", err)
 	}
 	switch {
-	case w.opts.Mode == Write && rec.Leaves != "":
-		cfg.Leaves = rec.Leaves // a restart: the kernel is the same
+	case w.opts.Mode == Preview:
+	case rec.Leaves != "":
+		cfg.Leaves = rec.Leaves // a restart, or check: the kernel is the same
+	case cfg.FastRate == 0:
+		// Only a fast class's leaf can be fq (the slow leaves are byte
+		// fifos everywhere): without FAST_RATE there is none, and nothing
+		// to try. Trying costs a device created and deleted, and a device's
+		// deletion waits for the kernel (tens of milliseconds of start-up).
+		// Nothing is recorded, so a start with FAST_RATE tries.
+		w.log.Info().Str("component", "tcshape").Str("dev", cfg.Interface).Uint32("mtu", cfg.MTU).Str("reason", "no FAST_RATE: no fast class, whose leaf alone could be fq").Msg("shaping environment detected")
 	case w.opts.Mode == Write:
 		kind, reason := tc.DetectLeaves()
 		cfg.Leaves = kind
 		w.log.Info().Str("component", "tcshape").Str("dev", cfg.Interface).Uint32("mtu", cfg.MTU).Str("leaf", string(kind)).Str("reason", reason).Msg("shaping environment detected")
-	case w.opts.Mode == ReadOnly:
-		if rec.Leaves == "" {
-			return cfg, w.notRecorded("the leaf qdisc kind")
-		}
-		cfg.Leaves = rec.Leaves
+	default: // ReadOnly
+		return cfg, w.notRecorded("the leaf qdisc kind")
 	}
 	return cfg, nil
 }

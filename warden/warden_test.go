@@ -403,6 +403,34 @@ func TestReadOnlyBeforeStart(t *testing.T) {
 	}
 }
 
+// TestNoFastClassNoLeafProbe: without FAST_RATE no leaf can be fq, so no
+// probe device is made; check plans without a recorded leaf kind; a later
+// start with FAST_RATE tries and records it.
+func TestNoFastClassNoLeafProbe(t *testing.T) {
+	f := newFakes()
+	f.tc.leaves = tcshape.LeafFQ
+	cfg := testConfig(t)
+	cfg.FastRate = 0
+	w := started(t, f, cfg)
+	if f.leafProbes != 0 {
+		t.Errorf("a start without FAST_RATE made %d probe devices", f.leafProbes)
+	}
+	if !w.Plan().TC.Root.Direct() {
+		t.Errorf("a plan without FAST_RATE has a fast class")
+	}
+	mustClean(t, open(t, f, cfg, ReadOnly))
+	withFast := *cfg
+	withFast.FastRate = testConfig(t).FastRate
+	w = started(t, f, &withFast)
+	if f.leafProbes != 1 {
+		t.Errorf("a start with FAST_RATE made %d probe devices, want 1", f.leafProbes)
+	}
+	if !strings.Contains(planText(t, w.Plan()), " fq ") {
+		t.Errorf("the fast class's leaf is not fq where the kernel has it:\n%s", planText(t, w.Plan()))
+	}
+	mustClean(t, open(t, f, &withFast, ReadOnly))
+}
+
 // TestRestartRecalls: a restarted sidecar plans with what the first
 // start-up found (no second probe device, no second probe table).
 func TestRestartRecalls(t *testing.T) {
