@@ -201,33 +201,35 @@ func (d Detector) probe(ctx context.Context, b Backend) error {
 
 // probeFamily probes one family; wrote reports whether it ran a restore.
 func (d Detector) probeFamily(ctx context.Context, b Backend, f Family) (wrote bool, err error) {
-	line := RuleLine(probeChain, probeRule)
-	tool := b.Tool(f, "save")
-	out, err := d.Runner.Run(ctx, nil, tool)
+	x := New(b, d.Runner, d.Log)
+	cur, err := x.Read(ctx, f)
 	if err != nil {
-		return false, fmt.Errorf("probing %s: %w", tool, err)
-	}
-	cur, err := ParseSave(f, string(out))
-	if err != nil {
-		return false, fmt.Errorf("probing %s: %w", tool, err)
+		return false, fmt.Errorf("probing iptables backend %s: %w", b, err)
 	}
 	var doc strings.Builder
-	for _, t := range probeTables {
-		if c := cur[t].Chain(probeChain); c != nil && len(c.Rules) == 1 && c.Rules[0] == line {
+	for _, t := range ProbeTables(f) {
+		if probeInPlace(cur[t.Name]) {
 			continue
 		}
-		fmt.Fprintf(&doc, "*%s\n:%s - [0:0]\n%s\nCOMMIT\n", t, probeChain, line)
+		doc.WriteString(Render(t))
 	}
 	if doc.Len() == 0 {
 		return false, nil
 	}
-	tool = b.Tool(f, "restore")
+	tool := b.Tool(f, "restore")
 	// A restore that fails may still have committed its first tables
 	// (legacy commits each table on its own), so it counts as written.
 	if _, err := d.Runner.Run(ctx, []byte(doc.String()), tool, "-w", "--noflush"); err != nil {
 		return true, fmt.Errorf("probing %s: %w", tool, err)
 	}
 	return true, nil
+}
+
+// probeInPlace reports whether a table holds the probe's chain with its one
+// rule and nothing else.
+func probeInPlace(s *State) bool {
+	c := s.Chain(probeChain)
+	return c != nil && len(c.Rules) == 1 && c.Rules[0] == RuleLine(probeChain, probeRule)
 }
 
 // unprobe removes the probe's chains from the families of a backend that
@@ -237,25 +239,24 @@ func (d Detector) probeFamily(ctx context.Context, b Backend, f Family) (wrote b
 func (d Detector) unprobe(b Backend, fams []Family) {
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 	defer cancel()
+	x := New(b, d.Runner, d.Log)
 	for _, f := range fams {
-		out, err := d.Runner.Run(ctx, nil, b.Tool(f, "save"))
+		cur, err := x.Read(ctx, f)
 		if err != nil {
 			d.Log.Warn().Err(err).Str("backend", string(b)).Msg("removing the probe's chains of a backend that failed its probe")
 			continue
 		}
-		cur, err := ParseSave(f, string(out))
-		if err != nil {
-			d.Log.Warn().Err(err).Str("backend", string(b)).Msg("removing the probe's chains of a backend that failed its probe")
-			continue
-		}
+		var doc strings.Builder
 		for _, t := range probeTables {
-			if cur[t].Chain(probeChain) == nil {
-				continue
+			if cur[t].Chain(probeChain) != nil {
+				fmt.Fprintf(&doc, "*%s\n-F %s\n-X %s\nCOMMIT\n", t, probeChain, probeChain)
 			}
-			doc := fmt.Sprintf("*%s\n-F %s\n-X %s\nCOMMIT\n", t, probeChain, probeChain)
-			if _, err := d.Runner.Run(ctx, []byte(doc), b.Tool(f, "restore"), "-w", "--noflush"); err != nil {
-				d.Log.Warn().Err(err).Str("backend", string(b)).Str("table", t).Msg("removing the probe's chain of a backend that failed its probe")
-			}
+		}
+		if doc.Len() == 0 {
+			continue
+		}
+		if _, err := d.Runner.Run(ctx, []byte(doc.String()), b.Tool(f, "restore"), "-w", "--noflush"); err != nil {
+			d.Log.Warn().Err(err).Str("backend", string(b)).Msg("removing the probe's chains of a backend that failed its probe")
 		}
 	}
 }
