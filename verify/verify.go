@@ -172,12 +172,22 @@ func Checks(ctx context.Context, opts Options) []Result {
 	} else {
 		add("not-root", fmt.Sprintf("uid %d", uid), nil)
 	}
-	detail, err := checkCaps(e, capNetAdmin, "CAP_NET_ADMIN")
-	add("no-cap-net-admin", detail, err)
-	detail, err = checkCaps(e, capNetRaw, "CAP_NET_RAW")
-	add("no-cap-net-raw", detail, err)
-	detail, err = checkNoNewPrivs(e)
-	add("no-privilege-gain", detail, err)
+	status, err := e.ReadFile("/proc/self/status")
+	for _, c := range []struct {
+		name  string
+		check func(status string) (string, error)
+	}{
+		{"no-cap-net-admin", func(st string) (string, error) { return checkCaps(st, capNetAdmin, "CAP_NET_ADMIN") }},
+		{"no-cap-net-raw", func(st string) (string, error) { return checkCaps(st, capNetRaw, "CAP_NET_RAW") }},
+		{"no-privilege-gain", checkNoNewPrivs},
+	} {
+		if err != nil {
+			add(c.name, "", fmt.Errorf("reading /proc/self/status: %w", err))
+			continue
+		}
+		detail, cerr := c.check(string(status))
+		add(c.name, detail, cerr)
+	}
 	for _, p := range e.KernelProbes(ctx) {
 		if errors.Is(p.Err, errEPERM) {
 			add(p.Name, "refused by the kernel (operation not permitted)", nil)
@@ -336,13 +346,9 @@ func withDefaults(o Options) Options {
 // CAP_NET_ADMIN: a packet socket's frames go to the device without passing
 // any netfilter hook, past the egress filter and the tripwire
 // (docs/adversary.md).
-func checkCaps(e *Env, bit uint, name string) (string, error) {
-	b, err := e.ReadFile("/proc/self/status")
-	if err != nil {
-		return "", fmt.Errorf("reading /proc/self/status: %w", err)
-	}
+func checkCaps(status string, bit uint, name string) (string, error) {
 	for _, set := range []string{"CapEff", "CapPrm", "CapAmb"} {
-		v, ok := statusField(string(b), set)
+		v, ok := statusField(status, set)
 		if !ok {
 			if set == "CapAmb" { // older kernels
 				continue
@@ -366,12 +372,8 @@ func checkCaps(e *Env, bit uint, name string) (string, error) {
 // the CAP_NET_RAW that Kubernetes grants root by default. Kubernetes sets
 // it for allowPrivilegeEscalation: false (z2jh's
 // singleuser.allowPrivilegeEscalation, false by default).
-func checkNoNewPrivs(e *Env) (string, error) {
-	b, err := e.ReadFile("/proc/self/status")
-	if err != nil {
-		return "", fmt.Errorf("reading /proc/self/status: %w", err)
-	}
-	v, ok := statusField(string(b), "NoNewPrivs")
+func checkNoNewPrivs(status string) (string, error) {
+	v, ok := statusField(status, "NoNewPrivs")
 	switch {
 	case !ok:
 		return "", errors.New("no NoNewPrivs in /proc/self/status (Linux 4.10 shows it)")
