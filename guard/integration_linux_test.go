@@ -655,42 +655,69 @@ func (b *jupyterBed) runCode(t *testing.T, kernelID, code string) string {
 		t.Fatalf("websocket handshake through the guard: %v", err)
 	}
 	defer ws.Close()
-	msg := map[string]any{
-		"header":        map[string]any{"msg_id": "hw-1", "msg_type": "execute_request", "session": "hwtest", "username": "jane", "version": "5.3", "date": time.Now().UTC().Format(time.RFC3339)},
-		"parent_header": map[string]any{}, "metadata": map[string]any{}, "channel": "shell", "buffers": []any{},
-		"content": map[string]any{"code": code, "silent": false, "store_history": false, "user_expressions": map[string]any{}, "allow_stdin": false},
-	}
-	if err := websocket.JSON.Send(ws, msg); err != nil {
-		t.Fatal(err)
-	}
-	var out strings.Builder
-	for {
-		var m struct {
-			Channel string
-			Header  struct {
-				MsgType string `json:"msg_type"`
+	// request sends a shell request and returns what the kernel printed for
+	// it once its iopub status is idle again; false if that status does not
+	// come within wait.
+	request := func(id, msgType string, content map[string]any, wait time.Duration) (string, bool) {
+		msg := map[string]any{
+			"header":        map[string]any{"msg_id": id, "msg_type": msgType, "session": "hwtest", "username": "jane", "version": "5.3", "date": time.Now().UTC().Format(time.RFC3339)},
+			"parent_header": map[string]any{}, "metadata": map[string]any{}, "channel": "shell", "buffers": []any{},
+			"content": content,
+		}
+		if err := websocket.JSON.Send(ws, msg); err != nil {
+			t.Fatal(err)
+		}
+		_ = c.SetReadDeadline(time.Now().Add(wait))
+		var out strings.Builder
+		for {
+			var m struct {
+				Channel string
+				Header  struct {
+					MsgType string `json:"msg_type"`
+				}
+				ParentHeader struct {
+					MsgID string `json:"msg_id"`
+				} `json:"parent_header"`
+				Content struct {
+					Text           string
+					ExecutionState string `json:"execution_state"`
+				}
 			}
-			ParentHeader struct {
-				MsgID string `json:"msg_id"`
-			} `json:"parent_header"`
-			Content struct {
-				Text           string
-				ExecutionState string `json:"execution_state"`
+			if err := websocket.JSON.Receive(ws, &m); err != nil {
+				if ne, ok := err.(net.Error); ok && ne.Timeout() {
+					return out.String(), false
+				}
+				t.Fatalf("reading the kernel's messages (%s): %v", msgType, err)
+			}
+			if m.ParentHeader.MsgID != id {
+				continue
+			}
+			if m.Header.MsgType == "stream" {
+				out.WriteString(m.Content.Text)
+			}
+			if m.Header.MsgType == "status" && m.Content.ExecutionState == "idle" {
+				return out.String(), true
 			}
 		}
-		if err := websocket.JSON.Receive(ws, &m); err != nil {
-			t.Fatalf("reading the kernel's messages: %v", err)
+	}
+	// kernel_info until its idle status arrives, as JupyterLab does: that
+	// shows iopub reaches this websocket. The server subscribes to iopub
+	// when the websocket opens and the subscription takes effect a moment
+	// later; in CI37 an execute_request sent right after the handshake ran
+	// before it did, its output never came, and the read timed out.
+	for i := 0; ; i++ {
+		if _, ok := request(fmt.Sprintf("hw-info-%d", i), "kernel_info_request", map[string]any{}, 2*time.Second); ok {
+			break
 		}
-		if m.ParentHeader.MsgID != "hw-1" {
-			continue
-		}
-		if m.Header.MsgType == "stream" {
-			out.WriteString(m.Content.Text)
-		}
-		if m.Header.MsgType == "status" && m.Content.ExecutionState == "idle" {
-			return out.String()
+		if i == 15 {
+			t.Fatalf("no iopub status for 16 kernel_info requests, 2 s apart")
 		}
 	}
+	out, ok := request("hw-1", "execute_request", map[string]any{"code": code, "silent": false, "store_history": false, "user_expressions": map[string]any{}, "allow_stdin": false}, 30*time.Second)
+	if !ok {
+		t.Fatalf("no idle status after the code ran (output so far %q)", out)
+	}
+	return out
 }
 
 // TestIntegrationGuardFailClosed: with the redirect in place and the guard
