@@ -684,7 +684,7 @@ func (b *jupyterBed) runCode(t *testing.T, kernelID, code string) string {
 				}
 			}
 			if err := websocket.JSON.Receive(ws, &m); err != nil {
-				if ne, ok := err.(net.Error); ok && ne.Timeout() {
+				if ne, ok := errors.AsType[net.Error](err); ok && ne.Timeout() {
 					return out.String(), false
 				}
 				t.Fatalf("reading the kernel's messages (%s): %v", msgType, err)
