@@ -15,6 +15,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"runtime"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -987,12 +988,20 @@ func benchFastPath(t *testing.T) {
 	// CPUs, so the ratio is what hubwarden costs per byte, whatever else
 	// the machine does in that second (a cross-check of the figure above,
 	// which a shared machine's load swings).
-	var together, togetherCT, togetherHWCT, togetherBefore []float64
-	for r := 0; r < pick(1, 2*reps()); r++ {
+	// A second bare pod against the first at the same time is this
+	// figure's own control (the A/A: what the machine's noise alone makes
+	// of a ratio that is 1), and the floor (conntrack and the HTB tree,
+	// no rules) says how much of the gap no rule change can close.
+	var together, togetherCT, togetherHWCT, togetherBefore, togetherAA, togetherFloor []float64
+	for r := 0; r < pick(1, 4*reps()); r++ {
 		x, y := iperfTogether(t, hw, bare, secs)
 		together = append(together, x/y)
 		x, y = iperfTogether(t, ct, bare, secs)
 		togetherCT = append(togetherCT, x/y)
+		x, y = iperfTogether(t, bare2, bare, secs)
+		togetherAA = append(togetherAA, x/y)
+		x, y = iperfTogether(t, cthtb, bare, secs)
+		togetherFloor = append(togetherFloor, x/y)
 		x, y = iperfTogether(t, hw, ct, secs)
 		togetherHWCT = append(togetherHWCT, x/y)
 		if before != nil {
@@ -1009,12 +1018,13 @@ func benchFastPath(t *testing.T) {
 	if rt < 0.95 {
 		met = "NOT met"
 	}
-	t.Logf("rounds: hubwarden %v, no qdisc %v, fast class 1tbit %v, conntrack only %v, before %v, a second bare pod %v (bit/s); at the same time: hubwarden/bare %v, conntrack/bare %v, hubwarden/conntrack %v, hubwarden/before %v",
-		a, b, c, d, e, aa, together, togetherCT, togetherHWCT, togetherBefore)
+	t.Logf("rounds: hubwarden %v, no qdisc %v, fast class 1tbit %v, conntrack only %v, before %v, a second bare pod %v (bit/s); at the same time: hubwarden/bare %v, conntrack/bare %v, hubwarden/conntrack %v, hubwarden/before %v, bare2/bare %v, floor/bare %v",
+		a, b, c, d, e, aa, together, togetherCT, togetherHWCT, togetherBefore, togetherAA, togetherFloor)
 	addRow(row{"1", fmt.Sprintf("fast-path throughput, raw veth (iperf3 pod → peer, one flow, best of %d rounds of %d s)", len(a), secs),
 		fmt.Sprintf("hubwarden (the default: no FAST_RATE, the direct queue) %.2f Gbit/s; hubwarden FAST_RATE=1tbit (a fast class, the default until 2026-12-06) %.2f Gbit/s; no qdisc (a bare pod, no netfilter) %.2f Gbit/s; the bare pod with conntrack on (one rule) %.2f Gbit/s", best(a)/1e9, best(c)/1e9, best(b)/1e9, best(d)/1e9),
-		fmt.Sprintf("%.2f× (FAST_RATE=1tbit: %.2f×); median of the per-round ratios %.2f× (1tbit: %.2f×); both flows at the same time, sharing the CPUs: %.2f×. Where it goes: conntrack alone / bare %.2f× (best rounds), %.2f× (median per round), %.2f× (same time); hubwarden / conntrack alone %.2f× (best rounds), %.2f× (same time). Control: a second bare pod in the same rotation, %.2f× of the first (best rounds), %.2f× (median per round)",
-			rt, best(c)/best(b), median(ratios), median(ratiosFast), median(together), best(d)/best(b), median(ratiosCT), median(togetherCT), best(a)/best(d), median(togetherHWCT), best(aa)/best(b), median(ratiosAA)),
+		fmt.Sprintf("%.2f× (FAST_RATE=1tbit: %.2f×); median of the per-round ratios %.2f× (1tbit: %.2f×); both flows at the same time, sharing the CPUs: %.2f× (%d rounds, from %.2f× to %.2f×; control, a second bare pod against the first at the same time: %.2f×, from %.2f× to %.2f×; the floor, conntrack and the HTB tree without rules, at the same time: %.2f×). Where it goes: conntrack alone / bare %.2f× (best rounds), %.2f× (median per round), %.2f× (same time); hubwarden / conntrack alone %.2f× (best rounds), %.2f× (same time). Control: a second bare pod in the same rotation, %.2f× of the first (best rounds), %.2f× (median per round)",
+			rt, best(c)/best(b), median(ratios), median(ratiosFast), median(together), len(together), slices.Min(together), slices.Max(together),
+			median(togetherAA), slices.Min(togetherAA), slices.Max(togetherAA), median(togetherFloor), best(d)/best(b), median(ratiosCT), median(togetherCT), best(a)/best(d), median(togetherHWCT), best(aa)/best(b), median(ratiosAA)),
 		"≥ 0.95× on the raw veth: " + met})
 	if before != nil {
 		addRow(row{"1", "fast-path throughput, raw veth: this build and BENCH_BEFORE (the rotation and the same-time rounds of the row above)",
