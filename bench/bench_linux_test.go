@@ -158,7 +158,7 @@ const methodNotes = `## How each row is measured
 
 Repetitions (full mode; BENCH_QUICK=1 runs each once): 7: three 15 s
 windows per load and build; 6: 3 (after one dropped warm-up); 8: 5; 4: 3 per
-budget and setup; 1: 9 rounds of 2 s, the order rotating; 5: 3 per regime, each in a fresh pair;
+budget and setup; 1: 9 rounds of 2 s, the order rotating, then 12 rounds of pairs at the same time; 5: 3 per regime, each in a fresh pair;
 3: 2 per setup and bypass, each in a fresh pair; 2: 60 requests per setup.
 
 Every row runs in fresh network namespaces (internal/nstest pairs: a "pod"
@@ -209,10 +209,11 @@ between the two namespaces.
   second, and load only ever slows it: the figure is each setup's best
   round, the ratio theirs; the median of the per-round ratios is shown
   too; a second bare pair in the same rotation is the control, an A/A
-  ratio that is 1 but for the noise); and two pairs at the same time (6
+  ratio that is 1 but for the noise); and two pairs at the same time (12
   rounds each: hubwarden and bare, conntrack and bare, hubwarden and
-  conntrack), whose ratio is the cost per byte, insensitive to the
-  machine's load. BENCH_BEFORE=<binary> adds
+  conntrack, the second bare pod and the first (this statistic's A/A
+  control), conntrack with hubwarden's HTB tree (the floor) and bare),
+  whose ratio is the cost per byte, insensitive to the machine's load. BENCH_BEFORE=<binary> adds
   an earlier build in a pair of its own, in the rotation and at the same
   time as this one. Where the cycles go: perf samples every CPU
   (cpu-clock in a VM) for 4 s in the middle of one iperf3 flow through the
