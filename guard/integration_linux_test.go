@@ -645,20 +645,11 @@ func (b *jupyterBed) runCode(t *testing.T, kernelID, code string) string {
 		t.Fatal(err)
 	}
 	cfg.Header = http.Header{"Authorization": {"token " + b.token}}
-	c, err := b.Peer.DialContext(context.Background(), "tcp", addr)
-	if err != nil {
-		t.Fatal(err)
-	}
-	_ = c.SetDeadline(time.Now().Add(60 * time.Second))
-	ws, err := websocket.NewClient(cfg, c)
-	if err != nil {
-		t.Fatalf("websocket handshake through the guard: %v", err)
-	}
-	defer ws.Close()
-	// request sends a shell request and returns what the kernel printed for
-	// it once its iopub status is idle again; false if that status does not
-	// come within wait.
-	request := func(id, msgType string, content map[string]any, wait time.Duration) (string, bool) {
+	// request sends a shell request on ws (its connection c) and returns
+	// what the kernel printed for it once its iopub status is idle again;
+	// false if that status does not come within wait (ws is then not
+	// reused: a read deadline may have cut a frame).
+	request := func(ws *websocket.Conn, c net.Conn, id, msgType string, content map[string]any, wait time.Duration) (string, bool) {
 		msg := map[string]any{
 			"header":        map[string]any{"msg_id": id, "msg_type": msgType, "session": "hwtest", "username": "jane", "version": "5.3", "date": time.Now().UTC().Format(time.RFC3339)},
 			"parent_header": map[string]any{}, "metadata": map[string]any{}, "channel": "shell", "buffers": []any{},
@@ -700,24 +691,38 @@ func (b *jupyterBed) runCode(t *testing.T, kernelID, code string) string {
 			}
 		}
 	}
-	// kernel_info until its idle status arrives, as JupyterLab does: that
+	// A kernel_info until its idle status arrives, as JupyterLab does: that
 	// shows iopub reaches this websocket. The server subscribes to iopub
 	// when the websocket opens and the subscription takes effect a moment
 	// later; in CI37 an execute_request sent right after the handshake ran
-	// before it did, its output never came, and the read timed out.
+	// before it did, its output never came, and the read timed out. Each
+	// attempt opens its own websocket: golang.org/x/net/websocket cannot
+	// go on reading after a deadline that fell inside a frame.
 	for i := 0; ; i++ {
-		if _, ok := request(fmt.Sprintf("hw-info-%d", i), "kernel_info_request", map[string]any{}, 2*time.Second); ok {
-			break
+		c, err := b.Peer.DialContext(context.Background(), "tcp", addr)
+		if err != nil {
+			t.Fatal(err)
 		}
-		if i == 15 {
-			t.Fatalf("no iopub status for 16 kernel_info requests, 2 s apart")
+		_ = c.SetDeadline(time.Now().Add(60 * time.Second))
+		ws, err := websocket.NewClient(cfg, c)
+		if err != nil {
+			c.Close()
+			t.Fatalf("websocket handshake through the guard: %v", err)
 		}
+		if _, ok := request(ws, c, fmt.Sprintf("hw-info-%d", i), "kernel_info_request", map[string]any{}, 2*time.Second); !ok {
+			ws.Close()
+			if i == 15 {
+				t.Fatalf("no iopub status for 16 kernel_info requests on 16 websockets, 2 s each")
+			}
+			continue
+		}
+		out, ok := request(ws, c, "hw-1", "execute_request", map[string]any{"code": code, "silent": false, "store_history": false, "user_expressions": map[string]any{}, "allow_stdin": false}, 30*time.Second)
+		ws.Close()
+		if !ok {
+			t.Fatalf("no idle status after the code ran (output so far %q)", out)
+		}
+		return out
 	}
-	out, ok := request("hw-1", "execute_request", map[string]any{"code": code, "silent": false, "store_history": false, "user_expressions": map[string]any{}, "allow_stdin": false}, 30*time.Second)
-	if !ok {
-		t.Fatalf("no idle status after the code ran (output so far %q)", out)
-	}
-	return out
 }
 
 // TestIntegrationGuardFailClosed: with the redirect in place and the guard
