@@ -19,10 +19,9 @@ const (
 	ChainDNS = "HUBWARDEN-EGRESS-DNS"
 	// ChainBlock logs and rejects traffic to the metadata and HUBWARDEN_BLOCK ranges.
 	ChainBlock = "HUBWARDEN-EGRESS-BLOCK"
-	// ChainRawOut and ChainRawIn are hooked from raw OUTPUT and PREROUTING:
-	// they run before conntrack (RawTables).
+	// ChainRawOut is hooked from raw OUTPUT: it runs before conntrack
+	// (RawTables).
 	ChainRawOut = "HUBWARDEN-RAW-OUT"
-	ChainRawIn  = "HUBWARDEN-RAW-IN"
 )
 
 // NFLOG prefixes, one per reason, so the log reader can tell denials apart.
@@ -458,6 +457,10 @@ func SpoofArgs(afterConntrack bool) []string {
 //     it must cost the conntrack table and hubwarden nothing (a notebook can
 //     open hundreds of thousands of loopback UDP flows in a second), and a
 //     packet to the pod's own address, whatever its source, opens no flow.
+//     Raw OUTPUT alone does it: every packet on the pod's loopback was sent
+//     in the pod and left OUTPUT untracked, and conntrack ignores an
+//     untracked packet where it arrives (PREROUTING), so no hook there
+//     costs each packet the pod receives a chain.
 func RawTables(ipv6, spoof bool) ([]xtables.Table, error) {
 	fams := []xtables.Family{xtables.IPv4}
 	if ipv6 {
@@ -475,14 +478,11 @@ func RawTables(ipv6, spoof bool) ([]xtables.Table, error) {
 			Name:   "raw",
 			Chains: []xtables.Chain{
 				{Name: ChainRawOut, Rules: rawOut},
-				{Name: ChainRawIn, Rules: []xtables.Rule{
-					{Args: []string{"-i", "lo", "-j", "CT", "--notrack"}, Comment: "loopback: never leaves the pod, not tracked"},
-				}},
 			},
-			// Only loopback packets jump: every other packet of the pod (and
-			// each ACK it receives) meets one rule in raw, not a jump and a
-			// chain. With the spoof rule here, every packet out must see it.
-			Hooks: []xtables.Hook{{Base: "OUTPUT", Match: []string{"-o", "lo"}, Target: ChainRawOut}, {Base: "PREROUTING", Match: []string{"-i", "lo"}, Target: ChainRawIn}},
+			// Only loopback packets jump: every other packet the pod sends
+			// meets one rule in raw, not a jump and a chain. With the spoof
+			// rule here, every packet out must see it.
+			Hooks: []xtables.Hook{{Base: "OUTPUT", Match: []string{"-o", "lo"}, Target: ChainRawOut}},
 		}
 		if spoof {
 			t.Hooks[0].Match = nil

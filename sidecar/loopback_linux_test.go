@@ -1,6 +1,7 @@
 package main
 
 import (
+	"fmt"
 	"io"
 	"net"
 	"strings"
@@ -131,4 +132,112 @@ func TestIntegrationInitLeavesLoopbackUntracked(t *testing.T) {
 			t.Logf("%d round trips across the apply; loopback entries after: %d", rounds, len(got))
 		})
 	}
+}
+
+// TestIntegrationLoopbackUntrackedBothWays: after `hubwarden init`, traffic
+// over the pod's loopback (127.0.0.1, ::1, and the pod's own addresses,
+// which the kernel routes over loopback) opens no conntrack entry, TCP or
+// UDP, in either direction, though raw has no hook in PREROUTING: every
+// loopback packet was sent in the pod and left raw OUTPUT untracked, and
+// conntrack ignores an untracked packet where it arrives. The control
+// removes the raw OUTPUT hook (the rest of the rules stay, and with them
+// conntrack) and the same exchanges are tracked, every address of them.
+func TestIntegrationLoopbackUntrackedBothWays(t *testing.T) {
+	nstest.SkipUnlessRoot(t, "iptables-nft-restore", "ip6tables-nft", "tc", "conntrack")
+	for i, control := range []bool{false, true} {
+		name := "hubwarden"
+		if control {
+			name = "control"
+		}
+		t.Run(name, func(t *testing.T) {
+			p := nstest.NewPair(t, 96+i)
+			env := baseEnv(t, "nft")
+			env["HUBWARDEN_SHAPE"] = "true"
+			if r := hw(t, p.Pod, env, "init"); r.code != 0 {
+				t.Fatalf("init exited %d:\n%s%s", r.code, r.stdout, r.stderr)
+			}
+			if got := p.Pod.MustRun("iptables-nft-save", "-t", "raw"); strings.Contains(got, "-A PREROUTING") {
+				t.Errorf("raw PREROUTING has a rule:\n%s", got)
+			}
+			if control {
+				for _, ipt := range []string{"iptables-nft", "ip6tables-nft"} {
+					p.Pod.MustRun(ipt, "-w", "-t", "raw", "-D", "OUTPUT", "-o", "lo", "-m", "comment", "--comment", "hubwarden: hook", "-j", "HUBWARDEN-RAW-OUT")
+				}
+			}
+			addrs := []string{"127.0.0.1", "::1", p.PodIP4, p.PodIP6}
+			if err := p.Pod.Do(func() error {
+				for _, a := range addrs {
+					if err := loopbackExchanges(a); err != nil {
+						return fmt.Errorf("%s: %w", a, err)
+					}
+				}
+				return nil
+			}); err != nil {
+				t.Fatal(err)
+			}
+			table := p.Pod.MustRun("conntrack", "-L", "-f", "ipv4") + p.Pod.MustRun("conntrack", "-L", "-f", "ipv6")
+			for _, a := range addrs {
+				var lines []string
+				for _, l := range strings.Split(table, "\n") {
+					// An entry of the loopback: the address is its source
+					// and its destination.
+					if strings.Contains(l, "src="+a+" ") && strings.Contains(l, "dst="+a+" ") {
+						lines = append(lines, l)
+					}
+				}
+				switch {
+				case !control && len(lines) > 0:
+					t.Errorf("loopback traffic of %s is tracked:\n%s", a, strings.Join(lines, "\n"))
+				case control && len(lines) < 2:
+					t.Errorf("control: without raw OUTPUT's hook, %d entries for %s (TCP and UDP expected):\n%s", len(lines), a, table)
+				}
+				t.Logf("%s: %d loopback entries", a, len(lines))
+			}
+		})
+	}
+}
+
+// loopbackExchanges sends bytes both ways over a TCP connection and a UDP
+// socket pair, both ends on addr, in the calling goroutine's namespace.
+func loopbackExchanges(addr string) error {
+	ln, err := net.Listen("tcp", net.JoinHostPort(addr, "0"))
+	if err != nil {
+		return err
+	}
+	defer ln.Close()
+	c, err := net.DialTimeout("tcp", ln.Addr().String(), 5*time.Second)
+	if err != nil {
+		return err
+	}
+	defer c.Close()
+	s, err := ln.Accept()
+	if err != nil {
+		return err
+	}
+	defer s.Close()
+	lp := loopbackPair{client: c, server: s}
+	if err := lp.exchange(); err != nil {
+		return err
+	}
+	u1, err := net.ListenPacket("udp", net.JoinHostPort(addr, "0"))
+	if err != nil {
+		return err
+	}
+	defer u1.Close()
+	u2, err := net.ListenPacket("udp", net.JoinHostPort(addr, "0"))
+	if err != nil {
+		return err
+	}
+	defer u2.Close()
+	b := make([]byte, 16)
+	for _, d := range [][2]net.PacketConn{{u1, u2}, {u2, u1}} {
+		if _, err := d[0].WriteTo([]byte("x"), d[1].LocalAddr()); err != nil {
+			return err
+		}
+		_ = d[1].SetReadDeadline(time.Now().Add(5 * time.Second))
+		if _, _, err := d[1].ReadFrom(b); err != nil {
+			return err
+		}
+	}
+	return nil
 }
