@@ -96,35 +96,57 @@ func (ns *NS) Serve(addr string, handle func(net.Conn)) net.Listener {
 }
 
 // Sink is a TCP server that reads and counts every byte sent to it, on any
-// number of connections.
+// number of connections, in all and per connection.
 type Sink struct {
 	ln    net.Listener
 	bytes atomic.Int64
+	mu    sync.Mutex
+	conns map[string]*atomic.Int64 // by the sender's address
 }
 
 // Sink starts a Sink on the TCP address addr inside the namespace; it stops
 // when the test ends.
 func (ns *NS) Sink(addr string) *Sink {
 	ns.tb.Helper()
-	s := &Sink{}
-	s.ln = ns.Serve(addr, func(c net.Conn) { _ = Drain(c, &s.bytes) })
+	s := &Sink{conns: map[string]*atomic.Int64{}}
+	s.ln = ns.Serve(addr, func(c net.Conn) { _ = Drain(c, &s.bytes, s.counter(c.RemoteAddr().String())) })
 	return s
+}
+
+func (s *Sink) counter(from string) *atomic.Int64 {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	n := s.conns[from]
+	if n == nil {
+		n = new(atomic.Int64)
+		s.conns[from] = n
+	}
+	return n
 }
 
 // Bytes returns how many bytes the sink has received so far.
 func (s *Sink) Bytes() int64 { return s.bytes.Load() }
 
+// ConnBytes returns how many bytes the sink has received so far on the
+// connection from the address from (the sender's LocalAddr; 0 before the
+// sink has accepted it). Where a sender's earlier connections may still
+// deliver (a closed socket sends what it holds), it is the count of one
+// flow that Bytes is not.
+func (s *Sink) ConnBytes(from net.Addr) int64 { return s.counter(from.String()).Load() }
+
 // Addr returns the address the sink listens on.
 func (s *Sink) Addr() net.Addr { return s.ln.Addr() }
 
 // Drain reads r until it fails (io.EOF included), adding every byte read to
-// n as it arrives, so that another goroutine can watch the count grow. It
-// returns the error that ended the reading.
-func Drain(r io.Reader, n *atomic.Int64) error {
+// each of n as it arrives, so that another goroutine can watch the count
+// grow. It returns the error that ended the reading.
+func Drain(r io.Reader, n ...*atomic.Int64) error {
 	buf := make([]byte, 64<<10) // small: a Sink may hold thousands of connections
 	for {
 		k, err := r.Read(buf)
-		n.Add(int64(k))
+		for _, c := range n {
+			c.Add(int64(k))
+		}
 		if err != nil {
 			return err
 		}

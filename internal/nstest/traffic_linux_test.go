@@ -17,6 +17,7 @@ func TestIntegrationTraffic(t *testing.T) {
 	p := NewPair(t, 250)
 	sink := p.Peer.Sink("[::]:7001")
 	var want int64
+	per := map[net.Addr]int64{}
 	for _, addr := range []string{net.JoinHostPort(p.PeerIP4, "7001"), net.JoinHostPort(p.PeerIP6, "7001")} {
 		c, err := p.Pod.DialTimeout("tcp", addr, 5*time.Second)
 		if err != nil {
@@ -30,6 +31,7 @@ func TestIntegrationTraffic(t *testing.T) {
 			t.Fatalf("Blast to %s sent nothing", addr)
 		}
 		want += sent
+		per[c.LocalAddr()] = sent
 	}
 	deadline := time.Now().Add(5 * time.Second)
 	for sink.Bytes() < want && time.Now().Before(deadline) {
@@ -37,6 +39,11 @@ func TestIntegrationTraffic(t *testing.T) {
 	}
 	if got := sink.Bytes(); got != want {
 		t.Errorf("the sink counted %d bytes, Blast sent %d", got, want)
+	}
+	for from, sent := range per {
+		if got := sink.ConnBytes(from); got != sent {
+			t.Errorf("the sink counted %d bytes from %s, Blast sent %d", got, from, sent)
+		}
 	}
 	t.Logf("blasted %d bytes in 2 × 200 ms over the veth pair", want)
 
