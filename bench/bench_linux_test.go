@@ -728,10 +728,10 @@ func transfer(t *testing.T, p *nstest.Pair, sk *nstest.Sink, budget int64) (fast
 	count := func() int64 { return sk.ConnBytes(c.LocalAddr()) }
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
-	all := sk.Bytes() - count()
+	base, all := count(), sk.Bytes()
 	go nstest.Blast(ctx, c)
-	fast, topRate = knee(count, 0, budget/2)
-	logOthers(t, sk.Bytes()-count()-all)
+	fast, topRate = knee(count, base, budget/2)
+	logOthers(t, sk.Bytes()-all-(count()-base))
 	return fast, topRate
 }
 

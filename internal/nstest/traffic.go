@@ -131,7 +131,8 @@ func (s *Sink) Bytes() int64 { return s.bytes.Load() }
 // connection from the address from (the sender's LocalAddr; 0 before the
 // sink has accepted it). Where a sender's earlier connections may still
 // deliver (a closed socket sends what it holds), it is the count of one
-// flow that Bytes is not.
+// flow that Bytes is not. A later connection from the same address (a
+// reused port) adds to the same count: take a base when it opens.
 func (s *Sink) ConnBytes(from net.Addr) int64 { return s.counter(from.String()).Load() }
 
 // Addr returns the address the sink listens on.
