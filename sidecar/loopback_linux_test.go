@@ -1,25 +1,27 @@
 package main
 
 import (
-	"fmt"
 	"io"
 	"net"
 	"strings"
 	"testing"
 	"time"
 
+	"github.com/hubwarden/hubwarden/egress"
 	"github.com/hubwarden/hubwarden/internal/nstest"
+	"github.com/hubwarden/hubwarden/xtables"
 )
 
 // loopbackPair is a TCP connection over the pod's loopback, opened in ns
-// (a kernel's sockets, a notebook's database client).
+// (a kernel's sockets, a notebook's database client), both ends on addr
+// (127.0.0.1, ::1, or one of the pod's own addresses).
 type loopbackPair struct{ client, server net.Conn }
 
-func openLoopback(t *testing.T, ns *nstest.NS) *loopbackPair {
+func openLoopback(t *testing.T, ns *nstest.NS, addr string) *loopbackPair {
 	t.Helper()
 	var lp loopbackPair
 	if err := ns.Do(func() error {
-		ln, err := net.Listen("tcp", "127.0.0.1:0")
+		ln, err := net.Listen("tcp", net.JoinHostPort(addr, "0"))
 		if err != nil {
 			return err
 		}
@@ -98,7 +100,7 @@ func TestIntegrationInitLeavesLoopbackUntracked(t *testing.T) {
 		}
 		t.Run(name, func(t *testing.T) {
 			p := nstest.NewPair(t, 98+i)
-			lp := openLoopback(t, p.Pod)
+			lp := openLoopback(t, p.Pod, "127.0.0.1")
 			stop, done := make(chan struct{}), make(chan error, 1)
 			var rounds int
 			go func() {
@@ -160,20 +162,27 @@ func TestIntegrationLoopbackUntrackedBothWays(t *testing.T) {
 				t.Errorf("raw PREROUTING has a rule:\n%s", got)
 			}
 			if control {
-				for _, ipt := range []string{"iptables-nft", "ip6tables-nft"} {
-					p.Pod.MustRun(ipt, "-w", "-t", "raw", "-D", "OUTPUT", "-o", "lo", "-m", "comment", "--comment", "hubwarden: hook", "-j", "HUBWARDEN-RAW-OUT")
+				// The hooks as the sidecar plans them (the spoof rule is
+				// in the egress filter, so raw's hook has its match).
+				raw, err := egress.RawTables(true, false)
+				if err != nil {
+					t.Fatal(err)
+				}
+				for _, tb := range raw {
+					tool := map[xtables.Family]string{xtables.IPv4: "iptables-nft", xtables.IPv6: "ip6tables-nft"}[tb.Family]
+					for _, h := range tb.Hooks {
+						p.Pod.MustRun(tool, append([]string{"-w", "-t", "raw", "-D", h.Base}, xtables.HookArgs(h)...)...)
+					}
 				}
 			}
 			addrs := []string{"127.0.0.1", "::1", p.PodIP4, p.PodIP6}
-			if err := p.Pod.Do(func() error {
-				for _, a := range addrs {
-					if err := loopbackExchanges(a); err != nil {
-						return fmt.Errorf("%s: %w", a, err)
-					}
+			for _, a := range addrs {
+				if err := openLoopback(t, p.Pod, a).exchange(); err != nil {
+					t.Fatalf("%s, tcp: %v", a, err)
 				}
-				return nil
-			}); err != nil {
-				t.Fatal(err)
+				if err := p.Pod.Do(func() error { return udpExchange(a) }); err != nil {
+					t.Fatalf("%s, udp: %v", a, err)
+				}
 			}
 			table := p.Pod.MustRun("conntrack", "-L", "-f", "ipv4") + p.Pod.MustRun("conntrack", "-L", "-f", "ipv6")
 			for _, a := range addrs {
@@ -197,28 +206,9 @@ func TestIntegrationLoopbackUntrackedBothWays(t *testing.T) {
 	}
 }
 
-// loopbackExchanges sends bytes both ways over a TCP connection and a UDP
-// socket pair, both ends on addr, in the calling goroutine's namespace.
-func loopbackExchanges(addr string) error {
-	ln, err := net.Listen("tcp", net.JoinHostPort(addr, "0"))
-	if err != nil {
-		return err
-	}
-	defer ln.Close()
-	c, err := net.DialTimeout("tcp", ln.Addr().String(), 5*time.Second)
-	if err != nil {
-		return err
-	}
-	defer c.Close()
-	s, err := ln.Accept()
-	if err != nil {
-		return err
-	}
-	defer s.Close()
-	lp := loopbackPair{client: c, server: s}
-	if err := lp.exchange(); err != nil {
-		return err
-	}
+// udpExchange sends a datagram each way between two UDP sockets, both on
+// addr, in the calling goroutine's namespace.
+func udpExchange(addr string) error {
 	u1, err := net.ListenPacket("udp", net.JoinHostPort(addr, "0"))
 	if err != nil {
 		return err
